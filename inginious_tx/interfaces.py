@@ -1,0 +1,292 @@
+"""Every plugin point and role of inginious-tx, as zope interfaces.
+
+Transports move messages; handlers (one interface per role) react to them;
+scheduling policies order waiting jobs; agent backends run jobs.  Each piece
+sees only the interfaces here, so any of them can be replaced by a plugin.
+
+Handler roles name their methods after the ``msgtype`` of the message they
+handle (``client_hello(peer, message)``), so that :mod:`inginious_tx.dispatch`
+can build the message-class -> method table from the interface alone.
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+# ---------------------------------------------------------------------------
+# Transports
+# ---------------------------------------------------------------------------
+
+
+class IPeer(Interface):
+    """The other end of a conversation: a connection, or a ZeroMQ identity.
+
+    Peers compare equal (and hash equal) when they are the same remote end
+    on the same listener, so they can be used as dictionary keys.
+    """
+
+    address = Attribute(
+        "bytes: the peer's address as the backend uses it in job ids "
+        "(the ZeroMQ identity, or a unique name for a stream connection)."
+    )
+    description = Attribute("str: a human-readable name for logs, e.g. 'tcp:127.0.0.1:50312'.")
+
+    def send(message):
+        """Send one message to this peer.
+
+        Never raises for a peer that went away: the message is dropped (and
+        logged at debug level).  Raises :class:`inginious_tx.messages.MessageError`
+        only if the message cannot be encoded.
+        """
+
+    def disconnect(reason):
+        """Forget this peer; close its connection if it has one.
+
+        ``reason`` (str) is logged.  Idempotent.
+        """
+
+
+class IMessageSink(Interface):
+    """What a transport delivers to: arrivals, messages and departures of peers."""
+
+    def peer_connected(peer):
+        """A new peer can be talked to (a stream connection was made, or a
+        connecting transport is ready to send).  For a ZeroMQ listener this
+        fires on the first message from a new identity, just before it."""
+
+    def message_received(peer, message):
+        """A decoded, validated message arrived from ``peer``."""
+
+    def peer_disconnected(peer, reason):
+        """``peer`` is gone for certain (its stream connection closed).
+
+        ZeroMQ listeners never call this: heartbeats decide there."""
+
+
+class IListener(Interface):
+    """A listening endpoint, as returned by :meth:`ITransport.listen`."""
+
+    description = Attribute("str: what is being listened on, for logs")
+
+    def stop():
+        """Stop listening and drop every peer; returns a Deferred."""
+
+
+class IConnection(Interface):
+    """The connecting side's link to a server, as returned by :meth:`ITransport.connect`.
+
+    It keeps reconnecting (with backoff for stream transports; ZeroMQ does it
+    by itself) until :meth:`stop` is called.  Every time a (new) link is up,
+    the sink's ``peer_connected`` is called with :attr:`peer`.
+    """
+
+    peer = Attribute("IPeer: the server; send through it")
+
+    def reconnect():
+        """Drop the current link and make a new one (e.g. after silence)."""
+
+    def stop():
+        """Disconnect for good; returns a Deferred."""
+
+
+class ITransport(Interface):
+    """A transport plugin: knows some endpoint strings, listens and connects.
+
+    Registered under the ``inginious_tx.transports`` entry point group; the
+    first transport whose :meth:`handles` accepts an endpoint string is used.
+    """
+
+    name = Attribute("str: the plugin's name, e.g. 'zmq' or 'stream'")
+
+    def handles(endpoint):
+        """True if this transport understands the endpoint string."""
+
+    def listen(reactor, endpoint, sink, limits):
+        """Listen on ``endpoint``; deliver to ``sink`` (an :class:`IMessageSink`).
+
+        ``limits`` is a :class:`inginious_tx.transport.Limits`.
+        Returns a Deferred firing with an :class:`IListener`.
+        """
+
+    def connect(reactor, endpoint, sink, limits):
+        """Connect to ``endpoint``; returns an :class:`IConnection` at once."""
+
+
+# ---------------------------------------------------------------------------
+# Handler roles (methods are named after the msgtype they handle)
+# ---------------------------------------------------------------------------
+
+
+class IPeerObserver(Interface):
+    """Arrivals and departures, for every role."""
+
+    def peer_connected(peer):
+        """See :meth:`IMessageSink.peer_connected`."""
+
+    def peer_disconnected(peer, reason):
+        """See :meth:`IMessageSink.peer_disconnected`."""
+
+
+class IBackendClientHandler(IPeerObserver):
+    """What the backend handles from clients."""
+
+    def client_hello(peer, message):
+        """Register ``peer`` as a client."""
+
+    def client_new_job(peer, message):
+        """Queue a job."""
+
+    def client_kill_job(peer, message):
+        """Kill a waiting or running job."""
+
+    def client_get_queue(peer, message):
+        """Answer with a queue snapshot."""
+
+    def ping(peer, message):
+        """Answer with Pong."""
+
+
+class IBackendAgentHandler(IPeerObserver):
+    """What the backend handles from agents."""
+
+    def agent_hello(peer, message):
+        """Register (or re-register) an agent."""
+
+    def agent_job_started(peer, message):
+        """Tell the job's client."""
+
+    def agent_job_done(peer, message):
+        """Answer the job's client, free the slot."""
+
+    def agent_job_ssh_debug(peer, message):
+        """Forward SSH details to the client."""
+
+    def pong(peer, message):
+        """The agent is alive."""
+
+
+class IAgentHandler(IPeerObserver):
+    """What an agent handles from the backend."""
+
+    def backend_new_job(peer, message):
+        """Run a job."""
+
+    def backend_kill_job(peer, message):
+        """Kill a job."""
+
+    def ping(peer, message):
+        """Answer with Pong."""
+
+
+class IClientHandler(IPeerObserver):
+    """What a client handles from the backend."""
+
+    def backend_update_containers(peer, message):
+        """The available environments changed."""
+
+    def backend_job_started(peer, message):
+        """A job started."""
+
+    def backend_job_done(peer, message):
+        """A job's result."""
+
+    def backend_job_ssh_debug(peer, message):
+        """SSH details of a debug job."""
+
+    def backend_get_queue(peer, message):
+        """A queue snapshot."""
+
+    def pong(peer, message):
+        """Heartbeat answer."""
+
+    def unknown(peer, message):
+        """The backend does not know us: say hello again."""
+
+
+# ---------------------------------------------------------------------------
+# Scheduling policies
+# ---------------------------------------------------------------------------
+
+
+class IWaitingJob(Interface):
+    """What a policy may read of a waiting job (the backend owns the object)."""
+
+    key = Attribute("hashable: unique id of the job in the backend, (client address, client job id)")
+    environment = Attribute("str")
+    course_id = Attribute("str")
+    task_id = Attribute("str")
+    priority = Attribute("int: lower runs first")
+    time_limit = Attribute("int: seconds")
+    submitted_at = Attribute("float: reactor time of submission")
+    sequence = Attribute("int: arrival order, strictly increasing")
+
+
+class ISchedulingPolicy(Interface):
+    """Owns the order of waiting jobs.
+
+    The backend calls :meth:`add` when a job starts waiting, :meth:`remove`
+    when it stops waiting without being picked (killed, client gone), and
+    :meth:`pop_next` when an agent slot is free.  Every call should cost
+    O(log n) or better in the number of waiting jobs.  Registered under the
+    ``inginious_tx.policies`` entry point group, chosen by name.
+    """
+
+    name = Attribute("str: the name used with --policy")
+
+    def add(job):
+        """``job`` (an :class:`IWaitingJob`) starts waiting."""
+
+    def remove(job):
+        """``job`` stops waiting without having been picked."""
+
+    def pop_next(environments):
+        """The next job to run among those whose environment is in
+        ``environments`` (a collection of str), removed from the policy;
+        ``None`` if there is none."""
+
+    def waiting(environment):
+        """How many jobs wait for ``environment``."""
+
+    def ordered():
+        """All waiting jobs in the order they would run (for queue snapshots;
+        may cost O(n log n))."""
+
+    def __len__():
+        """Number of waiting jobs."""
+
+
+# ---------------------------------------------------------------------------
+# Agent backends
+# ---------------------------------------------------------------------------
+
+
+class IJobResult(Interface):
+    """The outcome of a job, as an agent backend reports it
+    (see :class:`inginious_tx.agent.JobResult`)."""
+
+
+class IAgentBackend(Interface):
+    """What runs jobs for an agent: mock, local subprocess, Docker, ...
+
+    Registered under the ``inginious_tx.agent_backends`` entry point group
+    and chosen by name with ``--kind``.
+    """
+
+    name = Attribute("str: the name used with --kind")
+
+    def environments():
+        """A Deferred firing with ``{name: {"id": str, "created": int, "ports": [int]}}``."""
+
+    def run(job):
+        """Run ``job`` (a :class:`inginious_tx.messages.BackendNewJob`).
+
+        Returns a Deferred firing with a :class:`inginious_tx.agent.JobResult`.
+        May fail; the agent turns a failure into a ``crash`` result.
+        """
+
+    def kill(job_id):
+        """Stop the job ``job_id`` (a BackendJobId); its :meth:`run` Deferred
+        then fires with a ``killed`` result.  Unknown ids are ignored."""
+
+    def close():
+        """Release resources at shutdown; returns a Deferred."""

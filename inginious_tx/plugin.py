@@ -1,0 +1,64 @@
+"""Plugin discovery through entry points, for every plugin point.
+
+Built-in plugins are declared in ``setup.cfg`` under the same entry point
+groups as third-party ones, so both are found the same way.  Each loaded
+plugin is checked against its interface with ``verifyClass``/``verifyObject``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any, Dict
+
+from zope.interface.interface import InterfaceClass
+from zope.interface.verify import verifyClass, verifyObject
+
+__all__ = ["PluginError", "available", "load"]
+
+#: entry point group -> interface its plugins provide
+GROUPS = {
+    "inginious_tx.transports": "ITransport",
+    "inginious_tx.policies": "ISchedulingPolicy",
+    "inginious_tx.agent_backends": "IAgentBackend",
+}
+
+
+class PluginError(LookupError):
+    """A plugin name is unknown, or the plugin is broken."""
+
+
+def _interface(group: str) -> InterfaceClass:
+    from . import interfaces
+
+    return getattr(interfaces, GROUPS[group])
+
+
+def available(group: str) -> Dict[str, Any]:
+    """Name -> entry point, for every plugin installed in ``group``."""
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def load(group: str, name: str) -> Any:
+    """The plugin object (usually a class or a factory) registered as ``name``.
+
+    The object is checked against the group's interface: a class with
+    ``verifyClass`` (``implementer`` declarations), an instance with
+    ``verifyObject``.
+    """
+    eps = available(group)
+    if name not in eps:
+        known = ", ".join(sorted(eps)) or "none"
+        raise PluginError(f"no {group.rsplit('.', 1)[-1][:-1]} plugin named {name!r} (available: {known})")
+    try:
+        obj = eps[name].load()
+    except Exception as e:
+        raise PluginError(f"plugin {name!r} of {group} failed to load: {e}") from e
+    iface = _interface(group)
+    try:
+        if isinstance(obj, type):
+            verifyClass(iface, obj)
+        else:
+            verifyObject(iface, obj)
+    except Exception as e:
+        raise PluginError(f"plugin {name!r} of {group} does not provide {iface.__name__}: {e}") from e
+    return obj

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from .interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
 from .messages import MessageMeta
-from .transport import Limits
+from .transport import DEFAULT_LIMITS, Limits
 
 __all__ = ["MemoryTransport", "MemoryPeer", "RecordingSink"]
 
@@ -29,7 +29,7 @@ _ids = itertools.count(1)
 class MemoryPeer:
     """One end of an in-memory link, as seen from the other end."""
 
-    def __init__(self, transport: "MemoryTransport", sink: IMessageSink, address: bytes, description: str):
+    def __init__(self, transport: MemoryTransport, sink: IMessageSink, address: bytes, description: str):
         self._transport = transport
         self._sink = sink  # where messages *to* this peer are delivered
         self.address = address
@@ -52,7 +52,7 @@ class MemoryPeer:
 
 @implementer(IListener)
 class MemoryListener:
-    def __init__(self, transport: "MemoryTransport", endpoint: str, sink: IMessageSink):
+    def __init__(self, transport: MemoryTransport, endpoint: str, sink: IMessageSink):
         self._transport = transport
         self.endpoint = endpoint
         self.sink = sink
@@ -70,7 +70,7 @@ class MemoryListener:
 class MemoryConnection:
     """A connecting end; :meth:`reconnect` makes a fresh link (new address)."""
 
-    def __init__(self, transport: "MemoryTransport", endpoint: str, sink: IMessageSink):
+    def __init__(self, transport: MemoryTransport, endpoint: str, sink: IMessageSink):
         self._transport = transport
         self._endpoint = endpoint
         self._sink = sink
@@ -130,12 +130,14 @@ class MemoryTransport:
     def handles(self, endpoint: str) -> bool:
         return endpoint.startswith("mem:")
 
-    def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = Limits()) -> Deferred:
+    def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
         listener = MemoryListener(self, endpoint, sink)
         self._listeners[endpoint] = listener
         return succeed(listener)
 
-    def connect(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = Limits()) -> MemoryConnection:
+    def connect(
+        self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS
+    ) -> MemoryConnection:
         return MemoryConnection(self, endpoint, sink)
 
     # -- delivery -------------------------------------------------------------

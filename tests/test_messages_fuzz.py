@@ -122,7 +122,9 @@ def test_mutated_encodings(message, data):
 @FUZZ
 @given(
     st.sampled_from(sorted(M.MessageMeta.registry)),
-    st.dictionaries(st.one_of(st.text(max_size=12), st.integers(-(2**63), 2**63 - 1), st.binary(max_size=4)), any_value, max_size=6),
+    st.dictionaries(
+        st.one_of(st.text(max_size=12), st.integers(-(2**63), 2**63 - 1), st.binary(max_size=4)), any_value, max_size=6
+    ),
     st.data(),
 )
 def test_structured_maps_with_real_types(msgtype, junk, data):

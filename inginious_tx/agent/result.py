@@ -38,12 +38,12 @@ class JobResult:
             self.grade = 100.0 if self.result == "success" else 0.0
 
     @classmethod
-    def crash(cls, text: str) -> "JobResult":
+    def crash(cls, text: str) -> JobResult:
         """The system's fault: the job could not be run as asked."""
         return cls("crash", text)
 
     @classmethod
-    def killed(cls, text: str = "the job was killed") -> "JobResult":
+    def killed(cls, text: str = "the job was killed") -> JobResult:
         return cls("killed", text)
 
     def to_message(self, job_id: BackendJobId) -> AgentJobDone:

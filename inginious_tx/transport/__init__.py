@@ -17,7 +17,7 @@ from zope.interface.verify import verifyObject
 from ..interfaces import IConnection, IMessageSink, ITransport
 from ..plugin import PluginError, available
 
-__all__ = ["Limits", "UnknownEndpoint", "transports", "transport_for", "listen", "connect"]
+__all__ = ["DEFAULT_LIMITS", "Limits", "UnknownEndpoint", "transports", "transport_for", "listen", "connect"]
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
@@ -31,6 +31,10 @@ class Limits:
     #: Largest number of encoded bytes queued for one slow stream peer
     #: before the connection is dropped (a client that never reads).
     max_send_buffer: int = 4 * DEFAULT_MAX_FRAME
+
+
+#: The limits used when none are given.
+DEFAULT_LIMITS = Limits()
 
 
 class UnknownEndpoint(ValueError):
@@ -69,11 +73,11 @@ def transport_for(endpoint: str) -> Any:
     )
 
 
-def listen(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = Limits()) -> Deferred:
+def listen(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
     """Listen on ``endpoint`` with whichever transport handles it."""
     return transport_for(endpoint).listen(reactor, endpoint, sink, limits)
 
 
-def connect(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = Limits()) -> IConnection:
+def connect(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> IConnection:
     """Connect to ``endpoint`` with whichever transport handles it."""
     return transport_for(endpoint).connect(reactor, endpoint, sink, limits)

@@ -1,0 +1,273 @@
+"""Child side of the local backend's sandbox (a script: stdlib only, no package import).
+
+Run as ``python -I -S _sandbox.py CONFIG_JSON COMMAND...`` by
+:mod:`inginious_tx.agent.local`, with the job's environment and working
+directory.  It reports to the agent on file descriptor 3, one JSON object a
+line: ``{"event": "started", ...}``, ``{"event": "error", "text": ...}``,
+``{"event": "ended", "exit": code, "signal": n, "cpu": seconds, "maxrss": bytes}``.
+
+Steps: new session; cut the network (a new network namespace with only
+loopback up, through a user namespace when not root); a new PID namespace
+when possible; then a supervisor (the namespace's init, or this process as a
+child subreaper) forks the command, which joins the job's control groups and
+sets its resource limits before it runs; when the command ends, the
+supervisor kills and reaps whatever it left.  SIGTERM from the agent ends the
+whole tree the same way.
+"""
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import resource
+import signal
+import socket
+import struct
+import sys
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+REPORT_FD = 3
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def report(**fields):
+    try:
+        os.write(REPORT_FD, (json.dumps(fields) + "\n").encode())
+    except OSError:
+        pass
+
+
+def prctl(option, value):
+    _libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0)
+
+
+def unshare(flags):
+    """True if unshare(2) worked."""
+    return _libc.unshare(flags) == 0
+
+
+def unshare_as_user(flags):
+    """unshare(2) inside a new user namespace, keeping our uid and gid."""
+    uid, gid = os.getuid(), os.getgid()
+    if not unshare(CLONE_NEWUSER | flags):
+        return False
+    try:
+        for name, value in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(value)
+    except OSError:
+        return False
+    return True
+
+
+def loopback_up():
+    """A new network namespace has loopback down: bring it up, as Docker does."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sh22x", b"lo", 0)
+        flags = struct.unpack("16sh22x", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
+
+
+def children():
+    """Pids of our direct children."""
+    pid = os.getpid()
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    stat = f.read()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def sweep(task_pgid):
+    """Kill and reap every process left under us (we are their reaper)."""
+    try:
+        os.killpg(task_pgid, signal.SIGKILL)
+    except OSError:
+        pass
+    while True:
+        for pid in children():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            pass
+
+
+def exec_command(argv, cfg):
+    """In the forked child: limits, clean signals, then the command."""
+    try:
+        os.setpgid(0, 0)
+        os.close(REPORT_FD)
+        for path in cfg.get("cgroups", []):
+            # the command only: the supervisor's own memory is not the job's
+            with open(path, "w") as f:
+                f.write("0")
+        limits = [(resource.RLIMIT_CORE, 0)]
+        if cfg.get("cpu"):
+            limits.append((resource.RLIMIT_CPU, (cfg["cpu"], cfg["cpu"] + 1)))
+        for key, which in (("data", resource.RLIMIT_DATA), ("fsize", resource.RLIMIT_FSIZE),
+                           ("nproc", resource.RLIMIT_NPROC)):  # fmt: skip
+            if cfg.get(key):
+                limits.append((which, cfg[key]))
+        for which, value in limits:
+            soft, hard = value if isinstance(value, tuple) else (value, value)
+            old_hard = resource.getrlimit(which)[1]
+            if old_hard != resource.RLIM_INFINITY:
+                soft, hard = min(soft, old_hard), min(hard, old_hard)
+            resource.setrlimit(which, (soft, hard))
+        for sig in range(1, signal.NSIG):
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                try:
+                    signal.signal(sig, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        try:
+            os.execv(argv[0], argv)
+        except OSError as e:
+            if e.errno != errno.ENOEXEC:
+                raise
+            os.execv("/bin/sh", ["/bin/sh", *argv])  # no #! line: as a shell would
+    except OSError as e:
+        os.write(2, f"inginious-tx: cannot run {argv[0]}: {e.strerror}\n".encode())
+        os._exit(126 if e.errno in (errno.EACCES, errno.ENOEXEC) else 127)
+    except BaseException as e:  # never return into the supervisor's code
+        os.write(2, f"inginious-tx: cannot run {argv[0]}: {e}\n".encode())
+    os._exit(127)
+
+
+def supervise(argv, cfg, reaper):
+    """Run the command; when it ends, end whatever it left; report its status."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no gap before the handler
+    task = os.fork()
+    if task == 0:
+        exec_command(argv, cfg)
+    try:
+        os.setpgid(task, task)
+    except OSError:
+        pass
+
+    def on_term(signum, frame):
+        try:
+            os.killpg(task, signal.SIGKILL)
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    report(event="running", task_pgid=task if not cfg.get("in_pidns") else None)
+    while True:
+        try:
+            pid, status, usage = os.wait4(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            status, usage = None, None
+            break
+        if pid == task:
+            break
+    if reaper:
+        sweep(task)
+    fields = {"event": "ended", "exit": None, "signal": None, "cpu": 0.0}
+    # peak resident memory of everything we reaped (KiB on Linux)
+    fields["maxrss"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    if status is not None:
+        code = os.waitstatus_to_exitcode(status)
+        fields["exit" if code >= 0 else "signal"] = abs(code)
+        fields["cpu"] = usage.ru_utime + usage.ru_stime
+    report(**fields)
+
+
+def main():
+    cfg = json.loads(sys.argv[1])
+    argv = sys.argv[2:]
+    os.setsid()
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != cfg.get("agent_pid", os.getppid()):
+        sys.exit(1)  # the agent is already gone
+
+    isolation, missing = [], []
+    in_userns = False
+    if not cfg.get("network"):
+        if unshare(CLONE_NEWNET):
+            ok = True
+        else:
+            ok = in_userns = unshare_as_user(CLONE_NEWNET)
+        if ok:
+            try:
+                loopback_up()
+            except OSError as e:
+                missing.append(f"loopback ({e.strerror})")
+            isolation.append("network")
+        elif cfg.get("net_isolation", "required") == "required":
+            report(event="error", text=(
+                "the network cannot be cut off on this agent (it needs root or unprivileged user "
+                "namespaces); start the agent with --option network_isolation=best-effort to run "
+                "such jobs with the network"))  # fmt: skip
+            sys.exit(0)
+        else:
+            missing.append("network")
+    pidns = False
+    if cfg.get("pidns", True):
+        pidns = unshare(CLONE_NEWPID) or (not in_userns and unshare_as_user(CLONE_NEWPID))
+    (isolation if pidns else missing).append("pid namespace")
+    report(event="started", isolation=isolation, missing=missing)
+
+    if not pidns:
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        supervise(argv, cfg, reaper=True)
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    init = os.fork()
+    if init == 0:
+        # pid 1 of the new namespace: when it exits, the kernel kills the rest.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        cfg["in_pidns"] = True
+        supervise(argv, cfg, reaper=False)
+        os._exit(0)
+
+    def on_term(signum, frame):
+        try:
+            os.kill(init, signal.SIGKILL)
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    while True:
+        try:
+            os.waitpid(init, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            break
+
+
+if __name__ == "__main__":
+    main()

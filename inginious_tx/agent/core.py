@@ -1,0 +1,351 @@
+"""The agent: one link to a backend, jobs run by an :class:`IAgentBackend`.
+
+The :class:`Agent` owns the protocol side (hello, heartbeat, one answer per
+job, slot accounting); the backend plugin owns how a job is run.  Every
+``BackendNewJob`` gets exactly one ``AgentJobDone`` from here, whatever the
+backend does (fails, raises, returns garbage, never answers a kill).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..dispatch import Dispatcher
+from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer
+from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
+from ..transport import Limits
+from .result import JobResult
+
+__all__ = ["Agent"]
+
+
+@dataclass
+class _Job:
+    """A job handed to the backend and not answered yet."""
+
+    job_id: BackendJobId
+    #: False once the backend has forgotten us (link lost): the job no longer
+    #: holds one of the slots we announce.
+    counted: bool = True
+    done: bool = False
+    kill_call: Optional[IDelayedCall] = None
+
+
+@implementer(IAgentHandler)
+class Agent(Service):
+    """A grading agent: connects to ``endpoint`` and runs jobs on ``backend``.
+
+    ``transport``: an :class:`~inginious_tx.interfaces.ITransport` to use
+    instead of the one chosen from the endpoint string (tests use
+    :class:`~inginious_tx.testing.MemoryTransport`).  ``silence_timeout``:
+    seconds without any message from the backend after which the agent
+    reconnects.  ``kill_grace``: seconds a backend has to answer a kill before
+    the agent answers ``killed`` itself.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        backend: IAgentBackend,
+        name: str,
+        slots: int,
+        endpoint: str,
+        *,
+        transport: Any = None,
+        limits: Optional[Limits] = None,
+        silence_timeout: float = 10.0,
+        kill_grace: float = 30.0,
+        hello_retry: float = 5.0,
+        stop_grace: float = 10.0,
+    ) -> None:
+        if slots < 1:
+            raise ValueError("an agent needs at least one slot")
+        self._reactor = reactor
+        self._backend = backend
+        self.friendly_name = name
+        self.slots = slots
+        self.endpoint = endpoint
+        self._transport = transport
+        self._limits = limits if limits is not None else Limits()
+        self._silence_timeout = silence_timeout
+        self._kill_grace = kill_grace
+        self._hello_retry = hello_retry
+        self._stop_grace = stop_grace
+        self._connection: Optional[IConnection] = None
+        self._peer: Optional[IPeer] = None
+        self._silence_call: Optional[IDelayedCall] = None
+        self._jobs: Dict[BackendJobId, _Job] = {}
+        self._busy = 0
+        self._idle_waiters: List[Deferred] = []
+        #: The environments announced in the last hello (None before).
+        self.environments: Optional[Dict[str, Dict[str, Any]]] = None
+
+    # -- service --------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        sink = Dispatcher(self, IAgentHandler)
+        if self._transport is not None:
+            self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)
+        else:
+            from ..transport import connect
+
+            self._connection = connect(self._reactor, self.endpoint, sink, self._limits)
+        self._arm_silence()
+        self.log.info(
+            "agent {name} ({kind}, {slots} slots) connecting to {endpoint}",
+            name=self.friendly_name,
+            kind=getattr(self._backend, "name", "?"),
+            slots=self.slots,
+            endpoint=self.endpoint,
+        )
+
+    def stopService(self) -> Deferred:
+        """Kill the running jobs, send their results (bounded wait), disconnect."""
+        super().stopService()
+        if self._silence_call is not None and self._silence_call.active():
+            self._silence_call.cancel()
+        self._silence_call = None
+        for job in list(self._jobs.values()):
+            self._kill(job, "the agent is stopping")
+        d = self._when_idle(self._stop_grace)
+
+        def disconnect(_: Any) -> Deferred:
+            conn, self._connection = self._connection, None
+            self._peer = None
+            return conn.stop() if conn is not None else succeed(None)
+
+        # give the transport a moment to send the last results out
+        d.addCallback(lambda _: deferLater(self._reactor, 0.2, lambda: None))
+        d.addCallback(disconnect)
+        d.addCallback(lambda _: self._backend.close())
+        d.addErrback(lambda f: self.log.failure("error while stopping the agent", f))
+        return d
+
+    @property
+    def busy(self) -> int:
+        """Jobs that hold a slot."""
+        return self._busy
+
+    # -- IAgentHandler --------------------------------------------------------
+
+    def peer_connected(self, peer: IPeer) -> None:
+        # Our hello makes the backend forget (and re-queue) whatever we run.
+        self._orphan_jobs("a new link to the backend was made")
+        self._peer = peer
+        self._heard()
+        self._say_hello(peer)
+
+    def peer_disconnected(self, peer: IPeer, reason: str) -> None:
+        if peer is not self._peer:
+            return
+        self.log.info("lost the backend {peer}: {reason}", peer=peer.description, reason=reason)
+        self._peer = None
+        self._orphan_jobs("the link to the backend was lost")
+
+    def ping(self, peer: IPeer, message: Ping) -> None:
+        self._heard()
+        peer.send(Pong())
+
+    def backend_new_job(self, peer: IPeer, message: BackendNewJob) -> None:
+        self._heard()
+        job_id = message.job_id
+        if job_id in self._jobs:
+            self.log.warn("job {job_id} is already running here: refusing the duplicate", job_id=job_id)
+            self._send_result(job_id, JobResult.crash(f"job {job_id[1]!r} is already running on this agent"))
+            return
+        refusal = self._refusal(message)
+        if refusal is not None:
+            self.log.warn("refusing job {job_id}: {why}", job_id=job_id, why=refusal)
+            self._send_result(job_id, JobResult.crash(refusal))
+            return
+        job = _Job(job_id)
+        self._jobs[job_id] = job
+        self._busy += 1
+        self._send(AgentJobStarted(job_id))
+        d = maybeDeferred(self._backend.run, message)
+        d.addCallbacks(self._job_ran, self._job_failed, callbackArgs=(job,), errbackArgs=(job,))
+        d.addErrback(lambda f: self.log.failure("answering job {job_id} failed", f, job_id=job_id))
+
+    def backend_kill_job(self, peer: IPeer, message: BackendKillJob) -> None:
+        self._heard()
+        job = self._jobs.get(message.job_id)
+        if job is None:
+            self.log.info("kill for job {job_id}, which is not running here: ignored", job_id=message.job_id)
+            return
+        self._kill(job, "asked by the backend")
+
+    # -- jobs -----------------------------------------------------------------
+
+    def _refusal(self, message: BackendNewJob) -> Optional[str]:
+        if message.debug == "ssh":
+            return "ssh debug is not supported by this agent"
+        if self._busy >= self.slots:
+            return f"agent has no free slot ({self.slots} jobs are running)"
+        if self.environments is not None and message.environment not in self.environments:
+            offered = ", ".join(sorted(self.environments)) or "none"
+            return f"environment {message.environment!r} is not offered by this agent (offered: {offered})"
+        return None
+
+    def _job_ran(self, result: Any, job: _Job) -> None:
+        if not isinstance(result, JobResult):
+            self.log.error(
+                "backend {kind} answered job {job_id} with {what!r}, not a JobResult",
+                kind=getattr(self._backend, "name", "?"),
+                job_id=job.job_id,
+                what=type(result).__name__,
+            )
+            result = JobResult.crash(f"the agent backend returned an invalid result ({type(result).__name__})")
+        self._finish(job, result)
+
+    def _job_failed(self, failure: Failure, job: _Job) -> None:
+        self.log.failure("job {job_id} failed in its backend", failure, job_id=job.job_id)
+        err = failure.value
+        self._finish(job, JobResult.crash(f"the agent could not run the job: {type(err).__name__}: {err}"))
+
+    def _finish(self, job: _Job, result: JobResult) -> None:
+        if job.done:
+            return  # already answered (kill grace expired)
+        job.done = True
+        if job.kill_call is not None and job.kill_call.active():
+            job.kill_call.cancel()
+        if self._jobs.get(job.job_id) is job:
+            del self._jobs[job.job_id]
+        if job.counted:
+            self._busy -= 1
+        self._send_result(job.job_id, result)
+        if not self._jobs:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for w in waiters:
+                w.callback(None)
+
+    def _kill(self, job: _Job, why: str) -> None:
+        if job.kill_call is not None:
+            return  # already being killed
+        self.log.info("killing job {job_id}: {why}", job_id=job.job_id, why=why)
+        job.kill_call = self._reactor.callLater(self._kill_grace, self._kill_overdue, job)
+        try:
+            self._backend.kill(job.job_id)
+        except Exception:
+            self.log.failure("backend failed to kill job {job_id}", job_id=job.job_id)
+
+    def _kill_overdue(self, job: _Job) -> None:
+        self.log.error(
+            "job {job_id} did not end {grace} s after it was killed: answering 'killed' anyway",
+            job_id=job.job_id,
+            grace=self._kill_grace,
+        )
+        self._finish(job, JobResult.killed("the job was killed (its end was not confirmed in time)"))
+
+    def _orphan_jobs(self, why: str) -> None:
+        """The backend has re-queued our running jobs: free their slots and kill them."""
+        for job in list(self._jobs.values()):
+            if job.counted:
+                self.log.info("job {job_id} is orphaned: {why}", job_id=job.job_id, why=why)
+                job.counted = False
+                self._busy -= 1
+            self._kill(job, why)
+
+    def _when_idle(self, timeout: float) -> Deferred:
+        """A Deferred that fires when no job is left, or after ``timeout``."""
+        d: Deferred = Deferred()
+        if not self._jobs:
+            d.callback(None)
+            return d
+        self._idle_waiters.append(d)
+
+        def give_up() -> None:
+            if not d.called:
+                self.log.warn("{n} jobs still running after {t} s", n=len(self._jobs), t=timeout)
+                self._idle_waiters.remove(d)
+                d.callback(None)
+
+        call = self._reactor.callLater(timeout, give_up)
+
+        def done(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+
+        return d.addBoth(done)
+
+    # -- sending --------------------------------------------------------------
+
+    def _send(self, message: Any) -> None:
+        peer = self._peer
+        if peer is None:
+            self.log.info("no backend link: dropping {msgtype}", msgtype=type(message).msgtype)
+            return
+        peer.send(message)
+
+    def _send_result(self, job_id: BackendJobId, result: JobResult) -> None:
+        size = sum(len(x) for x in (result.archive, result.stdout, result.stderr, result.text) if x)
+        if size > self._limits.max_frame * 0.9:
+            result = JobResult.crash(f"the job's result is too large to be sent ({size} bytes)")
+        try:
+            self._send(result.to_message(job_id))
+        except Exception as e:
+            self.log.failure("cannot send the result of job {job_id}", job_id=job_id)
+            self._send(JobResult.crash(f"the job's result could not be sent: {e}").to_message(job_id))
+
+    # -- hello and heartbeat --------------------------------------------------
+
+    def _say_hello(self, peer: IPeer) -> None:
+        d = maybeDeferred(self._backend.environments)
+
+        def hello(environments: Dict[str, Dict[str, Any]]) -> None:
+            if peer is not self._peer:
+                return  # a newer link will say its own hello
+            self.environments = dict(environments)
+            peer.send(AgentHello(self.friendly_name, self.slots, self.environments))
+            self.log.info(
+                "said hello to {peer}: {slots} slots, environments {envs}",
+                peer=peer.description,
+                slots=self.slots,
+                envs=sorted(self.environments),
+            )
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("cannot list the environments; retrying", failure)
+            if peer is self._peer and self.running:
+                self._reactor.callLater(self._hello_retry, self._retry_hello, peer)
+
+        d.addCallback(hello)
+        d.addErrback(failed)
+
+    def _retry_hello(self, peer: IPeer) -> None:
+        if peer is self._peer:
+            self._say_hello(peer)
+
+    def _arm_silence(self) -> None:
+        if self._silence_call is not None and self._silence_call.active():
+            self._silence_call.reset(self._silence_timeout)
+        else:
+            self._silence_call = self._reactor.callLater(self._silence_timeout, self._silent)
+
+    def _heard(self) -> None:
+        if self._connection is not None and self.running:
+            self._arm_silence()
+
+    def _silent(self) -> None:
+        self._silence_call = None
+        if self._connection is None or not self.running:
+            return
+        self.log.warn(
+            "no message from the backend for {t} s: reconnecting to {endpoint}",
+            t=self._silence_timeout,
+            endpoint=self.endpoint,
+        )
+        self._arm_silence()
+        self._connection.reconnect()

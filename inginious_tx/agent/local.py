@@ -1,0 +1,484 @@
+"""The ``local`` agent backend: runs each task as a child process of the agent.
+
+**A sandbox for trusted code and for development, not a security boundary.**
+Use the Docker backend for untrusted student code.  What it does, per job:
+
+- *Files*: the job runs in a fresh private copy of the task (see
+  :mod:`inginious_tx.agent.task`), removed afterwards.  It is **not**
+  confined to it: it sees the host's filesystem with the agent's user (root
+  if the agent is root).
+- *Processes*: a new session, and a new PID namespace when the agent may make
+  one (root, or unprivileged user namespaces).  When ``run`` ends, on a
+  timeout and on a kill, every process the job started is killed and reaped,
+  including background and ``setsid`` ones: by the kernel with a PID
+  namespace, by the sandbox as child subreaper otherwise, and through the
+  job's control group when there is one.  The host's processes stay visible
+  in ``/proc``.
+- *Network*: cut off (a new network namespace with only loopback) unless the
+  job has ``enable_network``.  If the agent can make no network namespace,
+  such jobs get a ``crash`` result saying so, unless the option
+  ``network_isolation=best-effort`` is set (then they run with the network,
+  and the agent logs it).
+- *Time*: ``time_limit`` is CPU seconds of the whole job (from its cgroup,
+  else from ``/proc`` for its session, plus ``RLIMIT_CPU`` per process);
+  ``hard_time_limit`` (default 3 x ``time_limit``) is wall-clock seconds.
+  Either gives ``timeout``.
+- *Memory*: ``mem_limit`` MB for the whole job through a memory cgroup (v1 or
+  v2), without swap; an OOM kill in the job gives ``overflow``.  Without a
+  memory cgroup, an approximation: a watchdog on the resident memory of the
+  job's session (summed, every ``poll_interval``), the peak resident memory
+  of each process of the job (``overflow`` at the limit), and
+  ``RLIMIT_DATA`` of 4 x the limit per process as a safety cap.
+- *Processes count*: ``max_processes`` (default 512) through a pids cgroup;
+  without one, ``RLIMIT_NPROC`` (per user, and not enforced for root).
+- *Files size*: ``RLIMIT_FSIZE`` of ``max_file_size_mb`` (default 1024).
+
+Options (``--option KEY=VALUE``): ``work_dir``, ``network_isolation``
+(``required``/``best-effort``), ``pid_namespace`` (``auto``/``off``),
+``cgroups`` (``auto``/``off``), ``max_processes``, ``max_file_size_mb``,
+``max_time`` (s, when a job has no time limit), ``kill_grace`` (s),
+``poll_interval`` (s), ``keep_jobs`` (keep job folders, for debugging).
+
+Environments are names only (``--environment NAME``, default ``default``):
+they all run on this host.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..interfaces import IAgentBackend
+from ..messages import BackendJobId, BackendNewJob
+from ._cgroup import CgroupSupport, JobCgroup, JobStats
+from .mock import environment_names
+from .result import AgentConfig, JobResult
+from .task import DEFAULT_PATH, JobFolder, OutputLimits, TaskError, collect_result, prepare_job, remove_job
+
+__all__ = ["LocalBackend"]
+
+SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox.py")
+_TRUE = ("1", "true", "yes", "on")
+_seq = itertools.count(1)
+
+
+def _option(options: Dict[str, Any], key: str, default: Any, kind: Callable[[Any], Any]) -> Any:
+    value = options.get(key, default)
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid value {value!r} for the local backend option {key!r}") from None
+
+
+def _session_usage(sid: int) -> Tuple[int, float]:
+    """Resident bytes and CPU seconds (with reaped children) of a session's processes."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    ticks = os.sysconf("SC_CLK_TCK")
+    rss = 0
+    cpu = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 21 and int(fields[3]) == sid:
+            cpu += sum(int(x) for x in fields[11:15])
+            rss += int(fields[21]) * page
+    return rss, cpu / ticks
+
+
+class _SandboxProtocol(ProcessProtocol):
+    """Collects stdout/stderr (capped) and the sandbox's reports on fd 3."""
+
+    def __init__(self, reactor: Any, max_out: int, max_err: int) -> None:
+        self._reactor = reactor
+        self._caps = {1: max_out + 1, 2: max_err + 1}
+        self.output: Dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        self._status = bytearray()
+        self.reports: Dict[str, Dict[str, Any]] = {}
+        self.ended: Deferred = Deferred()
+        self.exit_code: Optional[int] = None
+        self._close_call: Optional[IDelayedCall] = None
+
+    def connectionMade(self) -> None:
+        self.transport.closeStdin()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        if fd in self.output:
+            room = self._caps[fd] - len(self.output[fd])
+            if room > 0:
+                self.output[fd] += data[:room]
+        elif fd == 3 and len(self._status) < 65536:
+            self._status += data
+            while b"\n" in self._status:
+                line, _, rest = bytes(self._status).partition(b"\n")
+                self._status = bytearray(rest)
+                try:
+                    msg = json.loads(line)
+                    self.reports[str(msg["event"])] = msg
+                except (ValueError, KeyError, TypeError):
+                    pass
+
+    def processExited(self, reason: Failure) -> None:
+        # Something may still hold our pipes (it should not): stop waiting soon.
+        self._close_call = self._reactor.callLater(1.0, self._close_pipes)
+
+    def _close_pipes(self) -> None:
+        for fd in (1, 2, 3):
+            try:
+                self.transport.closeChildFD(fd)
+            except Exception:
+                pass
+
+    def processEnded(self, reason: Failure) -> None:
+        if self._close_call is not None and self._close_call.active():
+            self._close_call.cancel()
+        self.exit_code = getattr(reason.value, "exitCode", None)
+        self.ended.callback(None)
+
+
+@dataclass
+class _LocalJob:
+    job: BackendNewJob
+    name: str
+    folder: Optional[JobFolder] = None
+    cgroup: Optional[JobCgroup] = None
+    proto: Optional[_SandboxProtocol] = None
+    #: (result, text) decided by the agent: timeout, overflow, killed.
+    outcome: Optional[Tuple[str, str]] = None
+    ended: bool = False
+    polling: bool = False
+    calls: List[IDelayedCall] = field(default_factory=list)
+    monitor: Optional[LoopingCall] = None
+    stats: JobStats = field(default_factory=JobStats)
+    done: Deferred = field(default_factory=Deferred)
+
+
+@implementer(IAgentBackend)
+class LocalBackend:
+    """Runs jobs as local child processes (see the module docstring)."""
+
+    name = "local"
+    log = Logger()
+
+    def __init__(self, reactor: Any, config: AgentConfig) -> None:
+        if not config.tasks_dir:
+            raise ValueError("the local backend needs a tasks folder (--tasks)")
+        for value in config.environments:
+            if "=" in value:
+                raise ValueError(
+                    f"the local backend runs tasks on this host: --environment takes a NAME, not {value!r}"
+                )
+        self._reactor = reactor
+        self._tasks_dir = config.tasks_dir
+        opts = config.options
+        self._work_root = opts.get("work_dir") or os.path.join(
+            tempfile.gettempdir(), f"inginious-tx-local-{os.getpid()}-{id(self):x}"
+        )
+        self._own_work_root = "work_dir" not in opts
+        self._net_isolation = _option(opts, "network_isolation", "required", str)
+        if self._net_isolation not in ("required", "best-effort"):
+            raise ValueError("network_isolation is 'required' or 'best-effort'")
+        self._pidns = _option(opts, "pid_namespace", "auto", str) != "off"
+        self._use_cgroups = _option(opts, "cgroups", "auto", str) != "off"
+        self._max_processes = _option(opts, "max_processes", 512, int)
+        self._max_file_size = _option(opts, "max_file_size_mb", 1024, int) << 20
+        self._max_time = _option(opts, "max_time", 3600, float)
+        self._kill_grace = _option(opts, "kill_grace", 2.0, float)
+        self._poll_interval = _option(opts, "poll_interval", 0.25, float)
+        self._keep_jobs = str(opts.get("keep_jobs", "")).lower() in _TRUE
+        self.limits = OutputLimits()
+        self._created = int(reactor.seconds())
+        self._environments = {
+            name: {"id": f"local:{name}", "created": self._created, "ports": []} for name in environment_names(config)
+        }
+        self._support: Optional[CgroupSupport] = None
+        self._support_lock = threading.Lock()
+        self._jobs: Dict[BackendJobId, _LocalJob] = {}
+        self._warned: set = set()
+
+    # -- IAgentBackend --------------------------------------------------------
+
+    def environments(self) -> Deferred:
+        return succeed({k: dict(v) for k, v in self._environments.items()})
+
+    def run(self, job: BackendNewJob) -> Deferred:
+        if job.job_id in self._jobs:
+            raise ValueError(f"job {job.job_id!r} is already running")
+        if job.environment not in self._environments:
+            return succeed(JobResult.crash(f"environment {job.environment!r} is not offered by this agent"))
+        state = _LocalJob(job, f"job-{next(_seq)}")
+        self._jobs[job.job_id] = state
+        d = self._thread(self._thd_prepare, state)
+        d.addCallback(lambda _: self._start(state))
+        d.addCallback(lambda _: self._thread(self._thd_result, state))
+        d.addErrback(self._failed, state)
+        d.addBoth(self._cleanup, state)
+        return d
+
+    def kill(self, job_id: BackendJobId) -> None:
+        state = self._jobs.get(job_id)
+        if state is not None:
+            self._terminate(state, "killed", "The job was killed.")
+
+    def close(self) -> Deferred:
+        """Kill every job, wait for them, then remove our cgroups and work folder."""
+        waits = [s.done for s in self._jobs.values()]
+        for job_id in list(self._jobs):
+            self.kill(job_id)
+        d = DeferredList(waits, consumeErrors=True)
+        d.addCallback(lambda _: self._thread(self._thd_close))
+        return d
+
+    # -- running --------------------------------------------------------------
+
+    def _thread(self, f: Callable[..., Any], *args: Any) -> Deferred:
+        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+
+    def _thd_support(self) -> Optional[CgroupSupport]:
+        with self._support_lock:
+            if self._support is None:
+                if self._use_cgroups:
+                    self._support = CgroupSupport.probe(f"inginious-tx-{os.getpid()}-{id(self):x}")
+                else:
+                    self._support = CgroupSupport()
+                self.log.info("local backend cgroups: {what}", what=self._support.describe())
+                for problem in self._support.problems:
+                    self.log.info("cgroup probe: {problem}", problem=problem)
+            return self._support
+
+    def _thd_prepare(self, state: _LocalJob) -> None:
+        support = self._thd_support()
+        state.folder = prepare_job(self._tasks_dir, state.job, self._work_root)
+        if support is not None and support.places:
+            mem = state.job.mem_limit << 20 if state.job.mem_limit > 0 else None
+            state.cgroup = support.create(state.name, mem, self._max_processes)
+
+    def _limits_of(self, job: BackendNewJob) -> Tuple[int, float]:
+        """(CPU seconds or 0, wall-clock seconds)."""
+        cpu = max(job.time_limit, 0)
+        hard = job.hard_time_limit if job.hard_time_limit and job.hard_time_limit > 0 else 3 * cpu
+        return cpu, float(hard) if hard else self._max_time
+
+    def _start(self, state: _LocalJob) -> Deferred:
+        if state.outcome is not None:
+            return succeed(None)  # killed while preparing
+        job, folder = state.job, state.folder
+        assert folder is not None
+        cpu, hard = self._limits_of(job)
+
+        def has(feature: str) -> bool:
+            return state.cgroup is not None and feature in state.cgroup.dirs
+
+        cfg = {
+            "agent_pid": os.getpid(),
+            "cgroups": state.cgroup.procs_files if state.cgroup else [],
+            "network": bool(job.enable_network),
+            "net_isolation": self._net_isolation,
+            "pidns": self._pidns,
+            "cpu": cpu,
+            "fsize": self._max_file_size,
+            # without a memory cgroup, only a safety cap: the limit is checked on resident memory
+            "data": (job.mem_limit << 22) if job.mem_limit > 0 and not has("memory") else 0,
+            "nproc": self._max_processes if not has("pids") and os.getuid() != 0 else 0,
+        }
+        env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
+        proto = _SandboxProtocol(self._reactor, self.limits.max_stdout, self.limits.max_stderr)
+        state.proto = proto
+        self._reactor.spawnProcess(
+            proto,
+            sys.executable,
+            [sys.executable, "-I", "-S", SANDBOX, json.dumps(cfg), *folder.command],
+            env=env,
+            path=folder.task_dir,
+            childFDs={0: "w", 1: "r", 2: "r", 3: "r"},
+        )
+        state.calls.append(
+            self._reactor.callLater(
+                hard, self._terminate, state, "timeout", f"The job exceeded its wall-clock time limit of {hard:g} s."
+            )
+        )
+        state.monitor = LoopingCall(self._poll, state)
+        state.monitor.clock = self._reactor
+        state.monitor.start(self._poll_interval, now=False)
+        proto.ended.addCallback(lambda _: self._ended(state))
+        return proto.ended
+
+    def _ended(self, state: _LocalJob) -> None:
+        state.ended = True
+        for call in state.calls:
+            if call.active():
+                call.cancel()
+        if state.monitor is not None and state.monitor.running:
+            state.monitor.stop()
+
+    def _poll(self, state: _LocalJob) -> None:
+        if state.polling or state.ended or state.outcome is not None or state.proto is None:
+            return
+        state.polling = True
+        d = self._thread(self._thd_stats, state, state.proto.transport.pid)
+
+        def check(stats: JobStats) -> None:
+            state.polling = False
+            state.stats = stats
+            job = state.job
+            cpu, _ = self._limits_of(job)
+            if stats.oom_kills:
+                self._terminate(state, "overflow", self._overflow_text(job))
+            elif cpu and stats.cpu_seconds is not None and stats.cpu_seconds >= cpu:
+                self._terminate(state, "timeout", self._timeout_text(cpu))
+
+        def failed(f: Failure) -> None:
+            state.polling = False
+            self.log.failure("cannot check job {name}", f, name=state.name)
+
+        d.addCallbacks(check, failed)
+
+    def _thd_stats(self, state: _LocalJob, pid: Optional[int]) -> JobStats:
+        stats = state.cgroup.stats() if state.cgroup is not None else JobStats()
+        has_mem = state.cgroup is not None and "memory" in state.cgroup.dirs
+        if pid and (stats.cpu_seconds is None or not has_mem):
+            rss, cpu = _session_usage(pid)
+            if stats.cpu_seconds is None:
+                stats.cpu_seconds = cpu
+            mem = state.job.mem_limit << 20
+            if not has_mem and mem > 0 and rss >= mem:
+                stats.oom_kills = 1  # the watchdog's verdict
+        return stats
+
+    @staticmethod
+    def _overflow_text(job: BackendNewJob) -> str:
+        return f"The job exceeded its memory limit of {job.mem_limit} MB."
+
+    @staticmethod
+    def _timeout_text(cpu: float) -> str:
+        return f"The job exceeded its time limit of {cpu:g} s of CPU time."
+
+    def _terminate(self, state: _LocalJob, kind: str, text: str) -> None:
+        """End the job's whole process tree; ``kind`` becomes its result."""
+        if state.outcome is not None or state.ended:
+            return
+        state.outcome = (kind, text)
+        proto = state.proto
+        if proto is None or proto.transport is None:
+            return  # not started: _start sees the outcome
+        self.log.info("ending job {name} ({kind})", name=state.name, kind=kind)
+        try:
+            proto.transport.signalProcess("TERM")  # the sandbox kills and reaps its tree
+        except ProcessExitedAlready:
+            return
+        state.calls.append(self._reactor.callLater(self._kill_grace, self._escalate, state))
+
+    def _escalate(self, state: _LocalJob) -> None:
+        """The sandbox did not end in time: kill everything outright."""
+        if state.ended or state.proto is None:
+            return
+        self.log.warn("job {name} did not end on SIGTERM: killing it", name=state.name)
+        pid = state.proto.transport.pid
+        pgid = state.proto.reports.get("running", {}).get("task_pgid")
+        for group in (pid, pgid):
+            if group:
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except OSError:
+                    pass
+        if state.cgroup is not None:
+            self._thread(state.cgroup.kill_all).addErrback(lambda f: self.log.failure("cgroup kill failed", f))
+
+    # -- results --------------------------------------------------------------
+
+    def _thd_result(self, state: _LocalJob) -> JobResult:
+        """Decide the result once the sandbox has ended (blocking)."""
+        folder, proto, job = state.folder, state.proto, state.job
+        assert folder is not None
+        if state.cgroup is not None:
+            state.cgroup.kill_all()
+            state.stats = state.cgroup.stats()
+        out = bytes(proto.output[1]) if proto else b""
+        err = bytes(proto.output[2]) if proto else b""
+        cpu, _ = self._limits_of(job)
+        outcome = state.outcome
+        reports = proto.reports if proto else {}
+        ended = reports.get("ended")
+        if outcome is None and state.stats.oom_kills:
+            outcome = ("overflow", self._overflow_text(job))
+        has_mem = state.cgroup is not None and "memory" in state.cgroup.dirs
+        if outcome is None and ended is not None and not has_mem and job.mem_limit > 0:
+            # no memory cgroup: a process of the job went over the limit at some point
+            if float(ended.get("maxrss") or 0) >= job.mem_limit << 20:
+                outcome = ("overflow", self._overflow_text(job))
+        if outcome is None and ended is not None and cpu:
+            used = max(float(ended.get("cpu") or 0), state.stats.cpu_seconds or 0)
+            if ended.get("signal") == signal.SIGXCPU or (ended.get("signal") == signal.SIGKILL and used >= cpu):
+                outcome = ("timeout", self._timeout_text(cpu))
+        if outcome is not None:
+            return collect_result(folder, None, out, err, self.limits, outcome=outcome)
+        if "error" in reports:
+            return JobResult.crash(str(reports["error"].get("text", "the sandbox failed")))
+        started = reports.get("started", {})
+        for missing in started.get("missing", []):
+            if missing not in self._warned:
+                self._warned.add(missing)
+                self.log.warn("local backend: jobs run without {what} isolation", what=missing)
+        if ended is None:
+            tail = err[-500:].decode("utf-8", "replace")
+            code = proto.exit_code if proto else None
+            return JobResult.crash(f"the local sandbox ended without a report (exit status {code}): {tail}")
+        exit_code = ended["exit"] if ended.get("exit") is not None else -int(ended.get("signal") or 0)
+        return collect_result(folder, exit_code, out, err, self.limits)
+
+    def _failed(self, failure: Failure, state: _LocalJob) -> Any:
+        if failure.check(TaskError):
+            return JobResult.crash(str(failure.value))
+        return failure
+
+    def _cleanup(self, result: Any, state: _LocalJob) -> Deferred:
+        """Whatever happened: no process, no cgroup, no folder left."""
+        self._ended(state)
+
+        def thd_cleanup() -> None:
+            if state.cgroup is not None:
+                state.cgroup.kill_all()
+                state.cgroup.remove()
+            if state.folder is not None and not self._keep_jobs:
+                remove_job(state.folder)
+
+        d = self._thread(thd_cleanup)
+        d.addErrback(lambda f: self.log.failure("cleaning up job {name} failed", f, name=state.name))
+
+        def finished(_: Any) -> Any:
+            if self._jobs.get(state.job.job_id) is state:
+                del self._jobs[state.job.job_id]
+            state.done.callback(None)
+            return result
+
+        return d.addCallback(finished)
+
+    def _thd_close(self) -> None:
+        if self._support is not None:
+            self._support.cleanup()
+        if self._own_work_root:
+            try:
+                os.rmdir(self._work_root)
+            except OSError:
+                pass

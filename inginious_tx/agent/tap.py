@@ -1,0 +1,173 @@
+"""``twistd inginious-agent``: command-line options and ``makeService``.
+
+The twistd plugin in ``twisted/plugins/inginious_tx_services.py`` names this
+module; nothing here imports the reactor until :func:`makeService` runs.
+Agent backends are the plugins of the ``inginious_tx.agent_backends`` entry
+point group, chosen with ``--kind``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import Any, Dict, List
+
+from twisted.python import usage
+
+from ..plugin import PluginError, available, load
+from ..transport import DEFAULT_MAX_FRAME, Limits
+from .result import AgentConfig
+
+__all__ = ["Options", "makeService", "GROUP", "DEFAULT_KIND"]
+
+GROUP = "inginious_tx.agent_backends"
+#: The kind used without ``--kind``: the one that isolates untrusted code.
+DEFAULT_KIND = "docker"
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be >= 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be > 0")
+    return number
+
+
+def kinds() -> List[str]:
+    """Names of the installed agent backends."""
+    return sorted(available(GROUP))
+
+
+def kind_listing() -> str:
+    """One line per installed agent backend: its name and the first line of its docstring."""
+    lines = []
+    for name in kinds():
+        try:
+            doc = (load(GROUP, name).__doc__ or "").strip().splitlines()
+            summary = doc[0] if doc else ""
+        except Exception as e:
+            summary = f"(unavailable: {e})"
+        lines.append(f"{name}{' (default)' if name == DEFAULT_KIND else ''}: {summary}\n")
+    return "".join(lines)
+
+
+class Options(usage.Options):
+    """Options of ``twistd inginious-agent``."""
+
+    synopsis = "--backend ENDPOINT [--kind KIND] [--slots N] [--tasks DIR] [--environment NAME[=IMAGE]]... [options]"
+
+    optFlags = [
+        ["list-kinds", None, "Print the installed agent backends (--kind values) and exit."],
+    ]
+
+    optParameters = [
+        [
+            "backend",
+            "b",
+            None,
+            "Endpoint of the backend's agent listener: zmq:tcp://HOST:PORT, zmq:ipc:///PATH, "
+            "tcp:HOST:PORT, unix:/PATH or ssl:... (required).",
+        ],
+        ["kind", "k", DEFAULT_KIND, "Agent backend that runs the jobs (see --list-kinds)."],
+        [
+            "slots",
+            "s",
+            None,
+            "Jobs run at once; announced to the backend [default: the number of CPUs]",
+            _positive_int,
+        ],
+        ["tasks", "t", None, "Folder of the courses: TASKS/COURSE_ID/TASK_ID/run (needed by local and docker)."],
+        ["name", "n", None, "Name shown by the backend in queue snapshots [default: HOSTNAME-KIND]."],
+        [
+            "silence-timeout",
+            None,
+            10.0,
+            "Seconds without a ping from the backend after which the agent reconnects and says hello again.",
+            _positive_float,
+        ],
+        ["max-frame", None, DEFAULT_MAX_FRAME, "Largest message accepted from the backend, in bytes.", _positive_int],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["environments"] = []
+        self["options"] = {}
+        self.longdesc = (
+            "Run INGInious 0.6 grading jobs for a backend.\n"
+            f"Agent backends installed ({GROUP} entry points): {', '.join(kinds()) or 'none'}. "
+            "mock answers without running anything (tests, benchmarks): the job's input keys "
+            "@mock_result, @mock_grade, @mock_delay, @mock_fail, or --option result=/grade=/delay=/fail=, decide. "
+            "local runs TASKS/COURSE/TASK/run as a child process: a sandbox for trusted code and "
+            "development only (see inginious_tx.agent.local). "
+            "docker runs each job in a container of the environment's image."
+        )
+
+    def opt_environment(self, value: str) -> None:
+        """Environment offered: NAME (mock, local) or NAME=IMAGE (docker); repeatable [default: default]"""
+        name = value.split("=", 1)[0].strip()
+        if not name:
+            raise usage.UsageError(f"--environment {value!r}: the NAME is empty")
+        self["environments"].append(value)
+
+    def opt_option(self, value: str) -> None:
+        """KEY=VALUE passed to the agent backend (e.g. network_isolation=best-effort); repeatable"""
+        key, sep, val = value.partition("=")
+        if not sep or not key.strip():
+            raise usage.UsageError(f"--option {value!r}: expected KEY=VALUE")
+        self["options"][key.strip()] = val
+
+    opt_e = opt_environment
+    opt_o = opt_option
+
+    def postOptions(self) -> None:
+        if self["list-kinds"]:
+            sys.stdout.write(kind_listing())
+            sys.stdout.flush()
+            raise SystemExit(0)
+        if not self["backend"]:
+            raise usage.UsageError("--backend ENDPOINT is required (e.g. zmq:tcp://127.0.0.1:2001)")
+        try:
+            self["backend_class"] = load(GROUP, self["kind"])
+        except PluginError as e:
+            raise usage.UsageError(str(e))
+        if self["tasks"] is not None and not os.path.isdir(self["tasks"]):
+            raise usage.UsageError(f"--tasks {self['tasks']!r} is not a folder")
+        if self["slots"] is None:
+            self["slots"] = os.cpu_count() or 1
+        if self["name"] is None:
+            self["name"] = f"{socket.gethostname()}-{self['kind']}"
+        self["config"] = AgentConfig(
+            tasks_dir=os.path.abspath(self["tasks"]) if self["tasks"] else None,
+            environments=list(self["environments"]),
+            slots=self["slots"],
+            options=dict(self["options"]),
+        )
+        self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
+
+
+def makeService(options: Dict[str, Any]) -> Any:
+    """The agent service for twistd, on the global (chosen) reactor."""
+    from twisted.internet import reactor
+
+    from .core import Agent
+
+    try:
+        backend = options["backend_class"](reactor, options["config"])
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"inginious-agent: the {options['kind']} backend cannot start: {e}")
+    return Agent(
+        reactor,
+        backend,
+        options["name"],
+        options["slots"],
+        options["backend"],
+        limits=options["limits"],
+        silence_timeout=options["silence-timeout"],
+    )

@@ -1,0 +1,336 @@
+"""Scheduling policies: which waiting job runs next.
+
+A policy owns the order of waiting jobs and nothing else; the backend core
+(:mod:`inginious_tx.backend.core`) owns the jobs, the agents and the slots.
+The built-in policies are registered under the ``inginious_tx.policies``
+entry point group exactly like third-party ones, and chosen by name.
+
+All three keep one binary heap per environment, so that ``add`` and
+``pop_next`` cost O(log n), and delete lazily: ``remove`` marks the heap entry
+dead in O(1), dead entries are skipped when they reach the top, and a heap is
+rebuilt once it holds more dead entries than live ones, which keeps both the
+memory and the amortised cost bounded.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Any, Collection, Dict, Hashable, List, Optional, Tuple
+
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from ..interfaces import ISchedulingPolicy
+from ..plugin import PluginError, available, load
+
+__all__ = [
+    "GROUP",
+    "DEFAULT_POLICY",
+    "PriorityPolicy",
+    "FairPolicy",
+    "ShortestFirstPolicy",
+    "available_policies",
+    "load_policy",
+]
+
+#: The entry point group scheduling policies are registered under.
+GROUP = "inginious_tx.policies"
+#: The policy used when none is named.
+DEFAULT_POLICY = "priority"
+
+# A heap entry is a list ``[*rank, job]``: the rank's items (ending with the
+# job's unique sequence number, so two entries never tie and jobs themselves
+# are never compared), then the job, set to None when the job is removed.
+# Flat entries keep a heap comparison to one list compare of small ints.
+_Entry = List[Any]
+
+#: Rebuild a heap when it holds more dead entries than this and than live ones.
+_COMPACT_MIN = 64
+
+
+class _HeapPolicy:
+    """Per-environment heaps with lazy deletion; subclasses define the rank.
+
+    Subclasses implement :meth:`_rank` (the heap key of a job being added) and
+    may override :meth:`_compare` (how the tops of two environments' heaps
+    compare when an agent offers both) and the ``_on_*`` hooks.
+    """
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._heaps: Dict[str, List[_Entry]] = {}
+        self._entries: Dict[Hashable, _Entry] = {}
+        self._live: Dict[str, int] = {}
+        self._dead: Dict[str, int] = {}
+
+    # -- to be defined by subclasses ------------------------------------------
+
+    def _rank(self, job: Any) -> List[Any]:
+        """The heap key of ``job``, ending with its sequence number."""
+        raise NotImplementedError
+
+    def _compare(self, environment: str, entry: _Entry) -> Any:
+        """The key by which the tops of different environments compete."""
+        return entry
+
+    def _on_removed(self, job: Any, entry: _Entry) -> None:
+        """``job`` stopped waiting without running."""
+
+    def _on_popped(self, job: Any, entry: _Entry) -> None:
+        """``job`` was picked to run."""
+
+    # -- ISchedulingPolicy ----------------------------------------------------
+
+    def add(self, job: Any) -> None:
+        key = job.key
+        if key in self._entries:
+            raise ValueError(f"job {key!r} is already waiting")
+        env = job.environment
+        entry = self._rank(job)
+        entry.append(job)
+        self._entries[key] = entry
+        heap = self._heaps.get(env)
+        if heap is None:
+            self._heaps[env] = [entry]
+            self._live[env] = 1
+            self._dead[env] = 0
+        else:
+            heapq.heappush(heap, entry)
+            self._live[env] += 1
+
+    def remove(self, job: Any) -> None:
+        entry = self._entries.get(job.key)
+        if entry is None or entry[-1] is not job:
+            return  # not waiting here: nothing to do
+        del self._entries[job.key]
+        entry[-1] = None
+        env = job.environment
+        live = self._live[env] - 1
+        if live == 0:
+            self._drop_environment(env)
+        else:
+            self._live[env] = live
+            dead = self._dead[env] + 1
+            self._dead[env] = dead
+            if dead > _COMPACT_MIN and dead > live:
+                heap = [e for e in self._heaps[env] if e[-1] is not None]
+                heapq.heapify(heap)
+                self._heaps[env] = heap
+                self._dead[env] = 0
+        self._on_removed(job, entry)
+
+    def pop_next(self, environments: Collection[str]) -> Optional[Any]:
+        heaps = self._heaps
+        best: Optional[_Entry] = None
+        best_env = ""
+        best_key: Any = None
+        for env in environments:
+            heap = heaps.get(env)
+            if not heap:
+                continue
+            top = heap[0]
+            if top[-1] is None:
+                top = self._clean_top(env, heap)
+            if best is None:
+                best, best_env = top, env
+                best_key = None  # computed only if there is a competitor
+                continue
+            if best_key is None:
+                best_key = self._compare(best_env, best)
+            key = self._compare(env, top)
+            if key < best_key:
+                best, best_env, best_key = top, env, key
+        if best is None:
+            return None
+        heap = heaps[best_env]
+        heapq.heappop(heap)
+        job = best[-1]
+        del self._entries[job.key]
+        live = self._live[best_env] - 1
+        if live == 0:
+            self._drop_environment(best_env)
+        else:
+            self._live[best_env] = live
+            if heap[0][-1] is None:
+                self._clean_top(best_env, heap)
+        self._on_popped(job, best)
+        return job
+
+    def waiting(self, environment: str) -> int:
+        return self._live.get(environment, 0)
+
+    def ordered(self) -> List[Any]:
+        keyed = [
+            (self._compare(env, entry), entry[-1])
+            for env, heap in self._heaps.items()
+            for entry in heap
+            if entry[-1] is not None
+        ]
+        keyed.sort(key=lambda pair: pair[0])
+        return [job for _, job in keyed]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _clean_top(self, env: str, heap: List[_Entry]) -> _Entry:
+        """Pop dead entries off the top; the environment has a live job."""
+        pop = heapq.heappop
+        n = 0
+        while heap[0][-1] is None:
+            pop(heap)
+            n += 1
+        self._dead[env] -= n
+        return heap[0]
+
+    def _drop_environment(self, env: str) -> None:
+        del self._heaps[env]
+        del self._live[env]
+        del self._dead[env]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {len(self)} waiting>"
+
+
+@implementer(ISchedulingPolicy)
+class PriorityPolicy(_HeapPolicy):
+    """Lower ``priority`` value first, then arrival order (INGInious 0.6's order).
+
+    This is the default policy.
+    """
+
+    name = "priority"
+
+    def _rank(self, job: Any) -> List[Any]:
+        return [job.priority, job.sequence]
+
+
+@implementer(ISchedulingPolicy)
+class ShortestFirstPolicy(_HeapPolicy):
+    """Short jobs first, with aging so that long jobs still run.
+
+    Within a priority level (lower value first, as everywhere), each job gets
+    a *virtual deadline* ``submitted_at + stretch * time_limit`` and the
+    earliest deadline runs first.  A 10-second job submitted now overtakes a
+    300-second job submitted a minute ago (deadlines now + 40 and -60 + 1200
+    with ``stretch = 4``), but not one submitted more than ``stretch * (300 -
+    10)`` seconds ago: every job's deadline is fixed when it arrives, and any
+    job arriving after that deadline gets a later one, so no job waits
+    forever.  ``stretch`` is a class attribute (subclass to change it); a job
+    without a positive time limit counts as ``no_limit_seconds`` long.
+    Re-queued jobs keep their first deadline.
+    """
+
+    name = "shortest-first"
+    stretch = 4.0
+    no_limit_seconds = 3600
+
+    def _rank(self, job: Any) -> List[Any]:
+        limit = job.time_limit if job.time_limit > 0 else self.no_limit_seconds
+        return [job.priority, job.submitted_at + self.stretch * limit, job.sequence]
+
+
+@implementer(ISchedulingPolicy)
+class FairPolicy(_HeapPolicy):
+    """Round-robin between courses at equal priority.
+
+    Lower ``priority`` values still run first.  Within one environment and
+    priority level, each course's waiting jobs are numbered in rounds: a
+    course's next job gets round ``max(its last round, current round) + 1``,
+    where the current round is that of the last job that started.  Jobs run
+    by round, then by arrival, so a course that submits 500 jobs at once fills
+    rounds 1..500 while another course's single job lands in the next round
+    and runs after at most one job of each other course (start-time fair
+    queuing; O(log n) per operation).  A course that has nothing waiting
+    forgets its rounds, so being idle earns no credit.
+
+    Environments have their own round counters; when an agent offers several,
+    their candidates compete by priority, then by how many rounds they are
+    ahead of their environment's current round, then by arrival.  A job that
+    is re-queued after its agent was lost (``retries > 0``) goes back to the
+    current round rather than behind its course's backlog.
+    """
+
+    name = "fair"
+
+    def __init__(self) -> None:
+        super().__init__()
+        # (environment, priority) -> round of the last job that started
+        self._round: Dict[Tuple[str, int], int] = {}
+        # (environment, priority) -> number of waiting jobs at that level
+        self._level_size: Dict[Tuple[str, int], int] = {}
+        # (environment, priority, course) -> [last round given, waiting count]
+        self._courses: Dict[Tuple[str, int, str], List[int]] = {}
+
+    def _rank(self, job: Any) -> List[Any]:
+        level = (job.environment, job.priority)
+        current = self._round.get(level, 0)
+        self._level_size[level] = self._level_size.get(level, 0) + 1
+        ckey = (job.environment, job.priority, job.course_id)
+        course = self._courses.get(ckey)
+        if getattr(job, "retries", 0):
+            tag = current
+        else:
+            tag = max(course[0] if course is not None else current, current) + 1
+        if course is None:
+            self._courses[ckey] = [tag, 1]
+        else:
+            if tag > course[0]:
+                course[0] = tag
+            course[1] += 1
+        return [job.priority, tag, job.sequence]
+
+    def _compare(self, environment: str, entry: _Entry) -> Any:
+        priority, tag, sequence, _ = entry
+        return (priority, tag - self._round.get((environment, priority), 0), sequence)
+
+    def _forget(self, job: Any) -> Tuple[str, int]:
+        level = (job.environment, job.priority)
+        ckey = (job.environment, job.priority, job.course_id)
+        course = self._courses[ckey]
+        course[1] -= 1
+        if course[1] == 0:
+            del self._courses[ckey]
+        size = self._level_size[level] - 1
+        if size == 0:
+            del self._level_size[level]
+            self._round.pop(level, None)
+        else:
+            self._level_size[level] = size
+        return level
+
+    def _on_removed(self, job: Any, entry: _Entry) -> None:
+        self._forget(job)
+
+    def _on_popped(self, job: Any, entry: _Entry) -> None:
+        level = self._forget(job)
+        tag = entry[1]
+        if level in self._level_size and tag > self._round.get(level, 0):
+            self._round[level] = tag
+
+
+# ---------------------------------------------------------------------------
+# Loading by name
+# ---------------------------------------------------------------------------
+
+
+def available_policies() -> List[str]:
+    """The names of every installed scheduling policy, sorted."""
+    return sorted(available(GROUP))
+
+
+def load_policy(name: str) -> Any:
+    """A new instance of the policy registered as ``name``.
+
+    Raises :class:`~inginious_tx.plugin.PluginError` naming the available
+    policies if there is none by that name, or if it is broken.
+    """
+    factory = load(GROUP, name)
+    try:
+        policy = factory()
+        verifyObject(ISchedulingPolicy, policy)
+    except Exception as e:
+        raise PluginError(f"scheduling policy {name!r} could not be built: {e}") from e
+    return policy

@@ -1,0 +1,209 @@
+"""``twistd inginious-backend``: command-line options and ``makeService``.
+
+The twistd plugin in ``twisted/plugins/inginious_tx_services.py`` names this
+module; nothing here imports the reactor until :func:`makeService` runs, so
+``twistd --reactor=...`` keeps working.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, List, Optional
+
+from twisted.python import usage
+
+from ..transport import DEFAULT_MAX_FRAME, Limits
+from .core import BackendSettings
+from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
+
+__all__ = ["Options", "makeService", "DEFAULT_CLIENTS", "DEFAULT_AGENTS"]
+
+#: Where clients are awaited when no ``--clients`` is given (INGInious 0.6's usual port).
+DEFAULT_CLIENTS = "zmq:tcp://127.0.0.1:2000"
+#: Where agents are awaited when no ``--agents`` is given.
+DEFAULT_AGENTS = "zmq:tcp://127.0.0.1:2001"
+
+_defaults = BackendSettings()
+
+
+def _limit(value: str) -> Optional[int]:
+    """A non-negative count, or ``none`` for no limit."""
+    if value.strip().lower() in ("none", "unlimited"):
+        return None
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be >= 0 (or 'none')")
+    return number
+
+
+_limit.coerceDoc = "A number >= 0, or 'none' for no limit."  # type: ignore[attr-defined]
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be > 0")
+    return number
+
+
+def _count(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be >= 0")
+    return number
+
+
+def _at_least_one(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be >= 1")
+    return number
+
+
+class Options(usage.Options):
+    """Options of ``twistd inginious-backend``."""
+
+    synopsis = "[--clients ENDPOINT]... [--agents ENDPOINT]... [--policy NAME] [options]"
+
+    optFlags = [
+        ["list-policies", None, "Print the installed scheduling policies and exit."],
+    ]
+
+    optParameters = [
+        ["policy", "p", DEFAULT_POLICY, "Scheduling policy that orders waiting jobs (see --list-policies)."],
+        [
+            "max-retries",
+            None,
+            _defaults.max_retries,
+            "Times a job is queued again after its agent was lost, before it is answered 'crash'.",
+            _count,
+        ],
+        [
+            "ping-interval",
+            None,
+            _defaults.ping_interval,
+            "Seconds between two pings to each agent.",
+            _positive_float,
+        ],
+        [
+            "max-missed-pongs",
+            None,
+            _defaults.max_missed_pongs,
+            "Pings in a row an agent may leave unanswered before it is considered gone.",
+            _at_least_one,
+        ],
+        [
+            "max-waiting",
+            None,
+            _defaults.max_waiting,
+            "Most jobs waiting in total; beyond, new jobs are answered 'crash' (queue full).",
+            _limit,
+        ],
+        [
+            "max-waiting-per-client",
+            None,
+            None,
+            "Most jobs waiting for one client [default: none, only --max-waiting applies]",
+            _limit,
+        ],
+        [
+            "max-frame",
+            None,
+            DEFAULT_MAX_FRAME,
+            "Largest message accepted, in bytes; a stream peer sending more is disconnected.",
+            _at_least_one,
+        ],
+        [
+            "client-silence-timeout",
+            None,
+            _defaults.client_silence_timeout,
+            "Seconds after which a client that used to ping and fell silent is considered gone "
+            "(its jobs are dropped or killed).",
+            _positive_float,
+        ],
+        [
+            "client-idle-timeout",
+            None,
+            _defaults.client_idle_timeout,
+            "Seconds after which a silent client with no job is forgotten (it must say hello again).",
+            _positive_float,
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["clients"] = []
+        self["agents"] = []
+        self.longdesc = (
+            "Queue INGInious 0.6 grading jobs from clients (frontends) and dispatch them to agents.\n"
+            "Endpoints are Twisted endpoint strings (tcp:2000:interface=127.0.0.1, unix:/path, ssl:...) "
+            "or zmq: followed by a ZeroMQ address (zmq:tcp://127.0.0.1:2000, zmq:ipc:///path).\n"
+            f"Defaults: --clients {DEFAULT_CLIENTS} --agents {DEFAULT_AGENTS}.\n"
+            f"Scheduling policies installed ({GROUP} entry points): {', '.join(available_policies())}."
+        )
+
+    def opt_clients(self, endpoint: str) -> None:
+        """Endpoint where clients (frontends) connect; repeatable [default: zmq:tcp://127.0.0.1:2000]"""
+        self["clients"].append(endpoint)
+
+    def opt_agents(self, endpoint: str) -> None:
+        """Endpoint where agents connect; repeatable [default: zmq:tcp://127.0.0.1:2001]"""
+        self["agents"].append(endpoint)
+
+    opt_c = opt_clients
+    opt_a = opt_agents
+
+    def postOptions(self) -> None:
+        if self["list-policies"]:
+            sys.stdout.write(policy_listing())
+            sys.stdout.flush()
+            raise SystemExit(0)
+        if not self["clients"]:
+            self["clients"] = [DEFAULT_CLIENTS]
+        if not self["agents"]:
+            self["agents"] = [DEFAULT_AGENTS]
+        try:
+            load_policy(self["policy"])
+        except LookupError as e:
+            raise usage.UsageError(str(e))
+        self["settings"] = BackendSettings(
+            max_retries=self["max-retries"],
+            ping_interval=self["ping-interval"],
+            max_missed_pongs=self["max-missed-pongs"],
+            max_waiting=self["max-waiting"],
+            max_waiting_per_client=self["max-waiting-per-client"],
+            client_silence_timeout=self["client-silence-timeout"],
+            client_idle_timeout=self["client-idle-timeout"],
+        )
+        self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
+
+
+def policy_listing() -> str:
+    """One line per installed policy: its name and the first line of its docstring."""
+    lines: List[str] = []
+    for name in available_policies():
+        try:
+            doc = (load_policy(name).__doc__ or "").strip().splitlines()
+            summary = doc[0] if doc else ""
+        except Exception as e:
+            summary = f"(broken: {e})"
+        marker = " (default)" if name == DEFAULT_POLICY else ""
+        lines.append(f"{name}{marker}: {summary}\n")
+    return "".join(lines)
+
+
+def makeService(options: Any) -> Any:
+    """The backend service for twistd, on the global (chosen) reactor."""
+    from twisted.internet import reactor
+
+    from .service import BackendService
+
+    return BackendService(
+        reactor,
+        options["clients"],
+        options["agents"],
+        policy=options["policy"],
+        settings=options["settings"],
+        limits=options["limits"],
+        fatal=True,
+    )

@@ -1,0 +1,493 @@
+"""The stream transport: length-prefixed messages over TCP, Unix sockets and TLS.
+
+Endpoint strings are Twisted's (``tcp:2001``, ``tcp6:...``, ``unix:/path``,
+``ssl:...``).  Each message is one frame: a 4-byte big-endian length and the
+msgpack payload.  One connection is one peer, and its end is a certain
+departure, unlike ZeroMQ.
+
+Whatever a peer sends, the worst outcome is that *its* connection is
+aborted with a logged reason: a frame over ``limits.max_frame``, a payload
+that does not decode, or (on the sending side) more than
+``limits.max_send_buffer`` bytes queued for a peer that does not read.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+import struct
+from typing import Any, Callable, List, Optional, Set
+
+from twisted.application.internet import ClientService, backoffPolicy
+from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.endpoints import clientFromString, serverFromString
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.protocols.basic import Int32StringReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
+from ..messages import MessageError, MessageMeta
+from . import Limits
+
+__all__ = [
+    "StreamTransport",
+    "StreamListener",
+    "StreamConnection",
+    "StreamPeer",
+    "StreamServerPeer",
+    "MessageProtocol",
+    "default_retry_policy",
+]
+
+log = Logger()
+_DEFAULT_LIMITS = Limits()
+
+PREFIXES = ("tcp:", "tcp6:", "unix:", "ssl:")
+#: Seconds :meth:`StreamConnection.stop` lets a graceful close flush before aborting.
+STOP_GRACE = 5.0
+
+_HEADER = struct.Struct(">I")
+_pack = _HEADER.pack
+_unpack_from = _HEADER.unpack_from
+_MAX_FRAME_FIELD = 0xFFFFFFFF
+_load = MessageMeta.load
+_ids = itertools.count(1)
+_UNESCAPED_COLON = re.compile(r"(?<!\\):")
+
+
+def default_retry_policy() -> Callable[[int], float]:
+    """Reconnect after 0.3 s, then back off by 1.5 up to 10 s, with up to 0.3 s of jitter."""
+    return backoffPolicy(initialDelay=0.2, maxDelay=10.0, factor=1.5, jitter=lambda: random.random() * 0.3)
+
+
+def listening_endpoint(endpoint: str) -> str:
+    """``endpoint`` with ``interface=`` set to loopback when a TCP/TLS string names none.
+
+    Listening on every interface must be asked for (``interface=0.0.0.0``).
+    """
+    kind, _, rest = endpoint.partition(":")
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return endpoint
+    if any(arg.startswith("interface=") for arg in _UNESCAPED_COLON.split(rest)):
+        return endpoint
+    loopback = r"\:\:1" if kind == "tcp6" else "127.0.0.1"
+    log.info(
+        "{endpoint} names no interface: listening on {loopback} only (add :interface=0.0.0.0 to listen on all)",
+        endpoint=endpoint,
+        loopback=loopback.replace("\\", ""),
+    )
+    return f"{endpoint}:interface={loopback}"
+
+
+def _reason(failure: Any) -> str:
+    if isinstance(failure, Failure):
+        return failure.getErrorMessage()
+    return str(failure)
+
+
+@implementer(IPushProducer)
+class _SendBufferWatch:
+    """Learns from the transport when its send buffer is full and when it drains.
+
+    While it is full, :class:`MessageProtocol` counts the bytes it adds; a
+    peer whose buffer never drains is dropped past ``max_send_buffer``.
+    """
+
+    def __init__(self, protocol: MessageProtocol) -> None:
+        self._protocol = protocol
+
+    def pauseProducing(self) -> None:
+        self._protocol.congested = True
+
+    def resumeProducing(self) -> None:
+        self._protocol.congested = False
+        self._protocol.queued = 0
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class MessageProtocol(Int32StringReceiver):
+    """Frames, decodes and delivers the messages of one connection.
+
+    ``owner`` is told of the connection's start and end (``_made(protocol)``,
+    ``_lost(protocol, reason)``); ``peer`` and ``sink`` are set by it.
+    Reading is linear in the bytes received even for frames of many
+    megabytes (Int32StringReceiver re-joins its whole buffer on every read).
+    """
+
+    peer: Any = None
+    sink: Any = None
+
+    def __init__(self, owner: Any, limits: Limits) -> None:
+        self.MAX_LENGTH = limits.max_frame
+        self._owner = owner
+        self._max_send_buffer = limits.max_send_buffer
+        self.congested = False
+        self.queued = 0
+        self.closing = False
+        self._made = False
+        self.close_reason: Optional[str] = None
+        self.lost: Deferred = Deferred()
+        self._rest = b""
+        self._chunks: List[bytes] = []
+        self._chunks_len = 0
+        self._needed = 0
+
+    # -- connection ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(_SendBufferWatch(self), True)
+        self._made = True
+        self._owner._made(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.closing = True
+        text = self.close_reason or _reason(reason)
+        try:
+            if self._made:
+                self._owner._lost(self, text)
+        finally:
+            self.lost.callback(None)
+
+    def abort(self, reason: str) -> None:
+        """Close at once, dropping what is queued; ``reason`` is logged and given to the sink."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_reason = reason
+        log.warn("{peer}: {reason}; closing the connection", peer=self._describe(), reason=reason)
+        self.transport.abortConnection()
+
+    def _describe(self) -> str:
+        return self.peer.description if self.peer is not None else repr(self.transport.getPeer())
+
+    # -- receiving -------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        try:
+            self._parse(data)
+        except Exception:
+            log.failure("{peer}: error while reading", peer=self._describe())
+            self.abort("internal error while reading")
+
+    def _parse(self, data: bytes) -> None:
+        if self._chunks:
+            # In the middle of a large frame: only join once it is complete.
+            self._chunks.append(data)
+            self._chunks_len += len(data)
+            if self._chunks_len < self._needed:
+                return
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._chunks_len = 0
+        elif self._rest:
+            data = self._rest + data
+            self._rest = b""
+        size = len(data)
+        offset = 0
+        max_length = self.MAX_LENGTH
+        while size - offset >= 4:
+            (length,) = _unpack_from(data, offset)
+            if length > max_length:
+                self.lengthLimitExceeded(length)
+                return
+            end = offset + 4 + length
+            if end > size:
+                rest = data[offset:]
+                self._chunks = [rest]
+                self._chunks_len = len(rest)
+                self._needed = 4 + length
+                return
+            self.stringReceived(data[offset + 4 : end])
+            if self.closing:
+                return
+            offset = end
+        if offset < size:
+            self._rest = data[offset:]
+
+    def lengthLimitExceeded(self, length: int) -> None:
+        self.abort(f"frame of {length} bytes exceeds the maximum of {self.MAX_LENGTH} bytes")
+
+    def stringReceived(self, data: bytes) -> None:
+        try:
+            message = _load(data)
+        except MessageError as e:
+            self.abort(f"undecodable message: {e}")
+            return
+        try:
+            self.sink.message_received(self.peer, message)
+        except Exception:
+            log.failure("{peer}: handler failed on {message!r}", peer=self.peer.description, message=message)
+
+    # -- sending ---------------------------------------------------------------
+
+    def send_data(self, data: bytes) -> None:
+        """Queue one encoded message."""
+        if self.closing:
+            log.debug("{peer} is closing: dropped a message", peer=self._describe())
+            return
+        length = len(data)
+        if length > _MAX_FRAME_FIELD:
+            raise MessageError(f"message of {length} bytes cannot be framed (4-byte length)")
+        if self.congested:
+            self.queued += length + 4
+            if self.queued > self._max_send_buffer:
+                self.abort(
+                    f"more than {self._max_send_buffer} bytes queued for a peer that does not read "
+                    "(limits.max_send_buffer)"
+                )
+                return
+        self.transport.write(_pack(length) + data)
+
+    def sendString(self, string: bytes) -> None:
+        self.send_data(string)
+
+
+# ---------------------------------------------------------------------------
+# Listening side
+# ---------------------------------------------------------------------------
+
+
+@implementer(IPeer)
+class StreamPeer:
+    """One accepted connection.  Compares by identity: one object per connection."""
+
+    def __init__(self, protocol: MessageProtocol, address: bytes, description: str) -> None:
+        self._protocol = protocol
+        self.address = address
+        self.description = description
+
+    @property
+    def connected(self) -> bool:
+        return not self._protocol.closing
+
+    def send(self, message: Any) -> None:
+        self._protocol.send_data(message.dump())
+
+    def disconnect(self, reason: str = "disconnected") -> None:
+        self._protocol.abort(reason)
+
+    def __repr__(self) -> str:
+        return f"<StreamPeer {self.description}>"
+
+
+class _ServerFactory(Factory):
+    def __init__(self, listener: StreamListener) -> None:
+        self._listener = listener
+
+    def buildProtocol(self, addr: Any) -> MessageProtocol:
+        return MessageProtocol(self._listener, self._listener._limits)
+
+
+@implementer(IListener)
+class StreamListener:
+    """A listening port; aborts its connections when stopped."""
+
+    def __init__(self, endpoint: str, sink: IMessageSink, limits: Limits) -> None:
+        self.description = endpoint
+        self.connect_endpoint = endpoint
+        self._kind = endpoint.partition(":")[0]
+        self._sink = sink
+        self._limits = limits
+        self._port: Any = None
+        self.protocols: Set[MessageProtocol] = set()
+
+    def _listening(self, port: Any) -> StreamListener:
+        self._port = port
+        host = port.getHost()
+        if isinstance(host, IPv4Address):
+            self.connect_endpoint = f"{'ssl' if self._kind == 'ssl' else 'tcp'}:host={host.host}:port={host.port}"
+        elif isinstance(host, IPv6Address):
+            escaped = host.host.replace(":", r"\:")
+            self.connect_endpoint = f"{'ssl' if self._kind == 'ssl' else 'tcp'}:host={escaped}:port={host.port}"
+        elif isinstance(host, UNIXAddress) and host.name:
+            name = host.name.decode() if isinstance(host.name, bytes) else host.name
+            self.connect_endpoint = f"unix:{name}"
+        log.info("listening on {endpoint}", endpoint=self.connect_endpoint)
+        return self
+
+    def _describe_peer(self, protocol: MessageProtocol) -> str:
+        addr = protocol.transport.getPeer()
+        if isinstance(addr, IPv4Address):
+            return f"{self._kind}:{addr.host}:{addr.port}"
+        if isinstance(addr, IPv6Address):
+            return f"{self._kind}:[{addr.host}]:{addr.port}"
+        return self.connect_endpoint
+
+    def _made(self, protocol: MessageProtocol) -> None:
+        description = f"{self._describe_peer(protocol)}#{next(_ids)}"
+        protocol.peer = StreamPeer(protocol, description.encode(), description)
+        protocol.sink = self._sink
+        self.protocols.add(protocol)
+        try:
+            self._sink.peer_connected(protocol.peer)
+        except Exception:
+            log.failure("handler failed on connection of {peer}", peer=description)
+
+    def _lost(self, protocol: MessageProtocol, reason: str) -> None:
+        self.protocols.discard(protocol)
+        try:
+            self._sink.peer_disconnected(protocol.peer, reason)
+        except Exception:
+            log.failure("handler failed on disconnection of {peer}", peer=protocol.peer.description)
+
+    def stop(self) -> Deferred:
+        waits = [maybeDeferred(self._port.stopListening)] if self._port is not None else []
+        self._port = None
+        for protocol in list(self.protocols):
+            waits.append(protocol.lost)
+            protocol.abort("listener stopped")
+        log.info("stopped listening on {endpoint}", endpoint=self.connect_endpoint)
+        return gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+    def __repr__(self) -> str:
+        return f"<StreamListener {self.connect_endpoint}>"
+
+
+# ---------------------------------------------------------------------------
+# Connecting side
+# ---------------------------------------------------------------------------
+
+
+@implementer(IPeer)
+class StreamServerPeer:
+    """The server as a :class:`StreamConnection` sees it; the same object across reconnections."""
+
+    def __init__(self, connection: StreamConnection, endpoint: str) -> None:
+        self._connection = connection
+        self.address = endpoint.encode()
+        self.description = endpoint
+
+    def send(self, message: Any) -> None:
+        data = message.dump()
+        protocol = self._connection.protocol
+        if protocol is None:
+            log.debug("not connected to {peer}: dropped {msgtype}", peer=self.description, msgtype=message.msgtype)
+            return
+        protocol.send_data(data)
+
+    def disconnect(self, reason: str = "disconnected") -> None:
+        """Drop the current link (the connection makes a new one; use ``stop`` to end for good)."""
+        protocol = self._connection.protocol
+        if protocol is not None:
+            protocol.abort(reason)
+
+    def __repr__(self) -> str:
+        return f"<StreamServerPeer {self.description}>"
+
+
+class _ClientFactory(Factory):
+    def __init__(self, connection: StreamConnection) -> None:
+        self._connection = connection
+
+    def buildProtocol(self, addr: Any) -> MessageProtocol:
+        protocol = MessageProtocol(self._connection, self._connection._limits)
+        protocol.peer = self._connection.peer
+        protocol.sink = self._connection._sink
+        return protocol
+
+
+@implementer(IConnection)
+class StreamConnection:
+    """A ``ClientService`` that keeps one connection up, with backoff between attempts."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: str,
+        sink: IMessageSink,
+        limits: Limits,
+        retry_policy: Callable[[int], float],
+    ) -> None:
+        self._reactor = reactor
+        self._sink = sink
+        self._limits = limits
+        self.peer = StreamServerPeer(self, endpoint)
+        #: The live connection's protocol, or None between connections.
+        self.protocol: Optional[MessageProtocol] = None
+        self.stopped = False
+        self._service = ClientService(
+            clientFromString(reactor, endpoint), _ClientFactory(self), retryPolicy=retry_policy, clock=reactor
+        )
+        self._service.startService()
+
+    def _made(self, protocol: MessageProtocol) -> None:
+        self.protocol = protocol
+        log.info("connected to {peer}", peer=self.peer.description)
+        try:
+            self._sink.peer_connected(self.peer)
+        except Exception:
+            log.failure("handler failed on connection to {peer}", peer=self.peer.description)
+
+    def _lost(self, protocol: MessageProtocol, reason: str) -> None:
+        if self.protocol is protocol:
+            self.protocol = None
+        log.info("connection to {peer} lost: {reason}", peer=self.peer.description, reason=reason)
+        try:
+            self._sink.peer_disconnected(self.peer, reason)
+        except Exception:
+            log.failure("handler failed on disconnection from {peer}", peer=self.peer.description)
+
+    def reconnect(self) -> None:
+        if self.protocol is not None:
+            self.protocol.abort("reconnect requested")
+
+    def stop(self) -> Deferred:
+        self.stopped = True
+        done = self._service.stopService()
+        protocol = self.protocol
+        if protocol is not None and not done.called:
+            # A graceful close waits for the send buffer to drain: bound it.
+            timer = self._reactor.callLater(STOP_GRACE, protocol.abort, "connection stopped")
+
+            def cancel(result: Any) -> Any:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            done.addBoth(cancel)
+        return done
+
+    def __repr__(self) -> str:
+        return f"<StreamConnection {self.peer.description}>"
+
+
+# ---------------------------------------------------------------------------
+# The plugin
+# ---------------------------------------------------------------------------
+
+
+@implementer(ITransport)
+class StreamTransport:
+    """Endpoints ``tcp:``, ``tcp6:``, ``unix:`` and ``ssl:`` (Twisted endpoint syntax).
+
+    ``retry_policy`` (attempt number -> seconds) spaces reconnection attempts.
+    """
+
+    name = "stream"
+
+    def __init__(self, retry_policy: Optional[Callable[[int], float]] = None) -> None:
+        self._retry_policy = retry_policy
+
+    def handles(self, endpoint: str) -> bool:
+        return isinstance(endpoint, str) and endpoint.startswith(PREFIXES)
+
+    def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS) -> Deferred:
+        endpoint = listening_endpoint(endpoint)
+        listener = StreamListener(endpoint, sink, limits)
+        d = maybeDeferred(lambda: serverFromString(reactor, endpoint).listen(_ServerFactory(listener)))
+        return d.addCallback(listener._listening)
+
+    def connect(
+        self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS
+    ) -> StreamConnection:
+        policy = self._retry_policy or default_retry_policy()
+        return StreamConnection(reactor, endpoint, sink, limits, policy)

@@ -1,0 +1,514 @@
+"""The ZeroMQ transport: INGInious 0.6's own wire (``zmq:tcp://...``, ``zmq:ipc://...``).
+
+A listener binds a ROUTER socket: a peer is a ZeroMQ identity, announced on
+its first valid message and never reported gone (heartbeats decide that).
+A connection is a DEALER socket sending single-frame messages, which is
+exactly what an INGInious 0.6 client or agent does.
+
+Sockets are txzmq connections adapted so that everything runs on the
+injected reactor (txzmq itself reaches for the global one), and whose read
+loop is kept short: a frame goes from ``recv`` through ``MessageMeta.load``
+to the sink with no per-message scheduling.
+
+High-water marks: a ROUTER *silently drops* messages to a peer whose queue
+is full, and a single client of the backend keeps 10,000-20,000 jobs (a few
+messages each) in flight over one socket.  Both HWMs are therefore set to
+:data:`HIGH_WATER_MARK` (one million messages, about 50 times the largest
+burst the benchmark makes) rather than ZeroMQ's default of 1,000; it is a
+bound and not "unlimited" so that a peer that never reads cannot take all
+memory.  ``ROUTER_MANDATORY`` is on, so that reaching it (or sending to an
+identity that left) is logged instead of passing unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import zmq
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
+from ..messages import MessageError, MessageMeta
+from . import Limits
+
+__all__ = ["ZmqTransport", "ZmqListener", "ZmqConnection", "ZmqPeer", "ZmqServerPeer", "HIGH_WATER_MARK"]
+
+log = Logger()
+_DEFAULT_LIMITS = Limits()
+
+PREFIX = "zmq:"
+#: Send and receive high-water mark of every socket, in messages (see the module docstring).
+HIGH_WATER_MARK = 1_000_000
+#: Most messages handled in one go before yielding to the reactor, so that a
+#: peer that never stops sending cannot starve timers and other sockets.
+READ_BATCH = 4096
+
+# The per-message path calls pyzmq's backend socket methods with plain ints:
+# the convenience layer above them converts flags and options to enums on
+# every call, which costs more than the call itself.
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+_recv = zmq.backend.Socket.recv
+_send = zmq.backend.Socket.send
+_get = zmq.backend.Socket.get
+_Again = zmq.Again
+_load = MessageMeta.load
+
+_classes: Optional[Tuple[type, type]] = None
+
+
+def _txzmq() -> Tuple[type, type]:
+    """txzmq's factory and connection classes, adapted to an injected reactor.
+
+    Built on first use: importing txzmq imports the global reactor, which
+    must not happen before the application has chosen its reactor.
+    """
+    global _classes
+    if _classes is not None:
+        return _classes
+    from txzmq import ZmqConnection as _TxConnection
+    from txzmq import ZmqFactory as _TxFactory
+
+    class Factory(_TxFactory):
+        """One socket's factory: the injected reactor and the transport's context.
+
+        ``reactor`` is a class attribute in txzmq (the global reactor); the
+        instance attribute set here takes precedence for this factory.
+        """
+
+        lingerPeriod = 0  # LINGER 0: closing a socket never waits
+
+        def __init__(self, reactor: Any, context: zmq.Context) -> None:
+            self.reactor = reactor
+            self.context = context
+            self.connections = set()
+
+    class Socket(_TxConnection):
+        """A txzmq connection whose reading is done by ``reader``.
+
+        ``reader(socket)`` handles up to :data:`READ_BATCH` messages and
+        returns True when it stopped before the socket was empty.
+        """
+
+        highWaterMark = HIGH_WATER_MARK
+
+        def __init__(self, factory: Any, socket_type: int, reader: Callable[[zmq.Socket], bool]) -> None:
+            self.socketType = socket_type
+            self._reader = reader
+            self.read_scheduled = None
+            super().__init__(factory)
+
+        def doRead(self) -> None:
+            scheduled = self.read_scheduled
+            if scheduled is not None:
+                self.read_scheduled = None
+                if scheduled.active():
+                    scheduled.cancel()
+            socket = self.socket
+            if socket is None:
+                return
+            try:
+                more = self._reader(socket)
+            except Exception:
+                if self.socket is None:  # closed by a handler while reading
+                    return
+                log.failure("error while reading ZeroMQ socket {socket!r}", socket=self)
+                return
+            if more and self.socket is not None:
+                self.schedule_read()
+
+        def schedule_read(self) -> None:
+            """Look at the socket again on the next reactor turn.
+
+            ZeroMQ's file descriptor is edge-triggered: a send may consume the
+            notification of messages that arrived meanwhile, so after sending
+            (or after a partial read) the socket must be checked once more.
+            At most one check is pending, however many messages are sent.
+            """
+            if self.read_scheduled is None and self.factory is not None:
+                self.read_scheduled = self.factory.reactor.callLater(0, self.doRead)
+
+        def send(self, message: Any) -> None:
+            # txzmq's send schedules its read check on the global reactor.
+            parts = [message] if isinstance(message, bytes) else list(message)
+            for part in parts[:-1]:
+                self.socket.send(part, _SNDMORE_NOBLOCK)
+            self.socket.send(parts[-1], _NOBLOCK)
+            self.schedule_read()
+
+        def shutdown(self) -> None:
+            if self.socket is not None:
+                super().shutdown()
+
+        def logPrefix(self) -> str:
+            return "ZMQ"
+
+    _classes = (Factory, Socket)
+    return _classes
+
+
+def _discard_rest(socket: zmq.Socket) -> int:
+    """Read and drop the remaining frames of a message; returns how many."""
+    n = 0
+    while socket.get(_RCVMORE):
+        socket.recv(_NOBLOCK)
+        n += 1
+    return n
+
+
+def _zmq_address(endpoint: str) -> str:
+    """``zmq:tcp://h:p`` -> ``tcp://h:p``, with a clear error for anything else."""
+    if not endpoint.startswith(PREFIX) or "://" not in endpoint:
+        raise ValueError(f"not a ZeroMQ endpoint: {endpoint!r} (expected zmq:tcp://HOST:PORT or zmq:ipc:///PATH)")
+    return endpoint[len(PREFIX) :]
+
+
+def _new_socket(reactor: Any, context: zmq.Context, socket_type: int, reader: Callable, limits: Limits) -> Any:
+    factory_class, socket_class = _txzmq()
+    conn = socket_class(factory_class(reactor, context), socket_type, reader)
+    conn.socket.set(zmq.MAXMSGSIZE, int(limits.max_frame))
+    return conn
+
+
+# ---------------------------------------------------------------------------
+# Listening side: ROUTER
+# ---------------------------------------------------------------------------
+
+
+@implementer(IPeer)
+class ZmqPeer:
+    """A ZeroMQ identity seen by a listener.
+
+    Equal to any other :class:`ZmqPeer` of the same listener and identity.
+    """
+
+    def __init__(self, listener: ZmqListener, identity: bytes) -> None:
+        self._listener = listener
+        self.address = identity
+        self.description = f"{listener.description}/{identity.hex()}"
+        self.forgotten = False
+
+    def send(self, message: Any) -> None:
+        data = message.dump()
+        if self.forgotten:
+            log.debug("dropped {msgtype} to forgotten peer {peer}", msgtype=message.msgtype, peer=self.description)
+            return
+        self._listener._send_to(self.address, data)
+
+    def disconnect(self, reason: str = "disconnected") -> None:
+        self._listener._forget(self, reason)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ZmqPeer):
+            return NotImplemented
+        return other._listener is self._listener and other.address == self.address
+
+    def __hash__(self) -> int:
+        return hash((id(self._listener), self.address))
+
+    def __repr__(self) -> str:
+        return f"<ZmqPeer {self.description}>"
+
+
+@implementer(IListener)
+class ZmqListener:
+    """A bound ROUTER socket; one :class:`ZmqPeer` per identity heard from."""
+
+    def __init__(self, reactor: Any, context: zmq.Context, endpoint: str, sink: IMessageSink, limits: Limits) -> None:
+        address = _zmq_address(endpoint)
+        self.description = endpoint
+        self._sink = sink
+        self._peers: Dict[bytes, ZmqPeer] = {}
+        self._conn = _new_socket(reactor, context, zmq.ROUTER, self._read, limits)
+        sock = self._conn.socket
+        sock.set(zmq.ROUTER_MANDATORY, 1)  # errors instead of silent drops on send
+        sock.set(zmq.ROUTER_HANDOVER, 1)  # a peer reconnecting with its own identity takes over
+        try:
+            sock.bind(address)
+        except zmq.ZMQError as e:
+            self._conn.shutdown()
+            raise ValueError(f"cannot listen on {endpoint}: {e}") from e
+        last = sock.get(zmq.LAST_ENDPOINT)
+        #: An endpoint string that connects to this listener (the real port if ``*`` or 0 was asked).
+        self.connect_endpoint = PREFIX + (last.decode() if isinstance(last, bytes) else str(last))
+        self.description = self.connect_endpoint
+        log.info("listening on {endpoint} (ZeroMQ ROUTER)", endpoint=self.connect_endpoint)
+
+    @property
+    def peers(self) -> Dict[bytes, ZmqPeer]:
+        """Identity -> peer, for every identity known (heard from and not forgotten)."""
+        return self._peers
+
+    def _read(self, socket: zmq.Socket) -> bool:
+        peers = self._peers
+        sink = self._sink
+        for _ in range(READ_BATCH):
+            try:
+                identity = _recv(socket, _NOBLOCK)
+            except _Again:
+                return False
+            if not _get(socket, _RCVMORE):
+                log.warn("{listener}: dropped a message with no payload frame", listener=self.description)
+                continue
+            payload = _recv(socket, _NOBLOCK)
+            if _get(socket, _RCVMORE):
+                n = 2 + _discard_rest(socket)
+                log.warn(
+                    "{listener}: dropped a message of {frames} frames from {identity} (expected one payload frame)",
+                    listener=self.description,
+                    frames=n - 1,
+                    identity=identity.hex(),
+                )
+                continue
+            try:
+                message = _load(payload)
+            except MessageError as e:
+                log.warn(
+                    "{listener}: dropped an undecodable message from {identity}: {error}",
+                    listener=self.description,
+                    identity=identity.hex(),
+                    error=str(e),
+                )
+                continue
+            peer = peers.get(identity)
+            try:
+                if peer is None:
+                    peer = peers[identity] = ZmqPeer(self, identity)
+                    sink.peer_connected(peer)
+                sink.message_received(peer, message)
+            except Exception:
+                log.failure("{listener}: handler failed on {message!r}", listener=self.description, message=message)
+            if self._conn.socket is None:  # a handler stopped the listener
+                return False
+        return True
+
+    def _send_to(self, identity: bytes, data: bytes) -> None:
+        conn = self._conn
+        sock = conn.socket
+        if sock is None:
+            log.debug("{listener} is stopped: dropped a message", listener=self.description)
+            return
+        try:
+            _send(sock, identity, _SNDMORE_NOBLOCK)
+            _send(sock, data, _NOBLOCK)
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:
+                log.debug(
+                    "{listener}: peer {identity} is not connected: dropped a message",
+                    listener=self.description,
+                    identity=identity.hex(),
+                )
+            elif e.errno == zmq.EAGAIN:
+                log.warn(
+                    "{listener}: queue of peer {identity} is full ({hwm} messages): dropped a message",
+                    listener=self.description,
+                    identity=identity.hex(),
+                    hwm=HIGH_WATER_MARK,
+                )
+            else:
+                log.warn(
+                    "{listener}: cannot send to {identity}: {error}",
+                    listener=self.description,
+                    identity=identity.hex(),
+                    error=str(e),
+                )
+        # Any send, failed or not, may consume the edge-triggered read
+        # notification: always look at the socket again.
+        if conn.read_scheduled is None:
+            conn.schedule_read()
+
+    def _forget(self, peer: ZmqPeer, reason: str) -> None:
+        if self._peers.get(peer.address) is peer:
+            del self._peers[peer.address]
+            log.info("{peer} forgotten: {reason}", peer=peer.description, reason=reason)
+        peer.forgotten = True
+
+    def stop(self) -> Deferred:
+        for peer in self._peers.values():
+            peer.forgotten = True
+        self._peers.clear()
+        if self._conn.socket is not None:
+            self._conn.shutdown()
+            log.info("stopped listening on {endpoint}", endpoint=self.connect_endpoint)
+        return succeed(None)
+
+    def __repr__(self) -> str:
+        return f"<ZmqListener {self.connect_endpoint}>"
+
+
+# ---------------------------------------------------------------------------
+# Connecting side: DEALER
+# ---------------------------------------------------------------------------
+
+
+@implementer(IPeer)
+class ZmqServerPeer:
+    """The server as a :class:`ZmqConnection` sees it; the same object across reconnections."""
+
+    def __init__(self, connection: ZmqConnection, endpoint: str) -> None:
+        self._connection = connection
+        self.address = endpoint.encode()
+        self.description = endpoint
+
+    def send(self, message: Any) -> None:
+        self._connection._send(message.dump())
+
+    def disconnect(self, reason: str = "disconnected") -> None:
+        """Drop the current link; like :meth:`ZmqConnection.reconnect` (use ``stop`` to end for good)."""
+        log.info("dropping the link to {peer}: {reason}", peer=self.description, reason=reason)
+        self._connection.reconnect()
+
+    def __repr__(self) -> str:
+        return f"<ZmqServerPeer {self.description}>"
+
+
+@implementer(IConnection)
+class ZmqConnection:
+    """A DEALER socket connected to a ROUTER; ZeroMQ itself reconnects it.
+
+    ``peer_connected`` comes on the next reactor turn after the socket is
+    opened (at creation and after each :meth:`reconnect`, which opens a fresh
+    socket, i.e. a new identity); ``peer_disconnected`` comes at once when
+    :meth:`reconnect` or :meth:`stop` closes the socket.
+    """
+
+    def __init__(self, reactor: Any, context: zmq.Context, endpoint: str, sink: IMessageSink, limits: Limits) -> None:
+        self._address = _zmq_address(endpoint)
+        self._reactor = reactor
+        self._context = context
+        self._sink = sink
+        self._limits = limits
+        self._conn: Any = None
+        self._generation = 0
+        self.stopped = False
+        self.peer = ZmqServerPeer(self, endpoint)
+        self._open()
+
+    def _open(self) -> None:
+        conn = _new_socket(self._reactor, self._context, zmq.DEALER, self._read, self._limits)
+        try:
+            conn.socket.connect(self._address)
+        except zmq.ZMQError as e:
+            conn.shutdown()
+            raise ValueError(f"cannot connect to {self.peer.description}: {e}") from e
+        self._conn = conn
+        self._generation += 1
+        self._reactor.callLater(0, self._announce, self._generation)
+
+    def _announce(self, generation: int) -> None:
+        if generation != self._generation or self._conn is None:
+            return  # that socket was closed before it could be announced
+        try:
+            self._sink.peer_connected(self.peer)
+        except Exception:
+            log.failure("handler failed on connection to {peer}", peer=self.peer.description)
+
+    def _close(self, reason: str) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        conn.shutdown()
+        try:
+            self._sink.peer_disconnected(self.peer, reason)
+        except Exception:
+            log.failure("handler failed on disconnection from {peer}", peer=self.peer.description)
+
+    def _read(self, socket: zmq.Socket) -> bool:
+        sink = self._sink
+        peer = self.peer
+        for _ in range(READ_BATCH):
+            try:
+                payload = _recv(socket, _NOBLOCK)
+            except _Again:
+                return False
+            if _get(socket, _RCVMORE):
+                n = 1 + _discard_rest(socket)
+                log.warn(
+                    "{peer}: dropped a message of {frames} frames (expected one)",
+                    peer=peer.description,
+                    frames=n,
+                )
+                continue
+            try:
+                message = _load(payload)
+            except MessageError as e:
+                log.warn("{peer}: dropped an undecodable message: {error}", peer=peer.description, error=str(e))
+                continue
+            try:
+                sink.message_received(peer, message)
+            except Exception:
+                log.failure("{peer}: handler failed on {message!r}", peer=peer.description, message=message)
+            if self._conn is None or self._conn.socket is not socket:  # reconnected or stopped meanwhile
+                return False
+        return True
+
+    def _send(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is None:
+            log.debug("connection to {peer} is stopped: dropped a message", peer=self.peer.description)
+            return
+        try:
+            _send(conn.socket, data, _NOBLOCK)
+        except zmq.ZMQError as e:
+            log.warn("cannot send to {peer}: {error}; dropped a message", peer=self.peer.description, error=str(e))
+        if conn.read_scheduled is None:  # see ZmqListener._send_to
+            conn.schedule_read()
+
+    def reconnect(self) -> None:
+        if self.stopped:
+            return
+        self._close("reconnecting")
+        if self._conn is None and not self.stopped:  # a handler may have reconnected already
+            self._open()
+
+    def stop(self) -> Deferred:
+        self.stopped = True
+        self._close("connection stopped")
+        return succeed(None)
+
+    def __repr__(self) -> str:
+        return f"<ZmqConnection {self.peer.description}>"
+
+
+# ---------------------------------------------------------------------------
+# The plugin
+# ---------------------------------------------------------------------------
+
+
+@implementer(ITransport)
+class ZmqTransport:
+    """Endpoints ``zmq:<ZeroMQ address>``; one ZeroMQ context per instance, made on first use."""
+
+    name = "zmq"
+
+    def __init__(self, context: Optional[zmq.Context] = None) -> None:
+        self._context = context
+
+    @property
+    def context(self) -> zmq.Context:
+        if self._context is None:
+            self._context = zmq.Context(io_threads=1)
+        return self._context
+
+    def handles(self, endpoint: str) -> bool:
+        return isinstance(endpoint, str) and endpoint.startswith(PREFIX)
+
+    def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS) -> Deferred:
+        try:
+            return succeed(ZmqListener(reactor, self.context, endpoint, sink, limits))
+        except ValueError:
+            return fail()
+
+    def connect(
+        self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS
+    ) -> ZmqConnection:
+        return ZmqConnection(reactor, self.context, endpoint, sink, limits)
+
+    def close(self) -> None:
+        """Terminate the context (every socket made through it must be closed first)."""
+        if self._context is not None:
+            self._context.term()
+            self._context = None

@@ -62,7 +62,8 @@ def wait_port(endpoint: str, timeout: float = 15) -> None:
 def start_backend(clients: str, agents: str, policy: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "twisted", "-n", "--pidfile=", "--logfile=/dev/null", "inginious-backend",
+    cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+           "-n", "--pidfile=", "--logfile=/dev/null", "inginious-backend",
            "--clients", clients, "--agents", agents, "--policy", policy]  # fmt: skip
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

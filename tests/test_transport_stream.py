@@ -454,3 +454,19 @@ async def test_tcp6_listens_on_ipv6_loopback_by_default(closers: list, until: An
     conn.peer.send(Ping())
     [(peer, _)] = await within(server.wait_for(1))
     assert peer.description.startswith("tcp6:[::1]:")
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_connections_disable_nagle(closers: list, until: Any) -> None:
+    """Small messages must leave at once (Nagle + delayed ACKs cost ~40 ms a job)."""
+    import socket
+
+    from twisted.internet import reactor
+
+    listener, server = await serve("tcp:0", closers)
+    conn = fast().connect(reactor, listener.connect_endpoint, RecordingSink(), _LIMITS)
+    closers.append(conn.stop)
+    await until(lambda: len(listener.protocols) == 1 and conn.protocol is not None)
+    for protocol in (next(iter(listener.protocols)), conn.protocol):
+        handle = protocol.transport.getHandle()
+        assert handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

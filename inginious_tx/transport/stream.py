@@ -142,6 +142,11 @@ class MessageProtocol(Int32StringReceiver):
     # -- connection ------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Messages are small and latency matters (a job is a few round
+        # trips): do not let Nagle's algorithm hold them back.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self.transport.registerProducer(_SendBufferWatch(self), True)
         self._made = True
         self._owner._made(self)

@@ -1,0 +1,587 @@
+"""The Docker agent backend: one throw-away container per job.
+
+Environments are local images (``--environment NAME=IMAGE``).  A job's folder
+(:func:`inginious_tx.agent.task.prepare_job`) is bind-mounted read-write at
+``/job`` and the helper scripts read-only at ``/inginious/helpers``; the task
+runs as a non-root user in ``/job/task`` with no network (unless the job asks
+for it), no capabilities, a read-only root filesystem, a memory limit with no
+extra swap and a pids limit.  CPU time is watched through the engine's
+statistics and wall time by a reactor timer; both end the job as ``timeout``.
+
+Every call to the Docker SDK blocks, so each one runs in this backend's own
+thread pool (methods prefixed ``_thd_``); the reactor thread never waits on
+the engine.  A job never blocks a thread for long either: the container is
+waited for in short slices, between which the limits are checked, so kills,
+timeouts and shutdown take effect promptly.
+
+Options (``AgentConfig.options``):
+
+``docker_url``
+    engine address (``unix:///var/run/docker.sock``, ``tcp://...``); default:
+    the environment (``DOCKER_HOST``...).  The engine must see the agent's
+    files: job folders are bind-mounted.
+``work_dir``
+    where job folders are made (default: a fresh temporary folder).
+``user``
+    ``UID:GID`` the task runs as (default ``4242:4242`` when the agent is
+    root, which then hands the job folder to that user; else the agent's own).
+``pids_limit`` (256), ``poll_interval`` (0.5 s: how often CPU time is
+checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
+reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from threading import Lock
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from ..interfaces import IAgentBackend
+from ..messages import BackendJobId, BackendNewJob
+from .result import AgentConfig, JobResult
+from .task import (
+    JobFolder,
+    OutputLimits,
+    TaskError,
+    collect_result,
+    helpers_dir,
+    prepare_job,
+    remove_job,
+    remove_job_path,
+)
+
+__all__ = ["DockerBackend", "DockerEngineError", "JOB_MOUNT", "HELPERS_MOUNT", "LABEL_AGENT", "LABEL_JOB"]
+
+#: Where the job folder and the helpers are seen inside the container.
+JOB_MOUNT = "/job"
+HELPERS_MOUNT = "/inginious/helpers"
+#: Labels put on every container: this backend instance, and the job.
+LABEL_AGENT = "org.inginious-tx.agent"
+LABEL_JOB = "org.inginious-tx.job"
+
+#: Docker refuses memory limits below 6 MB.
+_MIN_MEM_MB = 8
+#: Wall time allowed when a job gives neither a hard nor a CPU time limit.
+_DEFAULT_HARD_LIMIT = 600
+#: The user tasks run as when the agent is root.
+_DEFAULT_USER = (4242, 4242)
+
+_T = TypeVar("_T")
+
+
+class DockerEngineError(Exception):
+    """The engine cannot be reached (``unavailable``) or refused a request; ``str()`` says which."""
+
+    def __init__(self, text: str, unavailable: bool = True) -> None:
+        super().__init__(text)
+        self.unavailable = unavailable
+
+
+def _docker() -> Any:
+    """The Docker SDK, imported only when a backend needs it (an optional extra)."""
+    try:
+        import docker
+    except ImportError as e:  # pragma: no cover - depends on the installation
+        raise DockerEngineError(
+            f"the docker Python package is missing ({e}): pip install 'inginious-tx[docker]'"
+        ) from None
+    return docker
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """True if ``exc`` is the SDK's way of saying a (waiting) request timed out."""
+    import requests
+    import urllib3
+
+    if isinstance(exc, requests.exceptions.ReadTimeout):
+        return True
+    # over a Unix socket a read timeout surfaces as a ConnectionError
+    return isinstance(exc, requests.exceptions.ConnectionError) and any(
+        isinstance(a, urllib3.exceptions.ReadTimeoutError) for a in exc.args
+    )
+
+
+def _as_engine_error(exc: BaseException) -> Optional[DockerEngineError]:
+    """Translate an SDK or HTTP exception into a :class:`DockerEngineError`; None if it is neither."""
+    import requests
+
+    docker = _docker()
+    if isinstance(exc, DockerEngineError):
+        return exc
+    if isinstance(exc, docker.errors.APIError):
+        return DockerEngineError(f"docker engine error: {exc.explanation or exc}", unavailable=False)
+    if isinstance(exc, (requests.exceptions.RequestException, docker.errors.DockerException, ConnectionError)):
+        return DockerEngineError(f"docker engine unavailable: {exc}")
+    return None
+
+
+def _parse_environments(values: List[str]) -> Dict[str, str]:
+    """``["NAME=IMAGE", "NAME"]`` -> ``{NAME: IMAGE}`` (a bare NAME is also the image)."""
+    out: Dict[str, str] = {}
+    for value in values:
+        name, sep, image = value.partition("=")
+        name, image = name.strip(), image.strip()
+        if not name or (sep and not image):
+            raise ValueError(f"invalid --environment {value!r}: expected NAME=IMAGE")
+        out[name] = image if sep else name
+    return out
+
+
+def _created(attrs: Dict[str, Any]) -> int:
+    """An image's creation time as a UNIX timestamp (the engine gives RFC 3339 with nanoseconds)."""
+    text = str(attrs.get("Created", ""))
+    try:
+        return int(datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp())
+    except ValueError:
+        return 0
+
+
+def _parse_user(value: Any) -> Tuple[str, Optional[Tuple[int, int]]]:
+    """The ``user`` option -> (docker user string, numeric (uid, gid) if it is one)."""
+    if value is None:
+        uid, gid = _DEFAULT_USER if os.geteuid() == 0 else (os.getuid(), os.getgid())
+        return f"{uid}:{gid}", (uid, gid)
+    text = str(value)
+    uid_s, _, gid_s = text.partition(":")
+    if uid_s.isdigit() and (not gid_s or gid_s.isdigit()):
+        uid = int(uid_s)
+        return text, (uid, int(gid_s) if gid_s else uid)
+    return text, None
+
+
+def _chown_tree(root: str, uid: int, gid: int) -> None:
+    """Hand a freshly prepared job folder to the container's user (no symlink is followed)."""
+    os.lchown(root, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            os.lchown(os.path.join(dirpath, name), uid, gid)
+
+
+@dataclass
+class _Run:
+    """The backend's record of one job while it runs."""
+
+    job: BackendNewJob
+    container_id: Optional[str] = None
+    #: why the backend stopped the job: (result type, text); None if it was not stopped
+    stopped: Optional[Tuple[str, str]] = None
+    timers: List[IDelayedCall] = field(default_factory=list)
+    done: Deferred = field(default_factory=Deferred)
+
+
+@implementer(IAgentBackend)
+class DockerBackend:
+    """Runs each job in a fresh container of the job's environment image."""
+
+    name = "docker"
+    log = Logger()
+
+    def __init__(self, reactor: Any, config: AgentConfig) -> None:
+        self._reactor = reactor
+        self._config = config
+        opts = dict(config.options or {})
+        self._images = _parse_environments(list(config.environments))
+        self._url: Optional[str] = opts.get("docker_url") or None
+        self._pids_limit = int(opts.get("pids_limit", 256))
+        self._poll = float(opts.get("poll_interval", 0.5))
+        self._init = bool(opts.get("init", True))
+        self._read_only_root = bool(opts.get("read_only_root", True))
+        self._extra_labels = {str(k): str(v) for k, v in dict(opts.get("labels") or {}).items()}
+        self._user, self._chown_to = _parse_user(opts.get("user"))
+        self._limits = OutputLimits()
+        self._api_timeout = float(opts.get("api_timeout", 60))
+        #: made on first use when not given (and then removed by close())
+        self._work_dir: Optional[str] = opts.get("work_dir") or None
+        self._own_work_dir = self._work_dir is None
+        #: unique per backend instance: every container carries it as a label
+        self.instance_id: str = uuid.uuid4().hex
+        self._runs: Dict[Tuple[bytes, str], _Run] = {}
+        #: containers whose removal failed (engine away): retried later
+        self._orphans: Set[str] = set()
+        self._engine_ok: Optional[bool] = None
+        self._client: Any = None
+        self._client_lock = Lock()
+        self._pool: Optional[ThreadPool] = None
+        self._shutdown_trigger: Any = None
+        self._closed = False
+
+    # -- threads ---------------------------------------------------------
+
+    def _call(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> Deferred[_T]:
+        """Run blocking ``f`` in this backend's thread pool (started on first use)."""
+        if self._pool is None:
+            # enough threads for every slot's waiting plus the odd extra call
+            self._pool = ThreadPool(minthreads=0, maxthreads=max(2, 2 * self._config.slots + 2), name="docker-backend")
+            self._pool.start()
+            self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
+        return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
+
+    def _stop_pool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.stop()
+
+    def _thd_client(self) -> Any:
+        """The SDK client, made on first use and again after the engine went away."""
+        with self._client_lock:
+            if self._client is None:
+                docker = _docker()
+                kwargs = {"timeout": self._api_timeout, "max_pool_size": max(10, 2 * self._config.slots + 4)}
+                try:
+                    if self._url:
+                        self._client = docker.DockerClient(base_url=self._url, version="auto", **kwargs)
+                    else:
+                        self._client = docker.from_env(**kwargs)
+                except Exception as e:
+                    raise (_as_engine_error(e) or e) from None
+            return self._client
+
+    def _thd_guard(self, f: Callable[..., _T], *args: Any) -> _T:
+        """Call ``f`` with the client; translate SDK errors, drop the client if the engine is gone."""
+        try:
+            return f(self._thd_client(), *args)
+        except Exception as e:
+            err = _as_engine_error(e)
+            if err is None:
+                raise
+            if err.unavailable:
+                with self._client_lock:
+                    client, self._client = self._client, None
+                if client is not None:
+                    try:
+                        client.close()
+                    except Exception:
+                        pass
+            raise err from None
+
+    # -- environments ------------------------------------------------------
+
+    def environments(self) -> Deferred[Dict[str, Dict[str, Any]]]:
+        """Read the images now (no caching), so a restarted engine is seen at once.
+
+        Fails with :class:`DockerEngineError` while the engine is unavailable:
+        the agent then retries its hello until the engine is back, instead of
+        announcing an agent that can run nothing.
+        """
+        return ensureDeferred(self._environments())
+
+    async def _environments(self) -> Dict[str, Dict[str, Any]]:
+        if not self._images:
+            self.log.warn("docker backend: no --environment NAME=IMAGE given; no environment offered")
+            return {}
+        try:
+            found, missing = await self._call(self._thd_guard, self._thd_images)
+        except DockerEngineError as e:
+            if self._engine_ok is not False:
+                self.log.error("docker backend: {error}; no environment offered until it is back", error=str(e))
+            self._engine_ok = False
+            raise
+        if self._engine_ok is False:
+            self.log.info("docker backend: the docker engine is back")
+        self._engine_ok = True
+        for name, image in missing:
+            self.log.error(
+                "docker backend: image {image!r} of environment {name!r} is not in the local docker engine "
+                "(build or load it; nothing is pulled); environment not offered",
+                image=image,
+                name=name,
+            )
+        if self._orphans:
+            self._remove_orphans()
+        return found
+
+    def _thd_images(self, client: Any) -> Tuple[Dict[str, Dict[str, Any]], List[Tuple[str, str]]]:
+        docker = _docker()
+        found: Dict[str, Dict[str, Any]] = {}
+        missing: List[Tuple[str, str]] = []
+        for name, image in self._images.items():
+            try:
+                img = client.images.get(image)
+            except docker.errors.ImageNotFound:
+                missing.append((name, image))
+                continue
+            found[name] = {"id": img.id, "created": _created(img.attrs), "ports": []}
+        return found, missing
+
+    # -- running jobs --------------------------------------------------------
+
+    def run(self, job: BackendNewJob) -> Deferred[JobResult]:
+        """Run ``job``; the Deferred always fires with a JobResult (crash on our own failures)."""
+        key = tuple(job.job_id)
+        if key in self._runs:
+            return ensureDeferred(self._crash(f"job {job.job_id!r} is already running on this agent"))
+        run = _Run(job)
+        self._runs[key] = run  # type: ignore[index]
+
+        def finished(result: JobResult) -> JobResult:
+            self._runs.pop(key, None)  # type: ignore[arg-type]
+            for timer in run.timers:
+                if timer.active():
+                    timer.cancel()
+            run.done.callback(None)
+            return result
+
+        return ensureDeferred(self._run(run)).addBoth(finished)
+
+    async def _crash(self, text: str) -> JobResult:
+        self.log.error("docker backend: {text}", text=text)
+        return JobResult.crash(text)
+
+    async def _run(self, run: _Run) -> JobResult:
+        job = run.job
+        if self._closed:
+            return await self._crash("the agent is shutting down")
+        image = self._images.get(job.environment)
+        if image is None:
+            return await self._crash(f"environment {job.environment!r} is not offered by this docker agent")
+        if not self._config.tasks_dir:
+            return await self._crash("this docker agent has no tasks folder (--tasks)")
+        folder: Optional[JobFolder] = None
+        try:
+            try:
+                folder = await self._call(self._thd_prepare, job)
+            except TaskError as e:
+                return await self._crash(str(e))
+            if run.stopped:
+                return JobResult(*run.stopped)
+            run.container_id = await self._call(self._thd_guard, self._thd_create, image, folder)
+            if run.stopped:  # killed while the container was being made
+                return JobResult(*run.stopped)
+            await self._call(self._thd_guard, self._thd_start, run.container_id)
+            self._arm_timers(run)
+            exit_code = await self._supervise(run)
+            return await self._call(self._thd_guard, self._thd_result, run, folder, exit_code)
+        except DockerEngineError as e:
+            return await self._crash(str(e))
+        except Exception as e:
+            self.log.failure("docker backend: unexpected failure running job {job_id!r}", job_id=job.job_id)
+            return JobResult.crash(f"the docker agent failed to run the job: {e!r}")
+        finally:
+            await self._cleanup(run, folder)
+
+    def _thd_prepare(self, job: BackendNewJob) -> JobFolder:
+        with self._client_lock:
+            if self._work_dir is None:
+                self._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
+        folder = prepare_job(self._config.tasks_dir or "", job, self._work_dir)
+        if self._chown_to is not None and os.geteuid() == 0:
+            try:
+                _chown_tree(folder.root, *self._chown_to)
+            except BaseException:
+                remove_job(folder)
+                raise
+        return folder
+
+    def _container_config(self, image: str, folder: JobFolder) -> Dict[str, Any]:
+        """Everything the container is created with: the isolation lives here."""
+        docker = _docker()
+        job = folder.job
+        mem = f"{max(int(job.mem_limit), _MIN_MEM_MB)}m"
+        log_bytes = self._limits.max_stdout + self._limits.max_stderr
+        labels = dict(self._extra_labels)
+        labels[LABEL_AGENT] = self.instance_id
+        labels[LABEL_JOB] = f"{job.job_id[0].hex()}/{job.job_id[1]}"
+        return dict(
+            image=image,
+            command=folder.command,
+            working_dir=f"{JOB_MOUNT}/task",
+            environment=folder.env(mount_root=JOB_MOUNT, helpers=HELPERS_MOUNT),
+            user=self._user,
+            mounts=[
+                docker.types.Mount(JOB_MOUNT, folder.root, type="bind", read_only=False),
+                docker.types.Mount(HELPERS_MOUNT, helpers_dir(), type="bind", read_only=True),
+            ],
+            network_mode="bridge" if job.enable_network else "none",
+            mem_limit=mem,
+            memswap_limit=mem,  # the same figure: no swap on top of the memory limit
+            pids_limit=self._pids_limit,
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=self._read_only_root,
+            init=self._init,
+            labels=labels,
+            log_config=docker.types.LogConfig(
+                type="json-file", config={"max-size": str(max(log_bytes, 1 << 20)), "max-file": "1"}
+            ),
+            detach=True,
+        )
+
+    def _thd_create(self, client: Any, image: str, folder: JobFolder) -> str:
+        container = client.containers.create(**self._container_config(image, folder))
+        return container.id
+
+    def _thd_start(self, client: Any, container_id: str) -> None:
+        client.api.start(container_id)
+
+    def _arm_timers(self, run: _Run) -> None:
+        """The wall-clock limit: hard_time_limit, or three times the CPU limit."""
+        job = run.job
+        hard = job.hard_time_limit if job.hard_time_limit and job.hard_time_limit > 0 else 3 * max(job.time_limit, 0)
+        if hard <= 0:
+            hard = _DEFAULT_HARD_LIMIT
+        text = f"The job ran for more than {hard} seconds (wall-clock time limit)."
+        run.timers.append(self._reactor.callLater(hard, self._stop, run, ("timeout", text)))
+
+    async def _supervise(self, run: _Run) -> int:
+        """Wait for the container in short slices; between them, check the CPU time used."""
+        cid = run.container_id
+        assert cid is not None
+        cpu_limit = max(int(run.job.time_limit), 0)
+        while True:
+            status = await self._call(self._thd_guard, self._thd_wait, cid, self._poll)
+            if status is not None:
+                return status
+            if run.stopped is not None:
+                # stopped but still running: a kill that raced with the start was lost; kill again
+                await self._call(self._thd_guard, self._thd_kill, cid)
+            elif cpu_limit:
+                used = await self._call(self._thd_guard, self._thd_cpu_seconds, cid)
+                if used is not None and used > cpu_limit:
+                    self._stop(run, ("timeout", f"The job used more than {cpu_limit} seconds of CPU time."))
+
+    def _thd_wait(self, client: Any, container_id: str, timeout: float) -> Optional[int]:
+        """The exit status, or None if the container still runs after ``timeout`` seconds."""
+        try:
+            return int(client.api.wait(container_id, timeout=timeout)["StatusCode"])
+        except Exception as e:
+            if _is_read_timeout(e):
+                return None
+            raise
+
+    def _thd_cpu_seconds(self, client: Any, container_id: str) -> Optional[float]:
+        docker = _docker()
+        try:
+            stats = client.api.stats(container_id, stream=False, one_shot=True)
+        except docker.errors.InvalidVersion:  # engines before API 1.41: a slower, two-sample read
+            stats = client.api.stats(container_id, stream=False)
+        try:
+            return float(stats["cpu_stats"]["cpu_usage"]["total_usage"]) / 1e9
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def _thd_result(self, client: Any, run: _Run, folder: JobFolder, exit_code: int) -> JobResult:
+        cid = run.container_id
+        state = client.api.inspect_container(cid).get("State", {})
+        # one byte over the cap, so that collect_result marks the cut
+        stdout = client.api.logs(cid, stdout=True, stderr=False)[: self._limits.max_stdout + 1]
+        stderr = client.api.logs(cid, stdout=False, stderr=True)[: self._limits.max_stderr + 1]
+        outcome = run.stopped
+        if outcome is None and state.get("OOMKilled"):
+            outcome = ("overflow", f"The job used more than its memory limit ({run.job.mem_limit} MB).")
+        return collect_result(folder, exit_code, stdout, stderr, self._limits, outcome=outcome)
+
+    def _stop(self, run: _Run, outcome: Tuple[str, str]) -> None:
+        """End a job for ``outcome`` (timeout, killed...); the first reason wins."""
+        if run.stopped is not None or run.done.called:
+            return
+        run.stopped = outcome
+        if run.container_id is not None:
+            cid = run.container_id
+            self._call(self._thd_guard, self._thd_kill, cid).addErrback(
+                lambda f: self.log.warn(
+                    "docker backend: cannot kill {cid}: {error}", cid=cid, error=f.getErrorMessage()
+                )
+            )
+
+    def _thd_kill(self, client: Any, container_id: str) -> None:
+        docker = _docker()
+        try:
+            client.api.kill(container_id)
+        except docker.errors.APIError as e:
+            if e.status_code not in (404, 409):  # already gone, or not running any more
+                raise
+
+    async def _cleanup(self, run: _Run, folder: Optional[JobFolder]) -> None:
+        """Remove the container and the job folder, whatever happened; never raises."""
+        if run.container_id is not None:
+            try:
+                await self._call(self._thd_guard, self._thd_remove, run.container_id)
+            except Exception as e:
+                self._orphans.add(run.container_id)
+                self.log.warn(
+                    "docker backend: cannot remove container {cid} now ({error}); will retry",
+                    cid=run.container_id,
+                    error=str(e),
+                )
+        if folder is not None:
+            try:
+                await self._call(remove_job, folder)
+            except Exception:
+                self.log.failure("docker backend: cannot remove job folder {root}", root=folder.root)
+
+    def _thd_remove(self, client: Any, container_id: str) -> None:
+        docker = _docker()
+        try:
+            client.api.remove_container(container_id, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+
+    def _remove_orphans(self) -> Deferred[None]:
+        """Retry removing the containers that could not be removed when their job ended."""
+        d = self._call(self._thd_remove_all, sorted(self._orphans))
+        d.addCallback(self._orphans.difference_update)
+        d.addErrback(lambda f: self.log.warn("docker backend: orphan removal failed: {e}", e=f.getErrorMessage()))
+        return d
+
+    def _thd_remove_all(self, container_ids: List[str]) -> List[str]:
+        """Remove what can be removed; returns the ids that are gone."""
+        gone = []
+        for cid in container_ids:
+            try:
+                self._thd_guard(self._thd_remove, cid)
+            except DockerEngineError:
+                break
+            gone.append(cid)
+        return gone
+
+    def kill(self, job_id: BackendJobId) -> None:
+        """Kill the job's container; its run() then fires with a ``killed`` result."""
+        run = self._runs.get(tuple(job_id))  # type: ignore[arg-type]
+        if run is None:
+            self.log.info("docker backend: kill for unknown job {job_id!r} ignored", job_id=job_id)
+            return
+        self._stop(run, ("killed", "The job was killed."))
+
+    # -- shutdown ------------------------------------------------------------
+
+    def close(self) -> Deferred[None]:
+        """Kill running jobs, wait for their cleanup, then stop the threads."""
+        return ensureDeferred(self._close())
+
+    async def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        runs = list(self._runs.values())
+        for run in runs:
+            self._stop(run, ("killed", "The agent was shut down."))
+        if runs:
+            await DeferredList([r.done for r in runs])
+        if self._orphans:
+            await self._remove_orphans()
+        if self._own_work_dir and self._work_dir is not None:
+            try:
+                await self._call(remove_job_path, self._work_dir)
+            except Exception:
+                self.log.failure("docker backend: cannot remove {path}", path=self._work_dir)
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await self._call(client.close)
+            except Exception:
+                pass
+        if self._shutdown_trigger is not None:
+            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        self._stop_pool()

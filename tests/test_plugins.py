@@ -26,3 +26,25 @@ def test_builtins_are_registered_and_load(group, names):
     assert names <= set(plugin.available(group))
     for name in names:
         assert plugin.load(group, name) is not None
+
+
+def test_a_third_party_transport_is_found_by_endpoint_string(tmp_path, monkeypatch):
+    """A distribution that declares an entry point is all it takes: no edit here."""
+    import sys
+
+    from inginious_tx import transport
+    from inginious_tx.testing import MemoryTransport
+
+    monkeypatch.setattr(transport, "_cache", None)
+    with pytest.raises(transport.UnknownEndpoint, match="mem:queue"):
+        transport.transport_for("mem:queue")
+
+    dist = tmp_path / "third_party_transport-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: third-party-transport\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[inginious_tx.transports]\nmemory = inginious_tx.testing:MemoryTransport\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path), *sys.path])
+    monkeypatch.setattr(transport, "_cache", None)
+    assert isinstance(transport.transport_for("mem:queue"), MemoryTransport)
+    assert transport.transport_for("zmq:tcp://127.0.0.1:1").name == "zmq"
+    monkeypatch.setattr(transport, "_cache", None)

@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--backend",
             metavar="ENDPOINT",
             default=os.environ.get(BACKEND_ENV, DEFAULT_BACKEND),
-            help=f"the backend's client endpoint: {ENDPOINT_FORMS} (default: ${BACKEND_ENV} or {DEFAULT_BACKEND})",
+            help=f"the backend's client endpoint: {ENDPOINT_FORMS} (default: ${BACKEND_ENV} or {DEFAULT_BACKEND}); "
+            "credentials go in the string: ssl:...:caCertsFile=CA:certKey=CERT:privateKey=KEY or "
+            "zmq:...?curve-secret=FILE&curve-server=FILE",
         )
         p.add_argument(
             "--connect-timeout",

@@ -59,9 +59,7 @@ def strategy_for(tp: Any) -> st.SearchStrategy:
 
 
 def message_of(cls: type) -> st.SearchStrategy:
-    return st.fixed_dictionaries({f: strategy_for(cls.field_types[f]) for f in cls.fields}).map(
-        lambda kw: cls(**kw)
-    )
+    return st.fixed_dictionaries({f: strategy_for(cls.field_types[f]) for f in cls.fields}).map(lambda kw: cls(**kw))
 
 
 any_message = st.one_of(*[message_of(cls) for cls in M.ALL_MESSAGES])

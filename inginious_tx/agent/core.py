@@ -8,7 +8,7 @@ backend does (fails, raises, returns garbage, never answers a kill).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
@@ -24,6 +24,7 @@ from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
 from ..transport import Limits
 from .result import JobResult
+from .task import OutputLimits, _cap
 
 __all__ = ["Agent"]
 
@@ -49,7 +50,10 @@ class Agent(Service):
     :class:`~inginious_tx.testing.MemoryTransport`).  ``silence_timeout``:
     seconds without any message from the backend after which the agent
     reconnects.  ``kill_grace``: seconds a backend has to answer a kill before
-    the agent answers ``killed`` itself.
+    the agent answers ``killed`` itself.  ``result_limits``: the archive,
+    stdout and stderr caps applied to every result, whatever the agent
+    backend already did (a larger archive makes the result an ``error``;
+    stdout/stderr are cut with a marker).
     """
 
     log = Logger()
@@ -68,6 +72,7 @@ class Agent(Service):
         kill_grace: float = 30.0,
         hello_retry: float = 5.0,
         stop_grace: float = 10.0,
+        result_limits: Optional[OutputLimits] = None,
     ) -> None:
         if slots < 1:
             raise ValueError("an agent needs at least one slot")
@@ -82,6 +87,7 @@ class Agent(Service):
         self._kill_grace = kill_grace
         self._hello_retry = hello_retry
         self._stop_grace = stop_grace
+        self._result_limits = result_limits if result_limits is not None else OutputLimits()
         self._connection: Optional[IConnection] = None
         self._peer: Optional[IPeer] = None
         self._silence_call: Optional[IDelayedCall] = None
@@ -289,7 +295,25 @@ class Agent(Service):
             return
         peer.send(message)
 
+    def _bounded(self, job_id: BackendJobId, result: JobResult) -> JobResult:
+        """``result`` within :attr:`_result_limits`."""
+        limits = self._result_limits
+        out, err = result.stdout, result.stderr
+        if out is not None and len(out) > limits.max_stdout // 4:  # a character is at most 4 bytes
+            out = _cap(out, limits.max_stdout)
+        if err is not None and len(err) > limits.max_stderr // 4:
+            err = _cap(err, limits.max_stderr)
+        archive = result.archive
+        if archive is not None and len(archive) > limits.max_archive:
+            text = f"the job's archive is too large: {len(archive)} bytes > limit {limits.max_archive}"
+            self.log.warn("job {job_id}: {text}", job_id=job_id, text=text)
+            return JobResult("error", text, stdout=out, stderr=err)
+        if out is not result.stdout or err is not result.stderr:
+            result = replace(result, stdout=out, stderr=err)
+        return result
+
     def _send_result(self, job_id: BackendJobId, result: JobResult) -> None:
+        result = self._bounded(job_id, result)
         size = sum(len(x) for x in (result.archive, result.stdout, result.stderr, result.text) if x)
         if size > self._limits.max_frame * 0.9:
             result = JobResult.crash(f"the job's result is too large to be sent ({size} bytes)")

@@ -25,6 +25,7 @@ Options (``AgentConfig.options``):
 ``user``
     ``UID:GID`` the task runs as (default ``4242:4242`` when the agent is
     root, which then hands the job folder to that user; else the agent's own).
+
 ``pids_limit`` (256), ``poll_interval`` (0.5 s: how often CPU time is
 checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
 reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).

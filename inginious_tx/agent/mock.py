@@ -4,20 +4,20 @@ For tests and benchmarks of the backend and clients.  What a job returns is
 read from its input data, falling back to ``--option`` defaults
 (``AgentConfig.options``):
 
-================  ==================  =============================================
-input key         option              meaning
-================  ==================  =============================================
-``@mock_result``  ``result``          result type (default ``success``)
-``@mock_text``    ``text``            feedback text (default empty)
-``@mock_grade``   ``grade``           grade (default: 100 for success, else 0)
-``@mock_delay``   ``delay``           seconds before the answer (default 0), on
-                                      the reactor's clock; a kill ends it early
-``@mock_fail``    ``fail``            ``raise`` (run raises), ``errback`` (run
-                                      fails), ``hang`` (never answers unless
-                                      killed), ``garbage`` (answers a non-result)
-``@mock_problems``                    ``{id: [result, text]}``
-``@mock_stdout``                      the job's stdout
-================  ==================  =============================================
+==================  ==================  =============================================
+input key           option              meaning
+==================  ==================  =============================================
+``@mock_result``    ``result``          result type (default ``success``)
+``@mock_text``      ``text``            feedback text (default empty)
+``@mock_grade``     ``grade``           grade (default: 100 for success, else 0)
+``@mock_delay``     ``delay``           seconds before the answer (default 0), on
+                                        the reactor's clock; a kill ends it early
+``@mock_fail``      ``fail``            ``raise`` (run raises), ``errback`` (run
+                                        fails), ``hang`` (never answers unless
+                                        killed), ``garbage`` (answers a non-result)
+``@mock_problems``                      ``{id: [result, text]}``
+``@mock_stdout``                        the job's stdout
+==================  ==================  =============================================
 
 A job costs one dict lookup per key and, with a delay, one ``callLater``.
 """

@@ -11,19 +11,22 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from dataclasses import replace
 from typing import Any, Dict, List
 
 from twisted.python import usage
 
 from ..plugin import PluginError, available, load
-from ..transport import DEFAULT_MAX_FRAME, Limits
+from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
 from .result import AgentConfig
+from .task import OutputLimits
 
 __all__ = ["Options", "makeService", "GROUP", "DEFAULT_KIND"]
 
 GROUP = "inginious_tx.agent_backends"
 #: The kind used without ``--kind``: the one that isolates untrusted code.
 DEFAULT_KIND = "docker"
+_OUTPUT = OutputLimits()
 
 
 def _positive_int(value: str) -> int:
@@ -73,7 +76,9 @@ class Options(usage.Options):
             "b",
             None,
             "Endpoint of the backend's agent listener: zmq:tcp://HOST:PORT, zmq:ipc:///PATH, "
-            "tcp:HOST:PORT, unix:/PATH or ssl:... (required).",
+            "tcp:HOST:PORT, unix:/PATH or ssl:... (required). Credentials go in the string: "
+            "ssl:host=H:port=P:caCertsFile=SERVER-CA:certKey=CERT:privateKey=KEY, or "
+            "zmq:tcp://H:P?curve-secret=OURS.key_secret&curve-server=SERVER.key (see docs/security.rst).",
         ],
         ["kind", "k", DEFAULT_KIND, "Agent backend that runs the jobs (see --list-kinds)."],
         [
@@ -93,6 +98,15 @@ class Options(usage.Options):
             _positive_float,
         ],
         ["max-frame", None, DEFAULT_MAX_FRAME, "Largest message accepted from the backend, in bytes.", _positive_int],
+        [
+            "max-archive",
+            None,
+            _OUTPUT.max_archive,
+            "Largest archive a job may send back, in bytes; a larger one makes the result an 'error'.",
+            _positive_int,
+        ],
+        ["max-stdout", None, _OUTPUT.max_stdout, "Bytes of a job's stdout sent back (the rest is cut).", _positive_int],
+        ["max-stderr", None, _OUTPUT.max_stderr, "Bytes of a job's stderr sent back (the rest is cut).", _positive_int],
     ]
 
     def __init__(self) -> None:
@@ -134,6 +148,10 @@ class Options(usage.Options):
         if not self["backend"]:
             raise usage.UsageError("--backend ENDPOINT is required (e.g. zmq:tcp://127.0.0.1:2001)")
         try:
+            check_credentials(self["backend"])
+        except ValueError as e:
+            raise usage.UsageError(f"--backend: {e}")
+        try:
             self["backend_class"] = load(GROUP, self["kind"])
         except PluginError as e:
             raise usage.UsageError(str(e))
@@ -150,6 +168,9 @@ class Options(usage.Options):
             options=dict(self["options"]),
         )
         self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
+        self["result_limits"] = replace(
+            _OUTPUT, max_archive=self["max-archive"], max_stdout=self["max-stdout"], max_stderr=self["max-stderr"]
+        )
 
 
 def makeService(options: Dict[str, Any]) -> Any:
@@ -170,4 +191,5 @@ def makeService(options: Dict[str, Any]) -> Any:
         options["backend"],
         limits=options["limits"],
         silence_timeout=options["silence-timeout"],
+        result_limits=options["result_limits"],
     )

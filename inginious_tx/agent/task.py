@@ -27,7 +27,7 @@ Environment of ``run`` (:meth:`JobFolder.env`): ``PATH`` (helpers first),
 
 Public API (small and stable; the Docker backend uses it too):
 
-- :func:`helpers_dir` -- folder of the POSIX sh helpers (getinput, feedback-*).
+- :func:`helpers_dir` -- folder of the POSIX sh helpers (``getinput``, ``feedback-*``).
 - :func:`prepare_job` -- validate ids, build the job folder (blocking: call it
   through ``deferToThread``); raises :class:`TaskError` for a bad or missing task.
 - :class:`JobFolder` -- the paths, :attr:`JobFolder.command` and :meth:`JobFolder.env`.

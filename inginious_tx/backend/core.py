@@ -35,9 +35,11 @@ caps and by the agents' slots.
 from __future__ import annotations
 
 import itertools
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+import msgpack
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -66,7 +68,18 @@ from ..messages import (
     Unknown,
 )
 
-__all__ = ["Backend", "BackendSettings", "Job", "ClientState", "AgentState", "WAITING", "RUNNING", "DONE"]
+__all__ = [
+    "Backend",
+    "BackendSettings",
+    "BackendStats",
+    "Job",
+    "ClientState",
+    "AgentState",
+    "WAITING",
+    "RUNNING",
+    "DONE",
+    "TIME_BUCKETS",
+]
 
 #: Job states.
 WAITING, RUNNING, DONE = "waiting", "running", "done"
@@ -74,6 +87,8 @@ WAITING, RUNNING, DONE = "waiting", "running", "done"
 _PING = Ping()
 _PONG = Pong()
 _UNKNOWN = Unknown()
+#: How inputdata is measured against ``max_inputdata`` (as the wire encodes it).
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack  # reactor thread only
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,9 @@ class BackendSettings:
     max_waiting: Optional[int] = 100_000
     #: At most this many jobs of one client wait (None: no limit).
     max_waiting_per_client: Optional[int] = None
+    #: Largest ``inputdata`` of a job, in bytes once msgpack-encoded (None: only
+    #: the transport's frame limit); a larger job is answered ``crash`` at once.
+    max_inputdata: Optional[int] = 16 << 20
     #: A client that pinged us and then stays silent this long is gone.
     client_silence_timeout: float = 30.0
     #: A client with no job that stays silent this long is forgotten.
@@ -104,7 +122,7 @@ class BackendSettings:
             raise ValueError("ping_interval must be > 0")
         if self.max_missed_pongs < 1:
             raise ValueError("max_missed_pongs must be >= 1")
-        for name in ("max_waiting", "max_waiting_per_client"):
+        for name in ("max_waiting", "max_waiting_per_client", "max_inputdata"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0 or None")
@@ -201,6 +219,58 @@ class Job:
         return f"<job {self.key!r} {self.state} {self.course_id}/{self.task_id}>"
 
 
+#: Upper bounds, in seconds, of the buckets of the queue-wait and run-time
+#: histograms of :class:`BackendStats` (a last bucket holds the rest).
+TIME_BUCKETS: Tuple[float, ...] = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+#: The result types counted by name; anything else an agent says is "other".
+_RESULT_KINDS = frozenset(("success", "failed", "error", "crash", "timeout", "overflow", "killed"))
+
+
+class BackendStats:
+    """Running totals kept by the backend for status pages and metrics.
+
+    Plain integers and bucket counts, so that keeping them costs the hot path
+    a few additions per job and no lock; exporters (e.g.
+    :mod:`inginious_tx.backend.metrics`) read them when asked.  ``submitted``
+    counts every job a registered client sent; ``accepted`` those that were
+    queued (the others were refused: queue full, duplicate id, shutting
+    down); ``finished`` counts accepted jobs by how they ended: a result type,
+    ``other`` (a result type we do not know), or ``dropped`` (its client left
+    first, no answer was sent).
+    """
+
+    __slots__ = ("submitted", "accepted", "finished", "wait_buckets", "wait_sum", "run_buckets", "run_sum")
+
+    def __init__(self) -> None:
+        self.submitted = 0
+        self.accepted = 0
+        self.finished: Dict[str, int] = {}
+        #: per bucket of TIME_BUCKETS (not cumulative), then the overflow bucket
+        self.wait_buckets = [0] * (len(TIME_BUCKETS) + 1)
+        self.wait_sum = 0.0
+        self.run_buckets = [0] * (len(TIME_BUCKETS) + 1)
+        self.run_sum = 0.0
+
+    @property
+    def refused(self) -> int:
+        return self.submitted - self.accepted
+
+    def waited(self, seconds: float) -> None:
+        """A job left the queue for its first agent after ``seconds``."""
+        self.wait_buckets[bisect_left(TIME_BUCKETS, seconds)] += 1
+        self.wait_sum += seconds
+
+    def ran(self, seconds: float) -> None:
+        """A job stopped running (answered, killed or lost) after ``seconds``."""
+        self.run_buckets[bisect_left(TIME_BUCKETS, seconds)] += 1
+        self.run_sum += seconds
+
+    def ended(self, kind: str) -> None:
+        if kind not in _RESULT_KINDS and kind != "dropped":
+            kind = "other"
+        self.finished[kind] = self.finished.get(kind, 0) + 1
+
+
 def _result(job_id: str, kind: str, text: str) -> BackendJobDone:
     """A result made by the backend itself (crash, killed)."""
     return BackendJobDone(job_id, (kind, text), 0.0, {}, {}, {}, "", None, "", "")
@@ -239,6 +309,8 @@ class Backend:
         self._stopping = False
         self.client_handler = _ClientHandler(self)
         self.agent_handler = _AgentHandler(self)
+        #: totals for status pages and metrics
+        self.stats = BackendStats()
 
     # -- wiring ----------------------------------------------------------------
 
@@ -316,6 +388,14 @@ class Backend:
     def free_agents(self, environment: str) -> List[AgentState]:
         return list(self._free.get(environment, ()))
 
+    def waiting_per_environment(self) -> Dict[str, int]:
+        """How many jobs wait for each environment (O(jobs): for status pages)."""
+        counts: Dict[str, int] = {}
+        for job in self._jobs.values():
+            if job.state == WAITING:
+                counts[job.environment] = counts.get(job.environment, 0) + 1
+        return counts
+
     # -- clients ---------------------------------------------------------------
 
     def _client(self, peer: IPeer) -> Optional[ClientState]:
@@ -349,10 +429,24 @@ class Backend:
             peer.send(_UNKNOWN)
             return
         client.last_tick = self._tick
+        self.stats.submitted += 1
         job_id = message.job_id
         if self._stopping:
             peer.send(_result(job_id, "crash", "backend shutting down"))
             return
+        limit = self.settings.max_inputdata
+        if limit is not None:
+            size = len(_packb(message.inputdata))
+            if size > limit:
+                self.log.warn(
+                    "client {name!r}: job {job_id!r} refused, inputdata of {size} bytes > {limit}",
+                    name=client.name,
+                    job_id=job_id,
+                    size=size,
+                    limit=limit,
+                )
+                peer.send(_result(job_id, "crash", f"inputdata too large: {size} bytes > limit {limit}"))
+                return
         key = (peer.address, job_id)
         if job_id in client.jobs or key in self._jobs:
             self.log.warn(
@@ -369,6 +463,7 @@ class Backend:
                 peer.send(_result(job_id, "crash", refusal))
                 return
         job = Job(key, client, message, self._clock.seconds(), next(self._sequence))
+        self.stats.accepted += 1
         self._jobs[key] = job
         client.jobs[job_id] = job
         if free:
@@ -463,6 +558,7 @@ class Backend:
                 waiting += 1
                 self._unwait(job)
                 del self._jobs[job.key]
+                self.stats.ended("dropped")
             else:
                 running += 1
                 job.client = None
@@ -731,7 +827,9 @@ class Backend:
         """Hand ``job`` to ``agent`` (the free lists are the caller's business)."""
         job.state = RUNNING
         job.agent = agent
-        job.started_at = self._clock.seconds()
+        job.started_at = now = self._clock.seconds()
+        if not job.retries:
+            self.stats.waited(now - job.submitted_at)
         agent.running[job.key] = job
         m = job.message
         agent.peer.send(
@@ -809,6 +907,9 @@ class Backend:
 
     def _finish(self, job: Job, answer: Optional[BackendJobDone]) -> None:
         """The one end of every job: forget it and answer its client."""
+        if job.state == RUNNING:
+            self.stats.ran(self._clock.seconds() - job.started_at)
+        self.stats.ended(answer.result[0] if answer is not None else "dropped")
         job.state = DONE
         job.agent = None
         del self._jobs[job.key]

@@ -71,6 +71,7 @@ class BackendService(Service):
     ) -> None:
         if not client_endpoints or not agent_endpoints:
             raise ValueError("a backend needs at least one client endpoint and one agent endpoint")
+        transport.check_separate_credentials(client_endpoints, agent_endpoints)  # see docs/security.rst
         if isinstance(policy, str):
             policy = load_policy(policy)
         else:

@@ -7,12 +7,14 @@ module; nothing here imports the reactor until :func:`makeService` runs, so
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import sys
 from typing import Any, List, Optional
 
 from twisted.python import usage
 
-from ..transport import DEFAULT_MAX_FRAME, Limits
+from ..transport import DEFAULT_MAX_FRAME, Limits, check_separate_credentials
 from .core import BackendSettings
 from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
 
@@ -63,7 +65,7 @@ def _at_least_one(value: str) -> int:
 class Options(usage.Options):
     """Options of ``twistd inginious-backend``."""
 
-    synopsis = "[--clients ENDPOINT]... [--agents ENDPOINT]... [--policy NAME] [options]"
+    synopsis = "[--clients ENDPOINT]... [--agents ENDPOINT]... [--policy NAME] [--status ENDPOINT] [options]"
 
     optFlags = [
         ["list-policies", None, "Print the installed scheduling policies and exit."],
@@ -114,12 +116,41 @@ class Options(usage.Options):
             _at_least_one,
         ],
         [
+            "max-inputdata",
+            None,
+            _defaults.max_inputdata,
+            "Largest inputdata of a job, in bytes (msgpack-encoded); a larger job is answered 'crash' at once.",
+            _limit,
+        ],
+        [
             "client-silence-timeout",
             None,
             _defaults.client_silence_timeout,
             "Seconds after which a client that used to ping and fell silent is considered gone "
             "(its jobs are dropped or killed).",
             _positive_float,
+        ],
+        [
+            "status",
+            None,
+            None,
+            "Serve status pages over HTTP on this endpoint (8080, tcp:8080, tcp:8080:interface=0.0.0.0, "
+            "unix:/path): / (HTML), /status.json, /metrics (Prometheus; needs prometheus-client). "
+            "No authentication; 127.0.0.1 unless an interface is named. [default: none]",
+        ],
+        [
+            "embedded-slots",
+            None,
+            None,
+            "Job slots of the embedded agent (which runs only without --agents) [default: 2]",
+            _at_least_one,
+        ],
+        [
+            "tasks",
+            None,
+            None,
+            "Courses folder (TASKS/COURSE/TASK/run) of the embedded agent (which runs only without --agents) "
+            "[default: the bundled example course]",
         ],
         [
             "client-idle-timeout",
@@ -139,6 +170,12 @@ class Options(usage.Options):
             "Endpoints are Twisted endpoint strings (tcp:2000:interface=127.0.0.1, unix:/path, ssl:...) "
             "or zmq: followed by a ZeroMQ address (zmq:tcp://127.0.0.1:2000, zmq:ipc:///path).\n"
             f"Defaults: --clients {DEFAULT_CLIENTS} --agents {DEFAULT_AGENTS}.\n"
+            "Authentication: ssl:...:caCertsFile=CA.pem admits only peers with a certificate CA.pem signed; "
+            "zmq:...?curve-secret=FILE&curve-allowed=DIR only peers whose CurveZMQ key is in DIR. Clients and "
+            "agents need separate credentials (see docs/security.rst).\n"
+            "Without --agents, an embedded local agent (--embedded-slots, --tasks) runs in the backend's process "
+            "over the bundled example course, so that jobs can be submitted at once; production backends name "
+            "their agent endpoints with --agents and run their agents apart.\n"
             f"Scheduling policies installed ({GROUP} entry points): {', '.join(available_policies())}."
         )
 
@@ -160,8 +197,19 @@ class Options(usage.Options):
             raise SystemExit(0)
         if not self["clients"]:
             self["clients"] = [DEFAULT_CLIENTS]
+        self["embedded"] = not self["agents"]
         if not self["agents"]:
             self["agents"] = [DEFAULT_AGENTS]
+        self._check_embedded()
+        try:
+            check_separate_credentials(self["clients"], self["agents"])
+        except ValueError as e:
+            raise usage.UsageError(str(e))
+        if self["status"] is not None and importlib.util.find_spec("prometheus_client") is None:
+            raise usage.UsageError(
+                "--status serves /metrics with prometheus-client, which is not installed: "
+                "pip install 'inginious-tx[metrics]' (or pip install prometheus-client)"
+            )
         try:
             load_policy(self["policy"])
         except LookupError as e:
@@ -172,10 +220,35 @@ class Options(usage.Options):
             max_missed_pongs=self["max-missed-pongs"],
             max_waiting=self["max-waiting"],
             max_waiting_per_client=self["max-waiting-per-client"],
+            max_inputdata=self["max-inputdata"],
             client_silence_timeout=self["client-silence-timeout"],
             client_idle_timeout=self["client-idle-timeout"],
         )
         self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
+
+    def _check_embedded(self) -> None:
+        """Settle the embedded agent's tasks folder and slots (or refuse them with --agents)."""
+        if not self["embedded"]:
+            for name in ("tasks", "embedded-slots"):
+                if self[name] is not None:
+                    raise usage.UsageError(f"--{name} is for the embedded agent, which runs only without --agents")
+            return
+        if self["embedded-slots"] is None:
+            from .embedded import DEFAULT_EMBEDDED_SLOTS
+
+            self["embedded-slots"] = DEFAULT_EMBEDDED_SLOTS
+        if self["tasks"] is None:
+            from .embedded import example_tasks_dir
+
+            self["tasks"] = example_tasks_dir()
+            if self["tasks"] is None:
+                raise usage.UsageError(
+                    "no --agents given and the bundled example course is missing: "
+                    "give the embedded agent a courses folder (--tasks DIR) or name agent endpoints (--agents)"
+                )
+        elif not os.path.isdir(self["tasks"]):
+            raise usage.UsageError(f"--tasks {self['tasks']!r} is not a folder")
+        self["tasks"] = os.path.abspath(self["tasks"])
 
 
 def policy_listing() -> str:
@@ -193,12 +266,18 @@ def policy_listing() -> str:
 
 
 def makeService(options: Any) -> Any:
-    """The backend service for twistd, on the global (chosen) reactor."""
+    """The backend service for twistd, on the global (chosen) reactor.
+
+    That is the :class:`BackendService` itself, or, with an embedded agent or
+    status pages, a ``MultiService`` holding it (named ``inginious-backend``)
+    and them.
+    """
+    from twisted.application.service import MultiService
     from twisted.internet import reactor
 
     from .service import BackendService
 
-    return BackendService(
+    service = BackendService(
         reactor,
         options["clients"],
         options["agents"],
@@ -207,3 +286,31 @@ def makeService(options: Any) -> Any:
         limits=options["limits"],
         fatal=True,
     )
+    extras = []
+    if options.get("embedded"):
+        from .embedded import embedded_agent
+
+        slots = options["embedded-slots"]
+        extras.append(
+            embedded_agent(
+                reactor,
+                service.backend.agent_sink(),
+                options["tasks"],
+                slots,
+                limits=options["limits"],
+                notice=f"no --agents given: running an embedded local agent with {slots} slots over "
+                f"{options['tasks']}; production backends name their agent endpoints (--agents) "
+                "and run their agents apart",
+            )
+        )
+    if options.get("status"):
+        from .status import StatusService
+
+        extras.append(StatusService(reactor, service.backend, options["status"], fatal=True))
+    if not extras:
+        return service
+    # The backend, then what serves beside it; twistd stops them all together.
+    top = MultiService()
+    for child in (service, *extras):
+        child.setServiceParent(top)
+    return top

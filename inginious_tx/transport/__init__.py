@@ -9,7 +9,7 @@ transport; a third-party plugin registered under the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
@@ -17,7 +17,17 @@ from zope.interface.verify import verifyObject
 from ..interfaces import IConnection, IMessageSink, ITransport
 from ..plugin import PluginError, available
 
-__all__ = ["DEFAULT_LIMITS", "Limits", "UnknownEndpoint", "transports", "transport_for", "listen", "connect"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Limits",
+    "UnknownEndpoint",
+    "transports",
+    "transport_for",
+    "listen",
+    "connect",
+    "check_separate_credentials",
+    "check_credentials",
+]
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 
@@ -81,3 +91,59 @@ def listen(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEF
 def connect(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> IConnection:
     """Connect to ``endpoint`` with whichever transport handles it."""
     return transport_for(endpoint).connect(reactor, endpoint, sink, limits)
+
+
+def _accepted(endpoints: Sequence[str], read: Callable[[str], Dict[Any, str]]) -> Dict[Any, Tuple[str, str]]:
+    """Credential -> (endpoint, label) for what ``read`` finds on ``endpoints`` (unreadable ones are skipped:
+    listening on them fails with the reason)."""
+    found: Dict[Any, Tuple[str, str]] = {}
+    for endpoint in endpoints:
+        try:
+            items = read(endpoint)
+        except ValueError:
+            continue
+        for item, label in items.items():
+            found.setdefault(item, (endpoint, label))
+    return found
+
+
+def check_separate_credentials(client_endpoints: Sequence[str], agent_endpoints: Sequence[str]) -> None:
+    """Refuse credentials that would let one peer in both as a client and as an agent.
+
+    A CA trusted (``caCertsFile``) or a CurveZMQ key allowed (``curve-allowed``)
+    on a client endpoint must not be on an agent endpoint too: then a client
+    could register as an agent (and see every job's input) and an agent could
+    submit jobs.  Raises ValueError naming what is shared.
+    """
+    from . import curve, tls
+
+    checks = (
+        (tls.authorities, "CA certificate", "sign agents' and clients' certificates with different CAs"),
+        (curve.allowed_keys, "CurveZMQ public key", "give clients and agents different keys and folders"),
+    )
+    for read, kind, fix in checks:
+        clients = _accepted(client_endpoints, read)
+        agents = _accepted(agent_endpoints, read)
+        for item in sorted(set(clients) & set(agents)):
+            if isinstance(item, bytes):  # a key, and the files it was read from
+                name = f"{item.decode()} ({clients[item][1]}, {agents[item][1]})"
+            else:  # a certificate fingerprint, and its subject
+                name = f"{clients[item][1]} (SHA-256 {item})"
+            raise ValueError(
+                f"the {kind} {name} is accepted both on the client endpoint {clients[item][0]} "
+                f"and on the agent endpoint {agents[item][0]}: a client could register as an agent; {fix}"
+            )
+
+
+def check_credentials(endpoint: str) -> None:
+    """Read now the certificates and keys a connecting ``endpoint`` names.
+
+    Raises ValueError if one is missing or unusable, so that a command can
+    refuse it before it starts rather than fail once running.
+    """
+    from . import curve, tls
+
+    if endpoint.startswith("zmq:"):
+        curve.client_settings(endpoint)
+    elif tls.verifies_peers(endpoint):
+        tls.client_options(endpoint)

@@ -22,7 +22,6 @@ from typing import Any, Callable, List, Optional, Set
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.endpoints import clientFromString, serverFromString
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -32,7 +31,7 @@ from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
 from ..messages import MessageError, MessageMeta
-from . import Limits
+from . import Limits, tls
 
 __all__ = [
     "StreamTransport",
@@ -154,6 +153,9 @@ class MessageProtocol(Int32StringReceiver):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
         text = self.close_reason or _reason(reason)
+        refused = tls.tls_failure(reason)
+        if refused is not None:  # a peer without acceptable credentials, or a server we do not trust
+            log.warn("{peer}: TLS failed: {error}", peer=self._describe(), error=refused)
         try:
             if self._made:
                 self._owner._lost(self, text)
@@ -420,7 +422,7 @@ class StreamConnection:
         self.protocol: Optional[MessageProtocol] = None
         self.stopped = False
         self._service = ClientService(
-            clientFromString(reactor, endpoint), _ClientFactory(self), retryPolicy=retry_policy, clock=reactor
+            tls.client_endpoint(reactor, endpoint), _ClientFactory(self), retryPolicy=retry_policy, clock=reactor
         )
         self._service.startService()
 
@@ -447,6 +449,9 @@ class StreamConnection:
 
     def stop(self) -> Deferred:
         self.stopped = True
+        if self.protocol is not None:
+            # TLS holds its close_notify (and so the close) back while a producer is registered.
+            self.protocol.transport.unregisterProducer()
         done = self._service.stopService()
         protocol = self.protocol
         if protocol is not None and not done.called:
@@ -488,7 +493,7 @@ class StreamTransport:
     def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS) -> Deferred:
         endpoint = listening_endpoint(endpoint)
         listener = StreamListener(endpoint, sink, limits)
-        d = maybeDeferred(lambda: serverFromString(reactor, endpoint).listen(_ServerFactory(listener)))
+        d = maybeDeferred(lambda: tls.server_endpoint(reactor, endpoint).listen(_ServerFactory(listener)))
         return d.addCallback(listener._listening)
 
     def connect(

@@ -31,7 +31,7 @@ from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
 from ..messages import MessageError, MessageMeta
-from . import Limits
+from . import Limits, curve
 
 __all__ = ["ZmqTransport", "ZmqListener", "ZmqConnection", "ZmqPeer", "ZmqServerPeer", "HIGH_WATER_MARK"]
 
@@ -218,6 +218,7 @@ class ZmqListener:
     """A bound ROUTER socket; one :class:`ZmqPeer` per identity heard from."""
 
     def __init__(self, reactor: Any, context: zmq.Context, endpoint: str, sink: IMessageSink, limits: Limits) -> None:
+        endpoint, curve_settings = curve.server_settings(endpoint)  # the ?curve-... query, see curve.py
         address = _zmq_address(endpoint)
         self.description = endpoint
         self._sink = sink
@@ -226,10 +227,15 @@ class ZmqListener:
         sock = self._conn.socket
         sock.set(zmq.ROUTER_MANDATORY, 1)  # errors instead of silent drops on send
         sock.set(zmq.ROUTER_HANDOVER, 1)  # a peer reconnecting with its own identity takes over
+        self._release_curve: Optional[Callable[[], None]] = None
         try:
+            if curve_settings is not None:
+                self._release_curve = curve.secure_listener(reactor, context, sock, curve_settings, endpoint)
             sock.bind(address)
-        except zmq.ZMQError as e:
+        except (zmq.ZMQError, ValueError) as e:
             self._conn.shutdown()
+            if self._release_curve is not None:
+                self._release_curve()
             raise ValueError(f"cannot listen on {endpoint}: {e}") from e
         last = sock.get(zmq.LAST_ENDPOINT)
         #: An endpoint string that connects to this listener (the real port if ``*`` or 0 was asked).
@@ -333,6 +339,9 @@ class ZmqListener:
         if self._conn.socket is not None:
             self._conn.shutdown()
             log.info("stopped listening on {endpoint}", endpoint=self.connect_endpoint)
+        release, self._release_curve = self._release_curve, None
+        if release is not None:
+            release()
         return succeed(None)
 
     def __repr__(self) -> str:
@@ -376,7 +385,8 @@ class ZmqConnection:
     """
 
     def __init__(self, reactor: Any, context: zmq.Context, endpoint: str, sink: IMessageSink, limits: Limits) -> None:
-        self._address = _zmq_address(endpoint)
+        address, self._curve = curve.client_settings(endpoint)  # the ?curve-... query, see curve.py
+        self._address = _zmq_address(address)
         self._reactor = reactor
         self._context = context
         self._sink = sink
@@ -390,6 +400,8 @@ class ZmqConnection:
     def _open(self) -> None:
         conn = _new_socket(self._reactor, self._context, zmq.DEALER, self._read, self._limits)
         try:
+            if self._curve is not None:
+                curve.secure_connection(conn.socket, self._curve)
             conn.socket.connect(self._address)
         except zmq.ZMQError as e:
             conn.shutdown()

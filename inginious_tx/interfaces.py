@@ -219,6 +219,8 @@ class IWaitingJob(Interface):
     time_limit = Attribute("int: seconds")
     submitted_at = Attribute("float: reactor time of submission")
     sequence = Attribute("int: arrival order, strictly increasing")
+    launcher = Attribute("str: who submitted the job, as the client named it (a frontend, a user...)")
+    retries = Attribute("int: how many times the job was queued again after losing its agent")
 
 
 class ISchedulingPolicy(Interface):

@@ -31,6 +31,7 @@ from inginious_tx.agent.docker import (
     DockerBackend,
     DockerEngineError,
     _created,
+    _flag,
     _parse_environments,
     _parse_user,
 )
@@ -168,6 +169,11 @@ def test_provides_interface(tmp_path: Any) -> None:
     assert b.name == "docker"
 
 
+def test_no_environment_is_a_clear_error(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="--environment NAME=IMAGE"):
+        DockerBackend(_reactor(), AgentConfig(tasks_dir=str(tmp_path), environments=[]))
+
+
 def test_bad_environment_option(tmp_path: Any) -> None:
     with pytest.raises(ValueError, match="NAME=IMAGE"):
         DockerBackend(_reactor(), AgentConfig(str(tmp_path), ["broken="], 1, {}))
@@ -184,6 +190,9 @@ def test_option_parsing() -> None:
     assert _parse_user("1000:1001") == ("1000:1001", (1000, 1001))
     assert _parse_user("1000") == ("1000", (1000, 1000))
     assert _parse_user("worker") == ("worker", None)
+    assert [_flag(v) for v in ("false", "no", "0", "true", "ON", True, False)] == [0, 0, 0, 1, 1, 1, 0]
+    with pytest.raises(ValueError):
+        _flag("maybe")
 
 
 @pytest_twisted.ensureDeferred

@@ -170,6 +170,8 @@ class WaitingJob:
         self.time_limit = 30
         self.submitted_at = float(n)
         self.sequence = n
+        self.launcher = "docs"
+        self.retries = 0
 
 
 def test_exam_policy_provides_the_interface(examples: None) -> None:

@@ -49,6 +49,7 @@ class J:
         self.time_limit = time_limit
         self.submitted_at = submitted_at
         self.sequence = next(_seq)
+        self.launcher = "test"
         self.retries = retries
 
     def __repr__(self) -> str:

@@ -170,3 +170,21 @@ def test_agent_output_options_reach_the_agent() -> None:
     assert defaults["result_limits"] == OutputLimits()
     with pytest.raises(usage.UsageError):
         agent_tap.Options().parseOptions(["--backend", "tcp:127.0.0.1:2001", "--kind", "mock", "--max-stdout", "0"])
+
+
+@pytest.mark.parametrize("kind", ["local", "docker"])
+def test_agent_output_options_reach_the_agent_backends(kind: str, tmp_path: Any) -> None:
+    """--max-stdout/--max-stderr/--max-archive bound what local and Docker jobs send back."""
+    from twisted.internet import reactor
+
+    options = agent_tap.Options()
+    options.parseOptions(
+        ["--backend", "tcp:127.0.0.1:1", "--kind", kind, "--tasks", str(tmp_path),
+         "--environment", "default" if kind == "local" else "default=img",
+         "--max-stdout", "5000000", "--max-stderr", "7000", "--max-archive", "9000"]  # fmt: skip
+    )
+    limits = options["config"].output_limits
+    assert (limits.max_stdout, limits.max_stderr, limits.max_archive) == (5_000_000, 7000, 9000)
+    backend = options["backend_class"](reactor, options["config"])
+    backend_limits = backend.limits if kind == "local" else backend._limits
+    assert backend_limits == limits

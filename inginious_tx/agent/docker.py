@@ -169,6 +169,18 @@ def _chown_tree(root: str, uid: int, gid: int) -> None:
             os.lchown(os.path.join(dirpath, name), uid, gid)
 
 
+def _flag(value: Any) -> bool:
+    """A boolean option, given as a bool or as text (``--option init=false``)."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"not a boolean: {value!r} (use true or false)")
+    return bool(value)
+
+
 @dataclass
 class _Run:
     """The backend's record of one job while it runs."""
@@ -193,14 +205,16 @@ class DockerBackend:
         self._config = config
         opts = dict(config.options or {})
         self._images = _parse_environments(list(config.environments))
+        if not self._images:
+            raise ValueError("the docker backend needs at least one --environment NAME=IMAGE")
         self._url: Optional[str] = opts.get("docker_url") or None
         self._pids_limit = int(opts.get("pids_limit", 256))
         self._poll = float(opts.get("poll_interval", 0.5))
-        self._init = bool(opts.get("init", True))
-        self._read_only_root = bool(opts.get("read_only_root", True))
+        self._init = _flag(opts.get("init", True))
+        self._read_only_root = _flag(opts.get("read_only_root", True))
         self._extra_labels = {str(k): str(v) for k, v in dict(opts.get("labels") or {}).items()}
         self._user, self._chown_to = _parse_user(opts.get("user"))
-        self._limits = OutputLimits()
+        self._limits = config.output_limits or OutputLimits()
         self._api_timeout = float(opts.get("api_timeout", 60))
         #: made on first use when not given (and then removed by close())
         self._work_dir: Optional[str] = opts.get("work_dir") or None

@@ -207,7 +207,7 @@ class LocalBackend:
         self._kill_grace = _option(opts, "kill_grace", 2.0, float)
         self._poll_interval = _option(opts, "poll_interval", 0.25, float)
         self._keep_jobs = str(opts.get("keep_jobs", "")).lower() in _TRUE
-        self.limits = OutputLimits()
+        self.limits = config.output_limits or OutputLimits()
         self._created = int(reactor.seconds())
         self._environments = {
             name: {"id": f"local:{name}", "created": self._created, "ports": []} for name in environment_names(config)

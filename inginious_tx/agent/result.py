@@ -74,3 +74,6 @@ class AgentConfig:
     environments: List[str] = field(default_factory=list)
     slots: int = 1
     options: Dict[str, Any] = field(default_factory=dict)
+    #: Caps on what a job sends back (an :class:`inginious_tx.agent.task.OutputLimits`;
+    #: None: its defaults), from ``--max-stdout``, ``--max-stderr``, ``--max-archive``.
+    output_limits: Any = None

@@ -124,7 +124,7 @@ class Options(usage.Options):
         )
 
     def opt_environment(self, value: str) -> None:
-        """Environment offered: NAME (mock, local) or NAME=IMAGE (docker); repeatable [default: default]"""
+        """Environment offered: NAME (mock, local; default: default) or NAME=IMAGE (docker, required); repeatable"""
         name = value.split("=", 1)[0].strip()
         if not name:
             raise usage.UsageError(f"--environment {value!r}: the NAME is empty")
@@ -161,15 +161,16 @@ class Options(usage.Options):
             self["slots"] = os.cpu_count() or 1
         if self["name"] is None:
             self["name"] = f"{socket.gethostname()}-{self['kind']}"
+        self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
+        self["result_limits"] = replace(
+            _OUTPUT, max_archive=self["max-archive"], max_stdout=self["max-stdout"], max_stderr=self["max-stderr"]
+        )
         self["config"] = AgentConfig(
             tasks_dir=os.path.abspath(self["tasks"]) if self["tasks"] else None,
             environments=list(self["environments"]),
             slots=self["slots"],
             options=dict(self["options"]),
-        )
-        self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
-        self["result_limits"] = replace(
-            _OUTPUT, max_archive=self["max-archive"], max_stdout=self["max-stdout"], max_stderr=self["max-stderr"]
+            output_limits=self["result_limits"],
         )
 
 

@@ -191,6 +191,7 @@ class Job:
         "time_limit",
         "submitted_at",
         "sequence",
+        "launcher",
         "retries",
         "state",
         "agent",
@@ -209,6 +210,7 @@ class Job:
         self.time_limit: int = message.time_limit
         self.submitted_at = now
         self.sequence = sequence
+        self.launcher: str = message.launcher
         self.retries = 0
         self.state = WAITING
         self.agent: Optional[AgentState] = None

@@ -23,6 +23,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
+from twisted.web.pages import notFound
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -220,6 +221,13 @@ class _MetricsPage(Resource):
         return self.render_GET(request)
 
 
+class _Root(Resource):
+    """The site root: its children, and an escaped 404 for anything else."""
+
+    def getChild(self, path: bytes, request: Any) -> Resource:
+        return notFound()
+
+
 def status_resource(backend: Backend, clock: Any, registry: Any = None) -> Resource:
     """The resource tree: ``/``, ``/status.json`` and ``/metrics``.
 
@@ -230,7 +238,7 @@ def status_resource(backend: Backend, clock: Any, registry: Any = None) -> Resou
         from .metrics import backend_registry
 
         registry = backend_registry(backend)
-    root = Resource()
+    root = _Root()
     root.putChild(b"", _HtmlPage(backend, clock))
     root.putChild(b"status.json", _JsonPage(backend, clock))
     root.putChild(b"metrics", _MetricsPage(registry))

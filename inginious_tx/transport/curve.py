@@ -9,18 +9,18 @@ Listening (backend)::
 
     zmq:tcp://127.0.0.1:2001?curve-secret=server.key_secret&curve-allowed=agents/
 
-    ``curve-secret``: the server's key pair.  ``curve-allowed``: a folder of
-    ``*.key`` files; only a peer whose public key is one of them completes the
-    handshake (ZeroMQ asks a ZAP handler, see :class:`ZapHandler`).  Both are
-    required together.
+``curve-secret``: the server's key pair.  ``curve-allowed``: a folder of
+``*.key`` files; only a peer whose public key is one of them completes the
+handshake (ZeroMQ asks a ZAP handler, see :class:`ZapHandler`).  Both are
+required together.
 
 Connecting (agent, client)::
 
     zmq:tcp://backend.example.org:2001?curve-secret=agent1.key_secret&curve-server=server.key
 
-    ``curve-secret``: our key pair; ``curve-server``: the server's public key
-    (a peer that does not hold the matching secret key cannot complete the
-    handshake).  Both are required together.
+``curve-secret``: our key pair; ``curve-server``: the server's public key
+(a peer that does not hold the matching secret key cannot complete the
+handshake).  Both are required together.
 
 The allowed keys are read when the listener starts; restart it (or the
 backend) to take a change into account.

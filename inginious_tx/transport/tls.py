@@ -8,21 +8,21 @@ Listening (backend)::
 
     ssl:2001:privateKey=server.key:certKey=server.pem:caCertsFile=agents-ca.pem
 
-    Only a peer presenting a certificate signed by a CA of ``caCertsFile`` (a
-    client certificate is *required*) completes the handshake; any other is
-    disconnected before a single message of it is read.  Other parameters:
-    ``interface`` (default ``127.0.0.1``, see
-    :func:`~inginious_tx.transport.stream.listening_endpoint`), ``backlog``,
-    ``extraCertChain`` (intermediate CA certificates sent with ours).
+Only a peer presenting a certificate signed by a CA of ``caCertsFile`` (a
+client certificate is *required*) completes the handshake; any other is
+disconnected before a single message of it is read.  Other parameters:
+``interface`` (default ``127.0.0.1``, see
+:func:`~inginious_tx.transport.stream.listening_endpoint`), ``backlog``,
+``extraCertChain`` (intermediate CA certificates sent with ours).
 
 Connecting (agent, client)::
 
     ssl:host=backend.example.org:port=2001:caCertsFile=server-ca.pem:certKey=agent.pem:privateKey=agent.key
 
-    The server's certificate must be signed by a CA of ``caCertsFile`` and
-    name ``hostname`` (default: ``host``, which may be an IP address listed in
-    the certificate's subjectAltName); ``certKey``/``privateKey`` is our own
-    certificate.  Other parameters: ``timeout`` (seconds), ``hostname``.
+The server's certificate must be signed by a CA of ``caCertsFile`` and
+name ``hostname`` (default: ``host``, which may be an IP address listed in
+the certificate's subjectAltName); ``certKey``/``privateKey`` is our own
+certificate.  Other parameters: ``timeout`` (seconds), ``hostname``.
 
 Without ``caCertsFile`` the string goes to Twisted unchanged (a listener then
 accepts anyone, and a connection trusts the server only with ``caCertsDir``:

@@ -14,10 +14,18 @@ High-water marks: a ROUTER *silently drops* messages to a peer whose queue
 is full, and a single client of the backend keeps 10,000-20,000 jobs (a few
 messages each) in flight over one socket.  Both HWMs are therefore set to
 :data:`HIGH_WATER_MARK` (one million messages, about 50 times the largest
-burst the benchmark makes) rather than ZeroMQ's default of 1,000; it is a
-bound and not "unlimited" so that a peer that never reads cannot take all
-memory.  ``ROUTER_MANDATORY`` is on, so that reaching it (or sending to an
-identity that left) is logged instead of passing unnoticed.
+burst the benchmark makes) rather than ZeroMQ's default of 1,000.
+``ROUTER_MANDATORY`` is on, so that reaching it (or sending to an identity
+that left) is logged instead of passing unnoticed.
+
+Known limit: ZeroMQ counts queued messages, not bytes, and cannot tell that
+a peer has stopped reading.  A ZeroMQ *client* that submits jobs and never
+reads its answers therefore makes the backend hold every answer until the
+high-water mark: memory grows with the size of the results (about 100 MB per
+1,000 results of 100 KB), and the waiting caps do not bound it (answered
+jobs no longer wait).  Admit only known clients on ZeroMQ (CurveZMQ), or use
+a stream transport, whose peers are cut off once ``Limits.max_send_buffer``
+bytes are queued for them.
 """
 
 from __future__ import annotations

@@ -40,6 +40,15 @@ _DEFAULT_LIMITS = Limits()
 ListenFunction = Callable[[Any, str, IMessageSink, Limits], Deferred]
 
 
+def stop_reactor(reactor: Any) -> None:
+    """Stop ``reactor`` unless it is stopping already (a service that cannot
+    listen under twistd ends the process rather than run half-deaf)."""
+    try:
+        reactor.stop()
+    except Exception:  # already stopping
+        pass
+
+
 class BackendService(Service):
     """A backend listening on client and agent endpoints.
 
@@ -125,14 +134,8 @@ class BackendService(Service):
     def _failed(self, failure: Any) -> Any:
         self.log.critical("backend cannot listen: {error}", error=failure.getErrorMessage())
         if self._fatal:
-            self._reactor.callWhenRunning(self._stop_reactor)
+            self._reactor.callWhenRunning(stop_reactor, self._reactor)
         return failure
-
-    def _stop_reactor(self) -> None:
-        try:
-            self._reactor.stop()
-        except Exception:  # already stopping
-            pass
 
     def stopService(self) -> Deferred:
         """Answer every job, give the answers time to leave, stop listening."""

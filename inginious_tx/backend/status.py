@@ -29,6 +29,7 @@ from twisted.web.server import Site
 
 from .. import __version__
 from .core import Backend
+from .service import stop_reactor
 
 __all__ = ["StatusService", "status_endpoint", "status_snapshot", "status_resource", "render_html"]
 
@@ -297,14 +298,8 @@ class StatusService(Service):
             "status pages cannot listen on {endpoint}: {error}", endpoint=self.endpoint, error=failure.getErrorMessage()
         )
         if self._fatal:
-            self._reactor.callWhenRunning(self._stop_reactor)
+            self._reactor.callWhenRunning(stop_reactor, self._reactor)
         return failure
-
-    def _stop_reactor(self) -> None:
-        try:
-            self._reactor.stop()
-        except Exception:  # already stopping
-            pass
 
     def stopService(self) -> Deferred:
         super().stopService()

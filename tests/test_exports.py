@@ -1,0 +1,42 @@
+"""The public names of each package: changing one is an API change, so it must be deliberate."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+PUBLIC = {
+    "inginious_tx.messages": {
+        "ALL_MESSAGES", "load", "MessageMeta", "MessageError", "MalformedMessage", "UnknownMessageType",
+        "FieldError", "MissingField", "ExtraField", "WrongFieldType", "BackendJobId", "ClientJobId", "SPResult",
+        "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateContainers",
+        "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",
+        "BackendKillJob", "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug", "Ping", "Pong",
+        "Unknown",
+    },
+    "inginious_tx.client": {
+        "Client", "connect_client", "BackendUnavailable", "EnvironmentUnavailable", "ClientJobResult",
+        "QueueSnapshot", "RunningJob", "WaitingJob", "UNAVAILABLE",
+    },
+    "inginious_tx.transport": {
+        "DEFAULT_LIMITS", "Limits", "UnknownEndpoint", "transports", "transport_for", "listen", "connect",
+        "check_credentials", "check_separate_credentials",
+    },
+    "inginious_tx.backend": {
+        "Backend", "BackendSettings", "BackendService", "Job", "ClientState", "AgentState", "DEFAULT_POLICY",
+        "PriorityPolicy", "FairPolicy", "ShortestFirstPolicy", "available_policies", "load_policy",
+    },
+    "inginious_tx.agent": {"Agent", "AgentConfig", "JobResult", "RESULT_TYPES"},
+    "inginious_tx.dispatch": {"Dispatcher"},
+    "inginious_tx.testing": {"MemoryTransport", "MemoryPeer", "RecordingSink"},
+    "inginious_tx.plugin": {"PluginError", "available", "load"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("module", sorted(PUBLIC))
+def test_public_names_are_pinned_and_importable(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert set(mod.__all__) == PUBLIC[module]
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None, f"{module}.{name}"

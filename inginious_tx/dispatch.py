@@ -15,13 +15,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
-from .interfaces import IMessageSink, IPeer
+from .interfaces import IMessageSink, IPeer, IRejectionObserver
 from .messages import MessageMeta
 
 __all__ = ["Dispatcher"]
 
 
-@implementer(IMessageSink)
+@implementer(IMessageSink, IRejectionObserver)
 class Dispatcher:
     """Route each message to ``handler.<msgtype>(peer, message)``.
 
@@ -56,6 +56,14 @@ class Dispatcher:
 
     def peer_disconnected(self, peer: IPeer, reason: str) -> None:
         self._handler.peer_disconnected(peer, reason)
+
+    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
+        """Forward to the handler if it provides IRejectionObserver (the transport logged it)."""
+        if IRejectionObserver.providedBy(self._handler):
+            try:
+                self._handler.message_rejected(peer, error, payload)
+            except Exception:
+                self.log.failure("handler {role} failed on a rejected frame", role=self._role.__name__)
 
     def message_received(self, peer: IPeer, message: Any) -> None:
         method = self._table.get(type(message))

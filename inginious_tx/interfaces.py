@@ -63,6 +63,19 @@ class IMessageSink(Interface):
         ZeroMQ listeners never call this: heartbeats decide there."""
 
 
+class IRejectionObserver(Interface):
+    """Optional, for sinks and handlers: hear of frames that did not decode.
+
+    A transport that keeps the peer after a bad frame (ZeroMQ: one socket
+    serves every peer) tells a sink that provides this, after logging, so
+    that the role can answer it (e.g. the backend answers a malformed job
+    with a ``crash`` that says what was wrong, instead of silence).
+    """
+
+    def message_rejected(peer, error, payload):
+        """``payload`` (bytes) from ``peer`` raised ``error`` (a MessageError)."""
+
+
 class IListener(Interface):
     """A listening endpoint, as returned by :meth:`ITransport.listen`."""
 

@@ -46,7 +46,14 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..dispatch import Dispatcher
-from ..interfaces import IBackendAgentHandler, IBackendClientHandler, IPeer, ISchedulingPolicy, IWaitingJob
+from ..interfaces import (
+    IBackendAgentHandler,
+    IBackendClientHandler,
+    IPeer,
+    IRejectionObserver,
+    ISchedulingPolicy,
+    IWaitingJob,
+)
 from ..messages import (
     AgentHello,
     AgentJobDone,
@@ -414,6 +421,28 @@ class Backend:
         # that it must say hello.
         if peer not in self._clients:
             peer.send(_UNKNOWN)
+
+    def client_message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
+        """A registered client's job that did not decode is answered, not ignored.
+
+        Only jobs can be answered (they have an id the client waits on); the
+        id is read leniently from the raw map.  Other bad frames were logged
+        by the transport and need no answer.
+        """
+        if getattr(error, "msgtype", None) != "client_new_job":
+            return
+        client = self._clients.get(peer)
+        if client is None:
+            peer.send(_UNKNOWN)
+            return
+        try:
+            job_id = msgpack.unpackb(payload, raw=False, strict_map_key=False).get("job_id")
+        except Exception:
+            return
+        if type(job_id) is not str or job_id in client.jobs:
+            return  # nothing to answer, or a duplicate id whose first job must stay untouched
+        self.stats.submitted += 1  # submitted, never accepted: counted as refused
+        peer.send(_result(job_id, "crash", f"invalid job: {error}"))
 
     def client_hello(self, peer: IPeer, message: ClientHello) -> None:
         client = self._clients.get(peer)
@@ -932,7 +961,7 @@ class Backend:
             client.peer.send(message)
 
 
-@implementer(IBackendClientHandler)
+@implementer(IBackendClientHandler, IRejectionObserver)
 class _ClientHandler:
     """The client side of a :class:`Backend` (methods named by msgtype)."""
 
@@ -942,6 +971,7 @@ class _ClientHandler:
         self.client_kill_job = backend.client_kill_job
         self.client_get_queue = backend.client_get_queue
         self.ping = backend.client_ping
+        self.message_rejected = backend.client_message_rejected
         self.peer_connected = backend.client_connected
         self.peer_disconnected = backend.client_disconnected
 

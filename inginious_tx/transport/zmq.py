@@ -37,7 +37,7 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
+from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
 from ..messages import MessageError, MessageMeta
 from . import Limits, curve
 
@@ -286,6 +286,8 @@ class ZmqListener:
                     identity=identity.hex(),
                     error=str(e),
                 )
+                if IRejectionObserver.providedBy(sink):
+                    self._rejected(identity, e, payload)
                 continue
             peer = peers.get(identity)
             try:
@@ -298,6 +300,17 @@ class ZmqListener:
             if self._conn.socket is None:  # a handler stopped the listener
                 return False
         return True
+
+    def _rejected(self, identity: bytes, error: MessageError, payload: bytes) -> None:
+        """Let the sink answer a bad frame: the peer stays, so it can be told."""
+        peer = self._peers.get(identity)
+        try:
+            if peer is None:
+                peer = self._peers[identity] = ZmqPeer(self, identity)
+                self._sink.peer_connected(peer)
+            self._sink.message_rejected(peer, error, payload)
+        except Exception:
+            log.failure("{listener}: handler failed on a rejected frame", listener=self.description)
 
     def _send_to(self, identity: bytes, data: bytes) -> None:
         conn = self._conn

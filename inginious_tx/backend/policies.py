@@ -161,6 +161,12 @@ class _HeapPolicy:
         return self._live.get(environment, 0)
 
     def ordered(self) -> List[Any]:
+        if type(self)._compare is _HeapPolicy._compare:
+            # Entries compare as they are (their rank ends with a unique
+            # sequence number): one C-level sort, no key function.
+            live = [entry for heap in self._heaps.values() for entry in heap if entry[-1] is not None]
+            live.sort()
+            return [entry[-1] for entry in live]
         keyed = [
             (self._compare(env, entry), entry[-1])
             for env, heap in self._heaps.items()

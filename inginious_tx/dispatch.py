@@ -38,7 +38,11 @@ class Dispatcher:
         role: InterfaceClass,
         on_unexpected: Optional[Callable[[IPeer, Any], None]] = None,
     ) -> None:
-        if not role.providedBy(handler):
+        # Through a variable: mypy-zope reads ``role.providedBy(x)`` as
+        # ``isinstance(x, role)``, and for an interface held in a variable
+        # that makes the rest of this method unreachable to mypy.
+        provided: bool = role.providedBy(handler)
+        if not provided:
             raise TypeError(f"{handler!r} does not provide {role.__name__}")
         self._handler = handler
         self._role = role

@@ -17,7 +17,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 __all__ = ["CgroupSupport", "JobCgroup", "JobStats"]
 
@@ -302,7 +302,7 @@ class JobCgroup:
             _write(os.path.join(self.dirs["pids"], "pids.max"), str(max_pids))
 
     def pids(self) -> List[int]:
-        found = set()
+        found: Set[int] = set()
         for path in self.procs_files:
             try:
                 found.update(int(x) for x in _read(path).split())

@@ -544,8 +544,7 @@ class DockerBackend:
 
     def _remove_orphans(self) -> Deferred[None]:
         """Retry removing the containers that could not be removed when their job ended."""
-        d = self._call(self._thd_remove_all, sorted(self._orphans))
-        d.addCallback(self._orphans.difference_update)
+        d = self._call(self._thd_remove_all, sorted(self._orphans)).addCallback(self._orphans.difference_update)
         d.addErrback(lambda f: self.log.warn("docker backend: orphan removal failed: {e}", e=f.getErrorMessage()))
         return d
 

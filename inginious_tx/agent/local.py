@@ -121,6 +121,7 @@ class _SandboxProtocol(ProcessProtocol):
         self._close_call: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
+        assert self.transport is not None  # set just before, by makeConnection
         self.transport.closeStdin()
 
     def childDataReceived(self, fd: int, data: bytes) -> None:
@@ -144,9 +145,12 @@ class _SandboxProtocol(ProcessProtocol):
         self._close_call = self._reactor.callLater(1.0, self._close_pipes)
 
     def _close_pipes(self) -> None:
+        transport = self.transport
+        if transport is None:  # never connected: no pipe to close
+            return
         for fd in (1, 2, 3):
             try:
-                self.transport.closeChildFD(fd)
+                transport.closeChildFD(fd)
             except Exception:
                 pass
 
@@ -335,8 +339,10 @@ class LocalBackend:
     def _poll(self, state: _LocalJob) -> None:
         if state.polling or state.ended or state.outcome is not None or state.proto is None:
             return
+        transport = state.proto.transport
+        assert transport is not None  # polling starts once the process is spawned
         state.polling = True
-        d = self._thread(self._thd_stats, state, state.proto.transport.pid)
+        d = self._thread(self._thd_stats, state, transport.pid)
 
         def check(stats: JobStats) -> None:
             state.polling = False
@@ -393,8 +399,10 @@ class LocalBackend:
         """The sandbox did not end in time: kill everything outright."""
         if state.ended or state.proto is None:
             return
+        transport = state.proto.transport
+        assert transport is not None  # _terminate, which scheduled us, checked it
         self.log.warn("job {name} did not end on SIGTERM: killing it", name=state.name)
-        pid = state.proto.transport.pid
+        pid = transport.pid
         pgid = state.proto.reports.get("running", {}).get("task_pgid")
         for group in (pid, pgid):
             if group:

@@ -910,7 +910,7 @@ class Backend:
         """
         while True:
             try:
-                job = self._policy.pop_next(agent.environments)
+                job: Optional[Job] = self._policy.pop_next(agent.environments)
             except Exception:
                 self.log.failure("scheduling policy {policy!r} failed in pop_next", policy=self._policy)
                 return None

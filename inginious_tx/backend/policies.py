@@ -327,7 +327,7 @@ def available_policies() -> List[str]:
     return sorted(available(GROUP))
 
 
-def load_policy(name: str) -> Any:
+def load_policy(name: str) -> ISchedulingPolicy:
     """A new instance of the policy registered as ``name``.
 
     Raises :class:`~inginious_tx.plugin.PluginError` naming the available

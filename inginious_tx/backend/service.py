@@ -63,7 +63,7 @@ class BackendService(Service):
     fails.
     """
 
-    name = "inginious-backend"
+    name = "inginious-backend"  # type: ignore[assignment]  # Twisted's Service.name is an untyped None
     log = Logger()
 
     def __init__(

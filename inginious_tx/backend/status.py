@@ -17,14 +17,14 @@ from __future__ import annotations
 import json
 import time
 from html import escape
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.pages import notFound
-from twisted.web.resource import Resource
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from .. import __version__
@@ -166,6 +166,8 @@ td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style></head>
 
 class _Page(Resource):
     isLeaf = True
+    # each page defines it
+    render_GET: Callable[[Any], bytes]
 
     def __init__(self, backend: Backend, clock: Any) -> None:
         super().__init__()
@@ -225,7 +227,7 @@ class _MetricsPage(Resource):
 class _Root(Resource):
     """The site root: its children, and an escaped 404 for anything else."""
 
-    def getChild(self, path: bytes, request: Any) -> Resource:
+    def getChild(self, path: bytes, request: Any) -> IResource:
         return notFound()
 
 
@@ -262,7 +264,7 @@ class StatusService(Service):
     that failure also stops the reactor (what ``twistd`` wants).
     """
 
-    name = "inginious-status"
+    name = "inginious-status"  # type: ignore[assignment]  # Twisted's Service.name is an untyped None
     log = Logger()
 
     def __init__(

@@ -272,7 +272,7 @@ def makeService(options: Any) -> Any:
     status pages, a ``MultiService`` holding it (named ``inginious-backend``)
     and them.
     """
-    from twisted.application.service import MultiService
+    from twisted.application.service import IService, MultiService
     from twisted.internet import reactor
 
     from .service import BackendService
@@ -286,7 +286,7 @@ def makeService(options: Any) -> Any:
         limits=options["limits"],
         fatal=True,
     )
-    extras = []
+    extras: List[IService] = []
     if options.get("embedded"):
         from .embedded import embedded_agent
 

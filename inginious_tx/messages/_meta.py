@@ -112,10 +112,11 @@ def _check_expr(
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is typing.Union:
-        parts = [_check_expr(a, var, helpers, depth) for a in args]
-        if any(p is None for p in parts):
+        alternatives = [_check_expr(a, var, helpers, depth) for a in args]
+        checks = [c for c in alternatives if c is not None]
+        if len(checks) < len(alternatives):
             return None
-        return "(" + " or ".join(parts) + ")"  # type: ignore[arg-type]
+        return "(" + " or ".join(checks) + ")"
     if origin is dict or tp is dict:
         base = f"type({var}) is dict"
         kcheck = _item_check(args[0], helpers, depth) if args else None
@@ -154,7 +155,7 @@ def _item_check(tp: Any, helpers: Dict[str, Any], depth: int) -> str | None:
         # isinstance is exact enough here (msgpack never makes subclasses)
         # and much cheaper than a Python-level loop.
         name = f"_is_{tp.__name__}"
-        helpers[name] = type.__instancecheck__.__get__(tp)  # type: ignore[attr-defined]
+        helpers[name] = type.__instancecheck__.__get__(tp)
         return name
     expr = _check_expr(tp, "x", helpers, depth + 1)
     if expr is None:
@@ -322,7 +323,7 @@ class MessageMeta(type):
             # One C-level pass over the keys of every Dict[str, ...] field; on
             # failure the full per-field check names the field at fault.
             env["_chain"] = itertools.chain
-            env["_is_str"] = type.__instancecheck__.__get__(str)  # type: ignore[attr-defined]
+            env["_is_str"] = type.__instancecheck__.__get__(str)
             fast_checks.append(f"    if not all(map(_is_str, _chain({', '.join(str_key_dicts)}))): _validate(d)")
         checks_src = "\n".join(checks) if checks else "    pass"
         fast_checks_src = "\n".join(fast_checks) if fast_checks else "    pass"

@@ -85,7 +85,7 @@ class ClientGetQueue(metaclass=MessageMeta, msgtype="client_get_queue"):
 class BackendUpdateContainers(metaclass=MessageMeta, msgtype="backend_update_containers"):
     """The environments that at least one live agent offers."""
 
-    def __init__(self, available_containers: Tuple[str]):
+    def __init__(self, available_containers: Tuple[str, ...]):
         self.available_containers = available_containers
 
 

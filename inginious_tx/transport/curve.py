@@ -193,7 +193,9 @@ class _AllowedKeys:
 class _ZapReader:
     def __init__(self, handler: ZapHandler) -> None:
         self._handler = handler
-        self.fd = handler.socket.get(zmq.FD)
+        socket = handler.socket
+        assert socket is not None  # made by a handler that has just started
+        self.fd = socket.fileno()
 
     def fileno(self) -> int:
         return self.fd
@@ -228,7 +230,7 @@ class ZapHandler:
         except zmq.ZMQError as e:
             self._auth.stop()
             raise ValueError(f"cannot start the ZAP handler (is another one bound in this context?): {e}") from None
-        self.socket = self._auth.zap_socket
+        self.socket: Optional[zmq.Socket] = self._auth.zap_socket
         self._reader = _ZapReader(self)
         reactor.addReader(self._reader)
         self._domains: Dict[str, _AllowedKeys] = {}

@@ -17,7 +17,7 @@ import itertools
 import random
 import re
 import struct
-from typing import Any, Callable, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Set
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
@@ -32,6 +32,17 @@ from zope.interface import implementer
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
 from ..messages import MessageError, MessageMeta
 from . import Limits, tls
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IConsumer, ITCPTransport
+
+    class _IConnected(ITCPTransport, IConsumer):
+        """For the type checker: what a :class:`MessageProtocol`'s transport is.
+
+        TCP, UNIX and TLS connections all have ITCPTransport's methods and
+        are consumers; Twisted only promises an optional ITransport.
+        """
+
 
 __all__ = [
     "StreamTransport",
@@ -122,6 +133,8 @@ class MessageProtocol(Int32StringReceiver):
 
     peer: Any = None
     sink: Any = None
+    # Set by makeConnection; every use comes after connectionMade.
+    transport: _IConnected
 
     def __init__(self, owner: Any, limits: Limits) -> None:
         self.MAX_LENGTH = limits.max_frame

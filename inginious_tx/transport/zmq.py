@@ -30,7 +30,7 @@ bytes are queued for them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import zmq
 from twisted.internet.defer import Deferred, fail, succeed
@@ -92,7 +92,7 @@ def _txzmq() -> Tuple[type, type]:
         def __init__(self, reactor: Any, context: zmq.Context) -> None:
             self.reactor = reactor
             self.context = context
-            self.connections = set()
+            self.connections: Set[Any] = set()
 
     class Socket(_TxConnection):
         """A txzmq connection whose reading is done by ``reader``.
@@ -303,12 +303,14 @@ class ZmqListener:
 
     def _rejected(self, identity: bytes, error: MessageError, payload: bytes) -> None:
         """Let the sink answer a bad frame: the peer stays, so it can be told."""
+        sink = self._sink
+        assert IRejectionObserver.providedBy(sink)  # only called for such a sink (see _read)
         peer = self._peers.get(identity)
         try:
             if peer is None:
                 peer = self._peers[identity] = ZmqPeer(self, identity)
-                self._sink.peer_connected(peer)
-            self._sink.message_rejected(peer, error, payload)
+                sink.peer_connected(peer)
+            sink.message_rejected(peer, error, payload)
         except Exception:
             log.failure("{listener}: handler failed on a rejected frame", listener=self.description)
 

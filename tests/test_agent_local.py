@@ -289,7 +289,7 @@ async def test_fork_bomb_is_contained(make_backend: Any, within: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_fallbacks_without_cgroups_or_pid_namespace(make_backend: Any, within: Any) -> None:
+async def test_fallbacks_without_cgroups_or_pid_namespace(make_backend: Any, within: Any, until: Any) -> None:
     b = make_backend(cgroups="off", pid_namespace="off")
     token = f"fb{os.getpid()}x{next(_n)}"
     r = await run(b, job("orphans", {"token": token}), within)
@@ -300,10 +300,8 @@ async def test_fallbacks_without_cgroups_or_pid_namespace(make_backend: Any, wit
     assert r.result == "timeout" and "CPU" in r.text
     j = job("loop", {"mode": "sleep"}, time_limit=30)
     d = b.run(j)
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    await deferLater(reactor, 0.5, lambda: None)
+    # kill it once it really runs (its process was spawned)
+    await until(lambda: j.job_id in b._jobs and b._jobs[j.job_id].proto is not None, 10, "the job to start")
     b.kill(j.job_id)
     assert (await within(d, 10)).result == "killed"
     assert leftovers(b.work_dir) == []

@@ -16,7 +16,7 @@ from inginious_tx.interfaces import IConnection, IListener, IPeer
 from inginious_tx.messages import BackendJobStarted, BackendUpdateContainers, ClientHello, ClientNewJob, Ping, Pong
 from inginious_tx.testing import RecordingSink
 from inginious_tx.transport import Limits
-from inginious_tx.transport.zmq import HIGH_WATER_MARK, ZmqTransport
+from inginious_tx.transport.zmq import HIGH_WATER_MARK, RECONNECT_MAX_MS, ZmqTransport
 
 _transport = ZmqTransport()
 _raw_context = zmq.Context()
@@ -225,6 +225,8 @@ async def test_reconnect_opens_a_new_identity(closers: list, until: Any, within:
     assert server.connected == [first, second]
     second.send(Pong())
     assert [m for _, m in await within(client.wait_for(1))] == [Pong()]
+    # while the server is away, ZeroMQ's own reconnection backs off
+    assert conn._conn.socket.get(zmq.RECONNECT_IVL_MAX) == RECONNECT_MAX_MS > conn._conn.socket.get(zmq.RECONNECT_IVL)
 
 
 @pytest_twisted.ensureDeferred

@@ -49,6 +49,8 @@ _DEFAULT_LIMITS = Limits()
 PREFIX = "zmq:"
 #: Send and receive high-water mark of every socket, in messages (see the module docstring).
 HIGH_WATER_MARK = 1_000_000
+#: Longest pause between two reconnection attempts of a connecting socket, in ms.
+RECONNECT_MAX_MS = 5000
 #: Most messages handled in one go before yielding to the reactor, so that a
 #: peer that never stops sending cannot starve timers and other sockets.
 READ_BATCH = 4096
@@ -422,6 +424,11 @@ class ZmqConnection:
 
     def _open(self) -> None:
         conn = _new_socket(self._reactor, self._context, zmq.DEALER, self._read, self._limits)
+        # ZeroMQ reconnects by itself; back off (doubling from 100 ms) to
+        # RECONNECT_MAX_MS while the backend is away, instead of retrying
+        # every 100 ms forever.
+        conn.socket.set(zmq.RECONNECT_IVL, 100)
+        conn.socket.set(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX_MS)
         try:
             if self._curve is not None:
                 curve.secure_connection(conn.socket, self._curve)

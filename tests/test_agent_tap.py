@@ -5,47 +5,23 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from typing import Any, Dict, List
+from typing import Any, List
 
 import pytest
 import pytest_twisted
+from test_agent_e2e import RawClient
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python import usage
 
-from inginious_tx import transport
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.local import LocalBackend
 from inginious_tx.agent.mock import MockBackend
 from inginious_tx.agent.tap import Options, kind_listing, makeService
 from inginious_tx.backend.service import BackendService
-from inginious_tx.messages import BackendJobDone, BackendJobStarted, BackendUpdateContainers, ClientHello, ClientNewJob
-from inginious_tx.testing import RecordingSink
+from inginious_tx.messages import BackendJobDone, BackendJobStarted, BackendUpdateContainers, ClientHello
 
 TASKS = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "examples", "tasks"))
-
-
-class RawClient:
-    """A client made of a transport connection and a recording sink."""
-
-    def __init__(self, endpoint: str) -> None:
-        from twisted.internet import reactor
-
-        self.sink = RecordingSink()
-        self.connection = transport.connect(reactor, endpoint, self.sink)
-
-    def send(self, message: Any) -> None:
-        self.connection.peer.send(message)
-
-    def of(self, cls: type) -> List[Any]:
-        return [m for _, m in self.sink.messages if isinstance(m, cls)]
-
-    def done(self) -> Dict[str, Any]:
-        return {m.job_id: m for m in self.of(BackendJobDone)}
-
-    def submit(self, job_id: str, task: str, inputdata: Any, time_limit: int = 10) -> None:
-        self.send(ClientNewJob(job_id, 0, "demo", task, inputdata, "default", False, time_limit, None, 128, False,
-                               "tap-test", None))  # fmt: skip
 
 
 def parse(*args: str) -> Options:

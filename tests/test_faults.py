@@ -18,37 +18,20 @@ import os
 from typing import Any, Iterator
 
 import pytest
-
-try:  # tests/ may or may not be a package
-    from .faults_support import (
-        MISSED_PONGS,
-        PING_INTERVAL,
-        Figures,
-        Lab,
-        agent_frozen,
-        agent_killed,
-        backend_restart,
-        client_vanishes,
-        docker_outage,
-        dockerd_pid,
-        garbage,
-        kill_storm,
-    )
-except ImportError:
-    from faults_support import (  # type: ignore[no-redef]
-        MISSED_PONGS,
-        PING_INTERVAL,
-        Figures,
-        Lab,
-        agent_frozen,
-        agent_killed,
-        backend_restart,
-        client_vanishes,
-        docker_outage,
-        dockerd_pid,
-        garbage,
-        kill_storm,
-    )
+from faults_support import (
+    MISSED_PONGS,
+    PING_INTERVAL,
+    Figures,
+    Lab,
+    agent_frozen,
+    agent_killed,
+    backend_restart,
+    client_vanishes,
+    docker_outage,
+    dockerd_pid,
+    garbage,
+    kill_storm,
+)
 
 #: How much the backend's resident memory may grow while it is fed garbage.
 MEMORY_BOUND_MB = 150

@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 
 from twisted.python import usage
 
+from .._options import at_least_one, positive_float
 from ..plugin import PluginError, available, load
 from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
 from .result import AgentConfig
@@ -27,20 +28,6 @@ GROUP = "inginious_tx.agent_backends"
 #: The kind used without ``--kind``: the one that isolates untrusted code.
 DEFAULT_KIND = "docker"
 _OUTPUT = OutputLimits()
-
-
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be >= 1")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be > 0")
-    return number
 
 
 def kinds() -> List[str]:
@@ -86,7 +73,7 @@ class Options(usage.Options):
             "s",
             None,
             "Jobs run at once; announced to the backend [default: the number of CPUs]",
-            _positive_int,
+            at_least_one,
         ],
         ["tasks", "t", None, "Folder of the courses: TASKS/COURSE_ID/TASK_ID/run (needed by local and docker)."],
         ["name", "n", None, "Name shown by the backend in queue snapshots [default: HOSTNAME-KIND]."],
@@ -95,18 +82,18 @@ class Options(usage.Options):
             None,
             10.0,
             "Seconds without a ping from the backend after which the agent reconnects and says hello again.",
-            _positive_float,
+            positive_float,
         ],
-        ["max-frame", None, DEFAULT_MAX_FRAME, "Largest message accepted from the backend, in bytes.", _positive_int],
+        ["max-frame", None, DEFAULT_MAX_FRAME, "Largest message accepted from the backend, in bytes.", at_least_one],
         [
             "max-archive",
             None,
             _OUTPUT.max_archive,
             "Largest archive a job may send back, in bytes; a larger one makes the result an 'error'.",
-            _positive_int,
+            at_least_one,
         ],
-        ["max-stdout", None, _OUTPUT.max_stdout, "Bytes of a job's stdout sent back (the rest is cut).", _positive_int],
-        ["max-stderr", None, _OUTPUT.max_stderr, "Bytes of a job's stderr sent back (the rest is cut).", _positive_int],
+        ["max-stdout", None, _OUTPUT.max_stdout, "Bytes of a job's stdout sent back (the rest is cut).", at_least_one],
+        ["max-stderr", None, _OUTPUT.max_stderr, "Bytes of a job's stderr sent back (the rest is cut).", at_least_one],
     ]
 
     def __init__(self) -> None:

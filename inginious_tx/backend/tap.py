@@ -10,10 +10,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-from typing import Any, List, Optional
+from typing import Any, List
 
 from twisted.python import usage
 
+from .._options import at_least_one, count, limit, positive_float
 from ..transport import DEFAULT_MAX_FRAME, Limits, check_separate_credentials
 from .core import BackendSettings
 from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
@@ -26,40 +27,6 @@ DEFAULT_CLIENTS = "zmq:tcp://127.0.0.1:2000"
 DEFAULT_AGENTS = "zmq:tcp://127.0.0.1:2001"
 
 _defaults = BackendSettings()
-
-
-def _limit(value: str) -> Optional[int]:
-    """A non-negative count, or ``none`` for no limit."""
-    if value.strip().lower() in ("none", "unlimited"):
-        return None
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be >= 0 (or 'none')")
-    return number
-
-
-_limit.coerceDoc = "A number >= 0, or 'none' for no limit."  # type: ignore[attr-defined]
-
-
-def _positive_float(value: str) -> float:
-    number = float(value)
-    if not number > 0:
-        raise ValueError("must be > 0")
-    return number
-
-
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 0:
-        raise ValueError("must be >= 0")
-    return number
-
-
-def _at_least_one(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError("must be >= 1")
-    return number
 
 
 class Options(usage.Options):
@@ -78,49 +45,49 @@ class Options(usage.Options):
             None,
             _defaults.max_retries,
             "Times a job is queued again after its agent was lost, before it is answered 'crash'.",
-            _count,
+            count,
         ],
         [
             "ping-interval",
             None,
             _defaults.ping_interval,
             "Seconds between two pings to each agent.",
-            _positive_float,
+            positive_float,
         ],
         [
             "max-missed-pongs",
             None,
             _defaults.max_missed_pongs,
             "Pings in a row an agent may leave unanswered before it is considered gone.",
-            _at_least_one,
+            at_least_one,
         ],
         [
             "max-waiting",
             None,
             _defaults.max_waiting,
             "Most jobs waiting in total; beyond, new jobs are answered 'crash' (queue full).",
-            _limit,
+            limit,
         ],
         [
             "max-waiting-per-client",
             None,
             None,
             "Most jobs waiting for one client [default: none, only --max-waiting applies]",
-            _limit,
+            limit,
         ],
         [
             "max-frame",
             None,
             DEFAULT_MAX_FRAME,
             "Largest message accepted, in bytes; a stream peer sending more is disconnected.",
-            _at_least_one,
+            at_least_one,
         ],
         [
             "max-inputdata",
             None,
             _defaults.max_inputdata,
             "Largest inputdata of a job, in bytes (msgpack-encoded); a larger job is answered 'crash' at once.",
-            _limit,
+            limit,
         ],
         [
             "client-silence-timeout",
@@ -128,7 +95,7 @@ class Options(usage.Options):
             _defaults.client_silence_timeout,
             "Seconds after which a client that used to ping and fell silent is considered gone "
             "(its jobs are dropped or killed).",
-            _positive_float,
+            positive_float,
         ],
         [
             "status",
@@ -143,7 +110,7 @@ class Options(usage.Options):
             None,
             None,
             "Job slots of the embedded agent (which runs only without --agents) [default: 2]",
-            _at_least_one,
+            at_least_one,
         ],
         [
             "tasks",
@@ -157,7 +124,7 @@ class Options(usage.Options):
             None,
             _defaults.client_idle_timeout,
             "Seconds after which a silent client with no job is forgotten (it must say hello again).",
-            _positive_float,
+            positive_float,
         ],
     ]
 

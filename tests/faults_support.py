@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from subprocess_env import child_env
+
 REPO = Path(__file__).resolve().parent.parent
 #: Kill the child if the process that started it dies (prctl PR_SET_PDEATHSIG):
 #: a crashed test run leaves no backend or agent behind.
@@ -54,18 +56,6 @@ MISSED_PONGS = 4
 MAX_FRAME = 1 << 20
 #: An agent that hears nothing from the backend this long reconnects.
 AGENT_SILENCE = 2.0
-
-
-def child_env() -> Dict[str, str]:
-    """The environment of every child: the repository and its plugins importable."""
-    env = dict(os.environ)
-    paths = [str(REPO), str(REPO / "plugins")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("INGINIOUS_TX_BACKEND", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def free_port() -> int:

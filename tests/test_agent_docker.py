@@ -17,6 +17,18 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
+from docker_support import (
+    TEST_IMAGE,
+    bridge_gateway,
+    containers_labelled,
+    docker_problem,
+    make_task,
+    new_job,
+    processes_in_container,
+    remove_containers,
+    require_docker,
+    running_container,
+)
 from twisted.internet import protocol
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
@@ -39,33 +51,6 @@ from inginious_tx.agent.result import AgentConfig, JobResult
 from inginious_tx.interfaces import IAgentBackend
 from inginious_tx.messages import AgentHello, AgentJobDone, BackendNewJob
 from inginious_tx.testing import MemoryTransport, RecordingSink
-
-try:  # tests/ may or may not be a package
-    from .docker_support import (
-        TEST_IMAGE,
-        bridge_gateway,
-        containers_labelled,
-        docker_problem,
-        make_task,
-        new_job,
-        processes_in_container,
-        remove_containers,
-        require_docker,
-        running_container,
-    )
-except ImportError:
-    from docker_support import (  # type: ignore[no-redef]
-        TEST_IMAGE,
-        bridge_gateway,
-        containers_labelled,
-        docker_problem,
-        make_task,
-        new_job,
-        processes_in_container,
-        remove_containers,
-        require_docker,
-        running_container,
-    )
 
 pytestmark = pytest.mark.docker
 

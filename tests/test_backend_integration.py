@@ -8,13 +8,13 @@ client."""
 
 from __future__ import annotations
 
-import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest_twisted
+from subprocess_env import child_env
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from zope.interface import implementer
@@ -267,11 +267,7 @@ class _Process(ProcessProtocol):
 def _twistd(*args: str) -> _Process:
     from twisted.internet import reactor
 
-    env = dict(os.environ)
-    paths = [str(ROOT), str(ROOT / "plugins")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env = child_env()
     code = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
     process = _Process()
     process.transport = reactor.spawnProcess(  # type: ignore[assignment]

@@ -9,15 +9,15 @@ on that reactor, so the test never blocks while it waits for it.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, List, Optional
 
 import pytest
 import pytest_twisted
+from subprocess_env import child_env
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 
@@ -67,16 +67,6 @@ class _Collect(ProcessProtocol):
                 getattr(value, "signal", None),
             )
         )
-
-
-def child_env() -> Dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(REPO), str(REPO / "plugins")]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.pop("INGINIOUS_TX_BACKEND", None)
-    return env
 
 
 def spawn(*args: str) -> _Collect:

@@ -21,7 +21,8 @@ from typing import Any, List, Optional
 
 import pytest
 import pytest_twisted
-from test_cli_integration import _Collect, child_env
+from subprocess_env import child_env
+from test_cli_integration import _Collect
 from twisted.application.service import IServiceCollection, MultiService
 from twisted.internet.task import Clock
 from twisted.python import usage

@@ -6,7 +6,6 @@ with pip, as a user would, and runs a backend that picks it by name."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from subprocess_env import child_env
 from zope.interface.verify import verifyClass, verifyObject
 
 from inginious_tx.interfaces import ISchedulingPolicy
@@ -117,8 +117,7 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_installed_policy_is_chosen_by_name(installed: None) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")])
+    env = child_env()
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT)
     )

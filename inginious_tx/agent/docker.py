@@ -1,6 +1,8 @@
 """The Docker agent backend: one throw-away container per job.
 
-Environments are local images (``--environment NAME=IMAGE``).  A job's folder
+Environments are local images (``--environment NAME=IMAGE``), each run with
+the engine's default OCI runtime or the one named (``NAME=IMAGE,runtime=runsc``,
+see :mod:`inginious_tx.agent.runtimes`).  A job's folder
 (:func:`inginious_tx.agent.task.prepare_job`) is bind-mounted read-write at
 ``/job`` and the helper scripts read-only at ``/inginious/helpers``; the task
 runs as a non-root user in ``/job/task`` with no network (unless the job asks
@@ -26,7 +28,8 @@ Options (``AgentConfig.options``):
     ``UID:GID`` the task runs as (default ``4242:4242`` when the agent is
     root, which then hands the job folder to that user; else the agent's own).
 
-``pids_limit`` (256), ``poll_interval`` (0.5 s: how often CPU time is
+``pids_limit`` (256), ``sandbox_pids`` (256: added to the pids limit for
+runtimes that cannot take it, see :mod:`.runtimes`), ``poll_interval`` (0.5 s: how often CPU time is
 checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
 reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
 """
@@ -51,6 +54,8 @@ from zope.interface import implementer
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
 from .result import AgentConfig, JobResult
+from .compat import inginious_mounts
+from .runtimes import PidsPolicy, parse_environment_specs, thd_known_runtimes, thd_probe_pids
 from .task import (
     JobFolder,
     OutputLimits,
@@ -204,11 +209,16 @@ class DockerBackend:
         self._reactor = reactor
         self._config = config
         opts = dict(config.options or {})
-        self._images = _parse_environments(list(config.environments))
+        specs = parse_environment_specs(list(config.environments))
+        self._images = {name: spec.image for name, spec in specs.items()}
+        #: environment -> OCI runtime (None: the engine's default); see .runtimes
+        self._runtimes = {name: spec.runtime for name, spec in specs.items()}
+        self._pids_policies: Dict[str, PidsPolicy] = {}
         if not self._images:
             raise ValueError("the docker backend needs at least one --environment NAME=IMAGE")
         self._url: Optional[str] = opts.get("docker_url") or None
         self._pids_limit = int(opts.get("pids_limit", 256))
+        self._sandbox_pids = int(opts.get("sandbox_pids", 256))
         self._poll = float(opts.get("poll_interval", 0.5))
         self._init = _flag(opts.get("init", True))
         self._read_only_root = _flag(opts.get("read_only_root", True))
@@ -314,6 +324,18 @@ class DockerBackend:
             )
         if self._orphans:
             self._remove_orphans()
+        wanted = {r for n, r in self._runtimes.items() if r is not None and n in found}
+        if wanted:
+            known = set(await self._call(self._thd_guard, thd_known_runtimes))
+            for name in [n for n in found if self._runtimes.get(n) not in known | {None}]:
+                self.log.error(
+                    "docker backend: runtime {runtime!r} of environment {name!r} is not registered with the "
+                    "docker engine (known: {known}); environment not offered",
+                    runtime=self._runtimes[name],
+                    name=name,
+                    known=", ".join(sorted(known)),
+                )
+                del found[name]
         return found
 
     def _thd_images(self, client: Any) -> Tuple[Dict[str, Dict[str, Any]], List[Tuple[str, str]]]:
@@ -370,6 +392,7 @@ class DockerBackend:
                 return await self._crash(str(e))
             if run.stopped:
                 return JobResult(*run.stopped)
+            await self._probe_runtime(image, folder)
             run.container_id = await self._call(self._thd_guard, self._thd_create, image, folder)
             if run.stopped:  # killed while the container was being made
                 return JobResult(*run.stopped)
@@ -384,6 +407,30 @@ class DockerBackend:
             return JobResult.crash(f"the docker agent failed to run the job: {e!r}")
         finally:
             await self._cleanup(run, folder)
+
+    async def _probe_runtime(self, image: str, folder: JobFolder) -> None:
+        """Once per runtime: can it take the pids limit? (see :mod:`.runtimes`)"""
+        runtime = self._runtimes.get(folder.job.environment)
+        if runtime is None or runtime in self._pids_policies:
+            return
+        config = self._container_config(image, folder)
+        config.update(command=["/bin/sh", "-c", "(:) & (:) & wait"], labels={LABEL_AGENT: self.instance_id})
+        policy = await self._call(self._thd_guard, thd_probe_pids, config)
+        if runtime in self._pids_policies:
+            return  # another job probed it meanwhile
+        self._pids_policies[runtime] = policy
+        if policy.cgroup:
+            self.log.info("docker backend: runtime {runtime} takes the pids limit", runtime=runtime)
+        else:
+            self.log.error(
+                "docker backend: runtime {runtime} cannot run a container with a pids limit of {limit} ({why}); "
+                "its jobs get RLIMIT_NPROC={limit} inside the sandbox, and a cgroup pids limit of {outer} for the "
+                "sandbox's threads and the job's processes together",
+                runtime=runtime,
+                limit=self._pids_limit,
+                outer=self._pids_limit + self._sandbox_pids,
+                why=policy.reason,
+            )
 
     def _thd_prepare(self, job: BackendNewJob) -> JobFolder:
         with self._client_lock:
@@ -407,8 +454,13 @@ class DockerBackend:
         labels = dict(self._extra_labels)
         labels[LABEL_AGENT] = self.instance_id
         labels[LABEL_JOB] = f"{job.job_id[0].hex()}/{job.job_id[1]}"
+        runtime = self._runtimes.get(job.environment)
+        pids = self._pids_policies.get(runtime or "", PidsPolicy(True)).container_options(
+            self._pids_limit, self._sandbox_pids
+        )
         return dict(
             image=image,
+            runtime=runtime,
             command=folder.command,
             working_dir=f"{JOB_MOUNT}/task",
             environment=folder.env(mount_root=JOB_MOUNT, helpers=HELPERS_MOUNT),
@@ -416,11 +468,12 @@ class DockerBackend:
             mounts=[
                 docker.types.Mount(JOB_MOUNT, folder.root, type="bind", read_only=False),
                 docker.types.Mount(HELPERS_MOUNT, helpers_dir(), type="bind", read_only=True),
+                *inginious_mounts(docker, folder),
             ],
             network_mode="bridge" if job.enable_network else "none",
             mem_limit=mem,
             memswap_limit=mem,  # the same figure: no swap on top of the memory limit
-            pids_limit=self._pids_limit,
+            **pids,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=self._read_only_root,

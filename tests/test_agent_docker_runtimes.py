@@ -16,7 +16,7 @@ import os
 import shutil
 import tarfile
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
 import pytest_twisted
@@ -225,7 +225,7 @@ async def test_runsc_pids_probe_and_fallback(tasks_dir: str, tmp_path: Any, log_
     work = str(tmp_path / "work")
     b = _backend(tasks_dir, work, "runsc", pids_limit=16)
     try:
-        result = await _run(b, new_job(run_cmd="feedback-custom nproc \"$(ulimit -u)\"; feedback-result success"))
+        result = await _run(b, new_job(run_cmd='feedback-custom nproc "$(ulimit -u)"; feedback-result success'))
         assert result.result == "success", result
         assert result.custom == {"nproc": "16"}
         assert log_events.has("runtime runsc cannot run a container with a pids limit of 16", "RLIMIT_NPROC=16")

@@ -53,7 +53,9 @@ class Agent(Service):
     the agent answers ``killed`` itself.  ``result_limits``: the archive,
     stdout and stderr caps applied to every result, whatever the agent
     backend already did (a larger archive makes the result an ``error``;
-    stdout/stderr are cut with a marker).
+    stdout/stderr are cut with a marker).  ``ssh_debug``: an
+    :class:`~inginious_tx.agent.ssh.SSHDebugServer` for ``debug="ssh"`` jobs
+    (started and stopped with the agent); without it they are refused.
     """
 
     log = Logger()
@@ -73,6 +75,7 @@ class Agent(Service):
         hello_retry: float = 5.0,
         stop_grace: float = 10.0,
         result_limits: Optional[OutputLimits] = None,
+        ssh_debug: Any = None,
     ) -> None:
         if slots < 1:
             raise ValueError("an agent needs at least one slot")
@@ -88,6 +91,7 @@ class Agent(Service):
         self._hello_retry = hello_retry
         self._stop_grace = stop_grace
         self._result_limits = result_limits if result_limits is not None else OutputLimits()
+        self._ssh = ssh_debug
         self._connection: Optional[IConnection] = None
         self._peer: Optional[IPeer] = None
         self._silence_call: Optional[IDelayedCall] = None
@@ -101,6 +105,8 @@ class Agent(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self._ssh is not None:
+            self._ssh.startService()
         sink = Dispatcher(self, IAgentHandler)
         if self._transport is not None:
             self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)
@@ -135,6 +141,8 @@ class Agent(Service):
         # give the transport a moment to send the last results out
         d.addCallback(lambda _: deferLater(self._reactor, 0.2, lambda: None))
         d.addCallback(disconnect)
+        if self._ssh is not None:
+            d.addCallback(lambda _: self._ssh.stopService())
         d.addCallback(lambda _: self._backend.close())
         d.addErrback(lambda f: self.log.failure("error while stopping the agent", f))
         return d
@@ -176,11 +184,15 @@ class Agent(Service):
             self.log.warn("refusing job {job_id}: {why}", job_id=job_id, why=refusal)
             self._send_result(job_id, JobResult.crash(refusal))
             return
+        if message.debug == "ssh":
+            message = self._ssh.bounded(message)
         job = _Job(job_id)
         self._jobs[job_id] = job
         self._busy += 1
         self._send(AgentJobStarted(job_id))
         d = maybeDeferred(self._backend.run, message)
+        if message.debug == "ssh" and not job.done:
+            self._ssh.watch(message, self._backend, self._send)
         d.addCallbacks(self._job_ran, self._job_failed, callbackArgs=(job,), errbackArgs=(job,))
         d.addErrback(lambda f: self.log.failure("answering job {job_id} failed", f, job_id=job_id))
 
@@ -196,7 +208,12 @@ class Agent(Service):
 
     def _refusal(self, message: BackendNewJob) -> Optional[str]:
         if message.debug == "ssh":
-            return "ssh debug is not supported by this agent"
+            if self._ssh is None:
+                return "ssh debug is not supported by this agent"  # not enabled: no --ssh-port
+            from .debug import ISSHDebugBackend
+
+            if not ISSHDebugBackend.providedBy(self._backend):
+                return f"ssh debug is not supported by the {getattr(self._backend, 'name', '?')} agent backend"
         if self._busy >= self.slots:
             return f"agent has no free slot ({self.slots} jobs are running)"
         if self.environments is not None and message.environment not in self.environments:
@@ -230,6 +247,8 @@ class Agent(Service):
             del self._jobs[job.job_id]
         if job.counted:
             self._busy -= 1
+        if self._ssh is not None:
+            self._ssh.job_ended(job.job_id)
         self._send_result(job.job_id, result)
         if not self._jobs:
             waiters, self._idle_waiters = self._idle_waiters, []

@@ -44,7 +44,7 @@ from datetime import datetime, timezone
 from threading import Lock
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -53,9 +53,11 @@ from zope.interface import implementer
 
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
-from .result import AgentConfig, JobResult
 from .compat import inginious_mounts
+from .debug import ISSHDebugBackend
+from .result import AgentConfig, JobResult
 from .runtimes import PidsPolicy, parse_environment_specs, thd_known_runtimes, thd_probe_pids
+from .ssh_sandboxes import DockerSandbox
 from .task import (
     JobFolder,
     OutputLimits,
@@ -196,9 +198,11 @@ class _Run:
     stopped: Optional[Tuple[str, str]] = None
     timers: List[IDelayedCall] = field(default_factory=list)
     done: Deferred = field(default_factory=Deferred)
+    #: fires with the container id once it runs, or None if the job ends before (ssh debug)
+    up: Deferred = field(default_factory=Deferred)
 
 
-@implementer(IAgentBackend)
+@implementer(IAgentBackend, ISSHDebugBackend)
 class DockerBackend:
     """Runs each job in a fresh container of the job's environment image."""
 
@@ -366,6 +370,8 @@ class DockerBackend:
             for timer in run.timers:
                 if timer.active():
                     timer.cancel()
+            if not run.up.called:
+                run.up.callback(None)
             run.done.callback(None)
             return result
 
@@ -398,6 +404,7 @@ class DockerBackend:
                 return JobResult(*run.stopped)
             await self._call(self._thd_guard, self._thd_start, run.container_id)
             self._arm_timers(run)
+            run.up.callback(run.container_id)
             exit_code = await self._supervise(run)
             return await self._call(self._thd_guard, self._thd_result, run, folder, exit_code)
         except DockerEngineError as e:
@@ -611,6 +618,20 @@ class DockerBackend:
                 break
             gone.append(cid)
         return gone
+
+    def debug_sandbox(self, job_id: BackendJobId) -> Deferred:
+        """The job's container for SSH debug sessions, once it runs (None if the job ended first)."""
+        run = self._runs.get(tuple(job_id))  # type: ignore[arg-type]
+        if run is None:
+            return succeed(None)
+        d: Deferred = Deferred()
+
+        def up(cid: Optional[str]) -> Optional[str]:
+            d.callback(None if cid is None else DockerSandbox(cid, self._user, f"{JOB_MOUNT}/task", self._url))
+            return cid
+
+        run.up.addCallback(up)
+        return d
 
     def kill(self, job_id: BackendJobId) -> None:
         """Kill the job's container; its run() then fires with a ``killed`` result."""

@@ -68,8 +68,10 @@ from zope.interface import implementer
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
 from ._cgroup import CgroupSupport, JobCgroup, JobStats
+from .debug import ISSHDebugBackend
 from .mock import environment_names
 from .result import AgentConfig, JobResult
+from .ssh_sandboxes import LocalSandbox
 from .task import DEFAULT_PATH, JobFolder, OutputLimits, TaskError, collect_result, prepare_job, remove_job
 
 __all__ = ["LocalBackend"]
@@ -176,9 +178,11 @@ class _LocalJob:
     monitor: Optional[LoopingCall] = None
     stats: JobStats = field(default_factory=JobStats)
     done: Deferred = field(default_factory=Deferred)
+    #: fires with True once the job's process runs, or None if the job ends before (ssh debug)
+    up: Deferred = field(default_factory=Deferred)
 
 
-@implementer(IAgentBackend)
+@implementer(IAgentBackend, ISSHDebugBackend)
 class LocalBackend:
     """Runs jobs as local child processes (see the module docstring)."""
 
@@ -238,6 +242,24 @@ class LocalBackend:
         d.addCallback(lambda _: self._thread(self._thd_result, state))
         d.addErrback(self._failed, state)
         d.addBoth(self._cleanup, state)
+        return d
+
+    def debug_sandbox(self, job_id: BackendJobId) -> Deferred:
+        """A shell in the job's folder for SSH debug sessions, once it runs (None if the job ended first)."""
+        state = self._jobs.get(job_id)
+        if state is None:
+            return succeed(None)
+        d: Deferred = Deferred()
+
+        def up(started: Optional[bool]) -> Optional[bool]:
+            folder = state.folder
+            if not started or folder is None:
+                d.callback(None)
+            else:
+                d.callback(LocalSandbox(folder, folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)))
+            return started
+
+        state.up.addCallback(up)
         return d
 
     def kill(self, job_id: BackendJobId) -> None:
@@ -326,6 +348,7 @@ class LocalBackend:
         state.monitor.clock = self._reactor
         state.monitor.start(self._poll_interval, now=False)
         proto.ended.addCallback(lambda _: self._ended(state))
+        state.up.callback(True)
         return proto.ended
 
     def _ended(self, state: _LocalJob) -> None:
@@ -463,6 +486,8 @@ class LocalBackend:
     def _cleanup(self, result: Any, state: _LocalJob) -> Deferred:
         """Whatever happened: no process, no cgroup, no folder left."""
         self._ended(state)
+        if not state.up.called:
+            state.up.callback(None)
 
         def thd_cleanup() -> None:
             if state.cgroup is not None:

@@ -20,6 +20,7 @@ from .._options import at_least_one, positive_float
 from ..plugin import PluginError, available, load
 from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
 from .result import AgentConfig
+from .ssh_options import SSH_OPTIONS, ssh_server
 from .task import OutputLimits
 
 __all__ = ["Options", "makeService", "GROUP", "DEFAULT_KIND"]
@@ -94,6 +95,7 @@ class Options(usage.Options):
         ],
         ["max-stdout", None, _OUTPUT.max_stdout, "Bytes of a job's stdout sent back (the rest is cut).", at_least_one],
         ["max-stderr", None, _OUTPUT.max_stderr, "Bytes of a job's stderr sent back (the rest is cut).", at_least_one],
+        *SSH_OPTIONS,
     ]
 
     def __init__(self) -> None:
@@ -180,4 +182,5 @@ def makeService(options: Dict[str, Any]) -> Any:
         limits=options["limits"],
         silence_timeout=options["silence-timeout"],
         result_limits=options["result_limits"],
+        ssh_debug=ssh_server(reactor, options),
     )

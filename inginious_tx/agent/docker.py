@@ -56,6 +56,9 @@ from ..messages import BackendJobId, BackendNewJob
 from .compat import inginious_mounts
 from .debug import ISSHDebugBackend
 from .result import AgentConfig, JobResult
+from .run_student import ENV_VAR as RUN_STUDENT_ENV
+from .run_student import EXCHANGE, StudentService, make_exchange
+from .run_student_docker import DockerStudentLauncher
 from .runtimes import PidsPolicy, parse_environment_specs, thd_known_runtimes, thd_probe_pids
 from .ssh_sandboxes import DockerSandbox
 from .task import (
@@ -78,6 +81,8 @@ HELPERS_MOUNT = "/inginious/helpers"
 LABEL_AGENT = "org.inginious-tx.agent"
 LABEL_JOB = "org.inginious-tx.job"
 
+#: Beside each job folder: the agent's private copies of run_student's standard inputs.
+STDIN_SUFFIX = ".stdin"
 #: Docker refuses memory limits below 6 MB.
 _MIN_MEM_MB = 8
 #: Wall time allowed when a job gives neither a hard nor a CPU time limit.
@@ -200,6 +205,8 @@ class _Run:
     done: Deferred = field(default_factory=Deferred)
     #: fires with the container id once it runs, or None if the job ends before (ssh debug)
     up: Deferred = field(default_factory=Deferred)
+    #: serves the job's run_student calls while it runs
+    students: Any = None
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -405,6 +412,7 @@ class DockerBackend:
             await self._call(self._thd_guard, self._thd_start, run.container_id)
             self._arm_timers(run)
             run.up.callback(run.container_id)
+            run.students = self._student_service(run, folder, image)
             exit_code = await self._supervise(run)
             return await self._call(self._thd_guard, self._thd_result, run, folder, exit_code)
         except DockerEngineError as e:
@@ -444,6 +452,12 @@ class DockerBackend:
             if self._work_dir is None:
                 self._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
         folder = prepare_job(self._config.tasks_dir or "", job, self._work_dir)
+        try:
+            make_exchange(folder)
+            os.mkdir(folder.root + STDIN_SUFFIX, 0o700)
+        except BaseException:
+            remove_job(folder)
+            raise
         if self._chown_to is not None and os.geteuid() == 0:
             try:
                 _chown_tree(folder.root, *self._chown_to)
@@ -470,7 +484,10 @@ class DockerBackend:
             runtime=runtime,
             command=folder.command,
             working_dir=f"{JOB_MOUNT}/task",
-            environment=folder.env(mount_root=JOB_MOUNT, helpers=HELPERS_MOUNT),
+            environment={
+                **folder.env(mount_root=JOB_MOUNT, helpers=HELPERS_MOUNT),
+                RUN_STUDENT_ENV: f"{JOB_MOUNT}/{EXCHANGE}",
+            },
             user=self._user,
             mounts=[
                 docker.types.Mount(JOB_MOUNT, folder.root, type="bind", read_only=False),
@@ -579,6 +596,11 @@ class DockerBackend:
 
     async def _cleanup(self, run: _Run, folder: Optional[JobFolder]) -> None:
         """Remove the container and the job folder, whatever happened; never raises."""
+        if run.students is not None:
+            try:
+                await run.students.stop()
+            except Exception:
+                self.log.failure("docker backend: cannot stop the run_student service")
         if run.container_id is not None:
             try:
                 await self._call(self._thd_guard, self._thd_remove, run.container_id)
@@ -591,6 +613,7 @@ class DockerBackend:
                 )
         if folder is not None:
             try:
+                await self._call(remove_job_path, folder.root + STDIN_SUFFIX)
                 await self._call(remove_job, folder)
             except Exception:
                 self.log.failure("docker backend: cannot remove job folder {root}", root=folder.root)
@@ -618,6 +641,16 @@ class DockerBackend:
                 break
             gone.append(cid)
         return gone
+
+    def _student_service(self, run: _Run, folder: JobFolder, image: str) -> StudentService:
+        """Serve the job's run_student calls in sibling containers (see :mod:`.run_student_docker`)."""
+        launcher = DockerStudentLauncher(self, run, folder, image, JOB_MOUNT)
+        service = StudentService(
+            self._reactor, os.path.join(folder.root, EXCHANGE), folder.root + STDIN_SUFFIX, run.job, launcher,
+            self._call, poll_interval=max(self._poll * 2, 0.5),
+        )  # fmt: skip
+        service.start()
+        return service
 
     def debug_sandbox(self, job_id: BackendJobId) -> Deferred:
         """The job's container for SSH debug sessions, once it runs (None if the job ended first)."""

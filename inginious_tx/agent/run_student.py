@@ -1,0 +1,445 @@
+"""``run_student``: the student's code apart from the grader, run by the agent on the grader's request.
+
+The grader calls ``run_student [--time S] [--hard-time S] [--memory MB]
+[--share-network] CMD [ARGS...]`` (a POSIX sh helper, :func:`.task.helpers_dir`).
+It cannot start a sandbox itself, so it asks the agent, through files in the
+job's **exchange folder** (``JOB/.run_student``, ``$INGINIOUS_RUN_STUDENT``):
+plain files work the same in every sandbox (a container under runc or gVisor,
+whose ``--network=none`` and file-only gofer rule out sockets, or a local
+process), and need nothing but ``sh``, ``cat``, ``mv`` and ``mktemp``.
+
+The exchange, for one call::
+
+    req.ID/          made by run_student: arg.0 .. arg.N-1 (one argument per
+                     file, any bytes), options (argc=, time=, hard_time=,
+                     memory=, share_network=, cwd= lines), stdin (all of it)
+    ready.ID/        the same folder, renamed when complete: the agent sees it
+    run.ID/          renamed by the agent when it takes the request
+    done.ID/         renamed by the agent at the end, with stdout, stderr and
+                     exit; run_student prints them, exits with that status
+                     and removes the folder
+
+The agent watches the folder with inotify (and, as a safety net, looks again
+every second), serves a job's requests one at a time, and reads them without
+following symbolic links, with caps (:data:`MAX_ARGS_BYTES`,
+:data:`MAX_STDIN`): a grader cannot make the agent read or write anything
+else on the host.  Standard input is copied to a private file of the agent
+before the student's sandbox sees it; standard output and error are returned
+when the command ends (not streamed), cut at the job's output caps.
+
+Exit statuses: the command's own; :data:`EXIT_OOM` (252) when it ran out of
+memory, :data:`EXIT_TIMEOUT` (253) when it ran out of time, and
+:data:`EXIT_FAILED` (254) when run_student or the agent failed (bad request,
+engine error); the reason is then on standard error.
+
+Limits: ``--time`` (CPU seconds), ``--hard-time`` (wall-clock seconds) and
+``--memory`` (MB) default to the job's and are capped at the job's; without
+``--hard-time``, three times the CPU time.  The student's run also ends with
+the job.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tempfile
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import Interface
+
+from ..messages import BackendNewJob
+from .task import JobFolder
+
+__all__ = [
+    "EXCHANGE",
+    "ENV_VAR",
+    "EXIT_OOM",
+    "EXIT_TIMEOUT",
+    "EXIT_FAILED",
+    "MAX_ARGS_BYTES",
+    "MAX_STDIN",
+    "StudentRequest",
+    "StudentOutcome",
+    "IStudentLauncher",
+    "StudentService",
+    "make_exchange",
+    "limits_for",
+]
+
+#: The exchange folder, in the job folder.
+EXCHANGE = ".run_student"
+#: The environment variable that tells run_student where it is.
+ENV_VAR = "INGINIOUS_RUN_STUDENT"
+EXIT_OOM = 252
+EXIT_TIMEOUT = 253
+EXIT_FAILED = 254
+#: Caps on a request: its arguments together, and its standard input.
+MAX_ARGS_BYTES = 1 << 20
+MAX_ARGS = 4096
+MAX_STDIN = 64 << 20
+_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class RequestError(Exception):
+    """A request that cannot be served (answered with :data:`EXIT_FAILED` and this text)."""
+
+
+@dataclass(frozen=True)
+class StudentRequest:
+    """One run_student call, read and checked."""
+
+    rid: str
+    argv: List[str]
+    cpu_time: float
+    hard_time: float
+    memory_mb: int
+    share_network: bool
+    cwd: str
+    #: the agent's private copy of the standard input
+    stdin_path: str
+
+
+@dataclass
+class StudentOutcome:
+    """How the student's command ended."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+class IStudentLauncher(Interface):
+    """Runs a job's run_student requests in its backend's kind of sandbox."""
+
+    def launch(request: StudentRequest) -> Deferred:
+        """Run the request; fires with a :class:`StudentOutcome` (never fails)."""
+
+    def stop() -> Deferred:
+        """End whatever runs now (the job is ending)."""
+
+
+def make_exchange(folder: JobFolder) -> str:
+    """Make the job's exchange folder (blocking); the grader's user gets it with the job folder."""
+    path = os.path.join(folder.root, EXCHANGE)
+    os.mkdir(path, 0o700)
+    return path
+
+
+def limits_for(
+    job: BackendNewJob, cpu: Optional[float], hard: Optional[float], memory: Optional[float]
+) -> Tuple[float, float, int]:
+    """(CPU s, wall s, MB) for a request: the asked values, by default and at most the job's."""
+    job_cpu = float(job.time_limit) if job.time_limit and job.time_limit > 0 else 0.0
+    job_hard = float(job.hard_time_limit) if job.hard_time_limit and job.hard_time_limit > 0 else 3 * job_cpu
+    job_mem = int(job.mem_limit) if job.mem_limit and job.mem_limit > 0 else 0
+    c = min(cpu, job_cpu) if cpu and job_cpu else (cpu or job_cpu)
+    h = hard if hard else (3 * c if c else job_hard)
+    if job_hard:
+        h = min(h, job_hard)
+    m = min(int(memory), job_mem) if memory and job_mem else int(memory or job_mem)
+    return c, h, m
+
+
+def _read(dir_fd: int, name: str, cap: int) -> bytes:
+    try:
+        fd = os.open(name, _FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise RequestError(f"the request has no {name}") from None
+    except OSError as e:
+        raise RequestError(f"cannot read {name} of the request ({e.strerror})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RequestError(f"{name} of the request is not a regular file")
+        data = b""
+        while len(data) <= cap:
+            chunk = os.read(fd, min(1 << 20, cap + 1 - len(data)))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > cap:
+        raise RequestError(f"{name} of the request is larger than {cap} bytes")
+    return data
+
+
+def _number(options: Dict[str, str], key: str) -> Optional[float]:
+    text = options.get(key, "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise RequestError(f"invalid {key} {text[:20]!r}") from None
+    if not value > 0:
+        raise RequestError(f"invalid {key} {text[:20]!r}: must be > 0")
+    return value
+
+
+def _copy_stdin(dir_fd: int, private_dir: str) -> str:
+    """Copy ``stdin`` of the request to a new private file of the agent; return its path."""
+    try:
+        src = os.open("stdin", _FILE, dir_fd=dir_fd)
+    except OSError as e:
+        raise RequestError(f"cannot read the standard input of the request ({e.strerror})") from None
+    fd, path = tempfile.mkstemp(prefix="stdin-", dir=private_dir)
+    try:
+        if not stat.S_ISREG(os.fstat(src).st_mode):
+            raise RequestError("the standard input of the request is not a regular file")
+        total = 0
+        while True:
+            chunk = os.read(src, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_STDIN:
+                raise RequestError(f"the standard input is larger than {MAX_STDIN} bytes")
+            os.write(fd, chunk)
+        os.fchmod(fd, 0o444)
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    finally:
+        os.close(src)
+    os.close(fd)
+    return path
+
+
+def thd_take(exchange: str, private_dir: str, job: BackendNewJob) -> List[Tuple[str, Any]]:
+    """Take every complete request (rename ready.ID -> run.ID) and read it (blocking).
+
+    Returns ``(rid, StudentRequest or RequestError)`` pairs.
+    """
+    out: List[Tuple[str, Any]] = []
+    try:
+        base = os.open(exchange, _DIR)
+    except OSError:
+        return out  # the job folder is gone: the job is over
+    try:
+        for name in sorted(os.listdir(base)):
+            if not name.startswith("ready."):
+                continue
+            rid = name[len("ready.") :]
+            if not _ID.match(rid):
+                continue
+            try:
+                os.rename(name, f"run.{rid}", src_dir_fd=base, dst_dir_fd=base)
+            except OSError:
+                continue
+            try:
+                out.append((rid, _read_request(base, rid, private_dir, job)))
+            except RequestError as e:
+                out.append((rid, e))
+    finally:
+        os.close(base)
+    return out
+
+
+def _read_request(base: int, rid: str, private_dir: str, job: BackendNewJob) -> StudentRequest:
+    try:
+        fd = os.open(f"run.{rid}", _DIR, dir_fd=base)
+    except OSError as e:
+        raise RequestError(f"the request is not a folder ({e.strerror})") from None
+    try:
+        options: Dict[str, str] = {}
+        for line in _read(fd, "options", 64 << 10).decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition("=")
+            options[key.strip()] = value
+        try:
+            argc = int(options.get("argc", ""))
+        except ValueError:
+            raise RequestError("the request has no argument count") from None
+        if not 1 <= argc <= MAX_ARGS:
+            raise RequestError(f"a request takes 1 to {MAX_ARGS} arguments, not {argc}")
+        argv: List[str] = []
+        budget = MAX_ARGS_BYTES
+        for i in range(argc):
+            data = _read(fd, f"arg.{i}", max(budget, 0))
+            budget -= len(data) + 1
+            if b"\0" in data:
+                raise RequestError(f"argument {i} holds a NUL byte")
+            argv.append(data.decode("utf-8", "surrogateescape"))
+        cpu, hard, mem = limits_for(
+            job, _number(options, "time"), _number(options, "hard_time"), _number(options, "memory")
+        )
+        stdin_path = _copy_stdin(fd, private_dir)
+        return StudentRequest(
+            rid, argv, cpu, hard, mem, options.get("share_network", "0").strip() == "1",
+            options.get("cwd", "").strip(), stdin_path,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+
+
+def thd_answer(exchange: str, rid: str, outcome: StudentOutcome) -> None:
+    """Write the outcome in run.ID and rename it done.ID (blocking; never follows links)."""
+    try:
+        base = os.open(exchange, _DIR)
+    except OSError:
+        return
+    try:
+        try:
+            fd = os.open(f"run.{rid}", _DIR, dir_fd=base)
+        except OSError:
+            return  # the grader removed it: nobody waits for the answer
+        try:
+            for name, data in (("stdout", outcome.stdout), ("stderr", outcome.stderr)):
+                _write(fd, name, data)
+            _write(fd, "exit.tmp", f"{outcome.exit_code}\n".encode())
+            os.rename("exit.tmp", "exit", src_dir_fd=fd, dst_dir_fd=fd)
+        except OSError:
+            pass  # the grader tampered with its own request: it gets what is there
+        finally:
+            os.close(fd)
+        try:
+            os.rename(f"run.{rid}", f"done.{rid}", src_dir_fd=base, dst_dir_fd=base)
+        except OSError:
+            pass
+    finally:
+        os.close(base)
+
+
+def _write(dir_fd: int, name: str, data: bytes) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    fd = os.open(name, _NEW, 0o644, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+class StudentService:
+    """Serves one job's run_student requests with a launcher, one at a time.
+
+    ``call``: runs a blocking function in a thread and returns a Deferred
+    (the backend's thread pool).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: Any,
+        exchange: str,
+        private_dir: str,
+        job: BackendNewJob,
+        launcher: Any,
+        call: Callable[..., Deferred],
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._reactor = reactor
+        self.exchange = exchange
+        self._private = private_dir
+        self._job = job
+        self._launcher = launcher
+        self._call = call
+        self._poll = LoopingCall(self._look)
+        self._poll.clock = reactor
+        self._poll_interval = poll_interval
+        self._notifier: Any = None
+        self._looking = False
+        self._again = False
+        self._queue: Deque[Tuple[str, Any]] = deque()
+        self._busy = False
+        self._stopped = False
+        self.served = 0
+
+    def start(self) -> None:
+        try:
+            from twisted.internet import inotify
+            from twisted.python.filepath import FilePath
+
+            self._notifier = inotify.INotify(self._reactor)
+            self._notifier.startReading()
+            self._notifier.watch(FilePath(self.exchange), mask=inotify.IN_MOVED_TO, callbacks=[lambda *_: self._look()])
+        except Exception as e:  # no inotify: the poll alone
+            self.log.info("run_student: no inotify ({e}); looking every {t} s", e=e, t=self._poll_interval)
+            self._notifier = None
+        self._poll.start(self._poll_interval, now=True)
+
+    def stop(self) -> Deferred:
+        """Stop serving; end the student's run in progress."""
+        self._stopped = True
+        if self._poll.running:
+            self._poll.stop()
+        if self._notifier is not None:
+            notifier, self._notifier = self._notifier, None
+            notifier.loseConnection()
+        for _, item in self._queue:
+            if isinstance(item, StudentRequest):
+                _unlink(item.stdin_path)
+        self._queue.clear()
+        return maybeDeferred(self._launcher.stop)
+
+    def _look(self) -> None:
+        if self._stopped:
+            return
+        if self._looking:
+            self._again = True
+            return
+        self._looking = True
+        d = self._call(thd_take, self.exchange, self._private, self._job)
+
+        def taken(items: List[Tuple[str, Any]]) -> None:
+            self._looking = False
+            self._queue.extend(items)
+            self._next()
+            if self._again:
+                self._again = False
+                self._look()
+
+        def failed(f: Any) -> None:
+            self._looking = False
+            self.log.failure("run_student: cannot read the requests", f)
+
+        d.addCallbacks(taken, failed)
+
+    def _next(self) -> None:
+        if self._busy or self._stopped or not self._queue:
+            return
+        rid, item = self._queue.popleft()
+        self._busy = True
+        ensureDeferred(self._serve(rid, item)).addBoth(self._served)
+
+    def _served(self, _: Any) -> None:
+        self._busy = False
+        self.served += 1
+        self._next()
+
+    async def _serve(self, rid: str, item: Any) -> None:
+        if isinstance(item, RequestError):
+            outcome = StudentOutcome(EXIT_FAILED, stderr=f"run_student: {item}\n".encode())
+        else:
+            try:
+                outcome = await self._launcher.launch(item)
+            except Exception as e:
+                self.log.failure("run_student: the launcher failed")
+                outcome = StudentOutcome(EXIT_FAILED, stderr=f"run_student: the agent failed: {e}\n".encode())
+            finally:
+                _unlink(item.stdin_path)
+        try:
+            await self._call(thd_answer, self.exchange, rid, outcome)
+        except Exception:
+            self.log.failure("run_student: cannot answer request {rid}", rid=rid)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -370,7 +370,7 @@ def test_refusals_are_logged_once_per_heartbeat(log_events):
     assert not log_events.has("queue full")
     world.tick()
     assert [t for t in log_events.texts() if "queue full" in t] == [
-        "queue full: refused 50 jobs in the last 1.0 s (0 waiting)"
+        "queue full: refused 50 jobs in the last 1.0 s (0 waiting, 0 bytes held)"
     ]
 
 
@@ -649,13 +649,24 @@ def test_a_pinging_zmq_style_client_that_falls_silent_is_dropped():
     assert world.backend.waiting_count == 0
 
 
-def test_a_client_with_jobs_that_never_pinged_is_kept():
-    world = World(client_silence_timeout=5, client_idle_timeout=10)
-    world.agent()
+def test_a_client_with_jobs_that_never_pings_is_dropped_after_the_silence():
+    """Issue 10: a ZeroMQ client that never pings, with jobs, does not hold them forever."""
+    world = World(client_silence_timeout=5, client_idle_timeout=100)
+    agent = world.agent()
     c = world.client()
-    c.send(new_job("run"))
-    world.tick(30)
+    c.send(new_job("run"), new_job("wait"), new_job("big", environment="nowhere", inputdata={"b": b"x" * 1000}))
+    assert world.backend.held_bytes > 1000
+    world.tick(4)
+    c.send(ClientGetQueue())  # any message counts as a sign of life
+    world.tick(4)
     assert len(world.backend.clients) == 1
+    world.tick(1)
+    assert world.backend.clients == [] and c.closed is not None
+    assert agent.of_type(BackendKillJob) == [BackendKillJob((c.address, "run"))]
+    assert world.backend.waiting_count == 0
+    agent.send(job_done((c.address, "run"), "killed"))
+    assert world.backend.running_count == 0 and world.backend.held_bytes == 0
+    assert c.of_type(BackendJobDone) == []  # nobody to answer
 
 
 def test_an_idle_client_is_forgotten_and_must_say_hello_again():
@@ -948,3 +959,116 @@ def test_load_counts_at_scale_are_cheap():
     assert (time.perf_counter() - start) / 100 < 0.001
     assert counts == {f"c{i}": (2000, 0) for i in range(10)}
     assert backend.load_by_client() == {"me": (20_000, 0)}
+
+
+# -- byte bounds (issue 10, item 4) --------------------------------------------------------------
+
+
+def blob(n: int) -> dict:
+    """An inputdata of exactly ``n`` bytes once encoded (n >= 100000)."""
+    return {"f": b"x" * (n - 8)}  # fixmap 1 + fixstr 2 + bin32 header 5
+
+
+def test_blob_sizes_are_exact():
+    import msgpack
+
+    assert len(msgpack.packb(blob(100_000), use_bin_type=True)) == 100_000
+
+
+def test_held_bytes_are_bounded_per_client_and_in_total(log_events):
+    world = World(max_queued_bytes=1_000_000, max_queued_bytes_per_client=600_000)
+    a, b = world.client("a"), world.client("b")
+    for i in range(7):
+        a.send(new_job(f"a{i}", environment="nowhere", inputdata=blob(100_000)))
+    refused = {k: v for k, v in a.results().items() if v[0] == "crash"}
+    assert list(refused) == ["a6"]
+    assert refused["a6"][1].startswith("backend full for this client: its jobs not answered yet hold 600000 bytes")
+    assert world.backend.held_bytes == 600_000 and world.backend.waiting_count == 6
+    for i in range(5):
+        b.send(new_job(f"b{i}", environment="nowhere", inputdata=blob(100_000)))
+    assert list(b.results()) == ["b4"] and b.results()["b4"][1].startswith(
+        "backend full: jobs not answered yet hold 1000000 bytes"
+    )
+    # a small job still fits in neither; killing one of a's jobs makes room for a
+    a.send(ClientKillJob("a0"), new_job("a7", environment="nowhere", inputdata=blob(100_000)))
+    assert a.results()["a0"][0] == "killed" and "a7" not in a.results()
+    assert world.backend.held_bytes == 1_000_000
+    world.tick()
+    assert log_events.has("queue full: refused 2 jobs")
+    # running jobs count too, until their answer
+    agent = world.agent(envs=["nowhere"], slots=1)
+    assert world.backend.held_bytes == 1_000_000 and world.backend.running_count == 1
+    agent.send(job_done(new_jobs(agent)[0]))
+    assert world.backend.held_bytes == 900_000
+    a.close()
+    b.close()
+    assert world.backend.held_bytes == 100_000  # the running job of a gone client, until its agent answers
+    agent.send(job_done(new_jobs(agent)[-1], "killed"))
+    assert world.backend.held_bytes == 0 and world.backend.running_count == 0
+
+
+def test_byte_bounds_can_be_lifted():
+    world = World(max_queued_bytes=None, max_queued_bytes_per_client=None)
+    c = world.client()
+    for i in range(20):
+        c.send(new_job(str(i), environment="nowhere", inputdata=blob(100_000)))
+    assert c.results() == {} and world.backend.held_bytes == 2_000_000
+    defaults = BackendSettings()
+    assert (defaults.max_queued_bytes, defaults.max_queued_bytes_per_client) == (512 << 20, 256 << 20)
+    with pytest.raises(ValueError):
+        BackendSettings(max_queued_bytes=-1)
+
+
+def test_a_job_nested_5000_deep_is_answered_once():
+    """Issue 10, item 7: a job whose inputdata is too deep to decode still gets its one answer."""
+    import msgpack
+
+    from inginious_tx.messages import MessageError, MessageMeta
+
+    fields = dict(new_job("deep").__dict__, type="client_new_job")
+    body = b""
+    for key, value in fields.items():
+        body += msgpack.packb(key)
+        body += b"\x81\xa1a" + b"\x91" * 5000 + b"\xc0" if key == "inputdata" else msgpack.packb(value)
+    payload = bytes([0x80 | len(fields)]) + body
+    with pytest.raises(MessageError) as info:
+        MessageMeta.load(payload)
+    world = World()
+    c = world.client()
+    sink = world.backend.client_sink()
+    sink.message_rejected(c.backend_peer, info.value, payload)
+    world.pump()
+    assert list(c.results()) == ["deep"] and c.results()["deep"][0] == "crash"
+    c.send(new_job("deep", environment="nowhere"))  # a valid job with that id: accepted, unanswered
+    sink.message_rejected(c.backend_peer, info.value, payload)  # its id is taken now: no second answer
+    world.pump()
+    assert len(c.of_type(BackendJobDone)) == 1 and world.backend.waiting_count == 1
+
+
+def test_packed_size_is_the_msgpack_length():
+    import msgpack
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from inginious_tx.backend.sizes import packed_size
+
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+        | st.floats(allow_nan=False)
+        | st.text()
+        | st.binary()
+        | st.sampled_from(["x" * 31, "x" * 32, "x" * 255, "x" * 256, "é" * 40000, b"b" * 255, b"b" * 65536])
+    )
+    values = st.recursive(
+        scalars, lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(), inner, max_size=20)
+    )
+
+    @settings(max_examples=120, deadline=None)
+    @given(values)
+    def check(value: Any) -> None:
+        assert packed_size(value) == len(msgpack.packb(value, use_bin_type=True))
+
+    check()
+    assert packed_size(list(range(70_000))) == len(msgpack.packb(list(range(70_000))))

@@ -28,6 +28,7 @@ class Job:
     __slots__ = (
         "key",
         "job_id",
+        "size",
         "client",
         "client_name",
         "message",
@@ -47,9 +48,13 @@ class Job:
         "kill_requested",
     )
 
-    def __init__(self, key: Tuple[bytes, str], client: ClientState, message: Any, now: float, sequence: int) -> None:
+    def __init__(
+        self, key: Tuple[bytes, str], client: ClientState, message: Any, now: float, sequence: int, size: int = 0
+    ) -> None:
         self.key = key
         self.job_id: str = message.job_id
+        #: bytes of its inputdata, as measured where the message arrived
+        self.size = size
         self.client: Optional[ClientState] = client
         self.client_name: str = client.name
         self.message = message

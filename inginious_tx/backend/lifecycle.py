@@ -41,7 +41,6 @@ from __future__ import annotations
 import itertools
 from typing import Any, Dict, List, Optional, Tuple
 
-import msgpack
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -80,6 +79,7 @@ from .job import DONE, RUNNING, WAITING, Job
 from .load import RUNNING_COUNT, WAITING_COUNT, LoadCounts
 from .peers import AgentState, ClientState
 from .settings import BackendSettings
+from .sizes import packed_size, rejected_job
 from .slots import SlotIndex
 from .stats import BackendStats
 
@@ -88,8 +88,6 @@ __all__ = ["Backend"]
 _PING = Ping()
 _PONG = Pong()
 _UNKNOWN = Unknown()
-#: How inputdata is measured against ``max_inputdata`` (as the wire encodes it).
-_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack  # reactor thread only
 
 
 def _result(job_id: str, kind: str, text: str) -> BackendJobDone:
@@ -117,6 +115,8 @@ class Backend:
         #: every waiting or running job (including those whose client left)
         self._jobs: Dict[Tuple[bytes, str], Job] = {}
         self._n_waiting = 0
+        #: bytes of inputdata of every job in the table
+        self._held = 0
         self._slots = SlotIndex()
         #: the index's environment -> free agents map, read on the hot path
         self._free = self._slots.free
@@ -221,6 +221,11 @@ class Backend:
         return self._n_waiting
 
     @property
+    def held_bytes(self) -> int:
+        """Bytes of inputdata the backend holds for jobs not answered yet."""
+        return self._held
+
+    @property
     def running_count(self) -> int:
         return len(self._jobs) - self._n_waiting
 
@@ -268,22 +273,16 @@ class Backend:
         if peer not in self._clients:
             peer.send(_UNKNOWN)
 
-    def client_message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
+    def client_job_rejected(self, peer: IPeer, job_id: Any, error: Exception) -> None:
         """A registered client's job that did not decode is answered, not ignored.
 
-        Only jobs can be answered (they have an id the client waits on); the
-        id is read leniently from the raw map.  Other bad frames were logged
-        by the transport and need no answer.
+        ``job_id`` is what the decoder could read of the job's id (None when
+        unreadable: nothing can be answered).  Other bad frames were logged by
+        the transport and need no answer.
         """
-        if getattr(error, "msgtype", None) != "client_new_job":
-            return
         client = self._clients.get(peer)
         if client is None:
             peer.send(_UNKNOWN)
-            return
-        try:
-            job_id = msgpack.unpackb(payload, raw=False, strict_map_key=False).get("job_id")
-        except Exception:
             return
         if type(job_id) is not str or job_id in client.jobs:
             return  # nothing to answer, or a duplicate id whose first job must stay untouched
@@ -307,7 +306,12 @@ class Backend:
             client.last_tick = self._tick
         peer.send(self._containers)
 
-    def client_new_job(self, peer: IPeer, message: ClientNewJob) -> None:
+    def client_new_job(self, peer: IPeer, message: ClientNewJob, size: int) -> None:
+        """Queue (or run at once, or refuse) a job.
+
+        ``size`` is the byte size of its inputdata, measured by the edge that
+        decoded the message (the core never encodes).
+        """
         client = self._clients.get(peer)
         if client is None:
             peer.send(_UNKNOWN)
@@ -320,7 +324,6 @@ class Backend:
             return
         limit = self.settings.max_inputdata
         if limit is not None:
-            size = len(_packb(message.inputdata))
             if size > limit:
                 self.log.warn(
                     "client {name!r}: job {job_id!r} refused, inputdata of {size} bytes > {limit}",
@@ -340,15 +343,21 @@ class Backend:
             )
             self._refuse(client, job_id, f"duplicate job id {job_id!r}: a job with this id is already queued")
             return
+        refusal = self._over_bytes(client, size)
+        if refusal is not None:
+            self._refuse(client, job_id, refusal)
+            return
         free = self._free.get(message.environment)
         if not free:
             refusal = self._over_cap(client)
             if refusal is not None:
                 self._refuse(client, job_id, refusal)
                 return
-        job = Job(key, client, message, self._clock.seconds(), next(self._sequence))
+        job = Job(key, client, message, self._clock.seconds(), next(self._sequence), size)
         self.stats.accepted += 1
         self._jobs[key] = job
+        self._held += size
+        client.held += size
         client.jobs[job_id] = job
         if self._observers:
             self._notify("job_queued", job)
@@ -356,6 +365,25 @@ class Backend:
             self._run(job, next(iter(free)))
         else:
             self._wait(job)
+
+    def _over_bytes(self, client: ClientState, size: int) -> Optional[str]:
+        """Why holding ``size`` more bytes of ``client``'s inputdata is refused, if it is."""
+        settings = self.settings
+        limit = settings.max_queued_bytes
+        if limit is not None and self._held + size > limit:
+            self._refused += 1
+            return (
+                f"backend full: jobs not answered yet hold {self._held} bytes of input data, "
+                f"{size} more would exceed {limit}; retry later"
+            )
+        limit = settings.max_queued_bytes_per_client
+        if limit is not None and client.held + size > limit:
+            self._refused += 1
+            return (
+                f"backend full for this client: its jobs not answered yet hold {client.held} bytes of input data, "
+                f"{size} more would exceed {limit}; retry later"
+            )
+        return None
 
     def _over_cap(self, client: ClientState) -> Optional[str]:
         """Why one more waiting job of ``client`` is refused, if it is."""
@@ -444,6 +472,7 @@ class Backend:
                 waiting += 1
                 self._unwait(job)
                 del self._jobs[job.key]
+                self._held -= job.size
                 self.stats.ended("dropped")
                 if self._observers:
                     self._notify("job_finished", job, "dropped", None)
@@ -453,6 +482,7 @@ class Backend:
                 job.kill_requested = True
                 job.agent.peer.send(BackendKillJob(job.key))  # type: ignore[union-attr]
         client.jobs.clear()
+        client.held = 0
         self.log.info(
             "client {name!r} left ({reason}): {waiting} waiting jobs dropped, {running} running jobs killed",
             name=client.name,
@@ -637,10 +667,11 @@ class Backend:
         self._tick += 1
         if self._refused:
             self.log.warn(
-                "queue full: refused {n} jobs in the last {interval} s ({waiting} waiting)",
+                "queue full: refused {n} jobs in the last {interval} s ({waiting} waiting, {held} bytes held)",
                 n=self._refused,
                 interval=self.settings.ping_interval,
                 waiting=self._n_waiting,
+                held=self._held,
             )
             self._refused = 0
         limit = self.settings.max_missed_pongs
@@ -658,8 +689,8 @@ class Backend:
         for client in list(self._clients.values()):
             quiet = (self._tick - client.last_tick) * interval
             if client.jobs:
-                if client.pinged and quiet >= silence:
-                    self._drop_client(client, f"no message for {quiet:.0f} s although it used to ping")
+                if quiet >= silence:
+                    self._drop_client(client, f"no message for {quiet:.0f} s")
                     client.peer.disconnect("silent client")
             elif quiet >= idle:
                 del self._clients[client.peer]
@@ -795,8 +826,10 @@ class Backend:
         job.state = DONE
         job.agent = None
         del self._jobs[job.key]
+        self._held -= job.size
         client = job.client
         if client is not None:
+            client.held -= job.size
             del client.jobs[job.key[1]]
             if answer is not None:
                 client.peer.send(answer)
@@ -814,17 +847,30 @@ class Backend:
 
 @implementer(IBackendClientHandler, IRejectionObserver)
 class _ClientHandler:
-    """The client side of a :class:`Backend` (methods named by msgtype)."""
+    """The client side of a :class:`Backend` (methods named by msgtype).
+
+    This is the edge where client messages enter: sizes are measured here
+    (:func:`~.sizes.packed_size`), and a rejected frame's job id is taken from
+    the decode error, so that the core neither encodes nor decodes.
+    """
 
     def __init__(self, backend: Backend) -> None:
+        self._submit = backend.client_new_job
+        self._rejected = backend.client_job_rejected
         self.client_hello = backend.client_hello
-        self.client_new_job = backend.client_new_job
         self.client_kill_job = backend.client_kill_job
         self.client_get_queue = backend.client_get_queue
         self.ping = backend.client_ping
-        self.message_rejected = backend.client_message_rejected
         self.peer_connected = backend.client_connected
         self.peer_disconnected = backend.client_disconnected
+
+    def client_new_job(self, peer: IPeer, message: ClientNewJob) -> None:
+        self._submit(peer, message, packed_size(message.inputdata))
+
+    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
+        msgtype, job_id = rejected_job(error, payload)
+        if msgtype in ("client_new_job", "ClientNewJob"):
+            self._rejected(peer, job_id, error)
 
 
 @implementer(IBackendAgentHandler)

@@ -15,7 +15,7 @@ __all__ = ["ClientState", "AgentState"]
 class ClientState:
     """A registered client and the jobs it has waiting or running."""
 
-    __slots__ = ("peer", "name", "jobs", "waiting", "last_tick", "pinged")
+    __slots__ = ("peer", "name", "jobs", "waiting", "held", "last_tick", "pinged")
 
     def __init__(self, peer: IPeer, name: str, tick: int) -> None:
         self.peer = peer
@@ -24,6 +24,8 @@ class ClientState:
         self.jobs: Dict[str, Job] = {}
         #: how many of those are waiting
         self.waiting = 0
+        #: bytes of inputdata of those jobs (see BackendSettings.max_queued_bytes_per_client)
+        self.held = 0
         #: heartbeat tick of its last message
         self.last_tick = tick
         #: whether it ever sent Ping (then silence means it is gone)

@@ -27,7 +27,14 @@ class BackendSettings:
     #: Largest ``inputdata`` of a job, in bytes once msgpack-encoded (None: only
     #: the transport's frame limit); a larger job is answered ``crash`` at once.
     max_inputdata: Optional[int] = 16 << 20
-    #: A client that pinged us and then stays silent this long is gone.
+    #: Most bytes of ``inputdata`` (as measured for ``max_inputdata``) held for
+    #: every job not yet answered, waiting or running, from all clients
+    #: (None: no limit); a job that would go beyond is answered ``crash``.
+    max_queued_bytes: Optional[int] = 512 << 20
+    #: The same bound for the jobs of one client (None: no limit).
+    max_queued_bytes_per_client: Optional[int] = 256 << 20
+    #: A client that has jobs and sends nothing (not even ``Ping``) this long
+    #: is gone: its waiting jobs are dropped and its running jobs killed.
     client_silence_timeout: float = 30.0
     #: A client with no job that stays silent this long is forgotten.
     client_idle_timeout: float = 3600.0
@@ -39,7 +46,13 @@ class BackendSettings:
             raise ValueError("ping_interval must be > 0")
         if self.max_missed_pongs < 1:
             raise ValueError("max_missed_pongs must be >= 1")
-        for name in ("max_waiting", "max_waiting_per_client", "max_inputdata"):
+        for name in (
+            "max_waiting",
+            "max_waiting_per_client",
+            "max_inputdata",
+            "max_queued_bytes",
+            "max_queued_bytes_per_client",
+        ):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0 or None")

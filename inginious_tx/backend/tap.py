@@ -90,11 +90,26 @@ class Options(usage.Options):
             limit,
         ],
         [
+            "max-queued-bytes",
+            None,
+            _defaults.max_queued_bytes,
+            "Most bytes of inputdata held for unanswered jobs (waiting or running) of all clients; "
+            "a job beyond is answered 'crash' at once ('none': no limit).",
+            limit,
+        ],
+        [
+            "max-queued-bytes-per-client",
+            None,
+            _defaults.max_queued_bytes_per_client,
+            "Most bytes of inputdata held for the unanswered jobs of one client ('none': no limit).",
+            limit,
+        ],
+        [
             "client-silence-timeout",
             None,
             _defaults.client_silence_timeout,
-            "Seconds after which a client that used to ping and fell silent is considered gone "
-            "(its jobs are dropped or killed).",
+            "Seconds after which a client with jobs that sent nothing (not even a ping) is considered gone "
+            "(its waiting jobs are dropped, its running jobs killed).",
             positive_float,
         ],
         [
@@ -188,6 +203,8 @@ class Options(usage.Options):
             max_waiting=self["max-waiting"],
             max_waiting_per_client=self["max-waiting-per-client"],
             max_inputdata=self["max-inputdata"],
+            max_queued_bytes=self["max-queued-bytes"],
+            max_queued_bytes_per_client=self["max-queued-bytes-per-client"],
             client_silence_timeout=self["client-silence-timeout"],
             client_idle_timeout=self["client-idle-timeout"],
         )

@@ -8,7 +8,8 @@ import pytest
 
 PUBLIC = {
     "inginious_tx.messages": {
-        "ALL_MESSAGES", "load", "load_any", "Dialect", "DIALECTS", "get_dialect", "v06", "v09", "MessageMeta", "MessageError", "MalformedMessage", "UnknownMessageType",
+        "ALL_MESSAGES", "load", "load_any", "Dialect", "DIALECTS", "get_dialect", "v06", "v09",
+        "MessageMeta", "MessageError", "MalformedMessage", "UnknownMessageType",
         "FieldError", "MissingField", "ExtraField", "WrongFieldType", "BackendJobId", "ClientJobId", "SPResult",
         "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateContainers",
         "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",

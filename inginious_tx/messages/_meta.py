@@ -193,7 +193,8 @@ def _item_check(tp: Any, helpers: Dict[str, Any], depth: int) -> str | None:
         return None
     name = f"_item{len(helpers)}"
     env: Dict[str, Any] = {}
-    exec(_compile_source(f"def {name}(x):\n    return {expr}\n", f"<message check {next(_check_numbers)}>"), helpers, env)  # noqa: S102
+    source = f"def {name}(x):\n    return {expr}\n"
+    exec(_compile_source(source, f"<message check {next(_check_numbers)}>"), helpers, env)  # noqa: S102
     helpers[name] = env[name]
     return name
 
@@ -555,12 +556,7 @@ def _job_id_of(value: Any) -> Any:
     """``value`` if it looks like a job id of either dialect, else None."""
     if type(value) is str:
         return value
-    if (
-        type(value) is tuple
-        and len(value) == 2
-        and type(value[0]) is bytes
-        and type(value[1]) is str
-    ):
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is bytes and type(value[1]) is str:
         return value
     return None
 

@@ -34,5 +34,8 @@ load = DIALECT.load
 
 __all__ = [
     "DIALECT", "ALL_MESSAGES", "load", "BackendJobId", "ClientJobId", "SPResult",
-    *(cls.__name__ for cls in ALL_MESSAGES),
+    "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateContainers",
+    "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",
+    "BackendKillJob", "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug", "Ping", "Pong",
+    "Unknown",
 ]  # fmt: skip

@@ -7,7 +7,7 @@ exactly what an INGInious 0.6 client or agent does.
 
 Sockets are txzmq connections adapted so that everything runs on the
 injected reactor (txzmq itself reaches for the global one), and whose read
-loop is kept short: a frame goes from ``recv`` through ``MessageMeta.load``
+loop is kept short: a frame goes from ``recv`` through ``load_any``
 to the sink with no per-message scheduling.
 
 High-water marks: a ROUTER *silently drops* messages to a peer whose queue
@@ -38,7 +38,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
-from ..messages import MessageError, MessageMeta
+from ..messages import MessageError, load_any
 from . import Limits, curve
 
 __all__ = ["ZmqTransport", "ZmqListener", "ZmqConnection", "ZmqPeer", "ZmqServerPeer", "HIGH_WATER_MARK"]
@@ -65,7 +65,7 @@ _recv = zmq.backend.Socket.recv
 _send = zmq.backend.Socket.send
 _get = zmq.backend.Socket.get
 _Again = zmq.Again
-_load = MessageMeta.load
+_load = load_any
 
 _classes: Optional[Tuple[type, type]] = None
 

@@ -17,6 +17,8 @@ from inginious_tx.backend.testing import FakePeer, agent_hello, job_done, new_jo
 from inginious_tx.interfaces import (
     IBackendAgentHandler,
     IBackendClientHandler,
+    IBackendJob,
+    IJobObserver,
     IMessageSink,
     IPeer,
     IWaitingJob,
@@ -796,3 +798,153 @@ def test_fake_peer_drives_the_backend_directly():
     agent.disconnect("x")
     agent.disconnect("y")
     assert agent.disconnected == "x"
+
+
+# -- accepted peers, observers, load counts ------------------------------------------------------
+
+
+def test_an_accepted_hello_is_told_to_the_peer_transport():
+    backend = Backend(Clock(), PriorityPolicy())
+    client, agent, stranger = FakePeer(b"c"), FakePeer(b"a"), FakePeer(b"s")
+    backend.client_handler.client_new_job(stranger, new_job("j"))
+    assert stranger.accepted_count == 0 and stranger.of_type(Unknown)
+    backend.client_handler.client_hello(client, ClientHello("me"))
+    backend.agent_handler.agent_hello(agent, agent_hello("a", 1, ["default"]))
+    assert client.accepted_count >= 1 and agent.accepted_count == 1
+
+
+def test_a_peer_without_accepted_still_works():
+    """A third-party IPeer written before ``accepted`` existed is served as before."""
+
+    @implementer(IPeer)
+    class OldPeer:
+        description = "old"
+
+        def __init__(self, address: bytes) -> None:
+            self.address = address
+            self.sent: List[Any] = []
+
+        def send(self, message: Any) -> None:
+            self.sent.append(message)
+
+        def disconnect(self, reason: str) -> None:
+            pass
+
+    backend = Backend(Clock(), PriorityPolicy())
+    client = OldPeer(b"c")
+    backend.client_handler.client_hello(client, ClientHello("me"))
+    assert isinstance(client.sent[-1], BackendUpdateContainers)
+
+
+@implementer(IJobObserver)
+class Recorder:
+    def __init__(self) -> None:
+        self.events: List[tuple] = []
+
+    def job_queued(self, job: Any) -> None:
+        verifyObject(IBackendJob, job)
+        self.events.append(("queued", job.job_id, job.client_name, job.environment_type))
+
+    def job_refused(self, client_name: str, job_id: str, reason: str) -> None:
+        self.events.append(("refused", job_id, client_name, reason.split(":")[0]))
+
+    def job_started(self, job: Any, agent_name: str) -> None:
+        self.events.append(("started", job.job_id, agent_name))
+
+    def job_requeued(self, job: Any, agent_name: str, reason: str) -> None:
+        self.events.append(("requeued", job.job_id, agent_name))
+
+    def job_finished(self, job: Any, kind: str, agent_name: Optional[str]) -> None:
+        self.events.append(("finished", job.job_id, kind, agent_name))
+
+
+def test_observers_hear_every_transition(world):
+    rec = Recorder()
+    verifyObject(IJobObserver, rec)
+    world.backend.add_observer(rec)
+    world.backend.add_observer(rec)  # once only
+    c = world.client("front")
+    a = world.agent("a1", slots=1)
+    c.send(new_job("run"), new_job("wait"), new_job("run"))
+    assert rec.events == [
+        ("queued", "run", "front", "docker"),
+        ("started", "run", "a1"),
+        ("queued", "wait", "front", "docker"),
+        ("refused", "run", "front", "duplicate job id 'run'"),
+    ]
+    rec.events.clear()
+    a.close()  # lost: "run" re-queued, then the new agent takes it
+    b = world.agent("a2", slots=1)
+    c.send(ClientKillJob("wait"))
+    b.send(job_done((c.address, "run")))
+    assert rec.events == [
+        ("requeued", "run", "a1"),
+        ("started", "run", "a2"),
+        ("finished", "wait", "killed", None),
+        ("finished", "run", "success", "a2"),
+    ]
+    rec.events.clear()
+    c.send(new_job("left"), new_job("lost", environment="nowhere"))
+    c.close()  # the waiting job is dropped at once; the running one when its agent answers the kill
+    assert rec.events[-1] == ("finished", "lost", "dropped", None)
+    b.send(job_done((c.address, "left"), "killed"))
+    assert rec.events[-1] == ("finished", "left", "dropped", "a2")
+    world.backend.remove_observer(rec)
+    world.backend.remove_observer(rec)  # unknown: ignored
+    c2 = world.client("other")
+    c2.send(new_job("x"))
+    assert all(e[1] != "x" for e in rec.events)
+
+
+def test_a_raising_observer_is_logged_and_does_not_disturb(world, log_events):
+    class Broken(Recorder):
+        def job_queued(self, job: Any) -> None:
+            raise RuntimeError("observer broke")
+
+    rec = Recorder()
+    world.backend.add_observer(Broken())
+    world.backend.add_observer(rec)
+    c = world.client()
+    world.agent(slots=1)
+    c.send(new_job("j"))
+    assert new_jobs(world.agent("spare")) == [] and ("started", "j", "agent") in rec.events
+    assert log_events.has("observer broke") or log_events.has("failed in job_queued")
+
+
+def test_load_counts_follow_jobs(world):
+    backend = world.backend
+    c1, c2 = world.client("front1"), world.client("front2")
+    a = world.agent(slots=1)
+    c1.send(new_job("a", course_id="algo"), new_job("b", course_id="algo"), new_job("c", course_id="db"))
+    c2.send(new_job("a", course_id="db"))
+    assert backend.load_by_course() == {"algo": (1, 1), "db": (2, 0)}
+    assert backend.load_by_client() == {"front1": (2, 1), "front2": (1, 0)}
+    c1.send(ClientKillJob("c"))
+    assert backend.load_by_course() == {"algo": (1, 1), "db": (1, 0)}
+    a.close()  # the running job is re-queued: nothing runs
+    assert backend.load_by_course() == {"algo": (2, 0), "db": (1, 0)}
+    b = world.agent("b", slots=3)
+    assert backend.load_by_course() == {"algo": (0, 2), "db": (0, 1)}
+    for job_id in new_jobs(b):
+        b.send(job_done(job_id))
+    assert backend.load_by_course() == {} and backend.load_by_client() == {}
+    c2.send(new_job("w", course_id="web", environment="nowhere"))
+    c2.close()
+    assert backend.load_by_client() == {}
+
+
+def test_load_counts_at_scale_are_cheap():
+    """Reading the counts costs O(courses), not O(jobs)."""
+    import time
+
+    backend = Backend(Clock(), PriorityPolicy(), BackendSettings(max_waiting=None))
+    client = FakePeer(b"c", wire=False)
+    backend.client_handler.client_hello(client, ClientHello("me"))
+    for i in range(20_000):
+        backend.client_handler.client_new_job(client, new_job(str(i), course_id=f"c{i % 10}", environment="none"))
+    start = time.perf_counter()
+    for _ in range(100):
+        counts = backend.load_by_course()
+    assert (time.perf_counter() - start) / 100 < 0.001
+    assert counts == {f"c{i}": (2000, 0) for i in range(10)}
+    assert backend.load_by_client() == {"me": (20_000, 0)}

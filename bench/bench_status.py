@@ -150,6 +150,8 @@ def main() -> None:
     tracemalloc.stop()
     backend, recorder, clock = load.backend, load.recorder, load.clock
     assert backend.waiting_count >= args.waiting - args.agents * args.slots, backend.waiting_count
+    # the observer's counts agree with a walk over every job
+    assert recorder.waiting_per_environment() == backend.waiting_per_environment()
     registry = backend_registry(backend, recorder)
 
     def page() -> bytes:

@@ -120,8 +120,8 @@ def status_snapshot(
         "queue": dict(sorted(queue.items())),
         "running": running,
         "load": {
-            "courses": {k: list(v) for k, v in sorted(_load(backend, "load_by_course").items())},
-            "clients": {k: list(v) for k, v in sorted(_load(backend, "load_by_client").items())},
+            "courses": {k: list(v) for k, v in sorted(backend.load_by_course().items())},
+            "clients": {k: list(v) for k, v in sorted(backend.load_by_client().items())},
         },
         "totals": {
             "agents": len(agents),
@@ -135,11 +135,6 @@ def status_snapshot(
             "finished": dict(sorted(stats.finished.items())),
         },
     }
-
-
-def _load(backend: Backend, method: str) -> Dict[str, Tuple[int, int]]:
-    fn = getattr(backend, method, None)  # TODO(ops): contract 2 not merged yet
-    return fn() if fn is not None else {}
 
 
 def _table(headers: List[str], rows: List[List[Any]], empty: str) -> str:
@@ -356,8 +351,11 @@ class _Page(Resource):
         return status_snapshot(self._backend, self._clock.seconds(), waiting)
 
     def _window(self, request: Any) -> int:
-        longest = self._recorder.history.capacity - 1 if self._recorder is not None else DEFAULT_WINDOW
-        return _int_arg(request, "window", min(DEFAULT_WINDOW, longest), 60, longest)
+        if self._recorder is None:
+            return DEFAULT_WINDOW
+        history = self._recorder.history
+        longest = int((history.capacity - 1) * history.interval)
+        return _int_arg(request, "window", min(DEFAULT_WINDOW, longest), min(60, longest), longest)
 
     def render_HEAD(self, request: Any) -> bytes:
         return self.render_GET(request)
@@ -590,13 +588,14 @@ class StatusService(Service):
         registry: Any = None,
         fatal: bool = False,
         history: int = HISTORY_SECONDS,
+        sample_interval: float = 1.0,
     ) -> None:
         self._reactor = reactor
         self._fatal = fatal
         self.backend = backend
         self.endpoint = status_endpoint(endpoint)
-        #: samples the backend once a second; ``history`` seconds are kept
-        self.recorder = StatusRecorder(backend, reactor, history)
+        #: samples the backend every ``sample_interval`` seconds; ``history`` samples are kept
+        self.recorder = StatusRecorder(backend, reactor, history, sample_interval)
         self.registry = registry
         self.port: Any = None
         self.ready: Deferred = Deferred()

@@ -26,6 +26,9 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..interfaces import IJobObserver
 
 from .core import TIME_BUCKETS, Backend
 
@@ -172,10 +175,10 @@ class History:
     """Ring buffers of the samples of one backend (see :meth:`record`)."""
 
     def __init__(self, seconds: int = HISTORY_SECONDS, interval: float = 1.0) -> None:
-        if seconds < 2:
-            raise ValueError("a history keeps at least 2 samples")
+        if not interval > 0 or seconds < 2 * interval:
+            raise ValueError("a history keeps at least 2 samples, taken at a positive interval")
         # one more slot than the window: a window's histogram is a difference
-        self.capacity = cap = int(seconds) + 1
+        self.capacity = cap = int(math.ceil(seconds / interval)) + 1
         self.interval = interval
         self.ticks = 0
         self.times = Series(cap)
@@ -210,20 +213,22 @@ class History:
 
     # -- reading -------------------------------------------------------------------
 
-    def view(self, seconds: int, points: int = POINTS, queues: int = 8, agents: int = 30) -> Dict[str, Any]:
+    def view(self, seconds: float, points: int = POINTS, queues: int = 8, agents: int = 30) -> Dict[str, Any]:
         """The last ``seconds`` of history cut into at most ``points`` points.
 
-        Each point covers ``step`` samples (the newest point ends with the
-        newest sample).  Queue depths and busy slots are the largest value
+        Each point covers ``step`` seconds (the newest point ends with the
+        newest sample; points before the first sample are None).  Queue depths and busy slots are the largest value
         within a point (None where an agent was absent throughout), finished
-        jobs a rate per second, percentiles those of the jobs that left the
+        jobs a rate per second (over the point's span: rates times ``step``
+        add up to the counts), percentiles those of the jobs that left the
         queue / stopped running within the point (None if none did).  Only the
         ``queues`` deepest environments and the ``agents`` busiest agents are
-        listed; ``(other)`` holds the rest.  JSON-able.
+        listed (``waiting`` is the total over all environments, ``slots``
+        each listed agent's slots).  JSON-able.
         """
-        seconds = max(2, min(int(seconds), self.capacity - 1))
-        step = max(1, math.ceil(seconds / points))
-        n_points = max(1, seconds // step)
+        samples = max(2, min(int(round(seconds / self.interval)), self.capacity - 1))
+        step = max(1, math.ceil(samples / points))
+        n_points = max(1, samples // step)
         n = n_points * step
         have = min(self.ticks, n)  # samples available (the rest of the window is before the first)
         ticks = self.ticks
@@ -244,7 +249,8 @@ class History:
             return max(chunk)
 
         def rate(chunk: Sequence[float]) -> Optional[float]:
-            return sum(chunk) / (len(chunk) * self.interval)
+            # over the point's whole span, so that rates times ``step`` add up to the counts
+            return sum(chunk) / (step * self.interval)
 
         def present_peak(chunk: Sequence[float]) -> Optional[float]:
             present = [v for v in chunk if v != ABSENT]
@@ -277,7 +283,7 @@ class History:
         now = times[-1] if len(times) else None
         return {
             "now": now,
-            "seconds": n,
+            "seconds": n * self.interval,
             "step": step * self.interval,
             "points": n_points,
             "queue": queue,
@@ -298,6 +304,7 @@ class History:
         return hist[slot * _NB : (slot + 1) * _NB]
 
 
+@implementer(IJobObserver)
 class StatusRecorder:
     """Watches a backend for the status pages: job observer, sampler, history.
 
@@ -320,9 +327,7 @@ class StatusRecorder:
         self._listeners: List[Callable[[Sample], None]] = []
         #: the newest sample (None before the first)
         self.latest: Optional[Sample] = None
-        # observer state: waiting jobs (a set, not job.state: robust to the
-        # order in which the core changes a job and tells its observers)
-        self._waiting: Set[Any] = set()
+        #: jobs waiting per environment, kept by the job events
         self._waiting_env: Dict[str, int] = {}
         #: jobs handed to an agent, per environment, since the recorder started
         self.started: Dict[str, int] = {}
@@ -364,51 +369,41 @@ class StatusRecorder:
         return self._loop is not None
 
     def _observe(self) -> None:
-        """Count what waits now, then follow events."""
-        self._waiting.clear()
-        self._waiting_env.clear()
-        if not hasattr(self._backend, "add_observer"):  # TODO(ops): contract 2 not merged yet
-            return
-        for job in self._backend.policy.ordered():
-            self._add_waiting(job)
+        """Count what waits now (once, O(jobs)), then follow the job events."""
+        self._waiting_env = dict(self._backend.waiting_per_environment())
         self._backend.add_observer(self)
         self._observing = True
 
     # -- IJobObserver ----------------------------------------------------------------
+    # Counts only, no reference to a job: a job waits from job_queued or
+    # job_requeued until job_started, or until job_finished with no agent
+    # (it ended before running: killed, dropped, refused by the policy).
 
-    def _add_waiting(self, job: Any) -> None:
-        if job not in self._waiting:
-            self._waiting.add(job)
-            env = job.environment
-            self._waiting_env[env] = self._waiting_env.get(env, 0) + 1
-
-    def _remove_waiting(self, job: Any) -> None:
-        if job in self._waiting:
-            self._waiting.discard(job)
-            env = job.environment
-            left = self._waiting_env[env] - 1
-            if left:
-                self._waiting_env[env] = left
-            else:
-                del self._waiting_env[env]
+    def _waits(self, env: str, delta: int) -> None:
+        n = self._waiting_env.get(env, 0) + delta
+        if n > 0:
+            self._waiting_env[env] = n
+        else:
+            self._waiting_env.pop(env, None)
 
     def job_queued(self, job: Any) -> None:
-        self._add_waiting(job)
+        self._waits(job.environment, 1)
 
     def job_refused(self, client_name: str, job_id: str, reason: str) -> None:
         pass
 
     def job_started(self, job: Any, agent_name: str) -> None:
-        self._remove_waiting(job)
         env = job.environment
+        self._waits(env, -1)
         self.started[env] = self.started.get(env, 0) + 1
 
     def job_requeued(self, job: Any, agent_name: str, reason: str) -> None:
         self.requeued += 1
-        self._add_waiting(job)
+        self._waits(job.environment, 1)
 
     def job_finished(self, job: Any, kind: str, agent_name: Optional[str]) -> None:
-        self._remove_waiting(job)
+        if agent_name is None:
+            self._waits(job.environment, -1)
 
     # -- reading ---------------------------------------------------------------------
 

@@ -172,7 +172,7 @@ def main() -> None:
             "fill_s": round(fill_s, 1),
             "simulate_s": round(history_s, 1),
             "history_mb": round(history_bytes / 1e6, 1),
-            "observer_state_mb (traced, with the jobs)": round(before_history / 1e6, 1),
+            "backend_mb (traced, jobs included)": round(before_history / 1e6, 1),
         },
         "sample (every second)": timed(recorder.sample, args.repeat),
         "event encoding (every second, once)": timed(lambda: _event(recorder.latest), args.repeat),  # type: ignore[arg-type]

@@ -41,7 +41,7 @@ from inginious_tx.backend.policies import DEFAULT_POLICY, load_policy  # noqa: E
 from inginious_tx.backend.status import _event, render_html, status_snapshot  # noqa: E402
 from inginious_tx.backend.testing import FakePeer, agent_hello, job_done, new_job  # noqa: E402
 from inginious_tx.backend.timeseries import StatusRecorder  # noqa: E402
-from inginious_tx.messages import BackendNewJob, ClientHello  # noqa: E402
+from inginious_tx.messages import ClientHello  # noqa: E402
 
 ENVS = [f"env-{i}" for i in range(12)]
 RESULTS = ["success"] * 8 + ["failed"] * 3 + ["error", "crash", "timeout"]
@@ -142,11 +142,14 @@ def main() -> None:
         # a daily rhythm in miniature: the finishing rate swings
         load.second(int(args.rate * (1 + 0.6 * ((s // 300) % 3 - 1))))
     history_s = time.perf_counter() - t
-    history_bytes = sum(
-        len(s.values) * s.values.itemsize
-        for group in (load.recorder.history.queue, load.recorder.history.finished, load.recorder.history.busy)
-        for s in group.series.values()
-    ) + 2 * len(load.recorder.history.wait_hist) * 8
+    history_bytes = (
+        sum(
+            len(s.values) * s.values.itemsize
+            for group in (load.recorder.history.queue, load.recorder.history.finished, load.recorder.history.busy)
+            for s in group.series.values()
+        )
+        + 2 * len(load.recorder.history.wait_hist) * 8
+    )
     tracemalloc.stop()
     backend, recorder, clock = load.backend, load.recorder, load.clock
     assert backend.waiting_count >= args.waiting - args.agents * args.slots, backend.waiting_count

@@ -29,7 +29,7 @@ from inginious_tx.backend.policies import FairPolicy
 from inginious_tx.backend.service import BackendService
 from inginious_tx.backend.status import StatusService, render_html, status_snapshot
 from inginious_tx.backend.testing import FakePeer, agent_hello, job_done, new_job
-from inginious_tx.backend.timeseries import ABSENT, OTHER, History, Series, SeriesGroup, StatusRecorder, percentile
+from inginious_tx.backend.timeseries import ABSENT, OTHER, Series, SeriesGroup, StatusRecorder, percentile
 from inginious_tx.interfaces import IJobObserver
 from inginious_tx.messages import BackendNewJob, ClientHello, ClientKillJob
 

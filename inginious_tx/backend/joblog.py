@@ -13,7 +13,6 @@ file only: the text log stays as terse as the backend keeps it.
 
 from __future__ import annotations
 
-import io
 import sys
 from typing import IO, Any, Optional
 
@@ -27,7 +26,9 @@ from .core import Backend
 
 __all__ = ["JobEventLogger", "JsonLogService", "open_json_log"]
 
-_FORMAT = "job {job_id!r} {job_event}: client {client!r}, agent {agent!r}, environment {environment!r}, result {result!r}"
+_FORMAT = (
+    "job {job_id!r} {job_event}: client {client!r}, agent {agent!r}, environment {environment!r}, result {result!r}"
+)
 
 
 @implementer(IJobObserver)
@@ -82,7 +83,7 @@ def open_json_log(path: str) -> IO[str]:
     """``path`` opened for appending lines (``-``: standard output)."""
     if path == "-":
         return sys.stdout
-    return io.open(path, "a", encoding="utf-8", buffering=1)
+    return open(path, "a", encoding="utf-8", buffering=1)
 
 
 class JsonLogService(Service):
@@ -100,7 +101,7 @@ class JsonLogService(Service):
     def startService(self) -> None:
         super().startService()
         self._file = open_json_log(self.path)
-        self._observer = jsonFileLogObserver(self._file)
+        self._observer = jsonFileLogObserver(self._file, recordSeparator="")  # plain JSON lines
         globalLogPublisher.addObserver(self._observer)
         self._jobs = JobEventLogger(self._observer)
         self.backend.add_observer(self._jobs)

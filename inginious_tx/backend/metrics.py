@@ -48,7 +48,7 @@ class BackendCollector(Collector):
     removals.
     """
 
-    def __init__(self, backend: Backend, recorder: Optional["StatusRecorder"] = None) -> None:
+    def __init__(self, backend: Backend, recorder: Optional[StatusRecorder] = None) -> None:
         self._backend = backend
         self._recorder = recorder
 
@@ -152,7 +152,7 @@ class BackendCollector(Collector):
         )
 
 
-def backend_registry(backend: Backend, recorder: Optional["StatusRecorder"] = None) -> CollectorRegistry:
+def backend_registry(backend: Backend, recorder: Optional[StatusRecorder] = None) -> CollectorRegistry:
     """A new registry holding only the metrics of ``backend`` (see :class:`BackendCollector`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(BackendCollector(backend, recorder))

@@ -194,7 +194,10 @@ def render_charts(view: Dict[str, Any]) -> str:
         )
     )
     # finished per second, by result (stacked)
-    order = sorted(view["finished"], key=lambda k: (k not in RESULT_COLORS, list(RESULT_COLORS).index(k) if k in RESULT_COLORS else 0, k))
+    order = sorted(
+        view["finished"],
+        key=lambda k: (k not in RESULT_COLORS, list(RESULT_COLORS).index(k) if k in RESULT_COLORS else 0, k),
+    )
     lines = [(kind, RESULT_COLORS.get(kind, "#777777"), view["finished"][kind]) for kind in order]
     mean = {kind: [v for v in pts if v is not None] for kind, pts in view["finished"].items()}
     blocks.append(
@@ -263,9 +266,9 @@ def render_html(
         "No agent is connected.",
     ) + _more(len(agent_list) - PAGE_ROWS if len(agent_list) > PAGE_ROWS else 0, "agents")
     queue_rows = sorted(snapshot["queue"].items(), key=lambda kv: (-kv[1], kv[0]))
-    queue = _table(
-        ["environment", "waiting"], [[k, v] for k, v in queue_rows[:PAGE_ROWS]], "No environment."
-    ) + _more(max(0, len(queue_rows) - PAGE_ROWS), "environments")
+    queue = _table(["environment", "waiting"], [[k, v] for k, v in queue_rows[:PAGE_ROWS]], "No environment.") + _more(
+        max(0, len(queue_rows) - PAGE_ROWS), "environments"
+    )
     running_list = snapshot["running"]
     running = _table(
         ["job", "client", "agent", "task", "environment", "running for"],
@@ -302,7 +305,8 @@ def render_html(
         reload_note = f'reloads every {refresh} s (<a href="?window={window}&amp;refresh=0">stop</a>)'
         meta = f'<meta http-equiv="refresh" content="{refresh}">'
     else:
-        reload_note = f'not reloading (<a href="?window={window}&amp;refresh={DEFAULT_REFRESH}">reload every {DEFAULT_REFRESH} s</a>)'
+        again = f"?window={window}&amp;refresh={DEFAULT_REFRESH}"
+        reload_note = f'not reloading (<a href="{again}">reload every {DEFAULT_REFRESH} s</a>)'
         meta = ""
     charts = f'<div class="charts">{render_charts(view)}</div>' if view is not None else ""
     return f"""<!DOCTYPE html>
@@ -605,7 +609,7 @@ class StatusService(Service):
         super().startService()
         self.recorder.start()
         resource = status_resource(self.backend, self._reactor, self.registry, self.recorder)
-        self._events = resource.children.get(b"events")  # type: ignore[attr-defined]
+        self._events = resource.children.get(b"events")
         site = _QuietSite(resource)
         site.displayTracebacks = False
         site.noisy = False

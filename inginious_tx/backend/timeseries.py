@@ -29,7 +29,6 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IJobObserver
-
 from .core import TIME_BUCKETS, Backend
 
 __all__ = [
@@ -163,7 +162,7 @@ def percentile(counts: Sequence[float], q: float) -> Optional[float]:
     rank = q * total
     seen = 0.0
     lower = 0.0
-    for bound, n in zip(TIME_BUCKETS, counts):
+    for bound, n in zip(TIME_BUCKETS, counts, strict=False):  # the overflow bucket: below
         if n and seen + n >= rank:
             return lower + (bound - lower) * (rank - seen) / n
         seen += n
@@ -275,7 +274,7 @@ class History:
                     break
                 counts = self._hist_at(hist, end_tick)
                 before = self._hist_at(hist, start_tick) if start_tick >= 0 else [0.0] * _NB
-                diff = [a - b for a, b in zip(counts, before)]
+                diff = [a - b for a, b in zip(counts, before, strict=True)]
                 for name, q in PERCENTILES:
                     out[name][p] = percentile(diff, q)
                 end_tick = start_tick
@@ -352,9 +351,7 @@ class StatusRecorder:
         self._agents_seen = set(self._backend.agents)
         self._loop = LoopingCall(self.sample)
         self._loop.clock = self._clock
-        self._loop.start(self.interval, now=True).addErrback(
-            lambda f: self.log.failure("status sampling stopped", f)
-        )
+        self._loop.start(self.interval, now=True).addErrback(lambda f: self.log.failure("status sampling stopped", f))
 
     def stop(self) -> None:
         if self._loop is not None and self._loop.running:

@@ -288,6 +288,10 @@ async def test_live_page_history_and_event_stream_over_http(
     await until(lambda: events.events, what="a first event")
     assert events.events[-1]["totals"]["agents"] == 0
 
+    # HEAD answers at once (no stream is opened)
+    head = await within(Agent(reactor).request(b"HEAD", (base + "/events").encode()))
+    assert head.code == 200
+
     # a second stream beyond the limit is refused
     monkeypatch.setattr(status_module._EventStream, "MAX_STREAMS", 1)
     code, _, body = await within(fetch(base + "/events"))

@@ -470,6 +470,11 @@ class _EventStream(Resource):
         request.write(b"retry: 2000\n\n" + (_event(latest) if latest is not None else b""))
         return NOT_DONE_YET
 
+    def render_HEAD(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
+
     def _gone(self, _: Any, request: Any) -> None:
         stream = self._streams.pop(request, None)
         if stream is not None:

@@ -121,6 +121,13 @@ class Options(usage.Options):
             "No authentication; 127.0.0.1 unless an interface is named. [default: none]",
         ],
         [
+            "json-log",
+            None,
+            None,
+            "Also write the log to this file ('-': standard output) as JSON lines, one object per event, "
+            "with an event per job transition (job id, client, agent, environment, result). [default: none]",
+        ],
+        [
             "embedded-slots",
             None,
             None,
@@ -192,6 +199,11 @@ class Options(usage.Options):
                 "--status serves /metrics with prometheus-client, which is not installed: "
                 "pip install 'inginious-tx[metrics]' (or pip install prometheus-client)"
             )
+        if self["json-log"] is not None and self["json-log"] != "-":
+            try:
+                open(self["json-log"], "a").close()
+            except OSError as e:
+                raise usage.UsageError(f"--json-log {self['json-log']!r} cannot be written: {e.strerror}")
         try:
             load_policy(self["policy"])
         except LookupError as e:
@@ -291,10 +303,15 @@ def makeService(options: Any) -> Any:
         from .status import StatusService
 
         extras.append(StatusService(reactor, service.backend, options["status"], fatal=True))
-    if not extras:
+    first: List[IService] = []
+    if options.get("json-log"):
+        from .joblog import JsonLogService
+
+        first.append(JsonLogService(service.backend, options["json-log"]))  # logs from the start to the end
+    if not extras and not first:
         return service
     # The backend, then what serves beside it; twistd stops them all together.
     top = MultiService()
-    for child in (service, *extras):
+    for child in (*first, service, *extras):
         child.setServiceParent(top)
     return top

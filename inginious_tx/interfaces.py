@@ -45,6 +45,16 @@ class IPeer(Interface):
         ``reason`` (str) is logged.  Idempotent.
         """
 
+    def accepted():
+        """The role has accepted this peer's hello (ClientHello / AgentHello).
+
+        Until then the transport treats the peer as a stranger: a small frame
+        limit (``Limits.max_hello_frame``), a deadline to say hello
+        (``Limits.hello_timeout``), and (stream listeners) a place counted
+        against ``Limits.max_pending``.  Called by the backend core once the
+        hello is accepted; idempotent and cheap.
+        """
+
 
 class IMessageSink(Interface):
     """What a transport delivers to: arrivals, messages and departures of peers."""

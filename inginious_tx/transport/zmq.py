@@ -200,6 +200,8 @@ class ZmqPeer:
         self.address = identity
         self.description = f"{listener.description}/{identity.hex()}"
         self.forgotten = False
+        #: True once the role accepted this peer's hello (see :meth:`accepted`).
+        self.is_accepted = False
 
     def send(self, message: Any) -> None:
         data = message.dump()
@@ -210,6 +212,10 @@ class ZmqPeer:
 
     def disconnect(self, reason: str = "disconnected") -> None:
         self._listener._forget(self, reason)
+
+    def accepted(self) -> None:
+        """Lift the pre-hello frame limit for this identity."""
+        self.is_accepted = True
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ZmqPeer):
@@ -394,6 +400,9 @@ class ZmqServerPeer:
         """Drop the current link; like :meth:`ZmqConnection.reconnect` (use ``stop`` to end for good)."""
         log.info("dropping the link to {peer}: {reason}", peer=self.description, reason=reason)
         self._connection.reconnect()
+
+    def accepted(self) -> None:
+        """Nothing to lift: a connecting side trusts the server it chose."""
 
     def __repr__(self) -> str:
         return f"<ZmqServerPeer {self.description}>"

@@ -70,7 +70,9 @@ class IMessageSink(Interface):
     def peer_disconnected(peer, reason):
         """``peer`` is gone for certain (its stream connection closed).
 
-        ZeroMQ listeners never call this: heartbeats decide there."""
+        ZeroMQ listeners call this only when they know a session is over
+        (its routing id is used by a new connection, a send found it
+        unconnected, or it never said hello in time): heartbeats decide the rest."""
 
 
 class IRejectionObserver(Interface):

@@ -360,10 +360,10 @@ class StreamListener:
         if reactor is None:
             from twisted.internet import reactor as _global
 
-            reactor = _global  # type: ignore[assignment]
+            reactor = _global
         self.description = endpoint
         self.connect_endpoint = endpoint
-        self._reactor: IReactorTime = reactor  # type: ignore[assignment]
+        self._reactor: IReactorTime = reactor
         self._kind = endpoint.partition(":")[0]
         self._sink = sink
         self._limits = limits

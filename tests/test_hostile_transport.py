@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import time
@@ -38,10 +39,13 @@ from inginious_tx.messages import (
     ClientHello,
     ClientKillJob,
     MessageMeta,
+    Ping,
     Unknown,
 )
 from inginious_tx.testing import MemoryTransport, RecordingSink
 from inginious_tx.transport import Limits
+from inginious_tx.transport.zmq import ZmqTransport
+from faults_support import Lab, closed_by_peer, raw_tcp
 from subprocess_env import child_env
 
 
@@ -296,10 +300,11 @@ from inginious_tx.messages import Ping
 from inginious_tx.testing import RecordingSink
 from inginious_tx.transport import Limits
 from inginious_tx.transport.zmq import ZmqTransport
+from inginious_tx.transport.zmq import ZmqTransport
 
 async def main(reactor):
     sink = RecordingSink()
-    listener = await ZmqTransport().listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits())
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits())
     dealer = zmq.Context().socket(zmq.DEALER)
     dealer.connect(listener.connect_endpoint[4:])
     dealer.send(Ping().dump())
@@ -324,3 +329,130 @@ def test_the_first_assigned_routing_id_of_a_fresh_backend_is_not_predictable() -
     ]
     assert all(len(i) == 10 and i.startswith("00") for i in ids), ids
     assert len(set(ids)) == 3 and "006b8b4567" not in ids, ids
+
+
+# ---------------------------------------------------------------------------
+# Finding 5: stream connections that never say hello
+# ---------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def test_never_hello_stream_connections_cost_little_and_are_closed() -> None:
+    """A real ``twistd inginious-backend`` (64 MiB frames allowed): 30 connections that each
+    announce a 60 MiB frame and send 4 MiB of it are closed at once and its peak memory stays
+    near its baseline; connections that say nothing are closed after ``--hello-timeout``; one
+    beyond ``--max-pending`` is closed at once; an honest client is served all along.
+
+    On main each of the 30 was buffered (about 120 MB more at the peak) and kept open, idle
+    ones were never closed, and there was no cap."""
+    with Lab() as lab:
+        clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
+        backend = lab.backend(
+            clients, agents, "--max-frame", str(64 * MiB), "--hello-timeout", "2", "--max-pending", "30"
+        )
+        endpoint = clients.connect["tcp"]
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        honest = lab.client("honest", endpoint)
+        lab.wait(honest.ready(), 30, "the honest client's hello to be answered")
+        baseline = backend.memory()["VmHWM"]
+
+        # 30 connections, each a 60 MiB frame header and 4 MiB of its payload.
+        flood = [raw_tcp(endpoint) for _ in range(30)]
+        chunk = b"\0" * MiB
+        for s in flood:
+            try:
+                s.sendall(struct.pack(">I", 60 * MiB))
+                for _ in range(4):
+                    s.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed by the backend already: what we want
+        assert all(closed_by_peer(s, 10) for s in flood)
+        grown = backend.memory()["VmHWM"] - baseline
+        assert grown < 24 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
+        assert backend.has("before an accepted hello exceeds the maximum of 65536 bytes")
+
+        # 30 connections that say nothing fill --max-pending: the next one is closed at once.
+        idle = [raw_tcp(endpoint) for _ in range(30)]
+        extra = raw_tcp(endpoint)
+        started = time.monotonic()
+        assert closed_by_peer(extra, 5)
+        assert time.monotonic() - started < 1.9  # before the hello deadline: refused, not timed out
+        assert not closed_by_peer(idle[0], 0.1)
+        lab.wait(lambda: backend.count("refused 1 connection(s)") > 0, 10, "the refusal to be logged")
+        # ... and every idle one is closed once the hello deadline passes.
+        assert all(closed_by_peer(s, 10) for s in idle)
+        assert time.monotonic() - started >= 1.5
+        assert backend.has("no accepted hello within 2 s")
+
+        # The honest client, connected for longer than the deadline, is still served.
+        [job] = honest.submit(["honest-1"])
+        lab.wait(honest.answered([job]), 30, "the honest job's result")
+        assert honest.results[job][0]["type"] == "success", honest.results[job]
+        assert honest.ready_count == 1  # one hello: its connection was never cut
+        for s in [*flood, *idle, extra]:
+            s.close()
+
+
+# ---------------------------------------------------------------------------
+# ZeroMQ strangers: large frames before hello, routing ids by the hundred
+# ---------------------------------------------------------------------------
+
+
+_zmq = ZmqTransport()
+
+
+class HelloSink(RecordingSink):
+    """Accepts a peer when it says ClientHello, as the backend core does."""
+
+    def message_received(self, peer: IPeer, message: Any) -> None:
+        if type(message) is ClientHello:
+            peer.accepted()
+        super().message_received(peer, message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_zmq_frames_over_the_hello_limit_from_strangers_are_dropped(
+    raw_context: Any, closers: list, until: Any, within: Any, log_events: Any
+) -> None:
+    from twisted.internet import reactor
+
+    sink = HelloSink()
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(max_hello_frame=64 * 1024))
+    closers.append(listener.stop)
+    big = new_job("big", inputdata={"blob": "x" * MiB})
+    peer = RawPeer(raw_context, listener)
+    peer.send(big, Ping())
+    await until(lambda: sink.messages, what="the ping")
+    assert [type(m) for _, m in sink.messages] == [Ping]  # the 1 MiB job was dropped
+    assert log_events.has("dropped 1 message(s) over 65536 bytes from peers that have not said hello")
+    peer.send(ClientHello("me"), big)
+    await until(lambda: len(sink.messages) == 3, what="the job after hello")
+    assert sink.messages[2][1] == big
+
+
+@pytest_twisted.ensureDeferred
+async def test_zmq_strangers_are_bounded(raw_context: Any, closers: list, until: Any, within: Any) -> None:
+    """300 routing ids that never say hello: at most max_pending sessions are kept; the
+    evicted ones are reported gone (on main every one was kept forever)."""
+    from twisted.internet import reactor
+
+    sink = HelloSink()
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(max_pending=50))
+    closers.append(listener.stop)
+    honest = RawPeer(raw_context, listener)
+    honest.send(ClientHello("honest"))
+    await until(lambda: sink.messages, what="the honest hello")
+    dealers = []
+    for i in range(300):
+        dealer = RawPeer(raw_context, listener, b"stranger-%d" % i)
+        dealer.send(Ping())
+        dealers.append(dealer)
+    await until(lambda: len(sink.messages) == 301, timeout=20, what="every stranger's ping")
+    assert len(listener.peers) == 51  # 50 strangers and the honest peer
+    assert len(sink.disconnected) == 250
+    assert all("no accepted hello" in reason for _, reason in sink.disconnected)
+    assert sink.messages[0][0] in listener.peers.values()
+    for dealer in dealers:
+        dealer.close()

@@ -300,11 +300,10 @@ from inginious_tx.messages import Ping
 from inginious_tx.testing import RecordingSink
 from inginious_tx.transport import Limits
 from inginious_tx.transport.zmq import ZmqTransport
-from inginious_tx.transport.zmq import ZmqTransport
 
 async def main(reactor):
     sink = RecordingSink()
-    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits())
+    listener = await ZmqTransport().listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits())
     dealer = zmq.Context().socket(zmq.DEALER)
     dealer.connect(listener.connect_endpoint[4:])
     dealer.send(Ping().dump())

@@ -15,7 +15,8 @@ from typing import Any, List
 from twisted.python import usage
 
 from .._options import at_least_one, count, limit, positive_float
-from ..transport import DEFAULT_MAX_FRAME, Limits, check_separate_credentials
+from ..transport import DEFAULT_MAX_FRAME, check_separate_credentials
+from ..transport.options import LISTENER_OPTIONS, limits_from
 from .core import BackendSettings
 from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
 
@@ -148,7 +149,7 @@ class Options(usage.Options):
             "Seconds after which a silent client with no job is forgotten (it must say hello again).",
             positive_float,
         ],
-    ]
+    ] + LISTENER_OPTIONS
 
     def __init__(self) -> None:
         super().__init__()
@@ -220,7 +221,7 @@ class Options(usage.Options):
             client_silence_timeout=self["client-silence-timeout"],
             client_idle_timeout=self["client-idle-timeout"],
         )
-        self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
+        self["limits"] = limits_from(self)
 
     def _check_embedded(self) -> None:
         """Settle the embedded agent's tasks folder and slots (or refuse them with --agents)."""

@@ -24,7 +24,8 @@ from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
 from ..transport import Limits
 from .result import JobResult
-from .task import OutputLimits, _cap
+from .feedback import OutputLimits, cap_text
+from .limits import DEFAULT_MAXIMA, JobMaxima
 
 __all__ = ["Agent"]
 
@@ -53,7 +54,9 @@ class Agent(Service):
     the agent answers ``killed`` itself.  ``result_limits``: the archive,
     stdout and stderr caps applied to every result, whatever the agent
     backend already did (a larger archive makes the result an ``error``;
-    stdout/stderr are cut with a marker).
+    stdout/stderr are cut with a marker).  ``maxima``: the operator's
+    :class:`~inginious_tx.agent.limits.JobMaxima`, applied to every job
+    before the backend sees it (over them a job is capped or refused).
     """
 
     log = Logger()
@@ -73,6 +76,7 @@ class Agent(Service):
         hello_retry: float = 5.0,
         stop_grace: float = 10.0,
         result_limits: Optional[OutputLimits] = None,
+        maxima: JobMaxima = DEFAULT_MAXIMA,
     ) -> None:
         if slots < 1:
             raise ValueError("an agent needs at least one slot")
@@ -88,6 +92,7 @@ class Agent(Service):
         self._hello_retry = hello_retry
         self._stop_grace = stop_grace
         self._result_limits = result_limits if result_limits is not None else OutputLimits()
+        self.maxima = maxima
         self._connection: Optional[IConnection] = None
         self._peer: Optional[IPeer] = None
         self._silence_call: Optional[IDelayedCall] = None
@@ -172,6 +177,8 @@ class Agent(Service):
             self._send_result(job_id, JobResult.crash(f"job {job_id[1]!r} is already running on this agent"))
             return
         refusal = self._refusal(message)
+        if refusal is None:
+            refusal, message = self.maxima.apply(message)  # the operator's maxima, for every backend
         if refusal is not None:
             self.log.warn("refusing job {job_id}: {why}", job_id=job_id, why=refusal)
             self._send_result(job_id, JobResult.crash(refusal))
@@ -300,9 +307,9 @@ class Agent(Service):
         limits = self._result_limits
         out, err = result.stdout, result.stderr
         if out is not None and len(out) > limits.max_stdout // 4:  # a character is at most 4 bytes
-            out = _cap(out, limits.max_stdout)
+            out = cap_text(out, limits.max_stdout)
         if err is not None and len(err) > limits.max_stderr // 4:
-            err = _cap(err, limits.max_stderr)
+            err = cap_text(err, limits.max_stderr)
         archive = result.archive
         if archive is not None and len(archive) > limits.max_archive:
             text = f"the job's archive is too large: {len(archive)} bytes > limit {limits.max_archive}"

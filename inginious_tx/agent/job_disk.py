@@ -15,7 +15,9 @@ container's memory cgroup, with the local backend to the job's.  Without
 root (or where ``mount`` is refused) the agent cannot do this: it logs it
 once and the job folder is a plain folder on the agent's disk, bounded only by
 ``RLIMIT_FSIZE`` per file (local backend); operators who need the bound run
-the agent as root or give ``work_dir`` a filesystem of its own.
+the agent as root or give ``work_dir`` a filesystem of its own.  A root agent
+whose ``mount`` is refused (a container without ``CAP_SYS_ADMIN``) answers
+every job ``crash`` saying so, until its operator chooses ``job_disk_mb=0``.
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ def mount_job_disk(path: str, size_mb: int, uid: int = 0, gid: int = 0) -> None:
     options = f"size={int(size_mb)}m,nr_inodes={inodes},mode=0755,uid={uid},gid={gid}".encode()
     if _c().mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"cannot mount a tmpfs on {path}: {os.strerror(err)}")
+        raise OSError(
+            err,
+            f"cannot mount a tmpfs on {path}: {os.strerror(err)} (the job's disk cannot be bounded here; "
+            "the agent option job_disk_mb=0 runs jobs without a bound)",
+        )
 
 
 def unmount_job_disk(path: str) -> bool:

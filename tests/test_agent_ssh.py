@@ -22,6 +22,7 @@ from zope.interface.verify import verifyObject
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.debug import IDebugSandbox, ISSHDebugBackend
 from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
+from inginious_tx.agent.limits import JobMaxima
 from inginious_tx.agent.local import LocalBackend
 from inginious_tx.agent.result import AgentConfig
 from inginious_tx.agent.ssh import SSHDebugServer, load_host_key
@@ -90,7 +91,7 @@ class _Rig:
         await self.mem.listen(reactor, "mem:agents", self.sink)
         self.agent = Agent(
             reactor, self.backend, "ssh-agent", 4, "mem:agents", transport=self.mem, silence_timeout=120,
-            ssh_debug=self.server,
+            ssh_debug=self.server, maxima=JobMaxima(allow_run_cmd=True),
         )  # fmt: skip
         self.agent.startService()
         await until(lambda: self.of(AgentHello), 15, "the agent's hello")
@@ -151,7 +152,8 @@ async def test_ssh_debug_session(rig: _Rig, until: Any) -> None:
     await rig.start(until)
     try:
         rig.send(_job("dbg-1", WAITING))
-        await until(lambda: rig.of(AgentJobSSHDebug), 30, "the ssh debug message")
+        await until(lambda: rig.of(AgentJobSSHDebug) or rig.of(AgentJobDone), 30, "the ssh debug message")
+        assert rig.of(AgentJobSSHDebug), [m for _, m in rig.sink.messages]
         dbg = rig.of(AgentJobSSHDebug)[0]
         assert dbg.job_id == (b"ssh-client", "dbg-1")
         assert (dbg.host, dbg.port) == ("127.0.0.1", rig.server.port)

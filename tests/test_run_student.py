@@ -168,7 +168,9 @@ nc -l -p 5555 > "$TMPDIR/got" &
 listener=$!
 run_student sh -c 'echo no | nc -w 1 127.0.0.1 5555' 2>/dev/null; feedback-custom apart $?
 i=0
-until run_student --share-network sh -c 'echo hi | nc -w 1 127.0.0.1 5555' 2>/dev/null || [ $i -ge 4 ]; do i=$((i + 1)); done
+until run_student --share-network sh -c 'echo hi | nc -w 1 127.0.0.1 5555' 2>/dev/null || [ $i -ge 4 ]; do
+    i=$((i + 1))
+done
 kill $listener 2>/dev/null
 wait $listener
 feedback-custom got "$(cat "$TMPDIR/got")"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, List
 
-from .task import JobFolder
+from .job_folder import JobFolder
 
 __all__ = ["TASK_MOUNT", "ARCHIVE_MOUNT", "inginious_mounts"]
 

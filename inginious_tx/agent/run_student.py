@@ -54,7 +54,7 @@ from twisted.logger import Logger
 from zope.interface import Interface
 
 from ..messages import BackendNewJob
-from .task import JobFolder
+from .job_folder import JobFolder
 
 __all__ = [
     "EXCHANGE",

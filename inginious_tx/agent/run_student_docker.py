@@ -17,7 +17,9 @@ no-new-privileges, read-only root, init, pids limit), and:
   (so the grader may talk to it over loopback), which has a network only if
   the job has one;
 - **limits**: the request's (at most the job's) memory without swap, CPU time
-  (checked through the engine's statistics) and wall-clock time.
+  (checked through the engine's statistics) and wall-clock time.  Under a
+  runtime other than runc (gVisor), a SIGKILL the agent did not send counts as
+  out of memory (252): the engine does not always flag gVisor's OOM kills.
 
 The working directory is the caller's when it is the task folder or inside
 ``student/`` (the task folder then holds nothing but ``student/``), else
@@ -32,8 +34,8 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succe
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .job_folder import DEFAULT_PATH, JobFolder
 from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, IStudentLauncher, StudentOutcome, StudentRequest
-from .task import DEFAULT_PATH, JobFolder
 
 __all__ = ["DockerStudentLauncher", "LABEL_STUDENT", "STDIN_MOUNT"]
 
@@ -140,7 +142,7 @@ class DockerStudentLauncher:
             out, err, oom = await b._call(b._thd_guard, _thd_output, cid, b._limits)
             if timed_out:
                 code = EXIT_TIMEOUT
-            elif oom:
+            elif oom or (status == 137 and self._sigkill_is_oom()):
                 code = EXIT_OOM
             elif self._stopping:
                 code = EXIT_FAILED
@@ -157,6 +159,15 @@ class DockerStudentLauncher:
                     await b._call(b._thd_guard, b._thd_remove, cid)
                 except Exception:
                     b._orphans.add(cid)
+
+    def _sigkill_is_oom(self) -> bool:
+        """Under a runtime other than runc, a SIGKILL the agent did not send is the memory limit's.
+
+        gVisor's sandbox is killed as a whole when its memory cgroup is full, and
+        the engine does not always flag that as an OOM kill.
+        """
+        runtime = self._backend._runtimes.get(self._folder.job.environment)
+        return runtime not in (None, "runc") and not self._stopping
 
     async def _supervise(self, cid: str, request: StudentRequest, timed_out: List[str]) -> int:
         b = self._backend

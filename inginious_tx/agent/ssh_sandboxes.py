@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from zope.interface import implementer
 
 from .debug import IDebugSandbox, ShellCommand
-from .task import JobFolder
+from .job_folder import JobFolder
 
 __all__ = ["DockerSandbox", "LocalSandbox"]
 
@@ -59,9 +59,11 @@ class LocalSandbox:
     the local backend's jobs see of the host (see :mod:`.local`).
     """
 
-    def __init__(self, folder: JobFolder, env: Dict[str, str]) -> None:
+    def __init__(self, folder: JobFolder, env: Dict[str, str], user: Optional[Tuple[int, int]] = None) -> None:
         self.folder = folder
         self.env = env
+        #: (uid, gid) the job runs as; None: the agent's own
+        self.user = user
 
     def command(self, command: Optional[str], tty: bool, term: str) -> ShellCommand:
         env = dict(self.env)
@@ -72,4 +74,5 @@ class LocalSandbox:
             setsid = shutil.which("setsid")
             # its own process group, so that the end of the job ends all of it
             argv = ([setsid] if setsid else []) + ["/bin/sh", "-c", command]
-        return ShellCommand(argv, env, self.folder.task_dir)
+        uid, gid = self.user if self.user else (None, None)
+        return ShellCommand(argv, env, self.folder.task_dir, uid, gid)

@@ -19,6 +19,7 @@ from test_agent_docker_runtimes import require_runtime
 from twisted.internet.defer import gatherResults
 
 from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
+from inginious_tx.agent.local import LocalBackend
 from inginious_tx.agent.result import AgentConfig, JobResult
 from inginious_tx.agent.run_student import limits_for
 from inginious_tx.messages import BackendNewJob
@@ -44,7 +45,9 @@ attack() {
 attack </dev/null >/dev/null 2>&1 &
 ( setsid sh -c 'while :; do printf success > /job/feedback/result 2>/dev/null; done' & ) </dev/null >/dev/null 2>&1
 seen=""
-for p in /job/feedback /job/input /job/archive /job/task/run /job/.run_student /inginious/helpers /task/run; do
+for p in /job/feedback /job/input /job/archive /job/task/run /job/.run_student /inginious/helpers /task/run \
+         "$INGINIOUS_STUDENT/../../feedback" "$INGINIOUS_STUDENT/../../input" "$INGINIOUS_STUDENT/../run" \
+         "$INGINIOUS_STUDENT/../../.run_student"; do
     [ -e "$p" ] && seen="$seen $p"
 done
 echo "seen:${seen:- none}" >&2
@@ -83,19 +86,39 @@ def tasks_dir(tmp_path_factory: Any) -> str:
     return root
 
 
-@pytest.fixture(params=["runc", "runsc"])
+@pytest.fixture(params=["runc", "runsc", "local"])
 def backend(request: Any, tasks_dir: str, tmp_path: Any) -> Any:
-    require_runtime(request.param)
     work = str(tmp_path / "work")
-    opts: Dict[str, Any] = {"work_dir": work, "poll_interval": 0.2}
-    envs = [f"default={TEST_IMAGE},runtime={request.param}"]
-    b = DockerBackend(_reactor(), AgentConfig(tasks_dir, envs, 4, opts))
-    yield b
-    pytest_twisted.blockon(b.close())
-    leftovers = containers_labelled(LABEL_AGENT, b.instance_id)
-    remove_containers(leftovers)
-    assert leftovers == [], "a container was left behind"
+    if request.param == "local":
+        if os.geteuid() != 0:
+            pytest.skip("run_student under the local backend is tested as root (a separate student user)")
+        b: Any = LocalBackend(_reactor(), AgentConfig(tasks_dir, ["default"], 4, {"work_dir": work}))
+        yield b
+        pytest_twisted.blockon(b.close())
+        left = [p for p in os.listdir("/proc") if p.isdigit() and _owned_by(p, 4243)]
+        assert left == [], "a process of the student's user was left behind"
+    else:
+        require_runtime(request.param)
+        opts: Dict[str, Any] = {"work_dir": work, "poll_interval": 0.2}
+        envs = [f"default={TEST_IMAGE},runtime={request.param}"]
+        b = DockerBackend(_reactor(), AgentConfig(tasks_dir, envs, 4, opts))
+        yield b
+        pytest_twisted.blockon(b.close())
+        leftovers = containers_labelled(LABEL_AGENT, b.instance_id)
+        remove_containers(leftovers)
+        assert leftovers == [], "a container was left behind"
     assert not os.path.exists(work) or os.listdir(work) == [], "a job folder was left behind"
+
+
+def _owned_by(pid: str, uid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid == uid
+    except OSError:
+        return False
+
+
+def _runtime(backend: Any) -> str:
+    return "local" if isinstance(backend, LocalBackend) else str(backend._runtimes["default"])
 
 
 async def _run(backend: DockerBackend, job: BackendNewJob, timeout: float = 90) -> JobResult:
@@ -116,7 +139,7 @@ async def test_hostile_student_cannot_change_the_verdict(backend: DockerBackend)
         assert r.custom["out"] == "HELLO" and r.custom["code"] == "3", r.custom
         err = r.custom["err"]
         assert "seen: none" in err, err
-        assert "pwd: /job/task\n" in err and "student writable" in err, err
+        assert "/task\n" in err.split("pwd: ", 1)[1] and "student writable" in err, err
 
 
 @pytest_twisted.ensureDeferred
@@ -163,12 +186,12 @@ feedback-result success
 async def test_network_only_when_shared(backend: DockerBackend) -> None:
     """No network at all by default; --share-network: the grader's (here: its loopback)."""
     cmd = r"""
-feedback-custom alone "$(run_student sh -c 'ip -o link | wc -l')"
-nc -l -p 5555 > "$TMPDIR/got" &
+feedback-custom alone "$(run_student sh -c 'busybox ip -o link | wc -l')"
+busybox nc -l -p 5555 > "$TMPDIR/got" &
 listener=$!
-run_student sh -c 'echo no | nc -w 1 127.0.0.1 5555' 2>/dev/null; feedback-custom apart $?
+run_student sh -c 'echo no | busybox nc -w 1 127.0.0.1 5555' 2>/dev/null; feedback-custom apart $?
 i=0
-until run_student --share-network sh -c 'echo hi | nc -w 1 127.0.0.1 5555' 2>/dev/null || [ $i -ge 4 ]; do
+until run_student --share-network sh -c 'echo hi | busybox nc -w 1 127.0.0.1 5555' 2>/dev/null || [ $i -ge 4 ]; do
     i=$((i + 1))
 done
 kill $listener 2>/dev/null
@@ -180,7 +203,7 @@ feedback-result success
     assert r.result == "success", r
     assert r.custom["alone"] == "1", "more than the loopback interface"
     assert r.custom["apart"] != "0", "the student's container reached the grader without --share-network"
-    if backend._runtimes["default"] == "runsc":
+    if _runtime(backend) == "runsc":
         # each gVisor sandbox has its own network stack (and --network=none): nothing is shared
         assert r.custom["got"] == ""
     else:

@@ -66,7 +66,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet import threads
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
@@ -81,12 +81,18 @@ from ._cgroup import CgroupSupport, JobCgroup, JobStats
 from .debug import ISSHDebugBackend
 from .feedback import OutputLimits, collect_result
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
-from .job_folder import DEFAULT_PATH, JobFolder, TaskError, prepare_job, remove_job
+from .job_folder import DEFAULT_PATH, JobFolder, TaskError, prepare_job, remove_job, remove_job_path
 from .mock import environment_names
 from .result import AgentConfig, JobResult
+from .run_student import ENV_VAR as RUN_STUDENT_ENV
+from .run_student import EXCHANGE, StudentService, make_exchange
+from .run_student_local import DEFAULT_STUDENT_USER, LocalStudentLauncher
 from .ssh_sandboxes import LocalSandbox
 
 __all__ = ["LocalBackend"]
+
+#: Beside each job folder: the agent's private copies of run_student's standard inputs.
+STDIN_SUFFIX = ".stdin"
 
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox.py")
 _TRUE = ("1", "true", "yes", "on")
@@ -221,6 +227,8 @@ class _LocalJob:
     done: Deferred = field(default_factory=Deferred)
     #: fires with True once the job's process runs, or None if the job ends before (ssh debug)
     up: Deferred = field(default_factory=Deferred)
+    #: serves the job's run_student calls while it runs
+    students: Any = None
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -258,6 +266,9 @@ class LocalBackend:
         self._keep_jobs = str(opts.get("keep_jobs", "")).lower() in _TRUE
         #: who jobs run as (None: the agent's own user, which is not root)
         self.job_user = job_user(opts.get("user"))
+        #: the user run_student's commands run as (root agents only; see .run_student_local)
+        default_student = "{}:{}".format(*DEFAULT_STUDENT_USER) if os.geteuid() == 0 else None
+        self.student_user = job_user(opts.get("student_user") or default_student)
         self._disk_mb = _option(opts, "job_disk_mb", DEFAULT_DISK_MB, int)
         if self._disk_mb < 0:
             raise ValueError("job_disk_mb is a size in MB (0: no tmpfs)")
@@ -353,6 +364,10 @@ class LocalBackend:
         state.folder = prepare_job(
             self._tasks_dir, state.job, self._work_root, disk_mb=self._disk_mb, owner=self.job_user
         )
+        exchange = make_exchange(state.folder)
+        if self.job_user:
+            os.chown(exchange, *self.job_user)
+        os.mkdir(state.folder.root + STDIN_SUFFIX, 0o700)
         if support is not None and support.places:
             mem = state.job.mem_limit << 20 if state.job.mem_limit > 0 else None
             state.cgroup = support.create(state.name, mem, self._max_processes)
@@ -388,6 +403,7 @@ class LocalBackend:
             "job_root": folder.root,
         }
         env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
+        env[RUN_STUDENT_ENV] = os.path.join(folder.root, EXCHANGE)
         proto = _SandboxProtocol(self._reactor, self.limits.max_stdout, self.limits.max_stderr)
         state.proto = proto
         self._reactor.spawnProcess(
@@ -408,6 +424,11 @@ class LocalBackend:
         state.monitor.start(self._poll_interval, now=False)
         proto.ended.addCallback(lambda _: self._ended(state))
         state.up.callback(True)
+        state.students = StudentService(
+            self._reactor, env[RUN_STUDENT_ENV], folder.root + STDIN_SUFFIX, job,
+            LocalStudentLauncher(self, state, self.student_user), self._thread,
+        )  # fmt: skip
+        state.students.start()
         return proto.ended
 
     def _ended(self, state: _LocalJob) -> None:
@@ -564,10 +585,14 @@ class LocalBackend:
             if state.cgroup is not None:
                 state.cgroup.kill_all()
                 state.cgroup.remove()
+            if state.folder is not None:
+                remove_job_path(state.folder.root + STDIN_SUFFIX)
             if state.folder is not None and not self._keep_jobs:
                 remove_job(state.folder)
 
-        d = self._thread(thd_cleanup)
+        d = maybeDeferred(state.students.stop) if state.students is not None else succeed(None)
+        d.addErrback(lambda f: self.log.failure("stopping run_student of job {name} failed", f, name=state.name))
+        d.addCallback(lambda _: self._thread(thd_cleanup))
         d.addErrback(lambda f: self.log.failure("cleaning up job {name} failed", f, name=state.name))
 
         def finished(_: Any) -> Any:

@@ -25,7 +25,8 @@ from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob
 from ..transport import Limits
 from .dialect import edge_for, environment_type_for
 from .result import JobResult
-from .task import OutputLimits, _cap
+from .feedback import OutputLimits, cap_text
+from .limits import DEFAULT_MAXIMA, JobMaxima
 
 __all__ = ["Agent"]
 
@@ -58,6 +59,9 @@ class Agent(Service):
     ``"0.9"``, what the backend speaks (see :mod:`inginious_tx.agent.dialect`);
     ``environment_type``: the 0.9 type the environments are announced under
     (default: ``docker`` for the docker kind, else the kind's name).
+    ``maxima``: the operator's
+    :class:`~inginious_tx.agent.limits.JobMaxima`, applied to every job
+    before the backend sees it (over them a job is capped or refused).
     """
 
     log = Logger()
@@ -79,6 +83,7 @@ class Agent(Service):
         result_limits: Optional[OutputLimits] = None,
         dialect: str = "0.6",
         environment_type: Optional[str] = None,
+        maxima: JobMaxima = DEFAULT_MAXIMA,
     ) -> None:
         if slots < 1:
             raise ValueError("an agent needs at least one slot")
@@ -97,6 +102,7 @@ class Agent(Service):
         self._hello_retry = hello_retry
         self._stop_grace = stop_grace
         self._result_limits = result_limits if result_limits is not None else OutputLimits()
+        self.maxima = maxima
         self._connection: Optional[IConnection] = None
         self._peer: Optional[IPeer] = None
         self._silence_call: Optional[IDelayedCall] = None
@@ -186,6 +192,8 @@ class Agent(Service):
             self._send_result(job_id, JobResult.crash(f"job {job_id[1]!r} is already running on this agent"))
             return
         refusal = self._refusal(message)
+        if refusal is None:
+            refusal, message = self.maxima.apply(message)  # the operator's maxima, for every backend
         if refusal is not None:
             self.log.warn("refusing job {job_id}: {why}", job_id=job_id, why=refusal)
             self._send_result(job_id, JobResult.crash(refusal))
@@ -314,9 +322,9 @@ class Agent(Service):
         limits = self._result_limits
         out, err = result.stdout, result.stderr
         if out is not None and len(out) > limits.max_stdout // 4:  # a character is at most 4 bytes
-            out = _cap(out, limits.max_stdout)
+            out = cap_text(out, limits.max_stdout)
         if err is not None and len(err) > limits.max_stderr // 4:
-            err = _cap(err, limits.max_stderr)
+            err = cap_text(err, limits.max_stderr)
         archive = result.archive
         if archive is not None and len(archive) > limits.max_archive:
             text = f"the job's archive is too large: {len(archive)} bytes > limit {limits.max_archive}"

@@ -19,8 +19,9 @@ from twisted.python import usage
 from .._options import at_least_one, positive_float
 from ..plugin import PluginError, available, load
 from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
+from .feedback import OutputLimits
+from .limits import DEFAULT_MAXIMA, JobMaxima
 from .result import AgentConfig
-from .task import OutputLimits
 
 __all__ = ["Options", "makeService", "GROUP", "DEFAULT_KIND"]
 
@@ -61,6 +62,12 @@ class Options(usage.Options):
 
     optFlags = [
         ["list-kinds", None, "Print the installed agent backends (--kind values) and exit."],
+        ["allow-network", None, "Give jobs the network when they ask for it (else such jobs are answered 'crash')."],
+        [
+            "allow-run-cmd",
+            None,
+            "Run a job's own command (run_cmd) instead of its task's run file (else such jobs are answered 'crash').",
+        ],
     ]
 
     optParameters = [
@@ -96,6 +103,27 @@ class Options(usage.Options):
             None,
             _OUTPUT.max_archive,
             "Largest archive a job may send back, in bytes; a larger one makes the result an 'error'.",
+            at_least_one,
+        ],
+        [
+            "max-time",
+            None,
+            DEFAULT_MAXIMA.max_time,
+            "Most CPU seconds a job gets; a job asking for more (or for no limit) gets this.",
+            at_least_one,
+        ],
+        [
+            "max-hard-time",
+            None,
+            DEFAULT_MAXIMA.max_hard_time,
+            "Most wall-clock seconds a job gets; a job asking for more (or for no limit) gets this.",
+            at_least_one,
+        ],
+        [
+            "max-memory",
+            None,
+            DEFAULT_MAXIMA.max_memory,
+            "Most memory a job gets, in MB; a job asking for more (or for no limit) gets this.",
             at_least_one,
         ],
         ["max-stdout", None, _OUTPUT.max_stdout, "Bytes of a job's stdout sent back (the rest is cut).", at_least_one],
@@ -175,6 +203,13 @@ class Options(usage.Options):
         self["result_limits"] = replace(
             _OUTPUT, max_archive=self["max-archive"], max_stdout=self["max-stdout"], max_stderr=self["max-stderr"]
         )
+        self["maxima"] = JobMaxima(
+            max_time=self["max-time"],
+            max_hard_time=self["max-hard-time"],
+            max_memory=self["max-memory"],
+            allow_network=bool(self["allow-network"]),
+            allow_run_cmd=bool(self["allow-run-cmd"]),
+        )
         self["config"] = AgentConfig(
             tasks_dir=os.path.abspath(self["tasks"]) if self["tasks"] else None,
             environments=list(self["environments"]),
@@ -205,4 +240,5 @@ def makeService(options: Dict[str, Any]) -> Any:
         result_limits=options["result_limits"],
         dialect=options["dialect"],
         environment_type=options["environment-type"],
+        maxima=options["maxima"],
     )

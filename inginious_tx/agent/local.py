@@ -46,7 +46,9 @@ Options (``--option KEY=VALUE``): ``work_dir``, ``user``, ``job_disk_mb``, ``net
 (``required``/``best-effort``), ``pid_namespace`` (``auto``/``off``),
 ``cgroups`` (``auto``/``off``), ``max_processes``, ``max_file_size_mb``,
 ``max_time`` (s, when a job has no time limit), ``kill_grace`` (s),
-``poll_interval`` (s), ``keep_jobs`` (keep job folders, for debugging).
+``poll_interval`` (s), ``keep_jobs`` (keep job folders, for debugging),
+``student_user`` (the user run_student's commands run as when the agent is
+root, default ``4243:4243``; see :mod:`.run_student_local`).
 
 Environments are names only (``--environment NAME``, default ``default``):
 they all run on this host.

@@ -173,6 +173,12 @@ def _parse_user(value: Any) -> Tuple[str, Optional[Tuple[int, int]]]:
     return text, None
 
 
+def _remove_paths(*paths: str) -> None:
+    """Remove folders (blocking), in one thread call."""
+    for path in paths:
+        remove_job_path(path)
+
+
 def _flag(value: Any) -> bool:
     """A boolean option, given as a bool or as text (``--option init=false``)."""
     if isinstance(value, str):
@@ -617,8 +623,7 @@ class DockerBackend:
                 )
         if folder is not None:
             try:
-                await self._call(remove_job_path, folder.root + STDIN_SUFFIX)
-                await self._call(remove_job_path, folder.root)
+                await self._call(_remove_paths, folder.root + STDIN_SUFFIX, folder.root)
             except Exception:
                 self.log.failure("docker backend: cannot remove job folder {root}", root=folder.root)
 

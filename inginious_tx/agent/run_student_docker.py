@@ -155,10 +155,11 @@ class DockerStudentLauncher:
         finally:
             self._live.pop(request.rid, None)
             if cid is not None:
-                try:
-                    await b._call(b._thd_guard, b._thd_remove, cid)
-                except Exception:
-                    b._orphans.add(cid)
+                # off the grader's critical path: it gets its answer first; stop() waits for this
+                removal = b._call(b._thd_guard, b._thd_remove, cid)
+                removal.addErrback(lambda f, cid=cid: b._orphans.add(cid))
+                self._waits.append(removal)
+                removal.addBoth(lambda r, d=removal: self._waits.remove(d))
 
     def _sigkill_is_oom(self) -> bool:
         """Under a runtime other than runc, a SIGKILL the agent did not send is the memory limit's.

@@ -293,7 +293,9 @@ async def test_every_kind_refuses_run_cmd_and_caps_limits(within: Any) -> None:
     unlimited = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 0, None, 0, False, None)
     assert (maxima.capped(unlimited).time_limit, maxima.capped(unlimited).hard_time_limit) == (10, 20)
     small = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 2, None, 32, False, None)
-    assert maxima.capped(small).hard_time_limit == 6 and maxima.capped(small).mem_limit == 32
+    assert maxima.capped(small) is small  # within the maxima: untouched (an unset hard limit stays 3 x 2 s)
+    longer = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 9, None, 32, False, None)
+    assert maxima.capped(longer).hard_time_limit == 20  # 3 x 9 s would pass the maximum: set explicitly
     assert "run_cmd" in (maxima.refusal(BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 1, None, 1,
                                                       False, "id")) or "")  # fmt: skip
     assert JobMaxima(allow_run_cmd=True, allow_network=True).refusal(

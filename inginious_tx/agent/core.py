@@ -23,6 +23,7 @@ from ..dispatch import Dispatcher
 from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
 from ..transport import Limits
+from .dialect import edge_for, environment_type_for
 from .result import JobResult
 from .feedback import OutputLimits, cap_text
 from .limits import DEFAULT_MAXIMA, JobMaxima
@@ -54,7 +55,11 @@ class Agent(Service):
     the agent answers ``killed`` itself.  ``result_limits``: the archive,
     stdout and stderr caps applied to every result, whatever the agent
     backend already did (a larger archive makes the result an ``error``;
-    stdout/stderr are cut with a marker).  ``maxima``: the operator's
+    stdout/stderr are cut with a marker).  ``dialect``: ``"0.6"`` or
+    ``"0.9"``, what the backend speaks (see :mod:`inginious_tx.agent.dialect`);
+    ``environment_type``: the 0.9 type the environments are announced under
+    (default: ``docker`` for the docker kind, else the kind's name).
+    ``maxima``: the operator's
     :class:`~inginious_tx.agent.limits.JobMaxima`, applied to every job
     before the backend sees it (over them a job is capped or refused).
     """
@@ -76,10 +81,15 @@ class Agent(Service):
         hello_retry: float = 5.0,
         stop_grace: float = 10.0,
         result_limits: Optional[OutputLimits] = None,
+        dialect: str = "0.6",
+        environment_type: Optional[str] = None,
         maxima: JobMaxima = DEFAULT_MAXIMA,
     ) -> None:
         if slots < 1:
             raise ValueError("an agent needs at least one slot")
+        edge_for(dialect, None, self._holds, "")  # an unknown dialect fails here
+        self.dialect = dialect
+        self.environment_type = environment_type or environment_type_for(getattr(backend, "name", ""))
         self._reactor = reactor
         self._backend = backend
         self.friendly_name = name
@@ -106,7 +116,7 @@ class Agent(Service):
 
     def startService(self) -> None:
         super().startService()
-        sink = Dispatcher(self, IAgentHandler)
+        sink = edge_for(self.dialect, Dispatcher(self, IAgentHandler), self._holds, self.environment_type)
         if self._transport is not None:
             self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)
         else:
@@ -115,11 +125,12 @@ class Agent(Service):
             self._connection = connect(self._reactor, self.endpoint, sink, self._limits)
         self._arm_silence()
         self.log.info(
-            "agent {name} ({kind}, {slots} slots) connecting to {endpoint}",
+            "agent {name} ({kind}, {slots} slots) connecting to {endpoint} (INGInious {dialect} dialect)",
             name=self.friendly_name,
             kind=getattr(self._backend, "name", "?"),
             slots=self.slots,
             endpoint=self.endpoint,
+            dialect=self.dialect,
         )
 
     def stopService(self) -> Deferred:
@@ -143,6 +154,10 @@ class Agent(Service):
         d.addCallback(lambda _: self._backend.close())
         d.addErrback(lambda f: self.log.failure("error while stopping the agent", f))
         return d
+
+    def _holds(self, job_id: Any) -> bool:
+        """Whether a job is running here (for the dialect edge)."""
+        return job_id in self._jobs
 
     @property
     def busy(self) -> int:

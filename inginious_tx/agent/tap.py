@@ -31,6 +31,12 @@ DEFAULT_KIND = "docker"
 _OUTPUT = OutputLimits()
 
 
+def _dialect(value: str) -> str:
+    if value not in ("0.6", "0.9"):
+        raise ValueError(f"{value!r} is not a dialect: 0.6 or 0.9")
+    return value
+
+
 def kinds() -> List[str]:
     """Names of the installed agent backends."""
     return sorted(available(GROUP))
@@ -122,6 +128,21 @@ class Options(usage.Options):
         ],
         ["max-stdout", None, _OUTPUT.max_stdout, "Bytes of a job's stdout sent back (the rest is cut).", at_least_one],
         ["max-stderr", None, _OUTPUT.max_stderr, "Bytes of a job's stderr sent back (the rest is cut).", at_least_one],
+        [
+            "dialect",
+            None,
+            "0.6",
+            "INGInious protocol the backend speaks: 0.6 (INGInious 0.6, inginious-tx) or 0.9 "
+            "(INGInious 0.7 to 0.9.x, and inginious-tx).",
+            _dialect,
+        ],
+        [
+            "environment-type",
+            None,
+            None,
+            "With --dialect 0.9: the environment type the environments are announced under "
+            "[default: docker for the docker kind, else the kind's name: local, mock].",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -129,7 +150,7 @@ class Options(usage.Options):
         self["environments"] = []
         self["options"] = {}
         self.longdesc = (
-            "Run INGInious 0.6 grading jobs for a backend.\n"
+            "Run INGInious grading jobs for a backend (0.6 dialect, or 0.9 with --dialect 0.9).\n"
             f"Agent backends installed ({GROUP} entry points): {', '.join(kinds()) or 'none'}. "
             "mock answers without running anything (tests, benchmarks): the job's input keys "
             "@mock_result, @mock_grade, @mock_delay, @mock_fail, or --option result=/grade=/delay=/fail=, decide. "
@@ -172,6 +193,8 @@ class Options(usage.Options):
             self["backend_class"] = load(GROUP, self["kind"])
         except PluginError as e:
             raise usage.UsageError(str(e))
+        if self["environment-type"] is not None and not self["environment-type"].strip():
+            raise usage.UsageError("--environment-type: the type is empty")
         if self["tasks"] is not None and not os.path.isdir(self["tasks"]):
             raise usage.UsageError(f"--tasks {self['tasks']!r} is not a folder")
         if self["slots"] is None:
@@ -217,5 +240,7 @@ def makeService(options: Dict[str, Any]) -> Any:
         limits=options["limits"],
         silence_timeout=options["silence-timeout"],
         result_limits=options["result_limits"],
+        dialect=options["dialect"],
+        environment_type=options["environment-type"],
         maxima=options["maxima"],
     )

@@ -15,7 +15,8 @@ from typing import Any, List
 from twisted.python import usage
 
 from .._options import at_least_one, count, limit, positive_float
-from ..transport import DEFAULT_MAX_FRAME, Limits, check_separate_credentials
+from ..transport import DEFAULT_MAX_FRAME, check_separate_credentials
+from ..transport.options import LISTENER_OPTIONS, limits_from
 from .core import BackendSettings
 from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
 
@@ -91,11 +92,26 @@ class Options(usage.Options):
             limit,
         ],
         [
+            "max-queued-bytes",
+            None,
+            _defaults.max_queued_bytes,
+            "Most bytes of inputdata held for unanswered jobs (waiting or running) of all clients; "
+            "a job beyond is answered 'crash' at once ('none': no limit).",
+            limit,
+        ],
+        [
+            "max-queued-bytes-per-client",
+            None,
+            _defaults.max_queued_bytes_per_client,
+            "Most bytes of inputdata held for the unanswered jobs of one client ('none': no limit).",
+            limit,
+        ],
+        [
             "client-silence-timeout",
             None,
             _defaults.client_silence_timeout,
-            "Seconds after which a client that used to ping and fell silent is considered gone "
-            "(its jobs are dropped or killed).",
+            "Seconds after which a client with jobs that sent nothing (not even a ping) is considered gone "
+            "(its waiting jobs are dropped, its running jobs killed).",
             positive_float,
         ],
         [
@@ -105,6 +121,13 @@ class Options(usage.Options):
             "Serve status pages over HTTP on this endpoint (8080, tcp:8080, tcp:8080:interface=0.0.0.0, "
             "unix:/path): / (HTML), /status.json, /metrics (Prometheus; needs prometheus-client). "
             "No authentication; 127.0.0.1 unless an interface is named. [default: none]",
+        ],
+        [
+            "json-log",
+            None,
+            None,
+            "Also write the log to this file ('-': standard output) as JSON lines, one object per event, "
+            "with an event per job transition (job id, client, agent, environment, result). [default: none]",
         ],
         [
             "embedded-slots",
@@ -134,7 +157,7 @@ class Options(usage.Options):
             "Seconds after which a silent client with no job is forgotten (it must say hello again).",
             positive_float,
         ],
-    ]
+    ] + LISTENER_OPTIONS
 
     def __init__(self) -> None:
         super().__init__()
@@ -186,6 +209,11 @@ class Options(usage.Options):
                 "--status serves /metrics with prometheus-client, which is not installed: "
                 "pip install 'inginious-tx[metrics]' (or pip install prometheus-client)"
             )
+        if self["json-log"] is not None and self["json-log"] != "-":
+            try:
+                open(self["json-log"], "a").close()
+            except OSError as e:
+                raise usage.UsageError(f"--json-log {self['json-log']!r} cannot be written: {e.strerror}")
         try:
             load_policy(self["policy"])
         except LookupError as e:
@@ -197,10 +225,12 @@ class Options(usage.Options):
             max_waiting=self["max-waiting"],
             max_waiting_per_client=self["max-waiting-per-client"],
             max_inputdata=self["max-inputdata"],
+            max_queued_bytes=self["max-queued-bytes"],
+            max_queued_bytes_per_client=self["max-queued-bytes-per-client"],
             client_silence_timeout=self["client-silence-timeout"],
             client_idle_timeout=self["client-idle-timeout"],
         )
-        self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
+        self["limits"] = limits_from(self)
 
     def _check_embedded(self) -> None:
         """Settle the embedded agent's tasks folder and slots (or refuse them with --agents)."""
@@ -290,10 +320,15 @@ def makeService(options: Any) -> Any:
         from .status import StatusService
 
         extras.append(StatusService(reactor, service.backend, options["status"], fatal=True))
-    if not extras:
+    first: List[IService] = []
+    if options.get("json-log"):
+        from .joblog import JsonLogService
+
+        first.append(JsonLogService(service.backend, options["json-log"]))  # logs from the start to the end
+    if not extras and not first:
         return service
     # The backend, then what serves beside it; twistd stops them all together.
     top = MultiService()
-    for child in (service, *extras):
+    for child in (*first, service, *extras):
         child.setServiceParent(top)
     return top

@@ -45,7 +45,7 @@ class Harness:
         self.backend = backend if backend is not None else ScriptedBackend()
         kwargs.setdefault("dialect", "0.9")
         kwargs.setdefault("environment_type", "docker")
-        # the dialect is under test, not the operator's maxima: allow what PARAMS asks (run_cmd, network)
+        # The test jobs ask for the network and their own command.
         kwargs.setdefault("maxima", JobMaxima(allow_network=True, allow_run_cmd=True))
         self.agent = Agent(self.clock, self.backend, "agent-9", 2, "mem:agents", transport=self.mem, **kwargs)
         self.agent.startService()

@@ -28,6 +28,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from .. import __version__
+from .adapter import label
 from .core import Backend
 from .service import stop_reactor
 
@@ -68,7 +69,7 @@ def status_snapshot(backend: Backend, now: Optional[float] = None) -> Dict[str, 
                 "address": agent.peer.description,
                 "slots": agent.slots,
                 "busy_slots": len(agent.running),
-                "environments": sorted(agent.environments),
+                "environments": sorted(label(env) for env in agent.environments),
             }
         )
         for job in agent.running.values():
@@ -79,7 +80,7 @@ def status_snapshot(backend: Backend, now: Optional[float] = None) -> Dict[str, 
                     "agent": agent.name,
                     "course_id": job.course_id,
                     "task_id": job.task_id,
-                    "environment": job.environment,
+                    "environment": label(job.environment),
                     "started_at": job.started_at,
                     "running_for": max(0.0, now - job.started_at),
                 }

@@ -10,13 +10,15 @@ handler objects) turns a decoded message into one call of the core.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from operator import attrgetter
 
 import msgpack
 
 from .sizes import packed_size
 
-__all__ = ["DialectAdapter", "Encoded", "Environment", "DOCKER", "label", "state_of", "queue_bytes"]
+__all__ = ["cached_rows", "DialectAdapter", "Encoded", "Environment", "DOCKER", "label", "state_of", "queue_bytes"]
 
 #: An environment: ``(type, name)``.  A 0.6 environment NAME is ``("docker", NAME)``.
 Environment = Tuple[str, str]
@@ -106,6 +108,30 @@ def waiting_row(job_id: str, course_task: str, launcher: str, limit: int) -> Tup
     """One encoded waiting row ``(job_id, False, course/task, launcher, limit)``
     and the offset of its ``False`` (which says whose job it is)."""
     return _packb((job_id, False, course_task, launcher, limit)), 1 + packed_size(job_id)
+
+
+def cached_rows(
+    jobs: List[Any], row_slot: str, rel_slot: str, make: Callable[[Any], Tuple[bytes, int]]
+) -> Tuple[List[bytes], List[int]]:
+    """Every job's cached waiting row and "yours" offset (slots ``row_slot``,
+    ``rel_slot``), made by ``make`` for jobs that have none yet.
+
+    Reading is at C speed (``map`` of an attrgetter); only jobs new since
+    the last snapshot cost Python work.
+    """
+    rows = list(map(attrgetter(row_slot), jobs))
+    i = -1
+    try:
+        while True:
+            i = rows.index(None, i + 1)
+            job = jobs[i]
+            data, offset = make(job)
+            setattr(job, row_slot, data)
+            setattr(job, rel_slot, offset)
+            rows[i] = data
+    except ValueError:
+        pass
+    return rows, list(map(attrgetter(rel_slot), jobs))
 
 
 class DialectAdapter:

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from ..interfaces import IBackendAgentHandler, IBackendClientHandler, IPeer, IRejectionObserver
 from ..messages import v06
-from .adapter import DOCKER, DialectAdapter, Encoded, optional_int, queue_bytes, waiting_row
+from .adapter import DOCKER, cached_rows, DialectAdapter, Encoded, optional_int, queue_bytes, waiting_row
 from .sizes import packed_size, rejected_job
 
 if TYPE_CHECKING:
@@ -63,14 +63,7 @@ class Dialect06(DialectAdapter):
 
     def waiting_rows(self, jobs: List[Any]) -> Tuple[List[bytes], List[int]]:
         """Every job's encoded row (made once in its life) and its "yours" offset."""
-        fill = self._fill
-        rows = [job.row06 or fill(job) for job in jobs]
-        return rows, [job.rel06 for job in jobs]
-
-    def _fill(self, job: Any) -> bytes:
-        job.row06, job.rel06 = self.waiting_row(job)
-        row: bytes = job.row06
-        return row
+        return cached_rows(jobs, "row06", "rel06", self.waiting_row)
 
     def queue(self, client: Any, running: List[Tuple[Any, str]], section: bytes, n: int, own: List[int]) -> Any:
         rows = []

@@ -19,7 +19,7 @@ from zope.interface import implementer
 
 from ..interfaces import IPeer, IRejectionObserver
 from ..messages import v09
-from .adapter import DOCKER, DialectAdapter, Encoded, optional_int, queue_bytes, state_of, waiting_row
+from .adapter import DOCKER, cached_rows, DialectAdapter, Encoded, optional_int, queue_bytes, state_of, waiting_row
 from .sizes import packed_size, rejected_job
 
 if TYPE_CHECKING:
@@ -73,14 +73,7 @@ class Dialect09(DialectAdapter):
 
     def waiting_rows(self, jobs: List[Any]) -> Tuple[List[bytes], List[int]]:
         """Every job's encoded row (made once in its life) and its "yours" offset."""
-        fill = self._fill
-        rows = [job.row09 or fill(job) for job in jobs]
-        return rows, [job.rel09 for job in jobs]
-
-    def _fill(self, job: Any) -> bytes:
-        job.row09, job.rel09 = self.waiting_row(job)
-        row: bytes = job.row09
-        return row
+        return cached_rows(jobs, "row09", "rel09", self.waiting_row)
 
     def queue(self, client: Any, running: List[Tuple[Any, str]], section: bytes, n: int, own: List[int]) -> Any:
         rows = [

@@ -21,7 +21,7 @@ started since may still show as waiting).
 from __future__ import annotations
 
 from itertools import accumulate
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -44,6 +44,8 @@ class QueueSnapshot:
         self.jobs: List[Any] = []
         #: dialect name -> (joined rows, offset of each row's "yours" byte)
         self._sections: Dict[str, Tuple[bytes, List[int]]] = {}
+        #: job -> its place in ``jobs``, made when a client with waiting jobs asks
+        self._index: Optional[Dict[Any, int]] = None
         #: how many times the order was taken from the policy (tests, benchmarks)
         self.builds = 0
 
@@ -54,10 +56,8 @@ class QueueSnapshot:
         now = self._clock.seconds()
         if self._version >= 0 and waiting > self.small and now - self._built_at < self.max_age:
             return
-        jobs = list(self._policy.ordered())
-        for index, job in enumerate(jobs):
-            job.snap_index = index
-        self.jobs = jobs
+        self.jobs = list(self._policy.ordered())
+        self._index = None
         self._sections = {}
         self._version = version
         self._built_at = now
@@ -74,18 +74,16 @@ class QueueSnapshot:
 
     def own(self, jobs: Any, offsets: List[int]) -> List[int]:
         """The offsets of the rows of ``jobs`` (a client's) in the last build."""
-        listed = self.jobs
-        n = len(listed)
-        out = []
-        for job in jobs:
-            i = job.snap_index
-            if 0 <= i < n and listed[i] is job:
-                out.append(offsets[i])
-        return out
+        index = self._index
+        if index is None:
+            index = self._index = dict(zip(self.jobs, range(len(self.jobs))))
+        get = index.get
+        return [offsets[i] for i in map(get, jobs) if i is not None]
 
     def expire(self, version: int) -> None:
         """Drop a stale build (its jobs hold memory) once it is due anyway."""
         if self._version >= 0 and version != self._version and self._clock.seconds() - self._built_at >= self.max_age:
             self.jobs = []
             self._sections = {}
+            self._index = None
             self._version = -1

@@ -45,6 +45,16 @@ class IPeer(Interface):
         ``reason`` (str) is logged.  Idempotent.
         """
 
+    def accepted():
+        """The role has accepted this peer's hello (ClientHello / AgentHello).
+
+        Until then the transport treats the peer as a stranger: a small frame
+        limit (``Limits.max_hello_frame``), a deadline to say hello
+        (``Limits.hello_timeout``), and (stream listeners) a place counted
+        against ``Limits.max_pending``.  Called by the backend core once the
+        hello is accepted; idempotent and cheap.
+        """
+
 
 class IMessageSink(Interface):
     """What a transport delivers to: arrivals, messages and departures of peers."""
@@ -60,7 +70,9 @@ class IMessageSink(Interface):
     def peer_disconnected(peer, reason):
         """``peer`` is gone for certain (its stream connection closed).
 
-        ZeroMQ listeners never call this: heartbeats decide there."""
+        ZeroMQ listeners call this only when they know a session is over
+        (its routing id is used by a new connection, a send found it
+        unconnected, or it never said hello in time): heartbeats decide the rest."""
 
 
 class IRejectionObserver(Interface):

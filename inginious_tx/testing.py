@@ -36,6 +36,8 @@ class MemoryPeer:
         self.description = description
         self.other: Optional[MemoryPeer] = None  # how the remote end sees us
         self.connected = True
+        #: True once :meth:`accepted` was called (tests can check the contract).
+        self.hello_accepted = False
 
     def send(self, message: Any) -> None:
         data = message.dump()
@@ -45,6 +47,10 @@ class MemoryPeer:
 
     def disconnect(self, reason: str = "disconnected") -> None:
         self._transport._close(self, reason)
+
+    def accepted(self) -> None:
+        """Records that the role accepted this peer's hello (no pre-hello limits in memory)."""
+        self.hello_accepted = True
 
     def __repr__(self) -> str:
         return f"<MemoryPeer {self.description}>"
@@ -187,9 +193,15 @@ class MemoryTransport:
 
 @implementer(IMessageSink)
 class RecordingSink:
-    """A sink that records everything, for tests of transports."""
+    """A sink that records everything, for tests of transports.
 
-    def __init__(self) -> None:
+    ``accept``: accept every peer as soon as it connects (``peer.accepted()``),
+    as a role does once it accepts a hello, so that the transport lifts its
+    pre-hello limits; by default peers stay strangers.
+    """
+
+    def __init__(self, accept: bool = False) -> None:
+        self._accept = accept
         self.connected: List[IPeer] = []
         self.disconnected: List[Tuple[IPeer, str]] = []
         self.messages: List[Tuple[IPeer, Any]] = []
@@ -197,6 +209,8 @@ class RecordingSink:
 
     def peer_connected(self, peer: IPeer) -> None:
         self.connected.append(peer)
+        if self._accept:
+            peer.accepted()
 
     def peer_disconnected(self, peer: IPeer, reason: str) -> None:
         self.disconnected.append((peer, reason))

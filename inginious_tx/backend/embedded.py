@@ -91,6 +91,9 @@ class _Peer:
     def disconnect(self, reason: str = "disconnected") -> None:
         self._link.close(reason)
 
+    def accepted(self) -> None:
+        """Nothing to lift: an in-process link has no pre-hello limits."""
+
     def __repr__(self) -> str:
         return f"<in-process peer {self.description}>"
 

@@ -58,7 +58,6 @@ class Job:
         "rel06",
         "row09",
         "rel09",
-        "snap_index",
     )
 
     def __init__(
@@ -99,12 +98,11 @@ class Job:
         self.global_id: Optional[str] = None
         self.started_at = 0.0
         self.kill_requested = False
-        # Queue snapshots (see .snapshot): encoded rows, made once, and place.
+        # Queue snapshots (see .snapshot): its encoded rows, made once.
         self.row06: Optional[bytes] = None
         self.rel06 = 0
         self.row09: Optional[bytes] = None
         self.rel09 = 0
-        self.snap_index = -1
 
     def __repr__(self) -> str:
         return f"<job {self.key!r} {self.state} {self.course_id}/{self.task_id}>"

@@ -118,7 +118,7 @@ class Backend:
         # their tables, updated inline by _count
         self._course_counts = self._by_course.counts
         self._client_counts = self._by_client.counts
-        self._env_counts: Dict[Any, List[int]] = self._by_environment.counts  # type: ignore[assignment]
+        self._env_counts: Dict[Any, List[int]] = self._by_environment.counts
         self._observers: List[IJobObserver] = []
         #: bumped whenever the set of waiting jobs changes (for snapshots)
         self._queue_version = 0
@@ -308,7 +308,7 @@ class Backend:
 
     def waiting_per_environment(self) -> Dict[str, int]:
         """How many jobs wait for each environment, by label (O(environments))."""
-        return {label(env): w for env, (w, _) in self._by_environment.snapshot().items() if w}  # type: ignore[arg-type]
+        return {label(env): w for env, (w, _) in self._by_environment.snapshot().items() if w}
 
     # -- clients ---------------------------------------------------------------
 

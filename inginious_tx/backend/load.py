@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 __all__ = ["LoadCounts", "WAITING_COUNT", "RUNNING_COUNT"]
 
@@ -22,9 +22,9 @@ class LoadCounts:
 
     def __init__(self) -> None:
         #: key -> [waiting, running]; the backend updates it inline on its hot path
-        self.counts: Dict[str, List[int]] = {}
+        self.counts: Dict[Any, List[int]] = {}
 
-    def add(self, key: str, index: int, delta: int) -> None:
+    def add(self, key: Any, index: int, delta: int) -> None:
         counts = self.counts.get(key)
         if counts is None:
             counts = self.counts[key] = [0, 0]
@@ -32,5 +32,5 @@ class LoadCounts:
         if not counts[0] and not counts[1]:
             del self.counts[key]
 
-    def snapshot(self) -> Dict[str, Tuple[int, int]]:
+    def snapshot(self) -> Dict[Any, Tuple[int, int]]:
         return {key: (c[0], c[1]) for key, c in self.counts.items()}

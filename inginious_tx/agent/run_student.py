@@ -22,8 +22,8 @@ The exchange, for one call::
 The agent watches the folder with inotify (and, as a safety net, looks again
 every second), serves a job's requests one at a time, and reads them without
 following symbolic links, with caps (:data:`MAX_ARGS_BYTES`,
-:data:`MAX_STDIN`): a grader cannot make the agent read or write anything
-else on the host.  Standard input is copied to a private file of the agent
+:data:`MAX_STDIN`, at most :data:`MAX_QUEUED` requests read ahead): a grader
+cannot make the agent read or write anything else on the host.  Standard input is copied to a private file of the agent
 before the student's sandbox sees it; standard output and error are returned
 when the command ends (not streamed), cut at the job's output caps.
 
@@ -64,6 +64,7 @@ __all__ = [
     "EXIT_FAILED",
     "MAX_ARGS_BYTES",
     "MAX_STDIN",
+    "MAX_QUEUED",
     "StudentRequest",
     "StudentOutcome",
     "IStudentLauncher",
@@ -82,7 +83,9 @@ EXIT_FAILED = 254
 #: Caps on a request: its arguments together, and its standard input.
 MAX_ARGS_BYTES = 1 << 20
 MAX_ARGS = 4096
-MAX_STDIN = 64 << 20
+MAX_STDIN = 16 << 20
+#: Requests of one job taken at a time (read, their standard input copied); more wait their turn.
+MAX_QUEUED = 4
 _ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -215,8 +218,8 @@ def _copy_stdin(dir_fd: int, private_dir: str) -> str:
     return path
 
 
-def thd_take(exchange: str, private_dir: str, job: BackendNewJob) -> List[Tuple[str, Any]]:
-    """Take every complete request (rename ready.ID -> run.ID) and read it (blocking).
+def thd_take(exchange: str, private_dir: str, job: BackendNewJob, limit: int = MAX_QUEUED) -> List[Tuple[str, Any]]:
+    """Take up to ``limit`` complete requests (rename ready.ID -> run.ID) and read them (blocking).
 
     Returns ``(rid, StudentRequest or RequestError)`` pairs.
     """
@@ -227,6 +230,8 @@ def thd_take(exchange: str, private_dir: str, job: BackendNewJob) -> List[Tuple[
         return out  # the job folder is gone: the job is over
     try:
         for name in sorted(os.listdir(base)):
+            if len(out) >= limit:
+                break
             if not name.startswith("ready."):
                 continue
             rid = name[len("ready.") :]
@@ -269,13 +274,14 @@ def _read_request(base: int, rid: str, private_dir: str, job: BackendNewJob) -> 
             if b"\0" in data:
                 raise RequestError(f"argument {i} holds a NUL byte")
             argv.append(data.decode("utf-8", "surrogateescape"))
+        cwd = os.path.normpath(options.get("cwd", "").strip() or "/")
         cpu, hard, mem = limits_for(
             job, _number(options, "time"), _number(options, "hard_time"), _number(options, "memory")
         )
         stdin_path = _copy_stdin(fd, private_dir)
         return StudentRequest(
             rid, argv, cpu, hard, mem, options.get("share_network", "0").strip() == "1",
-            options.get("cwd", "").strip(), stdin_path,
+            cwd, stdin_path,
         )  # fmt: skip
     finally:
         os.close(fd)
@@ -395,8 +401,11 @@ class StudentService:
         if self._looking:
             self._again = True
             return
+        room = MAX_QUEUED - len(self._queue) - (1 if self._busy else 0)
+        if room <= 0:
+            return  # _served looks again
         self._looking = True
-        d = self._call(thd_take, self.exchange, self._private, self._job)
+        d = self._call(thd_take, self.exchange, self._private, self._job, room)
 
         def taken(items: List[Tuple[str, Any]]) -> None:
             self._looking = False
@@ -423,6 +432,7 @@ class StudentService:
         self._busy = False
         self.served += 1
         self._next()
+        self._look()  # requests left waiting while the queue was full
 
     async def _serve(self, rid: str, item: Any) -> None:
         if isinstance(item, RequestError):

@@ -70,6 +70,8 @@ DEFAULT_USER = "worker"
 #: The longest wall-clock time an ssh job may run, in seconds, unless configured.
 DEFAULT_MAX_TIME = 1800
 _KEY_FILE = "ssh_host_ed25519_key"
+#: Shells and commands open at once on one job.
+MAX_SESSIONS = 8
 
 
 def load_host_key(keys_dir: str) -> keys.Key:
@@ -173,6 +175,8 @@ class _Session:
         job = self.avatar.job
         if job.ended or job.sandbox is None:
             raise RuntimeError("the job has ended")
+        if len(job.sessions) >= MAX_SESSIONS:
+            raise RuntimeError(f"at most {MAX_SESSIONS} sessions at once per job")
         term = self.pty[0].decode("ascii", "replace") if self.pty else "dumb"
         spec: ShellCommand = job.sandbox.command(command, self.pty is not None, term)
         self.process = self.avatar.server._reactor.spawnProcess(

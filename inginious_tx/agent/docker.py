@@ -413,10 +413,11 @@ class DockerBackend:
             run.container_id = await self._call(self._thd_guard, self._thd_create, image, folder)
             if run.stopped:  # killed while the container was being made
                 return JobResult(*run.stopped)
+            # watching before the grader starts: its first request cannot be missed
+            run.students = self._student_service(run, folder, image)
             await self._call(self._thd_guard, self._thd_start, run.container_id)
             self._arm_timers(run)
             run.up.callback(run.container_id)
-            run.students = self._student_service(run, folder, image)
             exit_code = await self._supervise(run, folder)
             return await self._call(self._thd_guard, self._thd_result, run, folder, exit_code)
         except DockerEngineError as e:

@@ -408,6 +408,12 @@ class LocalBackend:
         env[RUN_STUDENT_ENV] = os.path.join(folder.root, EXCHANGE)
         proto = _SandboxProtocol(self._reactor, self.limits.max_stdout, self.limits.max_stderr)
         state.proto = proto
+        # watching before the grader starts: its first request cannot be missed
+        state.students = StudentService(
+            self._reactor, env[RUN_STUDENT_ENV], folder.root + STDIN_SUFFIX, job,
+            LocalStudentLauncher(self, state, self.student_user), self._thread,
+        )  # fmt: skip
+        state.students.start()
         self._reactor.spawnProcess(
             proto,
             sys.executable,
@@ -426,11 +432,6 @@ class LocalBackend:
         state.monitor.start(self._poll_interval, now=False)
         proto.ended.addCallback(lambda _: self._ended(state))
         state.up.callback(True)
-        state.students = StudentService(
-            self._reactor, env[RUN_STUDENT_ENV], folder.root + STDIN_SUFFIX, job,
-            LocalStudentLauncher(self, state, self.student_user), self._thread,
-        )  # fmt: skip
-        state.students.start()
         return proto.ended
 
     def _ended(self, state: _LocalJob) -> None:

@@ -376,7 +376,8 @@ class StudentService:
         except Exception as e:  # no inotify: the poll alone
             self.log.info("run_student: no inotify ({e}); looking every {t} s", e=e, t=self._poll_interval)
             self._notifier = None
-        # inotify sees requests at once; the poll is a safety net (and the only way without inotify)
+        # inotify sees requests at once (backends start this before the grader); the poll is a
+        # safety net, and the only way without inotify
         self._poll.start(
             self._poll_interval if self._notifier is not None else min(self._poll_interval, 0.2), now=False
         )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sys
 from typing import Dict, List, Optional, Tuple
 
 from zope.interface import implementer
@@ -12,6 +14,8 @@ from .debug import IDebugSandbox, ShellCommand
 from .job_folder import JobFolder
 
 __all__ = ["DockerSandbox", "LocalSandbox"]
+
+SHELL_HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_ssh_shell.py")
 
 
 def _host_env(term: str) -> Dict[str, str]:
@@ -53,10 +57,13 @@ class DockerSandbox:
 
 @implementer(IDebugSandbox)
 class LocalSandbox:
-    """A shell in the job's task folder, with the job's environment, as the agent's (and the job's) user.
+    """A shell in the job's task folder, with the job's environment, as the job's user.
 
-    It does not enter the job's namespaces or control groups: it sees what
-    the local backend's jobs see of the host (see :mod:`.local`).
+    When the agent is root, the job folder is made reachable for the job's
+    user as it is for the job, in a mount namespace of the session's own.
+    The session does not enter the job's other namespaces or its control
+    group: it sees what the local backend's jobs see of the host (see
+    :mod:`.local`).
     """
 
     def __init__(self, folder: JobFolder, env: Dict[str, str], user: Optional[Tuple[int, int]] = None) -> None:
@@ -74,5 +81,8 @@ class LocalSandbox:
             setsid = shutil.which("setsid")
             # its own process group, so that the end of the job ends all of it
             argv = ([setsid] if setsid else []) + ["/bin/sh", "-c", command]
-        uid, gid = self.user if self.user else (None, None)
-        return ShellCommand(argv, env, self.folder.task_dir, uid, gid)
+        if self.user:
+            # as root, through a helper that exposes the job folder to the job's user and becomes it
+            cfg = {"user": list(self.user), "job_root": self.folder.root, "cwd": self.folder.task_dir}
+            argv = [sys.executable, "-I", "-S", SHELL_HELPER, json.dumps(cfg), *argv]
+        return ShellCommand(argv, env, self.folder.task_dir)

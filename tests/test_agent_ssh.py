@@ -27,7 +27,7 @@ from inginious_tx.agent.local import LocalBackend
 from inginious_tx.agent.result import AgentConfig
 from inginious_tx.agent.ssh import SSHDebugServer, load_host_key
 from inginious_tx.agent.ssh_sandboxes import DockerSandbox
-from inginious_tx.messages import AgentHello, AgentJobDone, AgentJobSSHDebug, BackendNewJob
+from inginious_tx.messages import AgentHello, AgentJobDone, AgentJobSSHDebug, BackendNewJob, v09
 from inginious_tx.testing import MemoryTransport, RecordingSink
 
 # The job waits for the debugging user to create student/done (at most 30 s).
@@ -78,9 +78,10 @@ def _job(job_id: str, run_cmd: str, debug: Optional[str] = "ssh", hard: Optional
 class _Rig:
     """An agent with an SSH server, fed through an in-memory backend link."""
 
-    def __init__(self, backend: Any, keys_dir: str, max_time: float = 600) -> None:
+    def __init__(self, backend: Any, keys_dir: str, max_time: float = 600, **agent_kwargs: Any) -> None:
         reactor = _reactor()
         self.backend = backend
+        self.agent_kwargs = agent_kwargs
         self.server = SSHDebugServer(reactor, keys_dir, port=0, interface="127.0.0.1", max_time=max_time)
         self.mem = MemoryTransport(clock=reactor, autopump=True)
         self.sink = RecordingSink()
@@ -91,10 +92,11 @@ class _Rig:
         await self.mem.listen(reactor, "mem:agents", self.sink)
         self.agent = Agent(
             reactor, self.backend, "ssh-agent", 4, "mem:agents", transport=self.mem, silence_timeout=120,
-            ssh_debug=self.server, maxima=JobMaxima(allow_run_cmd=True),
+            ssh_debug=self.server, maxima=JobMaxima(allow_run_cmd=True), **self.agent_kwargs,
         )  # fmt: skip
         self.agent.startService()
-        await until(lambda: self.of(AgentHello), 15, "the agent's hello")
+        hello = v09.AgentHello if self.agent_kwargs.get("dialect") == "0.9" else AgentHello
+        await until(lambda: self.of(hello), 15, "the agent's hello")
 
     def of(self, cls: type) -> List[Any]:
         return [m for _, m in self.sink.messages if isinstance(m, cls)]
@@ -221,6 +223,29 @@ async def test_sessions_end_with_the_job(rig: _Rig, until: Any) -> None:
         assert time.monotonic() - started < 60
         await until(lambda: rig.of(AgentJobDone), 30, "the job's result")
         assert [m.result[0] for m in rig.of(AgentJobDone)] == ["killed"]
+    finally:
+        await rig.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ssh_debug_in_the_09_dialect(tmp_path: Any, until: Any) -> None:
+    """INGInious 0.9: the job comes as a 0.9 message, the credentials go back with their user."""
+    require_ssh_client()
+    tasks = str(tmp_path / "tasks")
+    make_task(tasks, "course", "task", WAITING)
+    backend = LocalBackend(_reactor(), AgentConfig(tasks, ["default"], 2, {"work_dir": str(tmp_path / "w")}))
+    rig = _Rig(backend, str(tmp_path / "keys"), dialect="0.9", environment_type="local")
+    await rig.start(until)
+    try:
+        limits = {"limits": {"time": 30, "hard_time": 60, "memory": 64}}
+        rig.send(v09.BackendNewJob("uuid-ssh", "course", "task", {}, {}, "local", "default", limits, "ssh"))
+        await until(lambda: rig.of(v09.AgentJobSSHDebug), 30, "the ssh debug message")
+        [dbg] = rig.of(v09.AgentJobSSHDebug)
+        assert (dbg.job_id, dbg.user, dbg.port) == ("uuid-ssh", "worker", rig.server.port)
+        r = await deferToThread(ssh, dbg.port, dbg.password, "touch student/done", user=dbg.user)
+        assert r.returncode == 0, r.stderr
+        await until(lambda: rig.of(v09.AgentJobDone), 30, "the job's result")
+        assert [m.result[0] for m in rig.of(v09.AgentJobDone)] == ["success"]
     finally:
         await rig.stop()
 

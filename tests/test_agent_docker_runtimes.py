@@ -290,3 +290,16 @@ async def test_inginious_paths_and_parsetemplate(tasks_dir: str, tmp_path: Any) 
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(result.archive)), mode="r:") as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
     assert files == {"filled.py": b"def f():\n    x = 1\n    return x\n", "task-seen": b"yes\n"}
+
+
+def test_inginious_paths_option(tmp_path: Any) -> None:
+    """``inginious_paths=false`` drops the /task and /archive mounts (two gofer mounts fewer under gVisor)."""
+    require_docker()
+    from inginious_tx.agent.job_folder import JobFolder
+
+    folder = JobFolder(str(tmp_path), new_job())
+    for value, expected in (("true", {"/job", "/inginious/helpers", "/task", "/archive"}),
+                            ("false", {"/job", "/inginious/helpers"})):  # fmt: skip
+        b = _backend(str(tmp_path), str(tmp_path / "w"), "runc", inginious_paths=value)
+        targets = {m["Target"] for m in b._container_config(TEST_IMAGE, folder)["mounts"]}
+        assert targets == expected

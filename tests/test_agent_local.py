@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
+from host_tools import require_program
 from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyClass, verifyObject
 
@@ -243,6 +244,7 @@ async def test_network_is_cut_off(make_backend: Any, within: Any, web_server: st
 
 @pytest_twisted.ensureDeferred
 async def test_loopback_works_without_network(make_backend: Any, within: Any) -> None:
+    require_program("busybox")
     # a job may still talk to itself over 127.0.0.1, as in a Docker container without network
     cmd = (
         "cd $INGINIOUS_TMP_DIR 2>/dev/null; mkdir -p $TMPDIR/www && echo local > $TMPDIR/www/x && "

@@ -1,0 +1,27 @@
+"""Programs some tests need from the host (busybox, dash): skip outside CI, fail under CI.
+
+A fresh machine with nothing but Python has none of them; ``.ci/run``
+installs them, so under ``CI`` a missing one is an error, never a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+
+def require_program(name: str) -> str:
+    """The path of ``name`` on PATH; skips the test (outside CI) or fails it (under CI) when missing."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    message = f"{name} is not installed (apt-get install {PACKAGES.get(name, name)})"
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {message}; .ci/run installs it", pytrace=False)
+    pytest.skip(message)
+
+
+#: The Debian package of each program, for the skip message.
+PACKAGES = {"busybox": "busybox-static", "dash": "dash"}

@@ -590,3 +590,24 @@ def test_against_the_real_backend_core() -> None:
     assert client.environments == ()
     client.stop()
     backend.shutdown()
+
+
+def test_a_stopped_client_starts_again_as_a_service_does(h: Harness) -> None:
+    # IService: stopService then startService runs the service again.
+    h.client.startService()
+    h.mem.pump()
+    first = h.backend.last_peer()
+    h.client.stopService()
+    h.mem.pump()
+    assert not h.client.connected
+    h.client.startService()
+    h.mem.pump()
+    assert h.client.connected and h.client.running
+    assert len(h.backend.of_type(ClientHello)) == 2 and h.backend.last_peer() is not first
+    d, results = h.job(job_id="again")
+    h.backend.last_peer().send(done("again"))
+    h.mem.pump()
+    assert [r.result for r in results] == ["success"]
+    pings = len(h.backend.of_type(Ping))
+    h.advance(1.1)
+    assert len(h.backend.of_type(Ping)) == pings + 1  # one heartbeat, not two

@@ -158,12 +158,12 @@ class Client(Service):
         """Connect (and keep reconnecting) to the backend.
 
         Raises at once if no transport understands the endpoint string, or if
-        the transport rejects it.
+        the transport rejects it.  A stopped client starts again with a new
+        link (the ``IService`` contract); what was pending was answered at stop.
         """
         if self._connection is not None:
             return self
-        if self._stopped:
-            raise RuntimeError("a stopped client cannot be started again")
+        self._stopped = False
         sink = Dispatcher(self, IClientHandler)
         if self._transport is not None:
             self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)

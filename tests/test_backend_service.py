@@ -11,8 +11,8 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ReactorNotRunning
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.python import usage
+from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject

@@ -99,7 +99,9 @@ class IConnection(Interface):
         """Drop the current link and make a new one (e.g. after silence)."""
 
     def stop():
-        """Disconnect for good; returns a Deferred."""
+        """Disconnect for good; returns a Deferred that fires once what was
+        sent has been written out (bounded: a transport may give up after a
+        grace period, or at once when it knows nobody is listening)."""
 
 
 class ITransport(Interface):

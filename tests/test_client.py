@@ -497,6 +497,7 @@ def test_client_as_a_service(h: Harness) -> None:
     d = h.client.stopService()
     results: List[Any] = []
     d.addCallback(results.append)
+    h.mem.pump()  # the stop is done once the link's last words are delivered
     assert results == [None] and not h.client.running
 
 

@@ -29,7 +29,7 @@ PUBLIC = {
     },
     "inginious_tx.agent": {"Agent", "AgentConfig", "JobResult", "RESULT_TYPES"},
     "inginious_tx.dispatch": {"Dispatcher"},
-    "inginious_tx.testing": {"MemoryTransport", "MemoryPeer", "RecordingSink"},
+    "inginious_tx.testing": {"MemoryTransport", "MemoryPeer", "MemoryListener", "MemoryConnection", "RecordingSink"},
     "inginious_tx.plugin": {"PluginError", "available", "load"},
 }  # fmt: skip
 

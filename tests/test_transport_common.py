@@ -1,11 +1,13 @@
-"""Both transport plugins through the same tests, over real sockets.
+"""Every transport through the same tests: the two plugins over real sockets,
+and the in-memory transport that the embedded agent and the tests use.
 
-Kinds: ZeroMQ over TCP and IPC, stream over TCP and Unix sockets.
+Kinds: ZeroMQ over TCP and IPC, stream over TCP and Unix sockets, memory.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -14,8 +16,8 @@ import pytest_twisted
 from zope.interface.verify import verifyClass, verifyObject
 
 from inginious_tx.interfaces import IConnection, IListener, IPeer, ITransport
-from inginious_tx.messages import ALL_MESSAGES, ClientNewJob, MessageMeta, Ping
-from inginious_tx.testing import RecordingSink
+from inginious_tx.messages import ALL_MESSAGES, ClientNewJob, MessageMeta, Ping, Pong
+from inginious_tx.testing import MemoryTransport, RecordingSink
 from inginious_tx.transport import Limits, UnknownEndpoint, transport_for
 from inginious_tx.transport import connect as connect_any
 from inginious_tx.transport import listen as listen_any
@@ -39,12 +41,16 @@ def fast_stream() -> StreamTransport:
 
 _zmq = ZmqTransport()
 _LIMITS = Limits()
-KINDS = ["zmq-tcp", "zmq-ipc", "tcp", "unix"]
+KINDS = ["zmq-tcp", "zmq-ipc", "tcp", "unix", "memory"]
 
 
 @pytest.fixture(params=KINDS)
 def kind(request: Any, short_tmp: str) -> Any:
     """(transport, listening endpoint) for each kind of link."""
+    from twisted.internet import reactor
+
+    if request.param == "memory":
+        return MemoryTransport(reactor, autopump=True), "mem:contract"
     return {
         "zmq-tcp": (_zmq, "zmq:tcp://127.0.0.1:*"),
         "zmq-ipc": (_zmq, f"zmq:ipc://{short_tmp}/s.ipc"),
@@ -76,7 +82,7 @@ async def open_pair(
 
 
 def test_transports_provide_the_interface() -> None:
-    for cls in (ZmqTransport, StreamTransport):
+    for cls in (ZmqTransport, StreamTransport, MemoryTransport):
         assert verifyClass(ITransport, cls)
         assert verifyObject(ITransport, cls())
 
@@ -187,3 +193,82 @@ async def test_stopped_connection_drops_sends_quietly(kind: Any, closers: list, 
     await listener.stop()
     peer.send(Ping())  # dropped, no exception
     assert [m for _, m in client.messages] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_was_sent_before_stop_arrives(kind: Any, closers: list, until: Any, within: Any) -> None:
+    # A peer's last words (an agent's last results, the kills of an
+    # interrupted command) are written out before the link closes: stop()
+    # is the flush, no timer needed.
+    transport, endpoint = kind
+    listener, conn, server, client, peer = await open_pair(transport, endpoint, closers, until, within)
+    peer.send(Ping())  # the server has spoken on this link
+    await within(client.wait_for(1))
+    n = 3000
+    for i in range(n):
+        conn.peer.send(
+            ClientNewJob(str(i), 0, "c", "t", {"pad": "x" * 2000}, "default", False, 30, None, 100, False, "x", None)
+        )
+    await within(conn.stop(), 10)
+    got = await within(server.wait_for(n), 10)
+    assert [m.job_id for _, m in got] == [str(i) for i in range(n)]
+
+
+def _listen_again(connect_endpoint: str) -> str:
+    """A listening endpoint string for the address a listener had."""
+    stream_tcp = re.fullmatch(r"tcp:host=([^:]+):port=(\d+)", connect_endpoint)
+    if stream_tcp:
+        return f"tcp:{stream_tcp.group(2)}:interface={stream_tcp.group(1)}"
+    return connect_endpoint
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_connection_comes_back_with_the_server(kind: Any, closers: list, until: Any, within: Any) -> None:
+    # The connecting side keeps trying until stop(): a server that stops and
+    # listens again is reached again, with nothing done by the user.
+    from twisted.internet import reactor
+
+    transport, endpoint = kind
+    listener, conn, server, client, peer = await open_pair(transport, endpoint, closers, until, within)
+    await listener.stop()
+    again = RecordingSink()
+    relistener = await transport.listen(reactor, _listen_again(listener.connect_endpoint), again, _LIMITS)
+    closers.append(relistener.stop)
+
+    def arrived() -> bool:
+        conn.peer.send(Ping())  # sends while the link is down may be dropped
+        return bool(again.messages)
+
+    await until(arrived, 20, "a message through the new listener")
+    assert isinstance(again.messages[0][1], Ping)
+
+
+class _Flaky(RecordingSink):
+    """Raises on every Ping, records the rest."""
+
+    def message_received(self, peer: Any, message: Any) -> None:
+        if isinstance(message, Ping):
+            raise RuntimeError("a bug in the handler")
+        super().message_received(peer, message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sink_that_raises_is_logged_and_delivery_goes_on(
+    kind: Any, closers: list, until: Any, within: Any, log_events: Any
+) -> None:
+    from twisted.internet import reactor
+
+    transport, endpoint = kind
+    server, client = _Flaky(), RecordingSink()
+    listener = await transport.listen(reactor, endpoint, server, _LIMITS)
+    closers.append(listener.stop)
+    conn = transport.connect(reactor, listener.connect_endpoint, client, _LIMITS)
+    closers.append(conn.stop)
+    await until(lambda: client.connected, what="client connected")
+    conn.peer.send(Ping())
+    conn.peer.send(Pong())
+    (received,) = await within(server.wait_for(1))
+    assert isinstance(received[1], Pong)
+    assert log_events.has("a bug in the handler") or any(
+        "a bug in the handler" in str(e.get("log_failure", "")) for e in log_events
+    )

@@ -14,7 +14,6 @@ from typing import Any, Dict, List, Optional
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -132,8 +131,7 @@ class Agent(Service):
             self._peer = None
             return conn.stop() if conn is not None else succeed(None)
 
-        # give the transport a moment to send the last results out
-        d.addCallback(lambda _: deferLater(self._reactor, 0.2, lambda: None))
+        # stop() writes the last results out before it closes the link
         d.addCallback(disconnect)
         d.addCallback(lambda _: self._backend.close())
         d.addErrback(lambda f: self.log.failure("error while stopping the agent", f))

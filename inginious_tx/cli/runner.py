@@ -127,10 +127,9 @@ class _Run:
             for job_id in list(client.pending):
                 client.kill_job(job_id)
         self.finished.callback(None)
-        from twisted.internet.task import deferLater
-
-        # A moment for the kill requests to leave before the sockets close.
-        return deferLater(self.reactor, 0.2, lambda: None)
+        # Stopping the client writes the kill requests out before the link
+        # closes; the reactor waits for that before it stops.
+        return client.stop() if client is not None else None
 
     async def execute(self, coroutine: Any) -> None:
         try:

@@ -332,3 +332,33 @@ def test_stale_cgroups_of_dead_agents_are_removed() -> None:
     support = CgroupSupport.probe(f"inginious-tx-{os.getpid()}-stale-test")
     support.cleanup()
     assert not os.path.exists(stale)
+
+
+class _NoSharedPool:
+    """The global reactor, minus its shared thread pool."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def getThreadPool(self) -> Any:
+        raise AssertionError("the local backend used the reactor's shared thread pool")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocking_work_runs_in_the_backends_own_threads(tmp_path: Any, within: Any) -> None:
+    # Job folders and cgroups block: in the backend's own pool, sized by its
+    # slots, so that a slow disk cannot starve the reactor's shared pool.
+    from twisted.internet import reactor
+
+    config = AgentConfig(tasks_dir=TASKS, slots=3, options={"work_dir": str(tmp_path / "work")})
+    backend = LocalBackend(_NoSharedPool(reactor), config)
+    result = await within(backend.run(job("pass", {"answer": "yes"})), 20)
+    assert result.result == "success", (result.text, result.stderr)
+    pool = backend._threads.pool
+    assert pool is not None and pool.max == 5 and pool.name == "local-backend"
+    await within(backend.close(), 20)
+    assert backend._threads.pool is None and pool.joined  # stopped with the backend
+    assert not any(t.is_alive() for t in pool.threads)

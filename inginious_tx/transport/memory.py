@@ -63,6 +63,8 @@ class MemoryPeer:
         self.description = description
         #: how the owner of ``_sink`` sees the sender
         self.other: Optional[MemoryPeer] = None
+        #: True once :meth:`accepted` was called (tests can check the contract).
+        self.hello_accepted = False
 
     @property
     def connected(self) -> bool:
@@ -78,7 +80,8 @@ class MemoryPeer:
         self._link.close(reason, by_client=self._link.to_client is self)
 
     def accepted(self) -> None:
-        """The hello was accepted: an in-memory link has no pre-hello limits."""
+        """Records that the role accepted this peer's hello (no pre-hello limits in memory)."""
+        self.hello_accepted = True
 
     def __repr__(self) -> str:
         return f"<MemoryPeer {self.description}>"

@@ -30,7 +30,7 @@ PUBLIC = {
     "inginious_tx.agent": {"Agent", "AgentConfig", "JobResult", "RESULT_TYPES"},
     "inginious_tx.dispatch": {"Dispatcher"},
     "inginious_tx.testing": {"MemoryTransport", "MemoryPeer", "MemoryListener", "MemoryConnection", "RecordingSink"},
-    "inginious_tx.plugin": {"PluginError", "available", "load"},
+    "inginious_tx.plugin": {"PluginError", "available", "load", "TRANSPORTS", "POLICIES", "AGENT_BACKENDS"},
 }  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from ..interfaces import IConnection, IMessageSink, ITransport
-from ..plugin import PluginError, available
+from ..plugin import TRANSPORTS, PluginError, available
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -59,7 +59,7 @@ def transports() -> List[Any]:
     global _cache
     if _cache is None:
         found = []
-        for name, ep in sorted(available("inginious_tx.transports").items()):
+        for name, ep in sorted(available(TRANSPORTS).items()):
             try:
                 obj = ep.load()
                 inst = obj() if isinstance(obj, type) else obj

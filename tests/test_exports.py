@@ -21,7 +21,7 @@ PUBLIC = {
     },
     "inginious_tx.transport": {
         "DEFAULT_LIMITS", "Limits", "UnknownEndpoint", "transports", "transport_for", "listen", "connect",
-        "check_credentials", "check_separate_credentials",
+        "check_credentials", "shared_credentials", "SharedCredential",
     },
     "inginious_tx.backend": {
         "Backend", "BackendSettings", "BackendService", "Job", "ClientState", "AgentState", "DEFAULT_POLICY",

@@ -33,6 +33,7 @@ from ..interfaces import IListener, IMessageSink, ISchedulingPolicy
 from ..transport import Limits
 from .core import Backend, BackendSettings
 from .policies import DEFAULT_POLICY, load_policy
+from .roles import check_separate_credentials
 
 __all__ = ["BackendService", "ListenFunction"]
 
@@ -84,7 +85,7 @@ class BackendService(Service):
     ) -> None:
         if not client_endpoints or not agent_endpoints:
             raise ValueError("a backend needs at least one client endpoint and one agent endpoint")
-        transport.check_separate_credentials(client_endpoints, agent_endpoints)  # see docs/security.rst
+        check_separate_credentials(client_endpoints, agent_endpoints)  # see docs/security.rst
         if isinstance(policy, str):
             policy = load_policy(policy)
         else:

@@ -15,9 +15,10 @@ from typing import Any, List
 from twisted.python import usage
 
 from .._options import at_least_one, count, limit, positive_float
-from ..transport import DEFAULT_MAX_FRAME, Limits, check_separate_credentials
+from ..transport import DEFAULT_MAX_FRAME, Limits
 from .core import BackendSettings
 from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
+from .roles import check_separate_credentials
 
 __all__ = ["Options", "makeService", "DEFAULT_CLIENTS", "DEFAULT_AGENTS"]
 

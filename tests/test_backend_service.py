@@ -10,6 +10,7 @@ import pytest
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import Clock
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -44,8 +45,9 @@ class Sink:
         self.messages.append(message)
 
 
+@implementer(IReactorCore)
 class FakeReactor(Clock):
-    """A clock that also records callWhenRunning and stop."""
+    """A clock that also records callWhenRunning and stop (the parts of IReactorCore used)."""
 
     def __init__(self) -> None:
         super().__init__()

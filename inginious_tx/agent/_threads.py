@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional, TypeVar
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -20,15 +21,15 @@ __all__ = ["BackendThreads"]
 _T = TypeVar("_T")
 
 
+
 class BackendThreads:
     """Runs blocking calls in a pool of ``maxthreads`` threads named ``name``.
 
     Started on first use; stopped by :meth:`stop` or, at the latest, during
-    reactor shutdown.  ``reactor`` provides ``IReactorFromThreads`` and
-    ``IReactorCore``.
+    the shutdown of ``reactor`` (when it provides ``IReactorCore``).
     """
 
-    def __init__(self, reactor: Any, name: str, maxthreads: int) -> None:
+    def __init__(self, reactor: IReactorFromThreads, name: str, maxthreads: int) -> None:
         self._reactor = reactor
         self.name = name
         self.maxthreads = maxthreads
@@ -45,16 +46,19 @@ class BackendThreads:
         if self._pool is None:
             self._pool = ThreadPool(minthreads=0, maxthreads=self.maxthreads, name=self.name)
             self._pool.start()
-            self._trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self.stop)
+            core = IReactorCore(self._reactor, None)
+            if core is not None:
+                self._trigger = core.addSystemEventTrigger("during", "shutdown", self.stop)
         return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
 
     def stop(self) -> None:
         """Stop the pool (waits for the calls running in it); the next call starts a new one."""
         pool, self._pool = self._pool, None
         trigger, self._trigger = self._trigger, None
-        if trigger is not None:
+        core = IReactorCore(self._reactor, None)
+        if trigger is not None and core is not None:
             try:
-                self._reactor.removeSystemEventTrigger(trigger)
+                core.removeSystemEventTrigger(trigger)
             except (ValueError, KeyError):  # already run: we are in it
                 pass
         if pool is not None:

@@ -13,13 +13,13 @@ from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..dispatch import Dispatcher
-from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer
+from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer, ITransport
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
 from ..transport import Limits
 from .result import JobResult
@@ -59,13 +59,13 @@ class Agent(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         backend: IAgentBackend,
         name: str,
         slots: int,
         endpoint: str,
         *,
-        transport: Any = None,
+        transport: Optional[ITransport] = None,
         limits: Optional[Limits] = None,
         silence_timeout: float = 10.0,
         kill_grace: float = 30.0,

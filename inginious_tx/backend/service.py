@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -42,7 +42,7 @@ _DEFAULT_LIMITS = Limits()
 
 #: ``listen(reactor, endpoint, sink, limits) -> Deferred[IListener]``, like
 #: :func:`inginious_tx.transport.listen` (the default).
-ListenFunction = Callable[[Any, str, IMessageSink, Limits], Deferred]
+ListenFunction = Callable[[IReactorTime, str, IMessageSink, Limits], Deferred]
 
 
 def stop_reactor(reactor: IReactorCore) -> None:
@@ -73,7 +73,7 @@ class BackendService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         client_endpoints: Sequence[str],
         agent_endpoints: Sequence[str],
         policy: Union[str, ISchedulingPolicy] = DEFAULT_POLICY,
@@ -160,8 +160,9 @@ class BackendService(Service):
 
     def _failed(self, failure: Failure) -> Failure:
         self.log.critical("backend cannot listen: {error}", error=failure.getErrorMessage())
-        if self._fatal:
-            self._reactor.callWhenRunning(stop_reactor, self._reactor)
+        core = IReactorCore(self._reactor, None)
+        if self._fatal and core is not None:
+            core.callWhenRunning(stop_reactor, core)
         return failure
 
     def _take_listeners(self) -> List[IListener]:

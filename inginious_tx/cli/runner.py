@@ -14,9 +14,10 @@ import json
 import sys
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
 from twisted.python.failure import Failure
 
 from ..client import BackendUnavailable, Client, ClientJobResult, EnvironmentUnavailable
@@ -36,6 +37,9 @@ from .progress import Progress
 
 __all__ = ["main", "CommandError", "Report"]
 
+#: One command's conversation with the backend, run under the reactor.
+Command = Callable[[IReactorTime, "_Run"], Coroutine[Any, Any, None]]
+
 
 class CommandError(Exception):
     """Ends the command with one line on stderr and ``status``."""
@@ -54,7 +58,7 @@ class Report:
     status: int = EXIT_SUCCESS
 
 
-def _connect(reactor: Any, args: argparse.Namespace) -> Client:
+def _connect(reactor: IReactorTime, args: argparse.Namespace) -> Client:
     from ..plugin import PluginError
     from ..transport import UnknownEndpoint
 
@@ -87,7 +91,7 @@ async def _ready(client: Client, args: argparse.Namespace, environment: Optional
 class _Run:
     """One command under the reactor: its client, its deadline, Ctrl-C."""
 
-    def __init__(self, reactor: Any, report: Report) -> None:
+    def __init__(self, reactor: IReactorTime, report: Report) -> None:
         self.reactor = reactor
         self.report = report
         self.client: Optional[Client] = None
@@ -95,7 +99,7 @@ class _Run:
         self.jobs: Dict[str, Deferred] = {}
         self.finished: Deferred = Deferred()
         self.was_interrupted = False
-        self._timers: List[Any] = []
+        self._timers: List[IDelayedCall] = []
 
     def arm_deadline(self, seconds: float) -> None:
         self._timers.append(self.reactor.callLater(seconds, self._deadline))
@@ -131,7 +135,7 @@ class _Run:
         # closes; the reactor waits for that before it stops.
         return client.stop() if client is not None else None
 
-    async def execute(self, coroutine: Any) -> None:
+    async def execute(self, coroutine: Coroutine[Any, Any, None]) -> None:
         try:
             await coroutine
         except CommandError as e:
@@ -146,7 +150,7 @@ class _Run:
 
 
 async def run_submit(
-    reactor: Any, args: argparse.Namespace, inputs: List[Dict[str, Any]], report: Report, run: _Run
+    reactor: IReactorTime, args: argparse.Namespace, inputs: List[Dict[str, Any]], report: Report, run: _Run
 ) -> None:
     client = run.client = _connect(reactor, args)
     await _ready(client, args, args.environment)
@@ -217,7 +221,7 @@ async def run_submit(
         report.stderr.append(f"inginious-tx: {lost[0].text} ({args.backend}; {len(lost)} job(s) without a result)")
 
 
-async def run_queue(reactor: Any, args: argparse.Namespace, report: Report, run: _Run) -> None:
+async def run_queue(reactor: IReactorTime, args: argparse.Namespace, report: Report, run: _Run) -> None:
     client = run.client = _connect(reactor, args)
     await _ready(client, args)
     try:
@@ -232,7 +236,7 @@ async def run_queue(reactor: Any, args: argparse.Namespace, report: Report, run:
         report.stdout.append(format_queue(snapshot))
 
 
-async def run_environments(reactor: Any, args: argparse.Namespace, report: Report, run: _Run) -> None:
+async def run_environments(reactor: IReactorTime, args: argparse.Namespace, report: Report, run: _Run) -> None:
     client = run.client = _connect(reactor, args)
     environments = await _ready(client, args)
     if args.json:
@@ -243,9 +247,9 @@ async def run_environments(reactor: Any, args: argparse.Namespace, report: Repor
         report.stderr.append("inginious-tx: no agent offers any environment right now")
 
 
-def _reactor_main(reactor: Any, command: Any, report: Report) -> Deferred:
+def _reactor_main(reactor: IReactorTime, command: Command, report: Report) -> Deferred:
     run = _Run(reactor, report)
-    reactor.addSystemEventTrigger("before", "shutdown", run.interrupted)
+    IReactorCore(reactor).addSystemEventTrigger("before", "shutdown", run.interrupted)
     work = ensureDeferred(run.execute(command(reactor, run)))
 
     def settle(result: Any) -> Any:
@@ -285,15 +289,15 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
 
     if args.command == "submit":
 
-        def command(reactor: Any, run: _Run) -> Any:
+        def command(reactor: IReactorTime, run: _Run) -> Coroutine[Any, Any, None]:
             return run_submit(reactor, args, inputs, report, run)
     elif args.command == "queue":
 
-        def command(reactor: Any, run: _Run) -> Any:
+        def command(reactor: IReactorTime, run: _Run) -> Coroutine[Any, Any, None]:
             return run_queue(reactor, args, report, run)
     else:
 
-        def command(reactor: Any, run: _Run) -> Any:
+        def command(reactor: IReactorTime, run: _Run) -> Coroutine[Any, Any, None]:
             return run_environments(reactor, args, report, run)
 
     _start_logging(args.verbose)

@@ -23,14 +23,14 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import transport as _transport
 from ..dispatch import Dispatcher
-from ..interfaces import IClientHandler, IConnection, IPeer
+from ..interfaces import IClientHandler, IConnection, IPeer, ITransport
 from ..messages import (
     BackendGetQueue,
     BackendJobDone,
@@ -119,11 +119,11 @@ class Client(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         endpoint: str,
         name: str = "inginious-tx",
         *,
-        transport: Any = None,
+        transport: Optional[ITransport] = None,
         limits: Optional[_transport.Limits] = None,
         ping_interval: float = 2.0,
         ping_misses: int = 3,
@@ -577,6 +577,6 @@ class Client(Service):
             waiter.deferred.errback(BackendUnavailable(text))
 
 
-def connect_client(reactor: Any, endpoint: str, name: str = "inginious-tx", **options: Any) -> Client:
+def connect_client(reactor: IReactorTime, endpoint: str, name: str = "inginious-tx", **options: Any) -> Client:
     """A started :class:`Client` (options as for :class:`Client`)."""
     return Client(reactor, endpoint, name, **options).start()

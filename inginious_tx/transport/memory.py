@@ -233,14 +233,14 @@ class MemoryTransport:
             connection._relink()
         return listener
 
-    def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
+    def listen(self, reactor: object, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
         try:
             return succeed(self.attach(endpoint, sink))
         except ValueError as e:
             return fail(e)
 
     def connect(
-        self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS
+        self, reactor: object, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS
     ) -> MemoryConnection:
         return MemoryConnection(self, endpoint, sink)
 

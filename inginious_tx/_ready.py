@@ -23,7 +23,7 @@ class ReadyResult:
 
     def __init__(self) -> None:
         self._result: Any = _PENDING
-        self._waiters: List[Deferred] = []
+        self._waiters: List[Deferred[Any]] = []
 
     def reset(self) -> None:
         """A new start: forget the last outcome (waiters still pending stay)."""
@@ -36,16 +36,16 @@ class ReadyResult:
         for d in waiters:
             self._deliver(d)
 
-    def wait(self) -> Deferred:
+    def wait(self) -> Deferred[Any]:
         """A new Deferred, firing with the outcome (at once if settled)."""
-        d: Deferred = Deferred()
+        d: Deferred[Any] = Deferred()
         if self._result is _PENDING:
             self._waiters.append(d)
         else:
             self._deliver(d)
         return d
 
-    def _deliver(self, d: Deferred) -> None:
+    def _deliver(self, d: Deferred[Any]) -> None:
         if isinstance(self._result, Failure):
             d.errback(self._result)
         else:

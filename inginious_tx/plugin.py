@@ -36,7 +36,8 @@ class PluginError(LookupError):
 def _interface(group: str) -> InterfaceClass:
     from . import interfaces
 
-    return getattr(interfaces, GROUPS[group])
+    interface: InterfaceClass = getattr(interfaces, GROUPS[group])
+    return interface
 
 
 def available(group: str) -> Dict[str, Any]:

@@ -31,7 +31,7 @@ class RecordingSink:
         self.connected: List[IPeer] = []
         self.disconnected: List[Tuple[IPeer, str]] = []
         self.messages: List[Tuple[IPeer, Any]] = []
-        self._waiters: List[Tuple[int, Deferred]] = []
+        self._waiters: List[Tuple[int, Deferred[List[Tuple[IPeer, Any]]]]] = []
 
     def peer_connected(self, peer: IPeer) -> None:
         self.connected.append(peer)
@@ -46,9 +46,9 @@ class RecordingSink:
             self._waiters.remove(w)
             w[1].callback(self.messages[: w[0]])
 
-    def wait_for(self, count: int) -> Deferred:
+    def wait_for(self, count: int) -> Deferred[List[Tuple[IPeer, Any]]]:
         """A Deferred that fires once ``count`` messages have arrived."""
-        d: Deferred = Deferred()
+        d: Deferred[List[Tuple[IPeer, Any]]] = Deferred()
         if len(self.messages) >= count:
             d.callback(self.messages[:count])
         else:

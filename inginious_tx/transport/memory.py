@@ -128,7 +128,7 @@ class MemoryListener:
         self.sink = sink
         self.peers: List[MemoryPeer] = []
 
-    def stop(self) -> Deferred:
+    def stop(self) -> Deferred[None]:
         if self._transport._listeners.get(self.endpoint) is self:
             del self._transport._listeners[self.endpoint]
         for peer in list(self.peers):
@@ -182,7 +182,7 @@ class MemoryConnection:
             link.close("reconnecting", by_client=True)
         self._make_link()
 
-    def stop(self) -> Deferred:
+    def stop(self) -> Deferred[None]:
         """Close for good; fires once what was sent before, then the close,
         have been delivered."""
         self.stopped = True
@@ -193,7 +193,7 @@ class MemoryConnection:
         if link is None:
             return succeed(None)
         link.close("connection stopped", by_client=True)
-        done: Deferred = Deferred()
+        done: Deferred[None] = Deferred()
         self._transport._post("fire", done, None, None)
         return done
 
@@ -233,7 +233,9 @@ class MemoryTransport:
             connection._relink()
         return listener
 
-    def listen(self, reactor: object, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
+    def listen(
+        self, reactor: object, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS
+    ) -> Deferred[IListener]:
         try:
             return succeed(self.attach(endpoint, sink))
         except ValueError as e:

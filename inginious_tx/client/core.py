@@ -354,31 +354,30 @@ class Client(Service):
         self._wake_waiters()
 
     def backend_job_started(self, peer: IPeer, message: BackendJobStarted) -> None:
-        if not self._heard(peer):
-            return
-        job = self._jobs.get(message.job_id)
-        if job is None or not job.sent:
-            self.log.debug("ignoring a start notice for job {job_id}, not pending", job_id=message.job_id)
-            return
-        if job.on_started is not None:
+        job = self._sent_job(peer, message.job_id, "a start notice")
+        if job is not None and job.on_started is not None:
             self._call(job.on_started, message.job_id)
 
     def backend_job_done(self, peer: IPeer, message: BackendJobDone) -> None:
-        if not self._heard(peer):
-            return
-        job = self._jobs.get(message.job_id)
-        if job is None or not job.sent:
-            self.log.info("ignoring a result for job {job_id}, not pending (late or unknown)", job_id=message.job_id)
-            return
-        self._finish(job, ClientJobResult.from_message(message))
+        job = self._sent_job(peer, message.job_id, "a result")
+        if job is not None:
+            self._finish(job, ClientJobResult.from_message(message))
 
     def backend_job_ssh_debug(self, peer: IPeer, message: BackendJobSSHDebug) -> None:
+        job = self._sent_job(peer, message.job_id, "SSH debug details")
+        if job is not None and job.on_ssh_debug is not None:
+            self._call(job.on_ssh_debug, message.job_id, message.host, message.port, message.password)
+
+    def _sent_job(self, peer: IPeer, job_id: str, what: str) -> Optional[_Job]:
+        """The pending job ``job_id`` was sent on the current link and the
+        current backend speaks of it; None (``what`` logged) otherwise."""
         if not self._heard(peer):
-            return
-        job = self._jobs.get(message.job_id)
-        if job is None or not job.sent or job.on_ssh_debug is None:
-            return
-        self._call(job.on_ssh_debug, message.job_id, message.host, message.port, message.password)
+            return None
+        job = self._jobs.get(job_id)
+        if job is None or not job.sent:
+            self.log.info("ignoring {what} for job {job_id}, not pending (late or unknown)", what=what, job_id=job_id)
+            return None
+        return job
 
     def backend_get_queue(self, peer: IPeer, message: BackendGetQueue) -> None:
         if not self._heard(peer):

@@ -21,7 +21,6 @@ __all__ = ["BackendThreads"]
 _T = TypeVar("_T")
 
 
-
 class BackendThreads:
     """Runs blocking calls in a pool of ``maxthreads`` threads named ``name``.
 

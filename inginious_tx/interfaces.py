@@ -53,6 +53,16 @@ class IPeer(Interface):
         ``reason`` (str) is logged.  Idempotent.
         """
 
+    def accepted() -> None:
+        """The role has accepted this peer's hello (ClientHello / AgentHello).
+
+        Until then the transport treats the peer as a stranger: a small frame
+        limit (``Limits.max_hello_frame``), a deadline to say hello
+        (``Limits.hello_timeout``), and (stream listeners) a place counted
+        against ``Limits.max_pending``.  Called by the backend core once the
+        hello is accepted; idempotent and cheap.
+        """
+
 
 class IMessageSink(Interface):
     """What a transport delivers to: arrivals, messages and departures of peers."""
@@ -68,7 +78,9 @@ class IMessageSink(Interface):
     def peer_disconnected(peer: IPeer, reason: str) -> None:
         """``peer`` is gone for certain (its stream connection closed).
 
-        ZeroMQ listeners never call this: heartbeats decide there."""
+        ZeroMQ listeners call this only when they know a session is over
+        (its routing id is used by a new connection, a send found it
+        unconnected, or it never said hello in time): heartbeats decide the rest."""
 
 
 class IRejectionObserver(Interface):
@@ -244,6 +256,42 @@ class IWaitingJob(Interface):
     sequence = Attribute("int: arrival order, strictly increasing")
     launcher = Attribute("str: who submitted the job, as the client named it (a frontend, a user...)")
     retries = Attribute("int: how many times the job was queued again after losing its agent")
+
+
+class IBackendJob(IWaitingJob):
+    """A job as the backend shows it to :class:`IJobObserver` providers."""
+
+    job_id = Attribute("str: the job's id as its client named it")
+    client_name = Attribute("str: the name its client gave in its hello when it submitted the job")
+    environment_type = Attribute("str: the type of its environment ('docker' for every 0.6 job)")
+
+
+class IJobObserver(Interface):
+    """Hears every job's transitions in the backend (logs, time series, audits).
+
+    Register with ``Backend.add_observer``.  Methods are called synchronously
+    on the reactor thread, so they must be cheap; an observer that raises is
+    logged and does not disturb the backend.  ``job`` provides
+    :class:`IBackendJob` and belongs to the backend: read it, keep no
+    reference beyond the call.
+    """
+
+    def job_queued(job: IBackendJob) -> None:
+        """``job`` was accepted (it waits, or is about to be sent to an agent)."""
+
+    def job_refused(client_name: str, job_id: str, reason: str) -> None:
+        """A job was answered ``crash`` at submission (queue full, bounds,
+        duplicate id, invalid job, shutdown); it never got a :class:`IBackendJob`."""
+
+    def job_started(job: IBackendJob, agent_name: str) -> None:
+        """``job`` was sent to the agent ``agent_name``."""
+
+    def job_requeued(job: IBackendJob, agent_name: str, reason: str) -> None:
+        """``job``'s agent ``agent_name`` was lost (``reason``); it is queued again."""
+
+    def job_finished(job: IBackendJob, kind: str, agent_name: Optional[str]) -> None:
+        """``job`` ended: ``kind`` is its result type, or ``"dropped"`` when its
+        client left first; ``agent_name`` is None if it never ran or its agent is gone."""
 
 
 class ISchedulingPolicy(Interface):

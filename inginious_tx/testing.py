@@ -3,7 +3,7 @@
 :class:`MemoryTransport` (from :mod:`inginious_tx.transport.memory`) is a real
 :class:`~inginious_tx.interfaces.ITransport` that moves messages between sinks
 in the same process: every message goes through ``dump()`` and
-``MessageMeta.load()`` as on a real wire, it keeps the real transports'
+``load_any()`` as on a real wire, it keeps the real transports'
 promises (order, reconnection, sink errors logged), but delivery is queued and
 happens on :meth:`MemoryTransport.pump` (or on the clock, with ``autopump``),
 so tests control interleavings exactly.  The embedded agent of the backend
@@ -25,9 +25,15 @@ __all__ = ["MemoryTransport", "MemoryPeer", "MemoryListener", "MemoryConnection"
 
 @implementer(IMessageSink)
 class RecordingSink:
-    """A sink that records everything, for tests of transports."""
+    """A sink that records everything, for tests of transports.
 
-    def __init__(self) -> None:
+    ``accept``: accept every peer as soon as it connects (``peer.accepted()``),
+    as a role does once it accepts a hello, so that the transport lifts its
+    pre-hello limits; by default peers stay strangers.
+    """
+
+    def __init__(self, accept: bool = False) -> None:
+        self._accept = accept
         self.connected: List[IPeer] = []
         self.disconnected: List[Tuple[IPeer, str]] = []
         self.messages: List[Tuple[IPeer, Any]] = []
@@ -35,6 +41,8 @@ class RecordingSink:
 
     def peer_connected(self, peer: IPeer) -> None:
         self.connected.append(peer)
+        if self._accept:
+            peer.accepted()
 
     def peer_disconnected(self, peer: IPeer, reason: str) -> None:
         self.disconnected.append((peer, reason))

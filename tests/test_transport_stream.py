@@ -14,6 +14,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import clientFromString, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.task import Clock
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
@@ -41,13 +42,18 @@ def fast() -> StreamTransport:
 # ---------------------------------------------------------------------------
 
 
-def server_protocol(limits: Limits = _LIMITS) -> Any:
-    """A server-side protocol on a StringTransport, and the sink it delivers to."""
+def server_protocol(limits: Limits = _LIMITS, accepted: bool = True, clock: Any = None) -> Any:
+    """A server-side protocol on a StringTransport, and the sink it delivers to.
+
+    ``accepted``: as if the role had accepted the peer's hello already.
+    """
     sink = RecordingSink()
-    listener = StreamListener("tcp:0", sink, limits)
+    listener = StreamListener("tcp:0", sink, limits, clock or Clock())
     protocol = _ServerFactory(listener).buildProtocol(None)
     transport = StringTransport()
     protocol.makeConnection(transport)
+    if accepted:
+        protocol.peer.accepted()
     return protocol, transport, sink
 
 
@@ -221,7 +227,7 @@ def endpoint(request: Any, short_tmp: str) -> str:
 async def serve(endpoint: str, closers: list, limits: Limits = _LIMITS) -> Any:
     from twisted.internet import reactor
 
-    sink = RecordingSink()
+    sink = RecordingSink(accept=True)
     listener = await fast().listen(reactor, endpoint, sink, limits)
     closers.append(listener.stop)
     return listener, sink

@@ -10,7 +10,7 @@ The agent talks to the backend through an :class:`InProcessTransport` rather
 than through the agent endpoint: no port to share with real agents, no
 reconnection loop, nothing to wait for at start-up, and it works whatever the
 agent endpoints are.  Messages still go through ``dump()`` and
-``MessageMeta.load()``, so the backend sees exactly what a wire would bring.
+``load_any()``, so the backend sees exactly what a wire would bring.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..agent.core import Agent
 from ..agent.local import LocalBackend
 from ..agent.result import AgentConfig
 from ..interfaces import IConnection, IMessageSink, IPeer, ITransport
-from ..messages import MessageMeta
+from ..messages import load_any
 from ..transport import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -91,6 +91,9 @@ class _Peer:
     def disconnect(self, reason: str = "disconnected") -> None:
         self._link.close(reason)
 
+    def accepted(self) -> None:
+        """Nothing to lift: an in-process link has no pre-hello limits."""
+
     def __repr__(self) -> str:
         return f"<in-process peer {self.description}>"
 
@@ -139,7 +142,7 @@ class _Link:
             sink, kind, peer, data = self._queue.popleft()
             try:
                 if kind == "message":
-                    sink.message_received(peer, MessageMeta.load(data))
+                    sink.message_received(peer, load_any(data))
                 elif kind == "connected":
                     sink.peer_connected(peer)
                 else:

@@ -39,10 +39,15 @@ class FakePeer:
         self.sent: List[Any] = []
         #: the reason given to :meth:`disconnect`, if it was called
         self.disconnected: Optional[str] = None
+        #: how many times the backend accepted this peer's hello
+        self.accepted_count = 0
         self._wire = wire
 
     def send(self, message: Any) -> None:
         self.sent.append(MessageMeta.load(message.dump()) if self._wire else message)
+
+    def accepted(self) -> None:
+        self.accepted_count += 1
 
     def disconnect(self, reason: str = "disconnected") -> None:
         if self.disconnected is None:

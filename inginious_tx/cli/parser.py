@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
             default=10.0,
             help="how long to wait for the backend (and for the environment) before giving up (default: 10)",
         )
+        p.add_argument(
+            "--dialect",
+            choices=("0.6", "0.9"),
+            default="0.6",
+            help="the protocol the backend speaks: 0.6 (INGInious 0.6, inginious-tx; the default) or 0.9 "
+            "(INGInious 0.7 to 0.9.x, inginious-tx)",
+        )
+        p.add_argument(
+            "--environment-type",
+            metavar="TYPE",
+            default="docker",
+            help="with --dialect 0.9: the type of --environment (default: docker)",
+        )
         p.add_argument("--json", action="store_true", help="print JSON instead of text")
         p.add_argument("-v", "--verbose", action="store_true", help="log the conversation on stderr")
 
@@ -158,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     envs = sub.add_parser(
         "environments",
         help="list the environments the agents offer",
-        description="List the environments that at least one live agent offers.",
+        description="List the environments that at least one live agent offers (with --dialect 0.9: as TYPE/NAME).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_exit_codes_text(),
     )

@@ -62,7 +62,14 @@ def _connect(reactor: IReactorTime, args: argparse.Namespace) -> Client:
     from ..plugin import PluginError
     from ..transport import UnknownEndpoint
 
-    client = Client(reactor, args.backend, name="inginious-tx-cli", connect_timeout=args.connect_timeout)
+    client = Client(
+        reactor,
+        args.backend,
+        name="inginious-tx-cli",
+        connect_timeout=args.connect_timeout,
+        dialect=args.dialect,
+        environment_type=args.environment_type,
+    )
     try:
         return client.start()
     except UnknownEndpoint as e:
@@ -239,6 +246,10 @@ async def run_queue(reactor: IReactorTime, args: argparse.Namespace, report: Rep
 async def run_environments(reactor: IReactorTime, args: argparse.Namespace, report: Report, run: _Run) -> None:
     client = run.client = _connect(reactor, args)
     environments = await _ready(client, args)
+    if args.dialect == "0.9":
+        # Every (type, name), as TYPE/NAME.
+        by_type = client.environments_by_type
+        environments = tuple(f"{t}/{n}" for t, names in by_type.items() for n in names)
     if args.json:
         report.stdout.append(json.dumps(sorted(environments)))
     elif environments:

@@ -31,6 +31,10 @@ __all__ = [
 ]
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
+DEFAULT_MAX_HELLO_FRAME = 64 * 1024
+DEFAULT_HELLO_TIMEOUT = 10.0
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_MAX_PENDING = 100
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,15 @@ class Limits:
     #: Largest number of encoded bytes queued for one slow stream peer
     #: before the connection is dropped (a client that never reads).
     max_send_buffer: int = 4 * DEFAULT_MAX_FRAME
+    #: Largest frame accepted from a peer whose hello has not been accepted
+    #: yet (see :meth:`inginious_tx.interfaces.IPeer.accepted`); hellos are tiny.
+    max_hello_frame: int = DEFAULT_MAX_HELLO_FRAME
+    #: Seconds a stream connection has to get its hello accepted before it is closed.
+    hello_timeout: float = DEFAULT_HELLO_TIMEOUT
+    #: Most open connections of one stream listener (further ones are closed at once).
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Most connections of one stream listener whose hello is not accepted yet.
+    max_pending: int = DEFAULT_MAX_PENDING
 
 
 #: The limits used when none are given.

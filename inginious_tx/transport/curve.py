@@ -31,13 +31,13 @@ from __future__ import annotations
 import glob
 import itertools
 import os
+import secrets
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import unquote
 
 import zmq
 import zmq.auth
-from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zmq.utils import z85
@@ -52,6 +52,8 @@ __all__ = [
     "allowed_keys",
     "ZapHandler",
     "secure_listener",
+    "guard_listener",
+    "user_key",
     "secure_connection",
 ]
 
@@ -62,6 +64,9 @@ _KNOWN = (SECRET, ALLOWED, SERVER)
 #: A refused key is logged at most once per this many seconds (a refused peer retries ten times a second).
 REFUSAL_LOG_INTERVAL = 60.0
 _domains = itertools.count(1)
+#: Where ZeroMQ sends its authentication requests (RFC 27: ZAP).
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_VERSION = b"1.0"
 
 
 @dataclass(frozen=True)
@@ -170,23 +175,33 @@ def allowed_keys(endpoint: str) -> Dict[bytes, str]:
     return _allowed(params[ALLOWED]) if ALLOWED in params else {}
 
 
-class _AllowedKeys:
-    """The ZAP decision for one listener (a pyzmq credentials provider)."""
+class _Domain:
+    """The ZAP decisions for one listener: who gets in, and the session identity it is given.
 
-    def __init__(self, handler: ZapHandler, settings: CurveServer, description: str) -> None:
+    ``keys`` is None for a listener without CurveZMQ (every NULL handshake is
+    let in), else the allowed public keys (z85).
+    """
+
+    def __init__(self, handler: ZapHandler, keys: Optional[Dict[bytes, str]], description: str) -> None:
         self._handler = handler
-        self.keys = frozenset(settings.allowed)
+        self.keys = frozenset(keys) if keys is not None else None
         self.description = description
 
-    def callback(self, domain: str, key: bytes) -> bool:
-        # Never raises: the REP socket must answer every request.
-        try:
-            if key in self.keys:
-                return True
-            self._handler._refused(self.description, key)
-        except Exception:
-            log.failure("ZAP check failed on {listener}", listener=self.description)
-        return False
+    def decide(self, mechanism: bytes, credentials: List[bytes]) -> Tuple[bool, bytes]:
+        """(allowed, User-Id) for one handshake."""
+        # Every connection gets a token of its own: a session is bound to its
+        # connection, so a later connection that reuses a routing id (or a
+        # key) is a new session, never the old one (see zmq.py).
+        token = secrets.token_hex(16).encode()
+        if self.keys is None:
+            return mechanism == b"NULL", b"null:" + token
+        if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
+            return False, b""
+        key = z85.encode(credentials[0])
+        if key in self.keys:
+            return True, b"curve:" + key + b":" + token
+        self._handler._refused(self.description, key)
+        return False, b""
 
 
 @implementer(IReadDescriptor)
@@ -211,41 +226,40 @@ class _ZapReader:
 
 
 class ZapHandler:
-    """The ZAP handler of one ZeroMQ context, run on the reactor.
+    """The ZAP handler (ZeroMQ RFC 27) of one ZeroMQ context, run on the reactor.
 
-    pyzmq's :class:`zmq.auth.Authenticator` makes the decisions (each
-    listener is a ZAP domain with its own allowed keys); this class only
-    feeds it the requests from its socket, without a thread.  It exists while
-    at least one CurveZMQ listener of the context does.
+    Every listener of the context is a ZAP domain.  ZeroMQ asks this handler
+    about each new connection of a listener, CurveZMQ or not, and tags every
+    message of that connection with the User-Id answered here: a token of
+    its own (with, for CurveZMQ, the peer's public key), which is what
+    :mod:`inginious_tx.transport.zmq` binds sessions to.  It exists while at
+    least one listener of the context does.
     """
 
     def __init__(self, reactor: Any, context: zmq.Context) -> None:
-        from zmq.auth import Authenticator
-
         self._reactor = reactor
         self._context = context
-        self._auth = Authenticator(context)
+        socket = context.socket(zmq.REP)
+        socket.linger = 0
         try:
-            self._auth.start()
+            socket.bind(ZAP_ENDPOINT)
         except zmq.ZMQError as e:
-            self._auth.stop()
+            socket.close()
             raise ValueError(f"cannot start the ZAP handler (is another one bound in this context?): {e}") from None
-        self.socket: Optional[zmq.Socket] = self._auth.zap_socket
+        self.socket: Optional[zmq.Socket] = socket
         self._reader = _ZapReader(self)
         reactor.addReader(self._reader)
-        self._domains: Dict[str, _AllowedKeys] = {}
+        self._domains: Dict[bytes, _Domain] = {}
         self._last_logged: Dict[Tuple[str, bytes], float] = {}
         self._address = "?"
         #: Handshakes refused so far (tests, metrics).
         self.refused = 0
 
-    def add(self, domain: str, provider: _AllowedKeys) -> None:
-        self._domains[domain] = provider
-        self._auth.configure_curve_callback(domain, provider)
+    def add(self, domain: str, provider: _Domain) -> None:
+        self._domains[domain.encode()] = provider
 
     def remove(self, domain: str) -> None:
-        self._domains.pop(domain, None)
-        self._auth.credentials_providers.pop(domain, None)
+        self._domains.pop(domain.encode(), None)
         if not self._domains:
             self.stop()
 
@@ -254,7 +268,13 @@ class ZapHandler:
             del _handlers[self._context]
         if self.socket is not None:
             self._reactor.removeReader(self._reader)
-            self._auth.stop()
+            try:
+                # Unbind first: closing alone frees the inproc name later,
+                # and the next listener's handler could not bind it.
+                self.socket.unbind(ZAP_ENDPOINT)
+            except zmq.ZMQError:
+                pass
+            self.socket.close()
             self.socket = None
 
     def _read(self) -> None:
@@ -264,9 +284,29 @@ class ZapHandler:
                 request = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._address = request[3].decode("utf-8", "replace") if len(request) > 3 else "?"
-            d = ensureDeferred(self._auth.handle_zap_message(request))
-            d.addErrback(lambda f: log.failure("ZAP request failed", f))
+            # A REP socket must answer every request it received, whatever it holds.
+            try:
+                reply = self._answer(request)
+            except Exception:
+                log.failure("ZAP request failed")
+                reply = [ZAP_VERSION, request[1] if len(request) > 1 else b"", b"500", b"internal error", b"", b""]
+            try:
+                sock.send_multipart(reply, zmq.NOBLOCK)
+            except zmq.ZMQError as e:
+                log.warn("cannot answer a ZAP request: {error}", error=str(e))
+
+    def _answer(self, request: List[bytes]) -> List[bytes]:
+        if len(request) < 6 or request[0] != ZAP_VERSION:
+            return [ZAP_VERSION, request[1] if len(request) > 1 else b"", b"400", b"bad request", b"", b""]
+        _, request_id, domain, address, _, mechanism = request[:6]
+        self._address = address.decode("utf-8", "replace")
+        provider = self._domains.get(domain)
+        if provider is None:
+            return [ZAP_VERSION, request_id, b"400", b"unknown domain", b"", b""]
+        allowed, user_id = provider.decide(mechanism, request[6:])
+        if allowed:
+            return [ZAP_VERSION, request_id, b"200", b"OK", user_id, b""]
+        return [ZAP_VERSION, request_id, b"400", b"not allowed", b"", b""]
 
     def _refused(self, listener: str, key: bytes) -> None:
         self.refused += 1
@@ -290,29 +330,47 @@ class ZapHandler:
 _handlers: Dict[zmq.Context, ZapHandler] = {}
 
 
-def secure_listener(
-    reactor: Any, context: zmq.Context, socket: zmq.Socket, settings: CurveServer, description: str
+def guard_listener(
+    reactor: Any, context: zmq.Context, socket: zmq.Socket, settings: Optional[CurveServer], description: str
 ) -> Callable[[], None]:
-    """Make ``socket`` (not bound yet) a CurveZMQ server that lets only allowed keys in.
+    """Put ``socket`` (a ROUTER, not bound yet) under the context's ZAP handler.
 
-    Returns what to call once the socket is closed.
+    With ``settings``, it becomes a CurveZMQ server that lets only allowed
+    keys in; without, every NULL handshake is let in.  Either way each
+    connection's messages carry a User-Id of its own.  Returns what to call
+    once the socket is closed.
     """
     handler = _handlers.get(context)
     if handler is None:
         handler = _handlers[context] = ZapHandler(reactor, context)
     domain = f"inginious-tx-{next(_domains)}"
-    handler.add(domain, _AllowedKeys(handler, settings, description))
+    handler.add(domain, _Domain(handler, settings.allowed if settings is not None else None, description))
     socket.set(zmq.ZAP_DOMAIN, domain.encode())
-    socket.set(zmq.CURVE_SECRETKEY, settings.secret)
-    socket.set(zmq.CURVE_PUBLICKEY, settings.public)
-    socket.set(zmq.CURVE_SERVER, 1)
-    log.info(
-        "{listener}: CurveZMQ, {n} allowed peer keys from {folder}",
-        listener=description,
-        n=len(settings.allowed),
-        folder=settings.allowed_dir,
-    )
+    if settings is not None:
+        socket.set(zmq.CURVE_SECRETKEY, settings.secret)
+        socket.set(zmq.CURVE_PUBLICKEY, settings.public)
+        socket.set(zmq.CURVE_SERVER, 1)
+        log.info(
+            "{listener}: CurveZMQ, {n} allowed peer keys from {folder}",
+            listener=description,
+            n=len(settings.allowed),
+            folder=settings.allowed_dir,
+        )
     return lambda: handler.remove(domain)
+
+
+def secure_listener(
+    reactor: Any, context: zmq.Context, socket: zmq.Socket, settings: CurveServer, description: str
+) -> Callable[[], None]:
+    """Make ``socket`` (not bound yet) a CurveZMQ server that lets only allowed keys in (see :func:`guard_listener`)."""
+    return guard_listener(reactor, context, socket, settings, description)
+
+
+def user_key(user_id: Optional[str]) -> Optional[bytes]:
+    """The CurveZMQ public key (z85) in a User-Id given by :class:`ZapHandler`, if there is one."""
+    if user_id and user_id.startswith("curve:"):
+        return user_id.split(":")[1].encode()
+    return None
 
 
 def secure_connection(socket: zmq.Socket, settings: CurveClient) -> None:

@@ -5,7 +5,7 @@ without ``--agents``) and is the transport of tests (re-exported by
 :mod:`inginious_tx.testing`).  It keeps the promises of the real transports,
 checked by the same contract tests (``tests/test_transport_common.py``):
 
-- every message goes through ``dump()`` and ``MessageMeta.load()``, so the
+- every message goes through ``dump()`` and ``load_any()``, so the
   receiver sees exactly what a wire would bring, and an unencodable message
   raises at ``send``;
 - one FIFO per transport keeps the order of everything (connected, messages,
@@ -33,7 +33,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
-from ..messages import MessageMeta
+from ..messages import load_any
 from . import DEFAULT_LIMITS, Limits
 
 __all__ = ["MemoryTransport", "MemoryListener", "MemoryConnection", "MemoryPeer", "PREFIX"]
@@ -269,7 +269,7 @@ class MemoryTransport:
             kind, sink, peer, data = queue.popleft()
             try:
                 if kind == "message":
-                    sink.message_received(peer, MessageMeta.load(data))
+                    sink.message_received(peer, load_any(data))
                 elif kind == "connected":
                     sink.peer_connected(peer)
                 elif kind == "disconnected":

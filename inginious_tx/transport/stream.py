@@ -9,6 +9,14 @@ Whatever a peer sends, the worst outcome is that *its* connection is
 aborted with a logged reason: a frame over ``limits.max_frame``, a payload
 that does not decode, or (on the sending side) more than
 ``limits.max_send_buffer`` bytes queued for a peer that does not read.
+
+A listener treats a new connection as a stranger until the role accepts
+its hello (:meth:`StreamPeer.accepted`): until then its frames may be at
+most ``limits.max_hello_frame`` bytes, it must be accepted within
+``limits.hello_timeout`` seconds, and at most ``limits.max_pending`` such
+connections (``limits.max_connections`` in all) are kept: further ones are
+closed as soon as they are made.  So what strangers can make the backend
+hold is bounded by ``max_pending * max_hello_frame`` bytes, whoever they are.
 """
 
 from __future__ import annotations
@@ -17,20 +25,20 @@ import itertools
 import random
 import re
 import struct
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Set
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
-from ..messages import MessageError, MessageMeta
+from ..messages import MessageError, load_any
 from . import Limits, tls
 
 if TYPE_CHECKING:
@@ -60,12 +68,14 @@ _DEFAULT_LIMITS = Limits()
 PREFIXES = ("tcp:", "tcp6:", "unix:", "ssl:")
 #: Seconds :meth:`StreamConnection.stop` lets a graceful close flush before aborting.
 STOP_GRACE = 5.0
+#: Connections refused for being over a listener's caps are logged at most once per this many seconds.
+REFUSAL_LOG_INTERVAL = 10.0
 
 _HEADER = struct.Struct(">I")
 _pack = _HEADER.pack
 _unpack_from = _HEADER.unpack_from
 _MAX_FRAME_FIELD = 0xFFFFFFFF
-_load = MessageMeta.load
+_load = load_any
 _ids = itertools.count(1)
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 
@@ -136,8 +146,11 @@ class MessageProtocol(Int32StringReceiver):
     # Set by makeConnection; every use comes after connectionMade.
     transport: _IConnected
 
-    def __init__(self, owner: Any, limits: Limits) -> None:
-        self.MAX_LENGTH = limits.max_frame
+    def __init__(self, owner: Any, limits: Limits, accepted: bool = True) -> None:
+        self._max_frame = limits.max_frame
+        #: False until the role accepted the peer's hello (listening side only).
+        self.accepted = accepted
+        self.MAX_LENGTH = limits.max_frame if accepted else min(limits.max_hello_frame, limits.max_frame)
         self._owner = owner
         self._max_send_buffer = limits.max_send_buffer
         self.congested = False
@@ -187,6 +200,14 @@ class MessageProtocol(Int32StringReceiver):
     def _describe(self) -> str:
         return self.peer.description if self.peer is not None else repr(self.transport.getPeer())
 
+    def accept(self) -> None:
+        """Lift the pre-hello limits (idempotent)."""
+        if self.accepted:
+            return
+        self.accepted = True
+        self.MAX_LENGTH = self._max_frame
+        self._owner._accepted(self)
+
     # -- receiving -------------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
@@ -213,10 +234,10 @@ class MessageProtocol(Int32StringReceiver):
             self._rest = b""
         size = len(data)
         offset = 0
-        max_length = self.MAX_LENGTH
         while size - offset >= 4:
             (length,) = _unpack_from(data, offset)
-            if length > max_length:
+            # Read each time: the previous frame (a hello) may have lifted the limit.
+            if length > self.MAX_LENGTH:
                 self.lengthLimitExceeded(length)
                 return
             end = offset + 4 + length
@@ -234,7 +255,13 @@ class MessageProtocol(Int32StringReceiver):
             self._rest = data[offset:]
 
     def lengthLimitExceeded(self, length: int) -> None:
-        self.abort(f"frame of {length} bytes exceeds the maximum of {self.MAX_LENGTH} bytes")
+        if self.accepted:
+            self.abort(f"frame of {length} bytes exceeds the maximum of {self.MAX_LENGTH} bytes")
+        else:
+            self.abort(
+                f"frame of {length} bytes before an accepted hello exceeds the maximum of {self.MAX_LENGTH} bytes "
+                "(limits.max_hello_frame)"
+            )
 
     def stringReceived(self, data: bytes) -> None:
         try:
@@ -295,30 +322,85 @@ class StreamPeer:
     def disconnect(self, reason: str = "disconnected") -> None:
         self._protocol.abort(reason)
 
+    def accepted(self) -> None:
+        """Lift the pre-hello frame limit and deadline of this connection."""
+        self._protocol.accept()
+
     def __repr__(self) -> str:
         return f"<StreamPeer {self.description}>"
+
+
+class _Refused(Protocol):
+    """Stands in for a connection over a listener's caps: closed as soon as made."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
 
 class _ServerFactory(Factory):
     def __init__(self, listener: StreamListener) -> None:
         self._listener = listener
 
-    def buildProtocol(self, addr: Any) -> MessageProtocol:
-        return MessageProtocol(self._listener, self._listener._limits)
+    def buildProtocol(self, addr: Any) -> Protocol:
+        listener = self._listener
+        refusal = listener._over_caps()
+        if refusal is not None:
+            listener._refuse(addr, refusal)
+            return _Refused()
+        return MessageProtocol(listener, listener._limits, accepted=False)
 
 
 @implementer(IListener)
 class StreamListener:
     """A listening port; aborts its connections when stopped."""
 
-    def __init__(self, endpoint: str, sink: IMessageSink, limits: Limits) -> None:
+    def __init__(
+        self, endpoint: str, sink: IMessageSink, limits: Limits, reactor: Optional[IReactorTime] = None
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _global
+
+            reactor = _global
         self.description = endpoint
         self.connect_endpoint = endpoint
+        self._reactor: IReactorTime = reactor
         self._kind = endpoint.partition(":")[0]
         self._sink = sink
         self._limits = limits
         self._port: Any = None
         self.protocols: Set[MessageProtocol] = set()
+        #: Connections whose hello is not accepted yet -> their hello deadline.
+        self.pending: Dict[MessageProtocol, IDelayedCall] = {}
+        #: Connections closed at once for being over a cap (tests, metrics).
+        self.refused = 0
+        self._refusals_logged_at = -REFUSAL_LOG_INTERVAL
+        self._refusals_unlogged = 0
+
+    def _over_caps(self) -> Optional[str]:
+        """Why one more connection is refused now, if it is."""
+        limits = self._limits
+        if len(self.protocols) >= limits.max_connections:
+            return f"{len(self.protocols)} connections are open (limits.max_connections)"
+        if len(self.pending) >= limits.max_pending:
+            return f"{len(self.pending)} connections have not said hello yet (limits.max_pending)"
+        return None
+
+    def _refuse(self, addr: Any, reason: str) -> None:
+        """Count a refused connection; log at most once per REFUSAL_LOG_INTERVAL (a flood must not flood the log)."""
+        self.refused += 1
+        self._refusals_unlogged += 1
+        now = self._reactor.seconds()
+        if now - self._refusals_logged_at < REFUSAL_LOG_INTERVAL:
+            return
+        log.warn(
+            "{listener}: refused {n} connection(s), the last from {addr}: {reason}",
+            listener=self.connect_endpoint,
+            n=self._refusals_unlogged,
+            addr=addr,
+            reason=reason,
+        )
+        self._refusals_logged_at = now
+        self._refusals_unlogged = 0
 
     def _listening(self, port: Any) -> StreamListener:
         self._port = port
@@ -347,13 +429,24 @@ class StreamListener:
         protocol.peer = StreamPeer(protocol, description.encode(), description)
         protocol.sink = self._sink
         self.protocols.add(protocol)
+        if not protocol.accepted:
+            timeout = self._limits.hello_timeout
+            self.pending[protocol] = self._reactor.callLater(
+                timeout, protocol.abort, f"no accepted hello within {timeout:g} s (limits.hello_timeout)"
+            )
         try:
             self._sink.peer_connected(protocol.peer)
         except Exception:
             log.failure("handler failed on connection of {peer}", peer=description)
 
+    def _accepted(self, protocol: MessageProtocol) -> None:
+        deadline = self.pending.pop(protocol, None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
     def _lost(self, protocol: MessageProtocol, reason: str) -> None:
         self.protocols.discard(protocol)
+        self._accepted(protocol)
         try:
             self._sink.peer_disconnected(protocol.peer, reason)
         except Exception:
@@ -399,6 +492,9 @@ class StreamServerPeer:
         protocol = self._connection.protocol
         if protocol is not None:
             protocol.abort(reason)
+
+    def accepted(self) -> None:
+        """Nothing to lift: a connecting side trusts the server it chose."""
 
     def __repr__(self) -> str:
         return f"<StreamServerPeer {self.description}>"
@@ -505,7 +601,7 @@ class StreamTransport:
 
     def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS) -> Deferred:
         endpoint = listening_endpoint(endpoint)
-        listener = StreamListener(endpoint, sink, limits)
+        listener = StreamListener(endpoint, sink, limits, reactor)
         d = maybeDeferred(lambda: tls.server_endpoint(reactor, endpoint).listen(_ServerFactory(listener)))
         return d.addCallback(listener._listening)
 

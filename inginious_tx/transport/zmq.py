@@ -1,13 +1,32 @@
 """The ZeroMQ transport: INGInious 0.6's own wire (``zmq:tcp://...``, ``zmq:ipc://...``).
 
-A listener binds a ROUTER socket: a peer is a ZeroMQ identity, announced on
-its first valid message and never reported gone (heartbeats decide that).
+A listener binds a ROUTER socket.  A peer is a *session*: a routing id on
+one connection, announced on its first valid message.  Sessions are bound
+to their connection, not to the routing id alone (which anyone may claim):
+
+* ``ROUTER_HANDOVER`` is off, so a connection claiming the routing id of a
+  connected peer is ignored by ZeroMQ;
+* every connection gets a User-Id of its own from the ZAP handler
+  (:mod:`.curve`; with CurveZMQ it also names the peer's key), read from
+  each message: a message whose routing id is known but whose User-Id is
+  not that session's comes from a new connection, so the old session is
+  over (reported with ``peer_disconnected``) and a new peer starts;
+* a send that finds the routing id unconnected ends the session as well;
+* the routing id never leaves this module: ``address`` and ``description``
+  are names of our own, and the ids ZeroMQ assigns are made unpredictable
+  (:func:`_seed_routing_ids`).
+
+Other departures are not seen (heartbeats decide them).  Until the role
+accepts a session's hello (:meth:`ZmqPeer.accepted`), its frames over
+``Limits.max_hello_frame`` are dropped, and at most ``Limits.max_pending``
+such sessions, none older than ``Limits.hello_timeout``, are kept.
+
 A connection is a DEALER socket sending single-frame messages, which is
 exactly what an INGInious 0.6 client or agent does.
 
 Sockets are txzmq connections adapted so that everything runs on the
 injected reactor (txzmq itself reaches for the global one), and whose read
-loop is kept short: a frame goes from ``recv`` through ``MessageMeta.load``
+loop is kept short: a frame goes from ``recv`` through ``load_any``
 to the sink with no per-message scheduling.
 
 High-water marks: a ROUTER *silently drops* messages to a peer whose queue
@@ -30,6 +49,10 @@ bytes are queued for them.
 
 from __future__ import annotations
 
+import ctypes
+import itertools
+import os
+import secrets
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import zmq
@@ -38,7 +61,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
-from ..messages import MessageError, MessageMeta
+from ..messages import MessageError, load_any
 from . import Limits, curve
 
 __all__ = ["ZmqTransport", "ZmqListener", "ZmqConnection", "ZmqPeer", "ZmqServerPeer", "HIGH_WATER_MARK"]
@@ -58,6 +81,30 @@ _FLUSH_POLL = 0.005
 #: Most messages handled in one go before yielding to the reactor, so that a
 #: peer that never stops sending cannot starve timers and other sockets.
 READ_BATCH = 4096
+#: Large frames dropped from strangers are logged at most once per this many seconds.
+DROP_LOG_INTERVAL = 10.0
+_sessions = itertools.count(1)
+_seeded = False
+
+
+def _seed_routing_ids() -> None:
+    """Make the routing ids ZeroMQ assigns unpredictable, once per process.
+
+    A ROUTER gives a peer that sets no routing id of its own (every
+    INGInious 0.6 client and agent) a zero byte and a 32-bit counter; the
+    counter starts at a value drawn from the C library's ``rand()``, which
+    nothing seeds: without this, the first peer of every fresh backend got
+    the same id (``006b8b4567``).  Seeded from the system's random source,
+    the start is one of 2^32 values an attacker cannot see.
+    """
+    global _seeded
+    if _seeded:
+        return
+    _seeded = True
+    try:
+        ctypes.CDLL(None).srand(secrets.randbits(32))
+    except (OSError, AttributeError) as e:  # pragma: no cover - a C library without srand
+        log.warn("cannot seed ZeroMQ's routing ids: {error}", error=str(e))
 
 # The per-message path calls pyzmq's backend socket methods with plain ints:
 # the convenience layer above them converts flags and options to enums on
@@ -69,7 +116,7 @@ _recv = zmq.backend.Socket.recv
 _send = zmq.backend.Socket.send
 _get = zmq.backend.Socket.get
 _Again = zmq.Again
-_load = MessageMeta.load
+_load = load_any
 
 _classes: Optional[Tuple[type, type]] = None
 
@@ -194,34 +241,45 @@ def _new_socket(reactor: Any, context: zmq.Context, socket_type: int, reader: Ca
 
 @implementer(IPeer)
 class ZmqPeer:
-    """A ZeroMQ identity seen by a listener.
+    """One session of a listener: a ZeroMQ routing id *on one connection*.
 
-    Equal to any other :class:`ZmqPeer` of the same listener and identity.
+    The routing id (what the ROUTER sends to) stays private: ``address``
+    and ``description`` are names of our own that reveal nothing an impostor
+    could use.  Peers compare by identity: a later connection that reuses
+    the routing id is another peer.
     """
 
-    def __init__(self, listener: ZmqListener, identity: bytes) -> None:
+    def __init__(self, listener: ZmqListener, routing_id: bytes, user_id: Optional[str], origin: str) -> None:
         self._listener = listener
-        self.address = identity
-        self.description = f"{listener.description}/{identity.hex()}"
+        self._routing_id = routing_id
+        #: The connection's User-Id from the ZAP handler (a token of its own, and its CurveZMQ key if any).
+        self.user_id = user_id
+        #: The CurveZMQ public key (z85) the peer proved it holds, or None.
+        self.curve_key = curve.user_key(user_id)
+        n = next(_sessions)
+        self.address = b"zmq-%d" % n
+        self.description = f"{listener.description}#{n} ({origin})"
         self.forgotten = False
+        #: True once the role accepted this peer's hello (see :meth:`accepted`).
+        self.is_accepted = False
+        #: When the peer was first heard from (reactor seconds).
+        self.since = 0.0
 
     def send(self, message: Any) -> None:
         data = message.dump()
         if self.forgotten:
             log.debug("dropped {msgtype} to forgotten peer {peer}", msgtype=message.msgtype, peer=self.description)
             return
-        self._listener._send_to(self.address, data)
+        self._listener._send_to(self, data)
 
     def disconnect(self, reason: str = "disconnected") -> None:
         self._listener._forget(self, reason)
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, ZmqPeer):
-            return NotImplemented
-        return other._listener is self._listener and other.address == self.address
-
-    def __hash__(self) -> int:
-        return hash((id(self._listener), self.address))
+    def accepted(self) -> None:
+        """Lift the pre-hello frame limit for this session."""
+        if not self.is_accepted:
+            self.is_accepted = True
+            self._listener._strangers.pop(self._routing_id, None)
 
     def __repr__(self) -> str:
         return f"<ZmqPeer {self.description}>"
@@ -235,16 +293,30 @@ class ZmqListener:
         endpoint, curve_settings = curve.server_settings(endpoint)  # the ?curve-... query, see curve.py
         address = _zmq_address(endpoint)
         self.description = endpoint
+        self._reactor = reactor
         self._sink = sink
+        self._limits = limits
+        self._curve = curve_settings
+        #: routing id -> its current session
         self._peers: Dict[bytes, ZmqPeer] = {}
+        #: routing id -> session whose hello is not accepted yet, oldest first
+        self._strangers: Dict[bytes, ZmqPeer] = {}
+        #: Frames dropped for coming from a stranger and being over ``limits.max_hello_frame``.
+        self.dropped_large = 0
+        self._dropped_logged_at = -DROP_LOG_INTERVAL
+        self._dropped_unlogged = 0
+        _seed_routing_ids()  # before the ROUTER exists: it draws its first id when made
         self._conn = _new_socket(reactor, context, zmq.ROUTER, self._read, limits)
         sock = self._conn.socket
         sock.set(zmq.ROUTER_MANDATORY, 1)  # errors instead of silent drops on send
-        sock.set(zmq.ROUTER_HANDOVER, 1)  # a peer reconnecting with its own identity takes over
+        # Never let a new connection take over a live routing id: whoever
+        # knows (or guesses) a peer's id could otherwise receive its messages.
+        sock.set(zmq.ROUTER_HANDOVER, 0)
         self._release_curve: Optional[Callable[[], None]] = None
         try:
-            if curve_settings is not None:
-                self._release_curve = curve.secure_listener(reactor, context, sock, curve_settings, endpoint)
+            # Always under the ZAP handler: it lets only allowed CurveZMQ keys
+            # in, and gives every connection a User-Id that sessions are bound to.
+            self._release_curve = curve.guard_listener(reactor, context, sock, curve_settings, endpoint)
             sock.bind(address)
         except (zmq.ZMQError, ValueError) as e:
             self._conn.shutdown()
@@ -259,47 +331,57 @@ class ZmqListener:
 
     @property
     def peers(self) -> Dict[bytes, ZmqPeer]:
-        """Identity -> peer, for every identity known (heard from and not forgotten)."""
+        """Routing id -> its session, for every routing id heard from (and not forgotten)."""
         return self._peers
 
     def _read(self, socket: zmq.Socket) -> bool:
         peers = self._peers
         sink = self._sink
+        hello_limit = self._limits.max_hello_frame
         for _ in range(READ_BATCH):
             try:
-                identity = _recv(socket, _NOBLOCK)
+                frame = _recv(socket, _NOBLOCK, False)
             except _Again:
                 return False
+            routing_id = frame.bytes
+            user_id = frame.get("User-Id") or None
             if not _get(socket, _RCVMORE):
                 log.warn("{listener}: dropped a message with no payload frame", listener=self.description)
                 continue
             payload = _recv(socket, _NOBLOCK)
+            peer = peers.get(routing_id)
+            if peer is not None and peer.user_id != user_id:
+                # With ROUTER_HANDOVER off, a routing id is on a new
+                # connection only once its old connection is gone.
+                self._ended(peer, "its connection closed (its routing id is now used by another connection)")
+                peer = None
             if _get(socket, _RCVMORE):
                 n = 2 + _discard_rest(socket)
                 log.warn(
-                    "{listener}: dropped a message of {frames} frames from {identity} (expected one payload frame)",
+                    "{listener}: dropped a message of {frames} frames from {peer} (expected one payload frame)",
                     listener=self.description,
                     frames=n - 1,
-                    identity=identity.hex(),
+                    peer=peer.description if peer is not None else "a new peer",
                 )
+                continue
+            if len(payload) > hello_limit and (peer is None or not peer.is_accepted):
+                self._drop_large(peer, frame, len(payload))
                 continue
             try:
                 message = _load(payload)
             except MessageError as e:
                 log.warn(
-                    "{listener}: dropped an undecodable message from {identity}: {error}",
+                    "{listener}: dropped an undecodable message from {peer}: {error}",
                     listener=self.description,
-                    identity=identity.hex(),
+                    peer=peer.description if peer is not None else "a new peer",
                     error=str(e),
                 )
                 if IRejectionObserver.providedBy(sink):
-                    self._rejected(identity, e, payload)
+                    self._rejected(peer, routing_id, frame, e, payload)
                 continue
-            peer = peers.get(identity)
             try:
                 if peer is None:
-                    peer = peers[identity] = ZmqPeer(self, identity)
-                    sink.peer_connected(peer)
+                    peer = self._new_peer(routing_id, frame)
                 sink.message_received(peer, message)
             except Exception:
                 log.failure("{listener}: handler failed on {message!r}", listener=self.description, message=message)
@@ -307,64 +389,126 @@ class ZmqListener:
                 return False
         return True
 
-    def _rejected(self, identity: bytes, error: MessageError, payload: bytes) -> None:
+    def _new_peer(self, routing_id: bytes, frame: Any) -> ZmqPeer:
+        """A new session for ``routing_id`` (the connection ``frame`` came on), announced to the sink."""
+        user_id = frame.get("User-Id") or None
+        key = curve.user_key(user_id)
+        if key is not None and self._curve is not None:
+            origin = os.path.basename(self._curve.allowed.get(key, "?"))
+        else:
+            origin = frame.get("Peer-Address") or "?"
+        peer = ZmqPeer(self, routing_id, user_id, origin)
+        peer.since = self._reactor.seconds()
+        self._peers[routing_id] = peer
+        self._admit_stranger(peer)
+        self._sink.peer_connected(peer)
+        return peer
+
+    def _admit_stranger(self, peer: ZmqPeer) -> None:
+        """Keep at most ``limits.max_pending`` sessions without an accepted hello, none older than
+        ``limits.hello_timeout``: a peer cycling routing ids must not make us hold a session for each."""
+        strangers = self._strangers
+        limits = self._limits
+        too_old = self._reactor.seconds() - limits.hello_timeout
+        while strangers:
+            oldest = next(iter(strangers.values()))
+            if len(strangers) < limits.max_pending and oldest.since > too_old:
+                break
+            self._ended(oldest, "no accepted hello in time (limits.hello_timeout, limits.max_pending)")
+        strangers[peer._routing_id] = peer
+
+    def _drop_large(self, peer: Optional[ZmqPeer], frame: Any, size: int) -> None:
+        """Drop a large frame from a stranger; logged at most once per DROP_LOG_INTERVAL."""
+        self.dropped_large += 1
+        self._dropped_unlogged += 1
+        now = self._reactor.seconds()
+        if now - self._dropped_logged_at < DROP_LOG_INTERVAL:
+            return
+        log.warn(
+            "{listener}: dropped {n} message(s) over {limit} bytes from peers that have not said hello, "
+            "the last of {size} bytes from {origin} (limits.max_hello_frame)",
+            listener=self.description,
+            n=self._dropped_unlogged,
+            limit=self._limits.max_hello_frame,
+            size=size,
+            origin=peer.description if peer is not None else (frame.get("Peer-Address") or "?"),
+        )
+        self._dropped_logged_at = now
+        self._dropped_unlogged = 0
+
+    def _ended(self, peer: ZmqPeer, reason: str) -> None:
+        """``peer``'s session is over for certain: forget it and tell the sink."""
+        if peer.forgotten:
+            return
+        self._forget(peer, reason)
+        try:
+            self._sink.peer_disconnected(peer, reason)
+        except Exception:
+            log.failure("{listener}: handler failed on the departure of {peer}", listener=self.description, peer=peer)
+
+    def _rejected(
+        self, peer: Optional[ZmqPeer], routing_id: bytes, frame: Any, error: MessageError, payload: bytes
+    ) -> None:
         """Let the sink answer a bad frame: the peer stays, so it can be told."""
         sink = self._sink
         assert IRejectionObserver.providedBy(sink)  # only called for such a sink (see _read)
-        peer = self._peers.get(identity)
         try:
             if peer is None:
-                peer = self._peers[identity] = ZmqPeer(self, identity)
-                sink.peer_connected(peer)
+                peer = self._new_peer(routing_id, frame)
             sink.message_rejected(peer, error, payload)
         except Exception:
             log.failure("{listener}: handler failed on a rejected frame", listener=self.description)
 
-    def _send_to(self, identity: bytes, data: bytes) -> None:
+    def _send_to(self, peer: ZmqPeer, data: bytes) -> None:
         conn = self._conn
         sock = conn.socket
         if sock is None:
             log.debug("{listener} is stopped: dropped a message", listener=self.description)
             return
         try:
-            _send(sock, identity, _SNDMORE_NOBLOCK)
+            _send(sock, peer._routing_id, _SNDMORE_NOBLOCK)
             _send(sock, data, _NOBLOCK)
         except zmq.ZMQError as e:
             if e.errno == zmq.EHOSTUNREACH:
-                log.debug(
-                    "{listener}: peer {identity} is not connected: dropped a message",
-                    listener=self.description,
-                    identity=identity.hex(),
-                )
+                # Its connection is gone, so is the session: a later connection
+                # with the same routing id must not get what was meant for it.
+                log.debug("{peer} is not connected: dropped a message", peer=peer.description)
+                self._forget(peer, "its connection closed")
+                self._reactor.callLater(0, self._tell_gone, peer, "its connection closed")
             elif e.errno == zmq.EAGAIN:
                 log.warn(
-                    "{listener}: queue of peer {identity} is full ({hwm} messages): dropped a message",
-                    listener=self.description,
-                    identity=identity.hex(),
+                    "{peer}: its queue is full ({hwm} messages): dropped a message",
+                    peer=peer.description,
                     hwm=HIGH_WATER_MARK,
                 )
             else:
-                log.warn(
-                    "{listener}: cannot send to {identity}: {error}",
-                    listener=self.description,
-                    identity=identity.hex(),
-                    error=str(e),
-                )
+                log.warn("cannot send to {peer}: {error}", peer=peer.description, error=str(e))
         # Any send, failed or not, may consume the edge-triggered read
         # notification: always look at the socket again.
         if conn.read_scheduled is None:
             conn.schedule_read()
 
+    def _tell_gone(self, peer: ZmqPeer, reason: str) -> None:
+        """The sink learns (on its own reactor turn, not inside a send) that ``peer`` is gone."""
+        try:
+            self._sink.peer_disconnected(peer, reason)
+        except Exception:
+            log.failure("{listener}: handler failed on the departure of {peer}", listener=self.description, peer=peer)
+
     def _forget(self, peer: ZmqPeer, reason: str) -> None:
-        if self._peers.get(peer.address) is peer:
-            del self._peers[peer.address]
+        routing_id = peer._routing_id
+        if self._peers.get(routing_id) is peer:
+            del self._peers[routing_id]
             log.info("{peer} forgotten: {reason}", peer=peer.description, reason=reason)
+        if self._strangers.get(routing_id) is peer:
+            del self._strangers[routing_id]
         peer.forgotten = True
 
     def stop(self) -> Deferred:
         for peer in self._peers.values():
             peer.forgotten = True
         self._peers.clear()
+        self._strangers.clear()
         if self._conn.socket is not None:
             self._conn.shutdown()
             log.info("stopped listening on {endpoint}", endpoint=self.connect_endpoint)
@@ -398,6 +542,9 @@ class ZmqServerPeer:
         """Drop the current link; like :meth:`ZmqConnection.reconnect` (use ``stop`` to end for good)."""
         log.info("dropping the link to {peer}: {reason}", peer=self.description, reason=reason)
         self._connection.reconnect()
+
+    def accepted(self) -> None:
+        """Nothing to lift: a connecting side trusts the server it chose."""
 
     def __repr__(self) -> str:
         return f"<ZmqServerPeer {self.description}>"

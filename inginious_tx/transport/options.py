@@ -1,0 +1,71 @@
+"""The transport bounds as twistd command-line options (shared by the commands that listen).
+
+A command adds :data:`LISTENER_OPTIONS` to its ``optParameters`` and builds
+its :class:`~inginious_tx.transport.Limits` with :func:`limits_from`, so the
+bounds, their defaults and their help live next to the code that enforces them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, Mapping
+
+from .._options import at_least_one, positive_float
+from . import DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HELLO_FRAME, DEFAULT_MAX_PENDING, Limits
+
+__all__ = ["LISTENER_OPTIONS", "limits_from"]
+
+#: ``optParameters`` entries for a command that listens.
+LISTENER_OPTIONS: List[List[Any]] = [
+    [
+        "max-send-buffer",
+        None,
+        None,
+        "Bytes queued for a stream peer that does not read before it is disconnected "
+        "[default: 4 x --max-frame, at least 1 MiB]",
+        at_least_one,
+    ],
+    [
+        "max-hello-frame",
+        None,
+        DEFAULT_MAX_HELLO_FRAME,
+        "Largest message accepted, in bytes, from a peer whose hello is not accepted yet "
+        "(stream: disconnected; ZeroMQ: dropped).",
+        at_least_one,
+    ],
+    [
+        "hello-timeout",
+        None,
+        DEFAULT_HELLO_TIMEOUT,
+        "Seconds a new peer has to say an accepted hello before it is disconnected (stream) or forgotten (ZeroMQ).",
+        positive_float,
+    ],
+    [
+        "max-connections",
+        None,
+        DEFAULT_MAX_CONNECTIONS,
+        "Most open connections of one stream endpoint; further ones are closed at once.",
+        at_least_one,
+    ],
+    [
+        "max-pending",
+        None,
+        DEFAULT_MAX_PENDING,
+        "Most peers of one endpoint that have not said an accepted hello yet; further stream connections "
+        "are closed at once, the oldest ZeroMQ ones forgotten.",
+        at_least_one,
+    ],
+]
+
+
+def limits_from(options: Mapping[str, Any]) -> Limits:
+    """The :class:`Limits` of parsed options (``max-frame`` and the :data:`LISTENER_OPTIONS`)."""
+    max_frame = options["max-frame"]
+    send_buffer = options["max-send-buffer"]
+    return Limits(
+        max_frame=max_frame,
+        max_send_buffer=send_buffer if send_buffer is not None else max(4 * max_frame, 1 << 20),
+        max_hello_frame=options["max-hello-frame"],
+        hello_timeout=options["hello-timeout"],
+        max_connections=options["max-connections"],
+        max_pending=options["max-pending"],
+    )

@@ -1,0 +1,457 @@
+"""Hostile peers against the transports, over real sockets and processes.
+
+Part of the hostile-peer suite of issue 10: what a peer that does not play
+by the rules (copies another's ZeroMQ routing id, never says hello, sends
+huge frame headers, never reads) can make the backend do or hold.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from typing import Any, List, Optional
+
+import pytest
+import pytest_twisted
+import zmq
+import zmq.auth
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from inginious_tx.agent.core import Agent
+from inginious_tx.agent.mock import MockBackend
+from inginious_tx.agent.result import AgentConfig
+from inginious_tx.backend.embedded import InProcessTransport
+from inginious_tx.backend.service import BackendService
+from inginious_tx.backend.testing import agent_hello, new_job
+from inginious_tx.interfaces import IPeer
+from inginious_tx.messages import (
+    AgentJobDone,
+    BackendGetQueue,
+    BackendJobDone,
+    BackendJobStarted,
+    BackendNewJob,
+    ClientGetQueue,
+    ClientHello,
+    ClientKillJob,
+    MessageMeta,
+    Ping,
+    Unknown,
+)
+from inginious_tx.testing import MemoryTransport, RecordingSink
+from inginious_tx.transport import Limits
+from inginious_tx.transport.zmq import ZmqTransport
+from faults_support import Lab, closed_by_peer, raw_tcp
+from subprocess_env import child_env
+
+
+# ---------------------------------------------------------------------------
+# Contract 1: IPeer.accepted()
+# ---------------------------------------------------------------------------
+
+
+def test_every_in_process_peer_provides_accepted() -> None:
+    """The fakes and the in-process link implement the whole IPeer, accepted() included."""
+    memory = MemoryTransport()
+    server, client = RecordingSink(), RecordingSink()
+    memory.listen(None, "mem:x", server)
+    conn = memory.connect(None, "mem:x", client)
+    memory.pump()
+    (peer,) = server.connected
+    for p in (peer, conn.peer):
+        assert verifyObject(IPeer, p)
+        assert not p.hello_accepted
+        p.accepted()
+        p.accepted()  # idempotent
+        assert p.hello_accepted
+
+
+
+def test_the_embedded_link_provides_accepted() -> None:
+    clock = Clock()
+    backend_side, agent_side = RecordingSink(), RecordingSink()
+    conn = InProcessTransport(clock, backend_side).connect(clock, "in-process:agent", agent_side)
+    clock.advance(0)
+    (peer,) = backend_side.connected
+    for p in (peer, conn.peer):
+        assert verifyObject(IPeer, p)
+        p.accepted()
+        p.accepted()
+
+
+def test_default_limits_bound_strangers() -> None:
+    limits = Limits()
+    assert limits.max_hello_frame == 64 * 1024
+    assert limits.hello_timeout == 10.0
+    assert limits.max_pending * limits.max_hello_frame <= 16 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------
+# Finding 1: ZeroMQ session hijack with a copied routing id (plain and CurveZMQ)
+# ---------------------------------------------------------------------------
+
+
+class Keys:
+    """A server key pair and three peers: alice and mallory (both allowed clients), agent1 (the agent)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        for name in ("server", "alice", "mallory", "agent1"):
+            zmq.auth.create_certificates(folder, name)
+        for allowed, who in (("clients", ("alice", "mallory")), ("agents", ("agent1",))):
+            os.makedirs(f"{folder}/{allowed}")
+            for w in who:
+                shutil.copy(f"{folder}/{w}.key", f"{folder}/{allowed}/{w}.key")
+
+    def listen(self, allowed: str) -> str:
+        f = self.folder
+        return f"zmq:tcp://127.0.0.1:*?curve-secret={f}/server.key_secret&curve-allowed={f}/{allowed}"
+
+    def connect(self, listener: Any, who: str) -> str:
+        f = self.folder
+        return f"{listener.connect_endpoint}?curve-secret={f}/{who}.key_secret&curve-server={f}/server.key"
+
+    def secure(self, socket: zmq.Socket, who: str) -> None:
+        public, secret = zmq.auth.load_certificate(f"{self.folder}/{who}.key_secret")
+        socket.curve_publickey, socket.curve_secretkey = public, secret
+        socket.curve_serverkey = zmq.auth.load_certificate(f"{self.folder}/server.key")[0]
+
+
+class RawPeer:
+    """A plain pyzmq DEALER (nothing of ours in the way) that may copy someone's routing id."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        listener: Any,
+        routing_id: Optional[bytes] = None,
+        keys: Optional[Keys] = None,
+        who: str = "",
+    ) -> None:
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.linger = 0
+        if routing_id is not None:
+            self.socket.setsockopt(zmq.ROUTING_ID, routing_id)
+        if keys is not None:
+            keys.secure(self.socket, who)
+        self.socket.connect(listener.connect_endpoint[len("zmq:") :])
+        self.got: List[Any] = []
+
+    def send(self, *messages: Any) -> None:
+        for m in messages:
+            self.socket.send(m.dump())
+
+    def poll(self) -> List[Any]:
+        """Everything received so far (read without blocking)."""
+        while True:
+            try:
+                self.got.append(MessageMeta.load(self.socket.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                return self.got
+
+    def about(self, job_id: str) -> List[Any]:
+        return [m for m in self.poll() if getattr(m, "job_id", None) == job_id]
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+@pytest.fixture
+def raw_context() -> Any:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+async def backend_and_agent(closers: list, until: Any, within: Any, keys: Optional[Keys]) -> Any:
+    """A real backend (in this process, on the real reactor) listening on ZeroMQ, and one mock agent."""
+    from twisted.internet import reactor
+
+    plain = "zmq:tcp://127.0.0.1:*"
+    service = BackendService(
+        reactor,
+        [keys.listen("clients") if keys else plain],
+        [keys.listen("agents") if keys else plain],
+        shutdown_grace=0,
+    )
+    service.startService()
+    closers.append(service.stopService)
+    clients, agents = await within(service.ready)
+    endpoint = keys.connect(agents, "agent1") if keys else agents.connect_endpoint
+    agent = Agent(reactor, MockBackend(reactor, AgentConfig()), "agent1", 2, endpoint)
+    agent.startService()
+    closers.append(agent.stopService)
+    await until(lambda: [a.name for a in service.backend.agents] == ["agent1"], what="the agent to register")
+    return service, clients, agents
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["plain", "curve"])
+@pytest_twisted.ensureDeferred
+async def test_a_copied_client_routing_id_takes_nothing_over(
+    secured: bool, short_tmp: str, raw_context: Any, closers: list, until: Any, within: Any
+) -> None:
+    """Mallory connects with alice's routing id while alice waits for a result: she
+    cannot kill alice's job, see it, or receive its result; alice gets her result.
+
+    On main (ROUTER_HANDOVER on, sessions keyed by routing id): mallory's
+    kill went through and alice's result went to mallory."""
+    keys = Keys(short_tmp) if secured else None
+    service, clients, _ = await backend_and_agent(closers, until, within, keys)
+    alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
+    alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
+    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+
+    mallory = RawPeer(raw_context, clients, b"alice-session", keys, "mallory")
+    mallory.send(ClientHello("alice"), ClientKillJob("alice-job"), ClientGetQueue(), ClientHello("alice"))
+    mallory.send(ClientKillJob("alice-job"), ClientGetQueue())
+
+    await until(lambda: any(type(m) is BackendJobDone for m in alice.about("alice-job")), what="alice's result")
+    [done] = [m for m in alice.about("alice-job") if type(m) is BackendJobDone]
+    assert done.result == ("success", "") and done.grade == 100.0  # not killed
+    # Whatever mallory got (an Unknown, her own queue view), nothing is about alice's job as hers.
+    assert mallory.about("alice-job") == []
+    for queue in (m for m in mallory.poll() if type(m) is BackendGetQueue):
+        assert not any(mine for _, mine, *rest in queue.jobs_running), queue
+    # alice's session is intact: she still talks to the backend as herself.
+    alice.send(new_job("alice-job-2"))
+    await until(lambda: any(type(m) is BackendJobDone for m in alice.about("alice-job-2")), what="alice's second job")
+    assert mallory.about("alice-job-2") == []
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["plain", "curve"])
+@pytest_twisted.ensureDeferred
+async def test_a_routing_id_reused_after_its_peer_left_is_a_new_session(
+    secured: bool, short_tmp: str, raw_context: Any, closers: list, until: Any, within: Any
+) -> None:
+    """Alice leaves with a job running; mallory reconnects with alice's routing id and talks
+    at once: she is a stranger (Unknown), alice's session is over (her job is killed), and
+    mallory gets nothing of alice's.  On main mallory simply continued alice's session."""
+    keys = Keys(short_tmp) if secured else None
+    service, clients, _ = await backend_and_agent(closers, until, within, keys)
+    alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
+    alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
+    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+    alice.close()
+
+    tries: List[RawPeer] = []
+    started = [0.0]
+
+    def mallory_took_the_id() -> bool:
+        # libzmq ignores a duplicate routing id until the old connection is gone:
+        # retry (a new connection every 200 ms) until it is.
+        if tries and tries[-1].poll():
+            return True
+        if tries and time.monotonic() - started[0] < 0.2:
+            return False
+        if tries:
+            tries[-1].close()
+        tries.append(RawPeer(raw_context, clients, b"alice-session", keys, "mallory"))
+        tries[-1].send(ClientGetQueue())
+        started[0] = time.monotonic()
+        return False
+
+    await until(mallory_took_the_id, what="mallory to be heard with alice's routing id")
+    mallory = tries[-1]
+    assert [type(m) for m in mallory.poll()] == [Unknown]  # a stranger: must say hello first
+    mallory.send(ClientKillJob("alice-job"), ClientGetQueue())
+    await until(lambda: len(mallory.poll()) >= 3, what="mallory's next answers")
+    assert {type(m) for m in mallory.poll()} == {Unknown}
+    # alice's session ended with her connection: no client is registered, her job is gone from the agent.
+    await until(lambda: not service.backend.clients and not service.backend.agents[0].running)
+    assert mallory.about("alice-job") == []
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["plain", "curve"])
+@pytest_twisted.ensureDeferred
+async def test_an_impostor_with_an_agents_routing_id_cannot_answer_its_jobs(
+    secured: bool, short_tmp: str, raw_context: Any, closers: list, until: Any, within: Any
+) -> None:
+    """Eve copies the agent's routing id (she is given the real one, the best case for her)
+    and answers its running job with grade 100: the client gets the agent's own answer."""
+    keys = Keys(short_tmp) if secured else None
+    service, clients, agents = await backend_and_agent(closers, until, within, keys)
+    [agent] = service.backend.agents
+    [agent_id] = [r for r, p in agents.peers.items() if p is agent.peer]
+    # What the status page shows of an agent is no routing id.
+    assert agent_id.hex() not in agent.peer.description and agent_id not in agent.peer.address
+
+    alice = RawPeer(raw_context, clients, None, keys, "alice")
+    alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0, "@mock_grade": 50}))
+    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="the job to start")
+    [job_key] = list(agent.running)
+    eve = RawPeer(raw_context, agents, agent_id, keys, "agent1" if secured else "")
+    forged = AgentJobDone(job_key, ("success", "hacked"), 100.0, {}, {}, {}, "", None, "", "")
+    eve.send(forged, agent_hello("agent1", 8, ["default"]), forged)
+
+    await until(lambda: any(type(m) is BackendJobDone for m in alice.about("alice-job")), what="alice's result")
+    [done] = [m for m in alice.about("alice-job") if type(m) is BackendJobDone]
+    assert done.grade == 50.0 and done.result[1] != "hacked"
+    assert not any(type(m) is BackendNewJob for m in eve.poll())
+
+
+FIRST_ID = """
+import zmq
+from twisted.internet import reactor, task
+from inginious_tx.messages import Ping
+from inginious_tx.testing import RecordingSink
+from inginious_tx.transport import Limits
+from inginious_tx.transport.zmq import ZmqTransport
+
+async def main(reactor):
+    sink = RecordingSink()
+    listener = await ZmqTransport().listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits())
+    dealer = zmq.Context().socket(zmq.DEALER)
+    dealer.connect(listener.connect_endpoint[4:])
+    dealer.send(Ping().dump())
+    for _ in range(500):
+        if listener.peers or sink.messages:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    print(list(listener.peers)[0].hex())
+
+task.react(lambda r: __import__("twisted.internet.defer").internet.defer.ensureDeferred(main(r)))
+"""
+
+
+def test_the_first_assigned_routing_id_of_a_fresh_backend_is_not_predictable() -> None:
+    """ZeroMQ gives a peer without its own routing id (every INGInious 0.6 peer) 0 + a counter
+    started from an unseeded rand(): on main every fresh backend's first peer was 006b8b4567."""
+    ids = [
+        subprocess.run(
+            [sys.executable, "-c", FIRST_ID], env=child_env(), capture_output=True, text=True, timeout=60, check=True
+        ).stdout.strip()
+        for _ in range(3)
+    ]
+    assert all(len(i) == 10 and i.startswith("00") for i in ids), ids
+    assert len(set(ids)) == 3 and "006b8b4567" not in ids, ids
+
+
+# ---------------------------------------------------------------------------
+# Finding 5: stream connections that never say hello
+# ---------------------------------------------------------------------------
+
+MiB = 1 << 20
+
+
+def test_never_hello_stream_connections_cost_little_and_are_closed() -> None:
+    """A real ``twistd inginious-backend`` (64 MiB frames allowed): 30 connections that each
+    announce a 60 MiB frame and send 4 MiB of it are closed at once and its peak memory stays
+    near its baseline; connections that say nothing are closed after ``--hello-timeout``; one
+    beyond ``--max-pending`` is closed at once; an honest client is served all along.
+
+    On main each of the 30 was buffered (about 120 MB more at the peak) and kept open, idle
+    ones were never closed, and there was no cap."""
+    with Lab() as lab:
+        clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
+        backend = lab.backend(
+            clients, agents, "--max-frame", str(64 * MiB), "--hello-timeout", "2", "--max-pending", "30"
+        )
+        endpoint = clients.connect["tcp"]
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        honest = lab.client("honest", endpoint)
+        lab.wait(honest.ready(), 30, "the honest client's hello to be answered")
+        baseline = backend.memory()["VmHWM"]
+
+        # 30 connections, each a 60 MiB frame header and 4 MiB of its payload.
+        flood = [raw_tcp(endpoint) for _ in range(30)]
+        chunk = b"\0" * MiB
+        for s in flood:
+            try:
+                s.sendall(struct.pack(">I", 60 * MiB))
+                for _ in range(4):
+                    s.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed by the backend already: what we want
+        assert all(closed_by_peer(s, 10) for s in flood)
+        grown = backend.memory()["VmHWM"] - baseline
+        assert grown < 24 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
+        assert backend.has("before an accepted hello exceeds the maximum of 65536 bytes")
+
+        # 30 connections that say nothing fill --max-pending: the next one is closed at once.
+        idle = [raw_tcp(endpoint) for _ in range(30)]
+        extra = raw_tcp(endpoint)
+        started = time.monotonic()
+        assert closed_by_peer(extra, 5)
+        assert time.monotonic() - started < 1.9  # before the hello deadline: refused, not timed out
+        assert not closed_by_peer(idle[0], 0.1)
+        lab.wait(lambda: backend.count("refused 1 connection(s)") > 0, 10, "the refusal to be logged")
+        # ... and every idle one is closed once the hello deadline passes.
+        assert all(closed_by_peer(s, 10) for s in idle)
+        assert time.monotonic() - started >= 1.5
+        assert backend.has("no accepted hello within 2 s")
+
+        # The honest client, connected for longer than the deadline, is still served.
+        [job] = honest.submit(["honest-1"])
+        lab.wait(honest.answered([job]), 30, "the honest job's result")
+        assert honest.results[job][0]["type"] == "success", honest.results[job]
+        assert honest.ready_count == 1  # one hello: its connection was never cut
+        for s in [*flood, *idle, extra]:
+            s.close()
+
+
+# ---------------------------------------------------------------------------
+# ZeroMQ strangers: large frames before hello, routing ids by the hundred
+# ---------------------------------------------------------------------------
+
+
+_zmq = ZmqTransport()
+
+
+class HelloSink(RecordingSink):
+    """Accepts a peer when it says ClientHello, as the backend core does."""
+
+    def message_received(self, peer: IPeer, message: Any) -> None:
+        if type(message) is ClientHello:
+            peer.accepted()
+        super().message_received(peer, message)
+
+
+@pytest_twisted.ensureDeferred
+async def test_zmq_frames_over_the_hello_limit_from_strangers_are_dropped(
+    raw_context: Any, closers: list, until: Any, within: Any, log_events: Any
+) -> None:
+    from twisted.internet import reactor
+
+    sink = HelloSink()
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(max_hello_frame=64 * 1024))
+    closers.append(listener.stop)
+    big = new_job("big", inputdata={"blob": "x" * MiB})
+    peer = RawPeer(raw_context, listener)
+    peer.send(big, Ping())
+    await until(lambda: sink.messages, what="the ping")
+    assert [type(m) for _, m in sink.messages] == [Ping]  # the 1 MiB job was dropped
+    assert log_events.has("dropped 1 message(s) over 65536 bytes from peers that have not said hello")
+    peer.send(ClientHello("me"), big)
+    await until(lambda: len(sink.messages) == 3, what="the job after hello")
+    assert sink.messages[2][1] == big
+
+
+@pytest_twisted.ensureDeferred
+async def test_zmq_strangers_are_bounded(raw_context: Any, closers: list, until: Any, within: Any) -> None:
+    """300 routing ids that never say hello: at most max_pending sessions are kept; the
+    evicted ones are reported gone (on main every one was kept forever)."""
+    from twisted.internet import reactor
+
+    sink = HelloSink()
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(max_pending=50))
+    closers.append(listener.stop)
+    honest = RawPeer(raw_context, listener)
+    honest.send(ClientHello("honest"))
+    await until(lambda: sink.messages, what="the honest hello")
+    dealers = []
+    for i in range(300):
+        dealer = RawPeer(raw_context, listener, b"stranger-%d" % i)
+        dealer.send(Ping())
+        dealers.append(dealer)
+    await until(lambda: len(sink.messages) == 301, timeout=20, what="every stranger's ping")
+    assert len(listener.peers) == 51  # 50 strangers and the honest peer
+    assert len(sink.disconnected) == 250
+    assert all("no accepted hello" in reason for _, reason in sink.disconnected)
+    assert sink.messages[0][0] in listener.peers.values()
+    for dealer in dealers:
+        dealer.close()

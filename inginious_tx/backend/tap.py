@@ -241,11 +241,11 @@ class Options(usage.Options):
                     raise usage.UsageError(f"--{name} is for the embedded agent, which runs only without --agents")
             return
         if self["embedded-slots"] is None:
-            from .embedded import DEFAULT_EMBEDDED_SLOTS
+            from ..embedded import DEFAULT_EMBEDDED_SLOTS
 
             self["embedded-slots"] = DEFAULT_EMBEDDED_SLOTS
         if self["tasks"] is None:
-            from .embedded import example_tasks_dir
+            from ..embedded import example_tasks_dir
 
             self["tasks"] = example_tasks_dir()
             if self["tasks"] is None:
@@ -256,10 +256,10 @@ class Options(usage.Options):
         elif not os.path.isdir(self["tasks"]):
             raise usage.UsageError(f"--tasks {self['tasks']!r} is not a folder")
         self["tasks"] = os.path.abspath(self["tasks"])
-        from ..agent.local import job_user
+        from ..embedded import check_job_user
 
         try:
-            job_user(self["job-user"])
+            check_job_user(self["job-user"])
         except ValueError as e:
             raise usage.UsageError(f"--job-user: {e}")
 
@@ -301,7 +301,7 @@ def makeService(options: Any) -> Any:
     )
     extras: List[IService] = []
     if options.get("embedded"):
-        from .embedded import embedded_agent
+        from ..embedded import embedded_agent
 
         slots = options["embedded-slots"]
         extras.append(

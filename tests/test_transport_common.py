@@ -21,7 +21,7 @@ from inginious_tx.testing import MemoryTransport, RecordingSink
 from inginious_tx.transport import Limits, UnknownEndpoint, transport_for
 from inginious_tx.transport import connect as connect_any
 from inginious_tx.transport import listen as listen_any
-from inginious_tx.transport.stream import StreamTransport
+from inginious_tx.transport.stream import IProtocolOwner, StreamConnection, StreamListener, StreamTransport
 from inginious_tx.transport.zmq import ZmqTransport
 
 VECTORS = Path(__file__).parent / "data" / "wire-vectors-0.6.json"
@@ -85,6 +85,9 @@ def test_transports_provide_the_interface() -> None:
     for cls in (ZmqTransport, StreamTransport, MemoryTransport):
         assert verifyClass(ITransport, cls)
         assert verifyObject(ITransport, cls())
+    # a stream protocol reports to its owner through an interface, not private methods
+    for owner in (StreamListener, StreamConnection):
+        assert verifyClass(IProtocolOwner, owner)
 
 
 def test_samples_cover_every_type() -> None:

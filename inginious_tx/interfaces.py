@@ -17,8 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:  # the messages and transport packages import this module
-    from .messages import MessageError
-    from .messages._types import BackendJobId, BackendNewJob
+    from .messages import BackendJobId, BackendNewJob, MessageError
     from .transport import Limits
 
 # ---------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -525,20 +525,19 @@ class Client(Service):
             self._finish(job, ClientJobResult.made_up(job.message.job_id, "crash", text))
 
     def _send_job(self, job: _Job) -> None:
-        assert self._peer is not None
-        if job.timer is not None and job.timer.active():
-            job.timer.cancel()
-        job.timer = None
-        job.sent = True
-        self._peer.send(job.message)
+        self._send(job, job.message)
 
     def _send_queue_request(self, request: _QueueRequest) -> None:
+        self._send(request, self._m["ClientGetQueue"]())
+
+    def _send(self, item: Union[_Job, _QueueRequest], message: Any) -> None:
+        """Send what ``item`` held for the backend: it no longer waits for one."""
         assert self._peer is not None
-        if request.timer is not None and request.timer.active():
-            request.timer.cancel()
-        request.timer = None
-        request.sent = True
-        self._peer.send(self._m["ClientGetQueue"]())
+        if item.timer is not None and item.timer.active():
+            item.timer.cancel()
+        item.timer = None
+        item.sent = True
+        self._peer.send(message)
 
     def _flush(self) -> None:
         """The backend answered: send what was held for it, in order."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from ..interfaces import IAgentBackend
@@ -54,7 +54,7 @@ class MockBackend:
 
     name = "mock"
 
-    def __init__(self, reactor: Any, config: AgentConfig) -> None:
+    def __init__(self, reactor: IReactorTime, config: AgentConfig) -> None:
         self._reactor = reactor
         opts = config.options
         self._result = str(opts.get("result", "success"))

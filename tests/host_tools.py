@@ -1,4 +1,5 @@
-"""Programs some tests need from the host (busybox, dash): skip outside CI, fail under CI.
+"""What some tests need from the host (busybox, dash, a Docker engine...):
+skip outside CI, fail under CI.
 
 A fresh machine with nothing but Python has none of them; ``.ci/run``
 installs them, so under ``CI`` a missing one is an error, never a silent skip.
@@ -8,8 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import NoReturn
 
 import pytest
+
+
+def missing_setup(problem: str) -> NoReturn:
+    """Skip the test for ``problem`` (one line), or fail it when ``CI`` is set."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {problem}", pytrace=False)
+    pytest.skip(problem)
 
 
 def require_program(name: str) -> str:
@@ -17,10 +26,7 @@ def require_program(name: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    message = f"{name} is not installed (apt-get install {PACKAGES.get(name, name)})"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {message}; .ci/run installs it", pytrace=False)
-    pytest.skip(message)
+    missing_setup(f"{name} is not installed (apt-get install {PACKAGES.get(name, name)}; .ci/run does)")
 
 
 #: The Debian package of each program, for the skip message.

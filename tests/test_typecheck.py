@@ -9,13 +9,12 @@ first takes well under a second.
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from host_tools import missing_setup
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "inginious_tx"
@@ -23,17 +22,14 @@ PACKAGE = REPO / "inginious_tx"
 TIMEOUT = 300
 
 
-def _missing_tools() -> list[str]:
-    return [name for name in ("mypy", "mypy_zope") if importlib.util.find_spec(name) is None]
+def _require_tools() -> None:
+    missing = [name for name in ("mypy", "mypy_zope") if importlib.util.find_spec(name) is None]
+    if missing:
+        missing_setup(f"{' and '.join(missing)} not installed (pip install -e '.[test]' -c constraints.txt)")
 
 
 def test_package_type_checks() -> None:
-    missing = _missing_tools()
-    if missing:
-        message = f"{' and '.join(missing)} not installed (pip install -e '.[typecheck]')"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}: CI must install the typecheck extra")
-        pytest.skip(message)
+    _require_tools()
     run = subprocess.run(
         [sys.executable, "-m", "mypy"],
         cwd=REPO,
@@ -61,11 +57,7 @@ def _strict_modules() -> list[str]:
 
 
 def test_strict_modules_pass_mypy_strict() -> None:
-    missing = _missing_tools()
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{' and '.join(missing)} not installed: CI must install the test extra")
-        pytest.skip(f"{' and '.join(missing)} not installed (pip install -e '.[test]')")
+    _require_tools()
     modules = _strict_modules()
     assert {"inginious_tx.interfaces", "inginious_tx.dispatch", "inginious_tx.messages.*"} <= set(modules)
     paths = []

@@ -60,13 +60,20 @@ def kind(request: Any, short_tmp: str) -> Any:
 
 
 async def open_pair(
-    transport: Any, endpoint: str, closers: list, until: Any, within: Any, limits: Limits = _LIMITS
+    transport: Any,
+    endpoint: str,
+    closers: list,
+    until: Any,
+    within: Any,
+    limits: Limits = _LIMITS,
+    server: Any = None,
 ) -> Any:
     """A listener and a connection to it; returns (listener, connection, server sink, client sink,
     the server's peer for the client) once both ends know each other."""
     from twisted.internet import reactor
 
-    server, client = RecordingSink(), RecordingSink()
+    server = server if server is not None else RecordingSink()
+    client = RecordingSink()
     listener = await transport.listen(reactor, endpoint, server, limits)
     closers.append(listener.stop)
     conn = transport.connect(reactor, listener.connect_endpoint, client, limits)
@@ -247,10 +254,10 @@ async def test_the_connection_comes_back_with_the_server(kind: Any, closers: lis
 
 
 class _Flaky(RecordingSink):
-    """Raises on every Ping, records the rest."""
+    """Raises on every Pong, records the rest."""
 
     def message_received(self, peer: Any, message: Any) -> None:
-        if isinstance(message, Ping):
+        if isinstance(message, Pong):
             raise RuntimeError("a bug in the handler")
         super().message_received(peer, message)
 
@@ -259,19 +266,13 @@ class _Flaky(RecordingSink):
 async def test_a_sink_that_raises_is_logged_and_delivery_goes_on(
     kind: Any, closers: list, until: Any, within: Any, log_events: Any
 ) -> None:
-    from twisted.internet import reactor
-
     transport, endpoint = kind
-    server, client = _Flaky(), RecordingSink()
-    listener = await transport.listen(reactor, endpoint, server, _LIMITS)
-    closers.append(listener.stop)
-    conn = transport.connect(reactor, listener.connect_endpoint, client, _LIMITS)
-    closers.append(conn.stop)
-    await until(lambda: client.connected, what="client connected")
-    conn.peer.send(Ping())
+    server = _Flaky()
+    listener, conn, server, client, peer = await open_pair(transport, endpoint, closers, until, within, server=server)
     conn.peer.send(Pong())
+    conn.peer.send(Ping())
     (received,) = await within(server.wait_for(1))
-    assert isinstance(received[1], Pong)
+    assert isinstance(received[1], Ping)
     assert log_events.has("a bug in the handler") or any(
         "a bug in the handler" in str(e.get("log_failure", "")) for e in log_events
     )

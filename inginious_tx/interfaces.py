@@ -246,7 +246,7 @@ class IWaitingJob(Interface):
     """What a policy may read of a waiting job (the backend owns the object)."""
 
     key = Attribute("hashable: unique id of the job in the backend, (client address, client job id)")
-    environment = Attribute("str")
+    environment = Attribute("(type, name): a pair of str; a 0.6 environment NAME is ('docker', NAME)")
     course_id = Attribute("str")
     task_id = Attribute("str")
     priority = Attribute("int: lower runs first")
@@ -311,14 +311,15 @@ class ISchedulingPolicy(Interface):
     def remove(job: IWaitingJob) -> None:
         """``job`` stops waiting without having been picked."""
 
-    def pop_next(environments: Collection[str]) -> Optional[Any]:
+    def pop_next(environments: Collection[Any]) -> Optional[Any]:
         """The next job to run among those whose environment is in
-        ``environments`` (a collection of str), removed from the policy;
-        ``None`` if there is none.  It is one of the objects given to
-        :meth:`add` (typed ``Any``: the backend gets its own job class back)."""
+        ``environments`` (a collection of ``(type, name)`` pairs), removed
+        from the policy; ``None`` if there is none.  It is one of the objects
+        given to :meth:`add` (typed ``Any``: the backend gets its own job class back)."""
 
-    def waiting(environment: str) -> int:
-        """How many jobs wait for ``environment``."""
+    def waiting(environment: Any) -> int:
+        """How many jobs wait for ``environment`` (a ``(type, name)`` pair; the
+        environments are opaque keys to a policy, hence ``Any``)."""
 
     def ordered() -> List[Any]:
         """All waiting jobs in the order they would run (for queue snapshots;

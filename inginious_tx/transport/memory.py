@@ -77,7 +77,8 @@ class MemoryPeer:
             self._link.transport._post("message", self._sink, self.other, data)
 
     def disconnect(self, reason: str = "disconnected") -> None:
-        self._link.close(reason, by_client=self._link.to_client is self)
+        # The connecting side holds to_server; the listening side holds to_client.
+        self._link.close(reason, by_client=self._link.to_server is self)
 
     def accepted(self) -> None:
         """Records that the role accepted this peer's hello (no pre-hello limits in memory)."""

@@ -31,3 +31,9 @@ def require_program(name: str) -> str:
 
 #: The Debian package of each program, for the skip message.
 PACKAGES = {"busybox": "busybox-static", "dash": "dash"}
+
+
+def require_wget() -> None:
+    """The example network task fetches with wget, or busybox's."""
+    if shutil.which("wget") is None and shutil.which("busybox") is None:
+        missing_setup("neither wget nor busybox is installed (apt-get install busybox-static; .ci/run does)")

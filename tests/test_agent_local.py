@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
-from host_tools import require_program
+from host_tools import require_program, require_wget
 from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyClass, verifyObject
 
@@ -231,6 +231,7 @@ def web_server(closers: List[Any]) -> Any:
 
 @pytest_twisted.ensureDeferred
 async def test_network_is_cut_off(make_backend: Any, within: Any, web_server: str) -> None:
+    require_wget()
     b = make_backend()
     off, on = await within(
         gatherResults(

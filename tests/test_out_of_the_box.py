@@ -29,6 +29,9 @@ from twisted.python import usage
 from zope.interface.verify import verifyObject
 
 from inginious_tx.backend import tap
+from inginious_tx.backend.service import BackendService
+from inginious_tx.backend.status import StatusService
+from inginious_tx.client import connect_client
 from inginious_tx.embedded import (
     EMBEDDED_ENDPOINT,
     EmbeddedAgent,
@@ -36,9 +39,6 @@ from inginious_tx.embedded import (
     embedded_agent,
     example_tasks_dir,
 )
-from inginious_tx.backend.service import BackendService
-from inginious_tx.backend.status import StatusService
-from inginious_tx.client import connect_client
 from inginious_tx.interfaces import IConnection, IPeer, ITransport
 from inginious_tx.messages import ClientHello, Ping, Pong
 from inginious_tx.testing import RecordingSink

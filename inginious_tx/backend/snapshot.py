@@ -120,25 +120,34 @@ class QueueSnapshot:
     def _build(self, version: int, sliced: bool) -> Iterator[None]:
         """Take the order, then each dialect's rows, ``slice_jobs`` at a time (yield: a pause)."""
         started = self._clock.seconds()
-        jobs = list(self._policy.ordered())
+        steps = getattr(self._policy, "ordered_steps", None)
+        if sliced and steps is not None:
+            # The built-in policies give their order in steps too.
+            jobs = list((yield from steps(self.slice_jobs)))
+        else:
+            jobs = list(self._policy.ordered())
         step = self.slice_jobs if sliced else max(1, len(jobs))
         if sliced:
             yield
         sections: Dict[str, Tuple[bytes, List[int]]] = {}
         for name, dialect in list(self._dialects.items()):
-            rows: List[bytes] = []
-            rels: List[int] = []
+            parts: List[bytes] = []
+            offsets: List[int] = []
+            base = 0
             for start in range(0, len(jobs), step):
-                chunk_rows, chunk_rels = dialect.waiting_rows(jobs[start : start + step])
-                rows += chunk_rows
-                rels += chunk_rels
+                rows, rels = dialect.waiting_rows(jobs[start : start + step])
+                starts = list(accumulate(map(len, rows), initial=base))
+                offsets += map(int.__add__, starts, rels)
+                base = starts[-1]
+                parts.append(b"".join(rows))
                 if sliced:
                     yield
-            starts = accumulate(map(len, rows), initial=0)
-            sections[name] = (b"".join(rows), list(map(int.__add__, starts, rels)))
+            sections[name] = (b"".join(parts), offsets)
+        index: Dict[Any, int] = {}
+        for start in range(0, len(jobs), step):
+            index.update(zip(jobs[start : start + step], range(start, start + step)))
             if sliced:
                 yield
-        index = dict(zip(jobs, range(len(jobs))))
         self.jobs, self._sections, self._index = jobs, sections, index
         self._version = version
         self._built_at = started

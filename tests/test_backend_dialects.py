@@ -327,3 +327,32 @@ def test_big_queue_snapshots_are_built_in_slices_and_shared(world):
     assert gone.take() == [] and snapshot.builds == builds + 2
     old.send(v06.ClientGetQueue())
     assert len(old.of_type(v06.BackendGetQueue)[-1].jobs_waiting) == 22
+
+
+def test_a_malformed_09_job_is_answered_once_in_09(world):
+    import msgpack
+
+    from inginious_tx.messages import MessageError, load_any
+
+    front = client09(world)
+    front.take()
+    fields = dict(job09("bad").__dict__, priority="high")
+    payload = msgpack.packb({**fields, "@type": "ClientNewJob"}, use_bin_type=True)
+    with pytest.raises(MessageError) as info:
+        load_any(payload)
+    sink = world.backend.client_sink()
+    sink.message_rejected(front.backend_peer, info.value, payload)
+    world.pump()
+    [answer] = front.take()
+    assert isinstance(answer, v09.BackendJobDone) and answer.job_id == "bad" and answer.result[0] == "crash"
+    assert "priority" in answer.result[1]
+    # a 0.9 id in use anywhere in the backend is not answered (its job must stay untouched)
+    other = client09(world, "other")
+    other.send(job09("taken", env="nowhere"))
+    fields = dict(job09("taken").__dict__, priority="high")
+    payload = msgpack.packb({**fields, "@type": "ClientNewJob"}, use_bin_type=True)
+    with pytest.raises(MessageError) as info:
+        load_any(payload)
+    sink.message_rejected(front.backend_peer, info.value, payload)
+    world.pump()
+    assert front.take() == [] and world.backend.waiting_count == 1

@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.mock import MockBackend
 from inginious_tx.agent.result import AgentConfig
-from inginious_tx.backend.embedded import InProcessTransport
+from inginious_tx.embedded import InProcessTransport
 from inginious_tx.backend.service import BackendService
 from inginious_tx.backend.testing import agent_hello, new_job
 from inginious_tx.interfaces import IPeer

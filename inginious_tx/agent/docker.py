@@ -104,7 +104,7 @@ class DockerEngineError(Exception):
         self.unavailable = unavailable
 
 
-def _docker() -> Any:
+def docker_sdk() -> Any:
     """The Docker SDK, imported only when a backend needs it (an optional extra)."""
     try:
         import docker
@@ -132,7 +132,7 @@ def _as_engine_error(exc: BaseException) -> Optional[DockerEngineError]:
     """Translate an SDK or HTTP exception into a :class:`DockerEngineError`; None if it is neither."""
     import requests
 
-    docker = _docker()
+    docker = docker_sdk()
     if isinstance(exc, DockerEngineError):
         return exc
     if isinstance(exc, docker.errors.APIError):
@@ -270,7 +270,7 @@ class DockerBackend:
         """The SDK client, made on first use and again after the engine went away."""
         with self._client_lock:
             if self._client is None:
-                docker = _docker()
+                docker = docker_sdk()
                 kwargs = {"timeout": self._api_timeout, "max_pool_size": max(10, 2 * self._config.slots + 4)}
                 try:
                     if self._url:
@@ -348,7 +348,7 @@ class DockerBackend:
         return found
 
     def _thd_images(self, client: Any) -> Tuple[Dict[str, Dict[str, Any]], List[Tuple[str, str]]]:
-        docker = _docker()
+        docker = docker_sdk()
         found: Dict[str, Dict[str, Any]] = {}
         missing: List[Tuple[str, str]] = []
         for name, image in self._images.items():
@@ -464,7 +464,7 @@ class DockerBackend:
 
     def _container_config(self, image: str, folder: JobFolder) -> Dict[str, Any]:
         """Everything the container is created with: the isolation lives here."""
-        docker = _docker()
+        docker = docker_sdk()
         job = folder.job
         mem = f"{max(int(job.mem_limit), _MIN_MEM_MB)}m"
         log_bytes = self._limits.max_stdout + self._limits.max_stderr
@@ -551,7 +551,7 @@ class DockerBackend:
             raise
 
     def _thd_cpu_seconds(self, client: Any, container_id: str) -> Optional[float]:
-        docker = _docker()
+        docker = docker_sdk()
         try:
             stats = client.api.stats(container_id, stream=False, one_shot=True)
         except docker.errors.InvalidVersion:  # engines before API 1.41: a slower, two-sample read
@@ -592,7 +592,7 @@ class DockerBackend:
             )
 
     def _thd_kill(self, client: Any, container_id: str) -> None:
-        docker = _docker()
+        docker = docker_sdk()
         try:
             client.api.kill(container_id)
         except docker.errors.APIError as e:
@@ -623,7 +623,7 @@ class DockerBackend:
                 self.log.failure("docker backend: cannot remove job folder {root}", root=folder.root)
 
     def _thd_remove(self, client: Any, container_id: str) -> None:
-        docker = _docker()
+        docker = docker_sdk()
         try:
             client.api.remove_container(container_id, force=True, v=True)
         except docker.errors.NotFound:

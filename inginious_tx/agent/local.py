@@ -157,7 +157,7 @@ def _session_usage(sid: int) -> Tuple[int, float]:
     return rss, cpu / ticks
 
 
-class _SandboxProtocol(ProcessProtocol):
+class SandboxProtocol(ProcessProtocol):
     """Collects stdout/stderr (capped) and the sandbox's reports on fd 3."""
 
     def __init__(self, reactor: Any, max_out: int, max_err: int) -> None:
@@ -217,7 +217,7 @@ class _LocalJob:
     name: str
     folder: Optional[JobFolder] = None
     cgroup: Optional[JobCgroup] = None
-    proto: Optional[_SandboxProtocol] = None
+    proto: Optional[SandboxProtocol] = None
     #: (result, text) decided by the agent: timeout, overflow, killed.
     outcome: Optional[Tuple[str, str]] = None
     ended: bool = False
@@ -412,7 +412,7 @@ class LocalBackend:
         }
         env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
         env[RUN_STUDENT_ENV] = os.path.join(folder.root, EXCHANGE)
-        proto = _SandboxProtocol(self._reactor, self.limits.max_stdout, self.limits.max_stderr)
+        proto = SandboxProtocol(self._reactor, self.limits.max_stdout, self.limits.max_stderr)
         state.proto = proto
         # watching before the grader starts: its first request cannot be missed
         state.students = StudentService(

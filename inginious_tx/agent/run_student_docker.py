@@ -80,9 +80,9 @@ class DockerStudentLauncher:
         return DeferredList(list(self._waits), consumeErrors=True) if self._waits else succeed(None)
 
     def _config(self, request: StudentRequest) -> Dict[str, Any]:
-        from .docker import _docker
+        from .docker import docker_sdk
 
-        docker = _docker()
+        docker = docker_sdk()
         grader = self._backend._container_config(self._image, self._folder)
         mem = f"{max(request.memory_mb or 0, _MIN_MEM_MB)}m" if request.memory_mb else grader["mem_limit"]
         cwd = request.cwd if _inside(request.cwd, self._student, "/task/student") else ""

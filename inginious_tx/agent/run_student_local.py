@@ -76,7 +76,7 @@ class LocalStudentLauncher:
         return DeferredList(list(self._waits), consumeErrors=True) if self._waits else succeed(None)
 
     async def _launch(self, request: StudentRequest) -> StudentOutcome:
-        from .local import SANDBOX, _SandboxProtocol
+        from .local import SANDBOX, SandboxProtocol
 
         b, state = self._backend, self._state
         folder = state.folder
@@ -117,7 +117,7 @@ class LocalStudentLauncher:
                 "INGINIOUS_STUDENT": student,
             },
         }
-        proto = _SandboxProtocol(b._reactor, b.limits.max_stdout, b.limits.max_stderr)
+        proto = SandboxProtocol(b._reactor, b.limits.max_stdout, b.limits.max_stderr)
         argv = [sys.executable, "-I", "-S", SANDBOX, json.dumps(cfg), sys.executable, "-I", "-S", HIDE]
         argv += [json.dumps(hide), *request.argv]
         timed_out: List[bool] = []

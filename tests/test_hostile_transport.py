@@ -455,3 +455,37 @@ async def test_zmq_strangers_are_bounded(raw_context: Any, closers: list, until:
     assert sink.messages[0][0] in listener.peers.values()
     for dealer in dealers:
         dealer.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_zmq_connections_beyond_the_cap_are_refused(
+    raw_context: Any, closers: list, until: Any, within: Any, log_events: Any
+) -> None:
+    """A ROUTER accepts any number of connections by itself: the ZAP handler refuses the
+    handshakes beyond ``max_connections`` (on main there was no cap)."""
+    from twisted.internet import reactor
+
+    sink = HelloSink()
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(max_connections=5))
+    closers.append(listener.stop)
+    inside = [RawPeer(raw_context, listener) for _ in range(5)]
+    for p in inside:
+        p.send(Ping())
+    await until(lambda: len(sink.messages) == 5, what="the first five")
+    assert listener.connections == 5
+
+    extra = RawPeer(raw_context, listener)
+    monitor = extra.socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    extra.send(Ping())
+    await until(lambda: monitor.poll(0), what="the sixth handshake to be refused")
+    assert len(sink.messages) == 5 and listener.refused >= 1
+    assert log_events.has("refused", "limits.max_connections is 5")
+    extra.socket.disable_monitor()
+    monitor.close(linger=0)
+    extra.close()
+
+    inside[0].close()  # a place frees up
+    await until(lambda: listener.connections <= 4, what="the closed connection to be counted out")
+    later = RawPeer(raw_context, listener)
+    later.send(Ping())
+    await until(lambda: len(sink.messages) == 6, what="a new connection once there is room")

@@ -50,7 +50,8 @@ class Limits:
     max_hello_frame: int = DEFAULT_MAX_HELLO_FRAME
     #: Seconds a stream connection has to get its hello accepted before it is closed.
     hello_timeout: float = DEFAULT_HELLO_TIMEOUT
-    #: Most open connections of one stream listener (further ones are closed at once).
+    #: Most open connections of one listener (further ones are closed at once,
+    #: or refused at their handshake on ZeroMQ).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Most connections of one stream listener whose hello is not accepted yet.
     max_pending: int = DEFAULT_MAX_PENDING

@@ -43,7 +43,8 @@ LISTENER_OPTIONS: List[List[Any]] = [
         "max-connections",
         None,
         DEFAULT_MAX_CONNECTIONS,
-        "Most open connections of one stream endpoint; further ones are closed at once.",
+        "Most open connections of one endpoint; further ones are closed at once (stream) "
+        "or refused at their handshake (ZeroMQ).",
         at_least_one,
     ],
     [

@@ -16,7 +16,9 @@ to their connection, not to the routing id alone (which anyone may claim):
   are names of our own, and the ids ZeroMQ assigns are made unpredictable
   (:func:`_seed_routing_ids`).
 
-Other departures are not seen (heartbeats decide them).  Until the role
+Other departures are not seen (heartbeats decide them).  The listener
+counts its connections (from its socket monitor) and the ZAP handler
+refuses handshakes beyond ``Limits.max_connections``.  Until the role
 accepts a session's hello (:meth:`ZmqPeer.accepted`), its frames over
 ``Limits.max_hello_frame`` are dropped, and at most ``Limits.max_pending``
 such sessions, none older than ``Limits.hello_timeout``, are kept.
@@ -57,7 +59,9 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import zmq
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
+from zmq.utils.monitor import recv_monitor_message
 from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
@@ -235,6 +239,61 @@ def _new_socket(reactor: Any, context: zmq.Context, socket_type: int, reader: Ca
 # ---------------------------------------------------------------------------
 
 
+@implementer(IReadDescriptor)
+class _ConnectionWatch:
+    """Keeps count of a ROUTER's open connections from its monitor events, on the reactor.
+
+    A ROUTER accepts every connection by itself; the count lets the ZAP
+    handler refuse the handshakes of connections beyond ``limits.max_connections``.
+    """
+
+    def __init__(self, reactor: Any, socket: zmq.Socket) -> None:
+        self._reactor = reactor
+        self._socket = socket
+        self.monitor: Optional[zmq.Socket] = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._fd = self.monitor.get(zmq.FD)
+        #: file descriptors of the open connections
+        self.open: Set[int] = set()
+        reactor.addReader(self)
+
+    def count(self) -> int:
+        self.doRead()  # events not handled yet (a ZAP request may come first)
+        return len(self.open)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:
+        monitor = self.monitor
+        while monitor is not None:
+            try:
+                event = recv_monitor_message(monitor, _NOBLOCK)
+            except _Again:
+                return
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                self.open.add(event["value"])
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self.open.discard(event["value"])
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "ZMQ monitor"
+
+    def stop(self) -> None:
+        """Stop watching (before the ROUTER is closed)."""
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
+        self._reactor.removeReader(self)
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(linger=0)
+
+
 @implementer(IPeer)
 class ZmqPeer:
     """One session of a listener: a ZeroMQ routing id *on one connection*.
@@ -309,12 +368,22 @@ class ZmqListener:
         # knows (or guesses) a peer's id could otherwise receive its messages.
         sock.set(zmq.ROUTER_HANDOVER, 0)
         self._release_curve: Optional[Callable[[], None]] = None
+        self._watch: Optional[_ConnectionWatch] = None
+        self.refused = 0
+        self._refusals_logged_at = -DROP_LOG_INTERVAL
+        self._refusals_unlogged = 0
         try:
+            self._watch = _ConnectionWatch(reactor, sock)
             # Always under the ZAP handler: it lets only allowed CurveZMQ keys
-            # in, and gives every connection a User-Id that sessions are bound to.
-            self._release_curve = curve.guard_listener(reactor, context, sock, curve_settings, endpoint)
+            # in (and no more than limits.max_connections connections), and
+            # gives every connection a User-Id that sessions are bound to.
+            self._release_curve = curve.guard_listener(
+                reactor, context, sock, curve_settings, endpoint, admit=self._admit
+            )
             sock.bind(address)
         except (zmq.ZMQError, ValueError) as e:
+            if self._watch is not None:
+                self._watch.stop()
             self._conn.shutdown()
             if self._release_curve is not None:
                 self._release_curve()
@@ -329,6 +398,32 @@ class ZmqListener:
     def peers(self) -> Dict[bytes, ZmqPeer]:
         """Routing id -> its session, for every routing id heard from (and not forgotten)."""
         return self._peers
+
+    @property
+    def connections(self) -> int:
+        """Open connections (including ones still in their handshake)."""
+        return self._watch.count() if self._watch is not None else 0
+
+    def _admit(self) -> Optional[str]:
+        """Asked by the ZAP handler for each new connection: why it is refused, if it is."""
+        limit = self._limits.max_connections
+        n = self.connections
+        if n <= limit:
+            return None
+        self.refused += 1
+        self._refusals_unlogged += 1
+        now = self._reactor.seconds()
+        if now - self._refusals_logged_at >= DROP_LOG_INTERVAL:
+            log.warn(
+                "{listener}: refused {n} connection(s): {open} are open (limits.max_connections is {limit})",
+                listener=self.description,
+                n=self._refusals_unlogged,
+                open=n - 1,
+                limit=limit,
+            )
+            self._refusals_logged_at = now
+            self._refusals_unlogged = 0
+        return "too many connections"
 
     def _read(self, socket: zmq.Socket) -> bool:
         peers = self._peers
@@ -505,6 +600,9 @@ class ZmqListener:
             peer.forgotten = True
         self._peers.clear()
         self._strangers.clear()
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._conn.socket is not None:
             self._conn.shutdown()
             log.info("stopped listening on {endpoint}", endpoint=self.connect_endpoint)

@@ -251,7 +251,7 @@ class _ConnectionWatch:
         self._reactor = reactor
         self._socket = socket
         self.monitor: Optional[zmq.Socket] = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-        self._fd = self.monitor.get(zmq.FD)
+        self._fd = int(self.monitor.get(zmq.FD))
         #: file descriptors of the open connections
         self.open: Set[int] = set()
         reactor.addReader(self)

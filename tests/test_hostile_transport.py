@@ -489,3 +489,34 @@ async def test_zmq_connections_beyond_the_cap_are_refused(
     later = RawPeer(raw_context, listener)
     later.send(Ping())
     await until(lambda: len(sink.messages) == 6, what="a new connection once there is room")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_zmq_peer_that_never_reads_is_cut_off_at_its_high_water_mark(
+    raw_context: Any, closers: list, until: Any, within: Any
+) -> None:
+    """On main the ROUTER went on queueing (and then dropped messages one by one, the peer
+    staying registered); now its session ends, as a stream peer's does past max_send_buffer."""
+    from twisted.internet import reactor
+
+    sink = HelloSink()
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(zmq_send_hwm=50))
+    closers.append(listener.stop)
+    deaf = RawPeer(raw_context, listener)
+    deaf.socket.setsockopt(zmq.RCVHWM, 1)
+    deaf.send(ClientHello("deaf"))
+    await until(lambda: sink.messages, what="the hello")
+    [(peer, _)] = sink.messages
+    result = BackendJobStarted("x" * 65536)
+    sent = [0]
+
+    def flood() -> bool:
+        for _ in range(50):
+            peer.send(result)
+            sent[0] += 1
+        return bool(sink.disconnected)
+
+    await until(flood, timeout=20, what="the deaf peer to be cut off")
+    [(gone, reason)] = sink.disconnected
+    assert gone is peer and "limits.zmq_send_hwm" in reason
+    assert listener.peers == {} and sent[0] < 5000

@@ -34,6 +34,7 @@ DEFAULT_MAX_HELLO_FRAME = 64 * 1024
 DEFAULT_HELLO_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_MAX_PENDING = 100
+DEFAULT_ZMQ_SEND_HWM = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class Limits:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Most connections of one stream listener whose hello is not accepted yet.
     max_pending: int = DEFAULT_MAX_PENDING
+    #: Most messages a ZeroMQ listener queues for one peer (its send
+    #: high-water mark); a peer that does not read is cut off on reaching it.
+    #: ZeroMQ counts messages, not bytes: each may be up to ``max_frame``.
+    zmq_send_hwm: int = DEFAULT_ZMQ_SEND_HWM
 
 
 #: The limits used when none are given.

@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any, List, Mapping
 
 from .._options import at_least_one, positive_float
-from . import DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HELLO_FRAME, DEFAULT_MAX_PENDING, Limits
+from . import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HELLO_FRAME,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_ZMQ_SEND_HWM,
+    Limits,
+)
 
 __all__ = ["LISTENER_OPTIONS", "limits_from"]
 
@@ -48,6 +55,14 @@ LISTENER_OPTIONS: List[List[Any]] = [
         at_least_one,
     ],
     [
+        "zmq-send-hwm",
+        None,
+        DEFAULT_ZMQ_SEND_HWM,
+        "Most messages queued for one ZeroMQ peer that does not read; on reaching it the peer's session "
+        "ends (as on a departure).",
+        at_least_one,
+    ],
+    [
         "max-pending",
         None,
         DEFAULT_MAX_PENDING,
@@ -69,4 +84,5 @@ def limits_from(options: Mapping[str, Any]) -> Limits:
         hello_timeout=options["hello-timeout"],
         max_connections=options["max-connections"],
         max_pending=options["max-pending"],
+        zmq_send_hwm=options["zmq-send-hwm"],
     )

@@ -31,22 +31,24 @@ injected reactor (txzmq itself reaches for the global one), and whose read
 loop is kept short: a frame goes from ``recv`` through ``MessageMeta.load``
 to the sink with no per-message scheduling.
 
-High-water marks: a ROUTER *silently drops* messages to a peer whose queue
-is full, and a single client of the backend keeps 10,000-20,000 jobs (a few
-messages each) in flight over one socket.  Both HWMs are therefore set to
+High-water marks: a single client of the backend keeps 10,000-20,000 jobs
+(a few messages each) in flight over one socket, so the HWMs are
 :data:`HIGH_WATER_MARK` (one million messages, about 50 times the largest
-burst the benchmark makes) rather than ZeroMQ's default of 1,000.
+burst the benchmark makes; a listener's send HWM is
+``Limits.zmq_send_hwm``) rather than ZeroMQ's default of 1,000.
 ``ROUTER_MANDATORY`` is on, so that reaching it (or sending to an identity
-that left) is logged instead of passing unnoticed.
+that left) is seen instead of a silent drop: a peer whose queue is full has
+stopped reading, and its session ends there (as a stream peer's does past
+``Limits.max_send_buffer``).
 
 Known limit: ZeroMQ counts queued messages, not bytes, and cannot tell that
 a peer has stopped reading.  A ZeroMQ *client* that submits jobs and never
-reads its answers therefore makes the backend hold every answer until the
-high-water mark: memory grows with the size of the results (about 100 MB per
-1,000 results of 100 KB), and the waiting caps do not bound it (answered
-jobs no longer wait).  Admit only known clients on ZeroMQ (CurveZMQ), or use
-a stream transport, whose peers are cut off once ``Limits.max_send_buffer``
-bytes are queued for them.
+reads its answers therefore makes the backend hold up to ``zmq_send_hwm``
+answers (about 100 MB per 1,000 results of 100 KB), and ZeroMQ keeps them
+until that client's connection closes: the ROUTER cannot close one peer's
+connection.  Lower ``zmq_send_hwm`` to lower that bound, admit only known
+clients on ZeroMQ (CurveZMQ), or use a stream transport, whose peers are
+cut off once ``Limits.max_send_buffer`` bytes are queued for them.
 """
 
 from __future__ import annotations
@@ -367,6 +369,7 @@ class ZmqListener:
         # Never let a new connection take over a live routing id: whoever
         # knows (or guesses) a peer's id could otherwise receive its messages.
         sock.set(zmq.ROUTER_HANDOVER, 0)
+        sock.set(zmq.SNDHWM, int(limits.zmq_send_hwm))  # per peer; before bind, so every pipe has it
         self._release_curve: Optional[Callable[[], None]] = None
         self._watch: Optional[_ConnectionWatch] = None
         self.refused = 0
@@ -567,11 +570,15 @@ class ZmqListener:
                 self._forget(peer, "its connection closed")
                 self._reactor.callLater(0, self._tell_gone, peer, "its connection closed")
             elif e.errno == zmq.EAGAIN:
-                log.warn(
-                    "{peer}: its queue is full ({hwm} messages): dropped a message",
-                    peer=peer.description,
-                    hwm=HIGH_WATER_MARK,
+                # It does not read: stop here rather than let it make us hold more,
+                # and let the role handle it as a departure (as a stream peer's).
+                reason = (
+                    f"{self._limits.zmq_send_hwm} messages are queued for it and it does not read "
+                    "(limits.zmq_send_hwm)"
                 )
+                log.warn("{peer}: {reason}; its session ends", peer=peer.description, reason=reason)
+                self._forget(peer, reason)
+                self._reactor.callLater(0, self._tell_gone, peer, reason)
             else:
                 log.warn("cannot send to {peer}: {error}", peer=peer.description, error=str(e))
         # Any send, failed or not, may consume the edge-triggered read

@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
             default=10.0,
             help="how long to wait for the backend (and for the environment) before giving up (default: 10)",
         )
+        p.add_argument(
+            "--dialect",
+            choices=("0.6", "0.9"),
+            default="0.6",
+            help="the protocol the backend speaks: 0.6 (INGInious 0.6, inginious-tx; the default) or 0.9 "
+            "(INGInious 0.7 to 0.9.x, inginious-tx)",
+        )
+        p.add_argument(
+            "--environment-type",
+            metavar="TYPE",
+            default="docker",
+            help="with --dialect 0.9: the type of --environment (default: docker)",
+        )
         p.add_argument("--json", action="store_true", help="print JSON instead of text")
         p.add_argument("-v", "--verbose", action="store_true", help="log the conversation on stderr")
 
@@ -198,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     envs = sub.add_parser(
         "environments",
         help="list the environments the agents offer",
-        description="List the environments that at least one live agent offers.",
+        description="List the environments that at least one live agent offers (with --dialect 0.9: as TYPE/NAME).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_exit_codes_text(),
     )
@@ -435,7 +448,14 @@ def _connect(reactor: Any, args: argparse.Namespace) -> Client:
     from .plugin import PluginError
     from .transport import UnknownEndpoint
 
-    client = Client(reactor, args.backend, name="inginious-tx-cli", connect_timeout=args.connect_timeout)
+    client = Client(
+        reactor,
+        args.backend,
+        name="inginious-tx-cli",
+        connect_timeout=args.connect_timeout,
+        dialect=args.dialect,
+        environment_type=args.environment_type,
+    )
     try:
         return client.start()
     except UnknownEndpoint as e:
@@ -613,6 +633,10 @@ async def run_queue(reactor: Any, args: argparse.Namespace, report: Report, run:
 async def run_environments(reactor: Any, args: argparse.Namespace, report: Report, run: _Run) -> None:
     client = run.client = _connect(reactor, args)
     environments = await _ready(client, args)
+    if args.dialect == "0.9":
+        # Every (type, name), as TYPE/NAME.
+        by_type = client.environments_by_type
+        environments = tuple(f"{t}/{n}" for t, names in by_type.items() for n in names)
     if args.json:
         report.stdout.append(json.dumps(sorted(environments)))
     elif environments:

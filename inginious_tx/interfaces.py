@@ -248,6 +248,42 @@ class IWaitingJob(Interface):
     retries = Attribute("int: how many times the job was queued again after losing its agent")
 
 
+class IBackendJob(IWaitingJob):
+    """A job as the backend shows it to :class:`IJobObserver` providers."""
+
+    job_id = Attribute("str: the job's id as its client named it")
+    client_name = Attribute("str: the name its client gave in its hello when it submitted the job")
+    environment_type = Attribute("str: the type of its environment ('docker' for every 0.6 job)")
+
+
+class IJobObserver(Interface):
+    """Hears every job's transitions in the backend (logs, time series, audits).
+
+    Register with ``Backend.add_observer``.  Methods are called synchronously
+    on the reactor thread, so they must be cheap; an observer that raises is
+    logged and does not disturb the backend.  ``job`` provides
+    :class:`IBackendJob` and belongs to the backend: read it, keep no
+    reference beyond the call.
+    """
+
+    def job_queued(job):
+        """``job`` was accepted (it waits, or is about to be sent to an agent)."""
+
+    def job_refused(client_name, job_id, reason):
+        """A job was answered ``crash`` at submission (queue full, bounds,
+        duplicate id, invalid job, shutdown); it never got a :class:`IBackendJob`."""
+
+    def job_started(job, agent_name):
+        """``job`` was sent to the agent ``agent_name``."""
+
+    def job_requeued(job, agent_name, reason):
+        """``job``'s agent ``agent_name`` was lost (``reason``); it is queued again."""
+
+    def job_finished(job, kind, agent_name):
+        """``job`` ended: ``kind`` is its result type, or ``"dropped"`` when its
+        client left first; ``agent_name`` is None if it never ran or its agent is gone."""
+
+
 class ISchedulingPolicy(Interface):
     """Owns the order of waiting jobs.
 

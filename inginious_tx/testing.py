@@ -2,7 +2,7 @@
 
 :class:`MemoryTransport` is a real :class:`~inginious_tx.interfaces.ITransport`
 that moves messages between sinks in the same process: every message goes
-through ``dump()`` and ``MessageMeta.load()`` as on a real wire, but delivery
+through ``dump()`` and ``load_any()`` as on a real wire, but delivery
 is queued and happens on :meth:`MemoryTransport.pump` (or on the clock, with
 ``autopump``), so tests control interleavings exactly.
 """
@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from .interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
-from .messages import MessageMeta
+from .messages import load_any
 from .transport import DEFAULT_LIMITS, Limits
 
 __all__ = ["MemoryTransport", "MemoryPeer", "RecordingSink"]
@@ -171,7 +171,7 @@ class MemoryTransport:
                 continue
             sink, peer, data = self._queue.popleft()
             if peer.connected:
-                sink.message_received(peer, MessageMeta.load(data))
+                sink.message_received(peer, load_any(data))
         return n
 
     def _close(self, peer: MemoryPeer, reason: str) -> None:

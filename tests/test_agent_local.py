@@ -122,7 +122,7 @@ async def test_success_failed_error(make_backend: Any, within: Any) -> None:
         ),
         20,
     )
-    assert (r1.result, r1.grade, r1.text) == ("success", 100.0, "Well done! You answered: hello")
+    assert (r1.result, r1.grade, r1.text) == ("success", 100.0, "Well done! You answered: hello"), r1
     assert r1.custom == {"language": "demo/pass"}
     assert (r2.result, r2.grade) == ("failed", 50.0)
     assert r2.problems == {"q1": ("success", "Right."), "q2": ("failed", "Wrong: it is the capital of France.")}

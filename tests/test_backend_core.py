@@ -17,6 +17,8 @@ from inginious_tx.backend.testing import FakePeer, agent_hello, job_done, new_jo
 from inginious_tx.interfaces import (
     IBackendAgentHandler,
     IBackendClientHandler,
+    IBackendJob,
+    IJobObserver,
     IMessageSink,
     IPeer,
     IWaitingJob,
@@ -368,7 +370,7 @@ def test_refusals_are_logged_once_per_heartbeat(log_events):
     assert not log_events.has("queue full")
     world.tick()
     assert [t for t in log_events.texts() if "queue full" in t] == [
-        "queue full: refused 50 jobs in the last 1.0 s (0 waiting)"
+        "queue full: refused 50 jobs in the last 1.0 s (0 waiting, 0 bytes held)"
     ]
 
 
@@ -647,13 +649,24 @@ def test_a_pinging_zmq_style_client_that_falls_silent_is_dropped():
     assert world.backend.waiting_count == 0
 
 
-def test_a_client_with_jobs_that_never_pinged_is_kept():
-    world = World(client_silence_timeout=5, client_idle_timeout=10)
-    world.agent()
+def test_a_client_with_jobs_that_never_pings_is_dropped_after_the_silence():
+    """Issue 10: a ZeroMQ client that never pings, with jobs, does not hold them forever."""
+    world = World(client_silence_timeout=5, client_idle_timeout=100)
+    agent = world.agent()
     c = world.client()
-    c.send(new_job("run"))
-    world.tick(30)
+    c.send(new_job("run"), new_job("wait"), new_job("big", environment="nowhere", inputdata={"b": b"x" * 1000}))
+    assert world.backend.held_bytes > 1000
+    world.tick(4)
+    c.send(ClientGetQueue())  # any message counts as a sign of life
+    world.tick(4)
     assert len(world.backend.clients) == 1
+    world.tick(1)
+    assert world.backend.clients == [] and c.closed is not None
+    assert agent.of_type(BackendKillJob) == [BackendKillJob((c.address, "run"))]
+    assert world.backend.waiting_count == 0
+    agent.send(job_done((c.address, "run"), "killed"))
+    assert world.backend.running_count == 0 and world.backend.held_bytes == 0
+    assert c.of_type(BackendJobDone) == []  # nobody to answer
 
 
 def test_an_idle_client_is_forgotten_and_must_say_hello_again():
@@ -796,3 +809,266 @@ def test_fake_peer_drives_the_backend_directly():
     agent.disconnect("x")
     agent.disconnect("y")
     assert agent.disconnected == "x"
+
+
+# -- accepted peers, observers, load counts ------------------------------------------------------
+
+
+def test_an_accepted_hello_is_told_to_the_peer_transport():
+    backend = Backend(Clock(), PriorityPolicy())
+    client, agent, stranger = FakePeer(b"c"), FakePeer(b"a"), FakePeer(b"s")
+    backend.client_handler.client_new_job(stranger, new_job("j"))
+    assert stranger.accepted_count == 0 and stranger.of_type(Unknown)
+    backend.client_handler.client_hello(client, ClientHello("me"))
+    backend.agent_handler.agent_hello(agent, agent_hello("a", 1, ["default"]))
+    assert client.accepted_count >= 1 and agent.accepted_count == 1
+
+
+def test_a_peer_without_accepted_still_works():
+    """A third-party IPeer written before ``accepted`` existed is served as before."""
+
+    @implementer(IPeer)
+    class OldPeer:
+        description = "old"
+
+        def __init__(self, address: bytes) -> None:
+            self.address = address
+            self.sent: List[Any] = []
+
+        def send(self, message: Any) -> None:
+            self.sent.append(message)
+
+        def disconnect(self, reason: str) -> None:
+            pass
+
+    backend = Backend(Clock(), PriorityPolicy())
+    client = OldPeer(b"c")
+    backend.client_handler.client_hello(client, ClientHello("me"))
+    assert isinstance(client.sent[-1], BackendUpdateContainers)
+
+
+@implementer(IJobObserver)
+class Recorder:
+    def __init__(self) -> None:
+        self.events: List[tuple] = []
+
+    def job_queued(self, job: Any) -> None:
+        verifyObject(IBackendJob, job)
+        self.events.append(("queued", job.job_id, job.client_name, job.environment_type))
+
+    def job_refused(self, client_name: str, job_id: str, reason: str) -> None:
+        self.events.append(("refused", job_id, client_name, reason.split(":")[0]))
+
+    def job_started(self, job: Any, agent_name: str) -> None:
+        self.events.append(("started", job.job_id, agent_name))
+
+    def job_requeued(self, job: Any, agent_name: str, reason: str) -> None:
+        self.events.append(("requeued", job.job_id, agent_name))
+
+    def job_finished(self, job: Any, kind: str, agent_name: Optional[str]) -> None:
+        self.events.append(("finished", job.job_id, kind, agent_name))
+
+
+def test_observers_hear_every_transition(world):
+    rec = Recorder()
+    verifyObject(IJobObserver, rec)
+    world.backend.add_observer(rec)
+    world.backend.add_observer(rec)  # once only
+    c = world.client("front")
+    a = world.agent("a1", slots=1)
+    c.send(new_job("run"), new_job("wait"), new_job("run"))
+    assert rec.events == [
+        ("queued", "run", "front", "docker"),
+        ("started", "run", "a1"),
+        ("queued", "wait", "front", "docker"),
+        ("refused", "run", "front", "duplicate job id 'run'"),
+    ]
+    rec.events.clear()
+    a.close()  # lost: "run" re-queued, then the new agent takes it
+    b = world.agent("a2", slots=1)
+    c.send(ClientKillJob("wait"))
+    b.send(job_done((c.address, "run")))
+    assert rec.events == [
+        ("requeued", "run", "a1"),
+        ("started", "run", "a2"),
+        ("finished", "wait", "killed", None),
+        ("finished", "run", "success", "a2"),
+    ]
+    rec.events.clear()
+    c.send(new_job("left"), new_job("lost", environment="nowhere"))
+    c.close()  # the waiting job is dropped at once; the running one when its agent answers the kill
+    assert rec.events[-1] == ("finished", "lost", "dropped", None)
+    b.send(job_done((c.address, "left"), "killed"))
+    assert rec.events[-1] == ("finished", "left", "dropped", "a2")
+    world.backend.remove_observer(rec)
+    world.backend.remove_observer(rec)  # unknown: ignored
+    c2 = world.client("other")
+    c2.send(new_job("x"))
+    assert all(e[1] != "x" for e in rec.events)
+
+
+def test_a_raising_observer_is_logged_and_does_not_disturb(world, log_events):
+    class Broken(Recorder):
+        def job_queued(self, job: Any) -> None:
+            raise RuntimeError("observer broke")
+
+    rec = Recorder()
+    world.backend.add_observer(Broken())
+    world.backend.add_observer(rec)
+    c = world.client()
+    world.agent(slots=1)
+    c.send(new_job("j"))
+    assert new_jobs(world.agent("spare")) == [] and ("started", "j", "agent") in rec.events
+    assert log_events.has("observer broke") or log_events.has("failed in job_queued")
+
+
+def test_load_counts_follow_jobs(world):
+    backend = world.backend
+    c1, c2 = world.client("front1"), world.client("front2")
+    a = world.agent(slots=1)
+    c1.send(new_job("a", course_id="algo"), new_job("b", course_id="algo"), new_job("c", course_id="db"))
+    c2.send(new_job("a", course_id="db"))
+    assert backend.load_by_course() == {"algo": (1, 1), "db": (2, 0)}
+    assert backend.load_by_client() == {"front1": (2, 1), "front2": (1, 0)}
+    c1.send(ClientKillJob("c"))
+    assert backend.load_by_course() == {"algo": (1, 1), "db": (1, 0)}
+    a.close()  # the running job is re-queued: nothing runs
+    assert backend.load_by_course() == {"algo": (2, 0), "db": (1, 0)}
+    b = world.agent("b", slots=3)
+    assert backend.load_by_course() == {"algo": (0, 2), "db": (0, 1)}
+    for job_id in new_jobs(b):
+        b.send(job_done(job_id))
+    assert backend.load_by_course() == {} and backend.load_by_client() == {}
+    c2.send(new_job("w", course_id="web", environment="nowhere"))
+    c2.close()
+    assert backend.load_by_client() == {}
+
+
+def test_load_counts_at_scale_are_cheap():
+    """Reading the counts costs O(courses), not O(jobs)."""
+    import time
+
+    backend = Backend(Clock(), PriorityPolicy(), BackendSettings(max_waiting=None))
+    client = FakePeer(b"c", wire=False)
+    backend.client_handler.client_hello(client, ClientHello("me"))
+    for i in range(20_000):
+        backend.client_handler.client_new_job(client, new_job(str(i), course_id=f"c{i % 10}", environment="none"))
+    start = time.perf_counter()
+    for _ in range(100):
+        counts = backend.load_by_course()
+    assert (time.perf_counter() - start) / 100 < 0.001
+    assert counts == {f"c{i}": (2000, 0) for i in range(10)}
+    assert backend.load_by_client() == {"me": (20_000, 0)}
+
+
+# -- byte bounds (issue 10, item 4) --------------------------------------------------------------
+
+
+def blob(n: int) -> dict:
+    """An inputdata of exactly ``n`` bytes once encoded (n >= 100000)."""
+    return {"f": b"x" * (n - 8)}  # fixmap 1 + fixstr 2 + bin32 header 5
+
+
+def test_blob_sizes_are_exact():
+    import msgpack
+
+    assert len(msgpack.packb(blob(100_000), use_bin_type=True)) == 100_000
+
+
+def test_held_bytes_are_bounded_per_client_and_in_total(log_events):
+    world = World(max_queued_bytes=1_000_000, max_queued_bytes_per_client=600_000)
+    a, b = world.client("a"), world.client("b")
+    for i in range(7):
+        a.send(new_job(f"a{i}", environment="nowhere", inputdata=blob(100_000)))
+    refused = {k: v for k, v in a.results().items() if v[0] == "crash"}
+    assert list(refused) == ["a6"]
+    assert refused["a6"][1].startswith("backend full for this client: its jobs not answered yet hold 600000 bytes")
+    assert world.backend.held_bytes == 600_000 and world.backend.waiting_count == 6
+    for i in range(5):
+        b.send(new_job(f"b{i}", environment="nowhere", inputdata=blob(100_000)))
+    assert list(b.results()) == ["b4"] and b.results()["b4"][1].startswith(
+        "backend full: jobs not answered yet hold 1000000 bytes"
+    )
+    # a small job still fits in neither; killing one of a's jobs makes room for a
+    a.send(ClientKillJob("a0"), new_job("a7", environment="nowhere", inputdata=blob(100_000)))
+    assert a.results()["a0"][0] == "killed" and "a7" not in a.results()
+    assert world.backend.held_bytes == 1_000_000
+    world.tick()
+    assert log_events.has("queue full: refused 2 jobs")
+    # running jobs count too, until their answer
+    agent = world.agent(envs=["nowhere"], slots=1)
+    assert world.backend.held_bytes == 1_000_000 and world.backend.running_count == 1
+    agent.send(job_done(new_jobs(agent)[0]))
+    assert world.backend.held_bytes == 900_000
+    a.close()
+    b.close()
+    assert world.backend.held_bytes == 100_000  # the running job of a gone client, until its agent answers
+    agent.send(job_done(new_jobs(agent)[-1], "killed"))
+    assert world.backend.held_bytes == 0 and world.backend.running_count == 0
+
+
+def test_byte_bounds_can_be_lifted():
+    world = World(max_queued_bytes=None, max_queued_bytes_per_client=None)
+    c = world.client()
+    for i in range(20):
+        c.send(new_job(str(i), environment="nowhere", inputdata=blob(100_000)))
+    assert c.results() == {} and world.backend.held_bytes == 2_000_000
+    defaults = BackendSettings()
+    assert (defaults.max_queued_bytes, defaults.max_queued_bytes_per_client) == (512 << 20, 256 << 20)
+    with pytest.raises(ValueError):
+        BackendSettings(max_queued_bytes=-1)
+
+
+def test_a_job_nested_5000_deep_is_answered_once():
+    """Issue 10, item 7: a job whose inputdata is too deep to decode still gets its one answer."""
+    import msgpack
+
+    from inginious_tx.messages import MessageError, MessageMeta
+
+    fields = dict(new_job("deep").__dict__, type="client_new_job")
+    body = b""
+    for key, value in fields.items():
+        body += msgpack.packb(key)
+        body += b"\x81\xa1a" + b"\x91" * 5000 + b"\xc0" if key == "inputdata" else msgpack.packb(value)
+    payload = bytes([0x80 | len(fields)]) + body
+    with pytest.raises(MessageError) as info:
+        MessageMeta.load(payload)
+    world = World()
+    c = world.client()
+    sink = world.backend.client_sink()
+    sink.message_rejected(c.backend_peer, info.value, payload)
+    world.pump()
+    assert list(c.results()) == ["deep"] and c.results()["deep"][0] == "crash"
+    c.send(new_job("deep", environment="nowhere"))  # a valid job with that id: accepted, unanswered
+    sink.message_rejected(c.backend_peer, info.value, payload)  # its id is taken now: no second answer
+    world.pump()
+    assert len(c.of_type(BackendJobDone)) == 1 and world.backend.waiting_count == 1
+
+
+def test_packed_size_is_the_msgpack_length():
+    import msgpack
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from inginious_tx.backend.sizes import packed_size
+
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+        | st.floats(allow_nan=False)
+        | st.text()
+        | st.binary()
+        | st.sampled_from(["x" * 31, "x" * 32, "x" * 255, "x" * 256, "é" * 40000, b"b" * 255, b"b" * 65536])
+    )
+    values = st.recursive(
+        scalars, lambda inner: st.lists(inner, max_size=20) | st.dictionaries(st.text(), inner, max_size=20)
+    )
+
+    @settings(max_examples=120, deadline=None)
+    @given(values)
+    def check(value: Any) -> None:
+        assert packed_size(value) == len(msgpack.packb(value, use_bin_type=True))
+
+    check()
+    assert packed_size(list(range(70_000))) == len(msgpack.packb(list(range(70_000))))

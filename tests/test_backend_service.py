@@ -189,7 +189,7 @@ def parse(*argv: str) -> tap.Options:
 
 def test_options_defaults():
     o = parse()
-    assert o["clients"] == [tap.DEFAULT_CLIENTS] and o["agents"] == [tap.DEFAULT_AGENTS]
+    assert o["clients"] == [tap.DEFAULT_CLIENTS] and o["agents"] == []  # no agent endpoint: an embedded agent
     assert o["policy"] == "priority"
     s = o["settings"]
     assert (s.max_retries, s.ping_interval, s.max_missed_pongs) == (1, 1.0, 3)

@@ -8,9 +8,24 @@ import pytest
 
 PUBLIC = {
     "inginious_tx.messages": {
-        "ALL_MESSAGES", "load", "MessageMeta", "MessageError", "MalformedMessage", "UnknownMessageType",
+        "ALL_MESSAGES", "load", "load_any", "Dialect", "DIALECTS", "get_dialect", "v06", "v09",
+        "MessageMeta", "MessageError", "MalformedMessage", "UnknownMessageType",
         "FieldError", "MissingField", "ExtraField", "WrongFieldType", "BackendJobId", "ClientJobId", "SPResult",
         "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateContainers",
+        "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",
+        "BackendKillJob", "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug", "Ping", "Pong",
+        "Unknown",
+    },
+    "inginious_tx.messages.v06": {
+        "DIALECT", "ALL_MESSAGES", "load", "BackendJobId", "ClientJobId", "SPResult",
+        "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateContainers",
+        "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",
+        "BackendKillJob", "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug", "Ping", "Pong",
+        "Unknown",
+    },
+    "inginious_tx.messages.v09": {
+        "DIALECT", "ALL_MESSAGES", "load", "JobId", "SPResult",
+        "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateEnvironments",
         "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",
         "BackendKillJob", "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug", "Ping", "Pong",
         "Unknown",

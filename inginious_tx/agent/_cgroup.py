@@ -121,6 +121,8 @@ class JobStats:
     cpu_seconds: Optional[float] = None
     oom_kills: int = 0
     processes: int = 0
+    #: the job's tmpfs is full (set by the local backend, not from a cgroup)
+    disk_full: bool = False
 
 
 @dataclass

@@ -9,8 +9,9 @@ line: ``{"event": "started", ...}``, ``{"event": "error", "text": ...}``,
 Steps: new session; cut the network (a new network namespace with only
 loopback up, through a user namespace when not root); a new PID namespace
 when possible; then a supervisor (the namespace's init, or this process as a
-child subreaper) forks the command, which joins the job's control groups and
-sets its resource limits before it runs; when the command ends, the
+child subreaper) forks the command, which joins the job's control groups,
+sets its resource limits, takes the job's user (``user``: [uid, gid], when
+the agent is root) and ``no_new_privs`` before it runs; when the command ends, the
 supervisor kills and reaps whatever it left.  SIGTERM from the agent ends the
 whole tree the same way.
 """
@@ -26,14 +27,21 @@ import socket
 import struct
 import sys
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
 REPORT_FD = 3
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -118,6 +126,49 @@ def sweep(task_pgid):
             pass
 
 
+def mount(source, target, fstype, flags, data):
+    if _libc.mount(source, target.encode(), fstype, ctypes.c_ulong(flags), data) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {target}: {os.strerror(err)}")
+
+
+def reachable(path, uid, gid):
+    """True if ``uid:gid`` may search every folder from / down to ``path``."""
+    current = "/"
+    for part in [""] + [p for p in path.split("/") if p]:
+        current = os.path.join(current, part)
+        st = os.stat(current)
+        if st.st_uid == uid:
+            bit = 0o100
+        elif st.st_gid == gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return current
+    return None
+
+
+def expose_job(job_root, uid, gid):
+    """Make ``job_root`` reachable at its own path for ``uid:gid``, in a mount namespace of ours.
+
+    Where a folder above it is closed to that user, a small tmpfs covers that
+    folder in our namespace only, holding just the path down to the job folder,
+    bound there: the job sees its folder, not its neighbours.
+    """
+    blocked = reachable(job_root, uid, gid)
+    if blocked is None:
+        return
+    if not unshare(CLONE_NEWNS):
+        raise OSError(ctypes.get_errno(), "cannot make a mount namespace for the job")
+    mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    keep = os.open(job_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # in our namespace
+    mount(b"tmpfs", blocked, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k")
+    os.makedirs(job_root, mode=0o755, exist_ok=True)
+    mount(f"/proc/self/fd/{keep}".encode(), job_root, None, MS_BIND, None)
+    os.close(keep)
+
+
 def exec_command(argv, cfg):
     """In the forked child: limits, clean signals, then the command."""
     try:
@@ -147,6 +198,22 @@ def exec_command(argv, cfg):
                 except (OSError, ValueError):
                     pass
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        user = cfg.get("user")
+        if user:
+            # an agent running as root: the job gets an unprivileged user, for good
+            uid, gid = user
+            expose_job(cfg["job_root"], uid, gid)
+            cwd = os.getcwd()
+            os.chdir(cwd)  # the same folder, seen through the job's mounts
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            if os.getuid() != uid or os.geteuid() != uid:
+                raise OSError(errno.EPERM, "the job's user was not taken")
+        # setuid programs do not raise the job's privileges (e.g. back to root)
+        if _libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0)) != 0 and user:  # fmt: skip
+            raise OSError(errno.EPERM, "no_new_privs could not be set")
         try:
             os.execv(argv[0], argv)
         except OSError as e:

@@ -23,8 +23,10 @@ from ..dispatch import Dispatcher
 from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
 from ..transport import Limits
+from .dialect import edge_for, environment_type_for
 from .result import JobResult
-from .task import OutputLimits, _cap
+from .feedback import OutputLimits, cap_text
+from .limits import DEFAULT_MAXIMA, JobMaxima
 
 __all__ = ["Agent"]
 
@@ -53,7 +55,13 @@ class Agent(Service):
     the agent answers ``killed`` itself.  ``result_limits``: the archive,
     stdout and stderr caps applied to every result, whatever the agent
     backend already did (a larger archive makes the result an ``error``;
-    stdout/stderr are cut with a marker).
+    stdout/stderr are cut with a marker).  ``dialect``: ``"0.6"`` or
+    ``"0.9"``, what the backend speaks (see :mod:`inginious_tx.agent.dialect`);
+    ``environment_type``: the 0.9 type the environments are announced under
+    (default: ``docker`` for the docker kind, else the kind's name).
+    ``maxima``: the operator's
+    :class:`~inginious_tx.agent.limits.JobMaxima`, applied to every job
+    before the backend sees it (over them a job is capped or refused).
     """
 
     log = Logger()
@@ -73,9 +81,15 @@ class Agent(Service):
         hello_retry: float = 5.0,
         stop_grace: float = 10.0,
         result_limits: Optional[OutputLimits] = None,
+        dialect: str = "0.6",
+        environment_type: Optional[str] = None,
+        maxima: JobMaxima = DEFAULT_MAXIMA,
     ) -> None:
         if slots < 1:
             raise ValueError("an agent needs at least one slot")
+        edge_for(dialect, None, self._holds, "")  # an unknown dialect fails here
+        self.dialect = dialect
+        self.environment_type = environment_type or environment_type_for(getattr(backend, "name", ""))
         self._reactor = reactor
         self._backend = backend
         self.friendly_name = name
@@ -88,6 +102,7 @@ class Agent(Service):
         self._hello_retry = hello_retry
         self._stop_grace = stop_grace
         self._result_limits = result_limits if result_limits is not None else OutputLimits()
+        self.maxima = maxima
         self._connection: Optional[IConnection] = None
         self._peer: Optional[IPeer] = None
         self._silence_call: Optional[IDelayedCall] = None
@@ -101,7 +116,7 @@ class Agent(Service):
 
     def startService(self) -> None:
         super().startService()
-        sink = Dispatcher(self, IAgentHandler)
+        sink = edge_for(self.dialect, Dispatcher(self, IAgentHandler), self._holds, self.environment_type)
         if self._transport is not None:
             self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)
         else:
@@ -110,11 +125,12 @@ class Agent(Service):
             self._connection = connect(self._reactor, self.endpoint, sink, self._limits)
         self._arm_silence()
         self.log.info(
-            "agent {name} ({kind}, {slots} slots) connecting to {endpoint}",
+            "agent {name} ({kind}, {slots} slots) connecting to {endpoint} (INGInious {dialect} dialect)",
             name=self.friendly_name,
             kind=getattr(self._backend, "name", "?"),
             slots=self.slots,
             endpoint=self.endpoint,
+            dialect=self.dialect,
         )
 
     def stopService(self) -> Deferred:
@@ -138,6 +154,10 @@ class Agent(Service):
         d.addCallback(lambda _: self._backend.close())
         d.addErrback(lambda f: self.log.failure("error while stopping the agent", f))
         return d
+
+    def _holds(self, job_id: Any) -> bool:
+        """Whether a job is running here (for the dialect edge)."""
+        return job_id in self._jobs
 
     @property
     def busy(self) -> int:
@@ -172,6 +192,8 @@ class Agent(Service):
             self._send_result(job_id, JobResult.crash(f"job {job_id[1]!r} is already running on this agent"))
             return
         refusal = self._refusal(message)
+        if refusal is None:
+            refusal, message = self.maxima.apply(message)  # the operator's maxima, for every backend
         if refusal is not None:
             self.log.warn("refusing job {job_id}: {why}", job_id=job_id, why=refusal)
             self._send_result(job_id, JobResult.crash(refusal))
@@ -300,9 +322,9 @@ class Agent(Service):
         limits = self._result_limits
         out, err = result.stdout, result.stderr
         if out is not None and len(out) > limits.max_stdout // 4:  # a character is at most 4 bytes
-            out = _cap(out, limits.max_stdout)
+            out = cap_text(out, limits.max_stdout)
         if err is not None and len(err) > limits.max_stderr // 4:
-            err = _cap(err, limits.max_stderr)
+            err = cap_text(err, limits.max_stderr)
         archive = result.archive
         if archive is not None and len(archive) > limits.max_archive:
             text = f"the job's archive is too large: {len(archive)} bytes > limit {limits.max_archive}"

@@ -26,6 +26,13 @@ Options (``AgentConfig.options``):
     ``UID:GID`` the task runs as (default ``4242:4242`` when the agent is
     root, which then hands the job folder to that user; else the agent's own).
 
+``job_disk_mb``
+    size in MB of the tmpfs mounted on each job folder when the agent is root
+    (default 256; 0: none).  A job that fills it is answered ``overflow``; the
+    tmpfs is unmounted with the job, so nothing it wrote stays on the agent's
+    disk.  Without root the folder is a plain folder on the agent's disk, with
+    no size bound (the agent logs it once).
+
 ``pids_limit`` (256), ``poll_interval`` (0.5 s: how often CPU time is
 checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
 reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
@@ -51,16 +58,9 @@ from zope.interface import implementer
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
 from .result import AgentConfig, JobResult
-from .task import (
-    JobFolder,
-    OutputLimits,
-    TaskError,
-    collect_result,
-    helpers_dir,
-    prepare_job,
-    remove_job,
-    remove_job_path,
-)
+from .feedback import OutputLimits, collect_result
+from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
+from .job_folder import JobFolder, TaskError, helpers_dir, prepare_job, remove_job_path
 
 __all__ = ["DockerBackend", "DockerEngineError", "JOB_MOUNT", "HELPERS_MOUNT", "LABEL_AGENT", "LABEL_JOB"]
 
@@ -161,14 +161,6 @@ def _parse_user(value: Any) -> Tuple[str, Optional[Tuple[int, int]]]:
     return text, None
 
 
-def _chown_tree(root: str, uid: int, gid: int) -> None:
-    """Hand a freshly prepared job folder to the container's user (no symlink is followed)."""
-    os.lchown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
-
-
 def _flag(value: Any) -> bool:
     """A boolean option, given as a bool or as text (``--option init=false``)."""
     if isinstance(value, str):
@@ -216,6 +208,12 @@ class DockerBackend:
         self._user, self._chown_to = _parse_user(opts.get("user"))
         self._limits = config.output_limits or OutputLimits()
         self._api_timeout = float(opts.get("api_timeout", 60))
+        self._disk_mb = int(opts.get("job_disk_mb", DEFAULT_DISK_MB))
+        if self._disk_mb < 0:
+            raise ValueError("job_disk_mb is a size in MB (0: no tmpfs)")
+        if self._disk_mb and not can_mount():
+            self.log.warn("docker backend: not root, so job folders have no size bound (job_disk_mb ignored)")
+            self._disk_mb = 0
         #: made on first use when not given (and then removed by close())
         self._work_dir: Optional[str] = opts.get("work_dir") or None
         self._own_work_dir = self._work_dir is None
@@ -375,7 +373,7 @@ class DockerBackend:
                 return JobResult(*run.stopped)
             await self._call(self._thd_guard, self._thd_start, run.container_id)
             self._arm_timers(run)
-            exit_code = await self._supervise(run)
+            exit_code = await self._supervise(run, folder)
             return await self._call(self._thd_guard, self._thd_result, run, folder, exit_code)
         except DockerEngineError as e:
             return await self._crash(str(e))
@@ -389,14 +387,8 @@ class DockerBackend:
         with self._client_lock:
             if self._work_dir is None:
                 self._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
-        folder = prepare_job(self._config.tasks_dir or "", job, self._work_dir)
-        if self._chown_to is not None and os.geteuid() == 0:
-            try:
-                _chown_tree(folder.root, *self._chown_to)
-            except BaseException:
-                remove_job(folder)
-                raise
-        return folder
+        owner = self._chown_to if os.geteuid() == 0 else None
+        return prepare_job(self._config.tasks_dir or "", job, self._work_dir, disk_mb=self._disk_mb, owner=owner)
 
     def _container_config(self, image: str, folder: JobFolder) -> Dict[str, Any]:
         """Everything the container is created with: the isolation lives here."""
@@ -448,8 +440,8 @@ class DockerBackend:
         text = f"The job ran for more than {hard} seconds (wall-clock time limit)."
         run.timers.append(self._reactor.callLater(hard, self._stop, run, ("timeout", text)))
 
-    async def _supervise(self, run: _Run) -> int:
-        """Wait for the container in short slices; between them, check the CPU time used."""
+    async def _supervise(self, run: _Run, folder: JobFolder) -> int:
+        """Wait for the container in short slices; between them, check the CPU time and disk used."""
         cid = run.container_id
         assert cid is not None
         cpu_limit = max(int(run.job.time_limit), 0)
@@ -460,6 +452,9 @@ class DockerBackend:
             if run.stopped is not None:
                 # stopped but still running: a kill that raced with the start was lost; kill again
                 await self._call(self._thd_guard, self._thd_kill, cid)
+                continue
+            if folder.disk_mb and await self._call(disk_full, folder.root, folder.disk_mb):
+                self._stop(run, ("overflow", self._disk_text(folder)))
             elif cpu_limit:
                 used = await self._call(self._thd_guard, self._thd_cpu_seconds, cid)
                 if used is not None and used > cpu_limit:
@@ -494,7 +489,13 @@ class DockerBackend:
         outcome = run.stopped
         if outcome is None and state.get("OOMKilled"):
             outcome = ("overflow", f"The job used more than its memory limit ({run.job.mem_limit} MB).")
+        if outcome is None and folder.disk_mb and disk_full(folder.root, folder.disk_mb):
+            outcome = ("overflow", self._disk_text(folder))
         return collect_result(folder, exit_code, stdout, stderr, self._limits, outcome=outcome)
+
+    @staticmethod
+    def _disk_text(folder: JobFolder) -> str:
+        return f"The job filled its disk space of {folder.disk_mb} MB."
 
     def _stop(self, run: _Run, outcome: Tuple[str, str]) -> None:
         """End a job for ``outcome`` (timeout, killed...); the first reason wins."""
@@ -531,7 +532,7 @@ class DockerBackend:
                 )
         if folder is not None:
             try:
-                await self._call(remove_job, folder)
+                await self._call(remove_job_path, folder.root)
             except Exception:
                 self.log.failure("docker backend: cannot remove job folder {root}", root=folder.root)
 

@@ -3,10 +3,19 @@
 **A sandbox for trusted code and for development, not a security boundary.**
 Use the Docker backend for untrusted student code.  What it does, per job:
 
+- *User*: when the agent is root, the job runs as an unprivileged user:
+  ``nobody`` unless the option ``user`` names another (``NAME``, ``UID`` or
+  ``UID:GID``), with no supplementary groups and ``no_new_privs`` (setuid
+  programs do not give it root back).  Otherwise as the agent's own user.
 - *Files*: the job runs in a fresh private copy of the task (see
-  :mod:`inginious_tx.agent.task`), removed afterwards.  It is **not**
-  confined to it: it sees the host's filesystem with the agent's user (root
-  if the agent is root).
+  :mod:`inginious_tx.agent.task`), handed to that user and removed
+  afterwards.  When the agent is root the job folder is a tmpfs of
+  ``job_disk_mb`` MB (default 256; 0: none): at the bound the job's writes
+  fail and the job is answered ``overflow``; nothing it wrote outlives it
+  (:mod:`inginious_tx.agent.job_disk`).  Without root the folder is on the
+  agent's disk (bounded per file by ``RLIMIT_FSIZE`` only; the agent says so
+  once in its log).  The job is **not** confined to its folder: it sees the
+  host's filesystem with its user's rights.
 - *Processes*: a new session, and a new PID namespace when the agent may make
   one (root, or unprivileged user namespaces).  When ``run`` ends, on a
   timeout and on a kill, every process the job started is killed and reaped,
@@ -33,7 +42,7 @@ Use the Docker backend for untrusted student code.  What it does, per job:
   without one, ``RLIMIT_NPROC`` (per user, and not enforced for root).
 - *Files size*: ``RLIMIT_FSIZE`` of ``max_file_size_mb`` (default 1024).
 
-Options (``--option KEY=VALUE``): ``work_dir``, ``network_isolation``
+Options (``--option KEY=VALUE``): ``work_dir``, ``user``, ``job_disk_mb``, ``network_isolation``
 (``required``/``best-effort``), ``pid_namespace`` (``auto``/``off``),
 ``cgroups`` (``auto``/``off``), ``max_processes``, ``max_file_size_mb``,
 ``max_time`` (s, when a job has no time limit), ``kill_grace`` (s),
@@ -48,6 +57,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import signal
 import sys
 import tempfile
@@ -70,7 +80,9 @@ from ..messages import BackendJobId, BackendNewJob
 from ._cgroup import CgroupSupport, JobCgroup, JobStats
 from .mock import environment_names
 from .result import AgentConfig, JobResult
-from .task import DEFAULT_PATH, JobFolder, OutputLimits, TaskError, collect_result, prepare_job, remove_job
+from .feedback import OutputLimits, collect_result
+from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
+from .job_folder import DEFAULT_PATH, JobFolder, TaskError, prepare_job, remove_job
 
 __all__ = ["LocalBackend"]
 
@@ -85,6 +97,35 @@ def _option(options: Dict[str, Any], key: str, default: Any, kind: Callable[[Any
         return kind(value)
     except (TypeError, ValueError):
         raise ValueError(f"invalid value {value!r} for the local backend option {key!r}") from None
+
+
+def job_user(value: Any) -> Optional[Tuple[int, int]]:
+    """The ``(uid, gid)`` jobs run as: None when the agent is not root (jobs run as the agent).
+
+    ``value``: the ``user`` option (``NAME``, ``UID`` or ``UID:GID``) or None
+    for ``nobody``.  Raises ValueError for an unknown user, or for a user
+    given to an agent that is not root (it could not switch to it).
+    """
+    if os.geteuid() != 0:
+        if value not in (None, ""):
+            raise ValueError("the option user needs an agent running as root (it switches jobs to that user)")
+        return None
+    text = "nobody" if value in (None, "") else str(value).strip()
+    name, _, group = text.partition(":")
+    try:
+        if name.isdigit():
+            uid = int(name)
+            gid = int(group) if group.isdigit() else (pwd.getpwuid(uid).pw_gid if not group else -1)
+        else:
+            entry = pwd.getpwnam(name)
+            uid, gid = entry.pw_uid, int(group) if group.isdigit() else entry.pw_gid
+    except KeyError:
+        if text == "nobody":
+            return 65534, 65534  # the conventional nobody/nogroup
+        raise ValueError(f"unknown user {text!r} for the option user") from None
+    if gid < 0:
+        raise ValueError(f"invalid group in the option user {text!r}: give a number")
+    return uid, gid
 
 
 def _session_usage(sid: int) -> Tuple[int, float]:
@@ -211,6 +252,19 @@ class LocalBackend:
         self._kill_grace = _option(opts, "kill_grace", 2.0, float)
         self._poll_interval = _option(opts, "poll_interval", 0.25, float)
         self._keep_jobs = str(opts.get("keep_jobs", "")).lower() in _TRUE
+        #: who jobs run as (None: the agent's own user, which is not root)
+        self.job_user = job_user(opts.get("user"))
+        self._disk_mb = _option(opts, "job_disk_mb", DEFAULT_DISK_MB, int)
+        if self._disk_mb < 0:
+            raise ValueError("job_disk_mb is a size in MB (0: no tmpfs)")
+        if self._disk_mb and not can_mount():
+            self.log.warn(
+                "local backend: not root, so job folders are not size-limited tmpfs mounts "
+                "(job_disk_mb={mb}): a job's disk use is bounded only per file ({fsize} MB)",
+                mb=self._disk_mb,
+                fsize=self._max_file_size >> 20,
+            )
+            self._disk_mb = 0
         self.limits = config.output_limits or OutputLimits()
         self._created = int(reactor.seconds())
         self._environments = {
@@ -273,7 +327,9 @@ class LocalBackend:
 
     def _thd_prepare(self, state: _LocalJob) -> None:
         support = self._thd_support()
-        state.folder = prepare_job(self._tasks_dir, state.job, self._work_root)
+        state.folder = prepare_job(
+            self._tasks_dir, state.job, self._work_root, disk_mb=self._disk_mb, owner=self.job_user
+        )
         if support is not None and support.places:
             mem = state.job.mem_limit << 20 if state.job.mem_limit > 0 else None
             state.cgroup = support.create(state.name, mem, self._max_processes)
@@ -304,7 +360,9 @@ class LocalBackend:
             "fsize": self._max_file_size,
             # without a memory cgroup, only a safety cap: the limit is checked on resident memory
             "data": (job.mem_limit << 22) if job.mem_limit > 0 and not has("memory") else 0,
-            "nproc": self._max_processes if not has("pids") and os.getuid() != 0 else 0,
+            "nproc": self._max_processes if not has("pids") and (os.getuid() != 0 or self.job_user) else 0,
+            "user": list(self.job_user) if self.job_user else None,
+            "job_root": folder.root,
         }
         env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
         proto = _SandboxProtocol(self._reactor, self.limits.max_stdout, self.limits.max_stderr)
@@ -351,6 +409,8 @@ class LocalBackend:
             cpu, _ = self._limits_of(job)
             if stats.oom_kills:
                 self._terminate(state, "overflow", self._overflow_text(job))
+            elif stats.disk_full:
+                self._terminate(state, "overflow", self._disk_text(state))
             elif cpu and stats.cpu_seconds is not None and stats.cpu_seconds >= cpu:
                 self._terminate(state, "timeout", self._timeout_text(cpu))
 
@@ -370,11 +430,19 @@ class LocalBackend:
             mem = state.job.mem_limit << 20
             if not has_mem and mem > 0 and rss >= mem:
                 stats.oom_kills = 1  # the watchdog's verdict
+        folder = state.folder
+        if folder is not None and folder.disk_mb and disk_full(folder.root, folder.disk_mb):
+            stats.disk_full = True
         return stats
 
     @staticmethod
     def _overflow_text(job: BackendNewJob) -> str:
         return f"The job exceeded its memory limit of {job.mem_limit} MB."
+
+    @staticmethod
+    def _disk_text(state: _LocalJob) -> str:
+        mb = state.folder.disk_mb if state.folder is not None else 0
+        return f"The job filled its disk space of {mb} MB."
 
     @staticmethod
     def _timeout_text(cpu: float) -> str:
@@ -430,6 +498,8 @@ class LocalBackend:
         ended = reports.get("ended")
         if outcome is None and state.stats.oom_kills:
             outcome = ("overflow", self._overflow_text(job))
+        if outcome is None and folder.disk_mb and disk_full(folder.root, folder.disk_mb):
+            outcome = ("overflow", self._disk_text(state))
         has_mem = state.cgroup is not None and "memory" in state.cgroup.dirs
         if outcome is None and ended is not None and not has_mem and job.mem_limit > 0:
             # no memory cgroup: a process of the job went over the limit at some point

@@ -19,8 +19,9 @@ from twisted.python import usage
 from .._options import at_least_one, positive_float
 from ..plugin import PluginError, available, load
 from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
+from .feedback import OutputLimits
+from .limits import DEFAULT_MAXIMA, JobMaxima
 from .result import AgentConfig
-from .task import OutputLimits
 
 __all__ = ["Options", "makeService", "GROUP", "DEFAULT_KIND"]
 
@@ -28,6 +29,12 @@ GROUP = "inginious_tx.agent_backends"
 #: The kind used without ``--kind``: the one that isolates untrusted code.
 DEFAULT_KIND = "docker"
 _OUTPUT = OutputLimits()
+
+
+def _dialect(value: str) -> str:
+    if value not in ("0.6", "0.9"):
+        raise ValueError(f"{value!r} is not a dialect: 0.6 or 0.9")
+    return value
 
 
 def kinds() -> List[str]:
@@ -55,6 +62,12 @@ class Options(usage.Options):
 
     optFlags = [
         ["list-kinds", None, "Print the installed agent backends (--kind values) and exit."],
+        ["allow-network", None, "Give jobs the network when they ask for it (else such jobs are answered 'crash')."],
+        [
+            "allow-run-cmd",
+            None,
+            "Run a job's own command (run_cmd) instead of its task's run file (else such jobs are answered 'crash').",
+        ],
     ]
 
     optParameters = [
@@ -92,8 +105,44 @@ class Options(usage.Options):
             "Largest archive a job may send back, in bytes; a larger one makes the result an 'error'.",
             at_least_one,
         ],
+        [
+            "max-time",
+            None,
+            DEFAULT_MAXIMA.max_time,
+            "Most CPU seconds a job gets; a job asking for more (or for no limit) gets this.",
+            at_least_one,
+        ],
+        [
+            "max-hard-time",
+            None,
+            DEFAULT_MAXIMA.max_hard_time,
+            "Most wall-clock seconds a job gets; a job asking for more (or for no limit) gets this.",
+            at_least_one,
+        ],
+        [
+            "max-memory",
+            None,
+            DEFAULT_MAXIMA.max_memory,
+            "Most memory a job gets, in MB; a job asking for more (or for no limit) gets this.",
+            at_least_one,
+        ],
         ["max-stdout", None, _OUTPUT.max_stdout, "Bytes of a job's stdout sent back (the rest is cut).", at_least_one],
         ["max-stderr", None, _OUTPUT.max_stderr, "Bytes of a job's stderr sent back (the rest is cut).", at_least_one],
+        [
+            "dialect",
+            None,
+            "0.6",
+            "INGInious protocol the backend speaks: 0.6 (INGInious 0.6, inginious-tx) or 0.9 "
+            "(INGInious 0.7 to 0.9.x, and inginious-tx).",
+            _dialect,
+        ],
+        [
+            "environment-type",
+            None,
+            None,
+            "With --dialect 0.9: the environment type the environments are announced under "
+            "[default: docker for the docker kind, else the kind's name: local, mock].",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -101,7 +150,7 @@ class Options(usage.Options):
         self["environments"] = []
         self["options"] = {}
         self.longdesc = (
-            "Run INGInious 0.6 grading jobs for a backend.\n"
+            "Run INGInious grading jobs for a backend (0.6 dialect, or 0.9 with --dialect 0.9).\n"
             f"Agent backends installed ({GROUP} entry points): {', '.join(kinds()) or 'none'}. "
             "mock answers without running anything (tests, benchmarks): the job's input keys "
             "@mock_result, @mock_grade, @mock_delay, @mock_fail, or --option result=/grade=/delay=/fail=, decide. "
@@ -142,6 +191,8 @@ class Options(usage.Options):
             self["backend_class"] = load(GROUP, self["kind"])
         except PluginError as e:
             raise usage.UsageError(str(e))
+        if self["environment-type"] is not None and not self["environment-type"].strip():
+            raise usage.UsageError("--environment-type: the type is empty")
         if self["tasks"] is not None and not os.path.isdir(self["tasks"]):
             raise usage.UsageError(f"--tasks {self['tasks']!r} is not a folder")
         if self["slots"] is None:
@@ -151,6 +202,13 @@ class Options(usage.Options):
         self["limits"] = Limits(max_frame=self["max-frame"], max_send_buffer=max(4 * self["max-frame"], 1 << 20))
         self["result_limits"] = replace(
             _OUTPUT, max_archive=self["max-archive"], max_stdout=self["max-stdout"], max_stderr=self["max-stderr"]
+        )
+        self["maxima"] = JobMaxima(
+            max_time=self["max-time"],
+            max_hard_time=self["max-hard-time"],
+            max_memory=self["max-memory"],
+            allow_network=bool(self["allow-network"]),
+            allow_run_cmd=bool(self["allow-run-cmd"]),
         )
         self["config"] = AgentConfig(
             tasks_dir=os.path.abspath(self["tasks"]) if self["tasks"] else None,
@@ -180,4 +238,7 @@ def makeService(options: Dict[str, Any]) -> Any:
         limits=options["limits"],
         silence_timeout=options["silence-timeout"],
         result_limits=options["result_limits"],
+        dialect=options["dialect"],
+        environment_type=options["environment-type"],
+        maxima=options["maxima"],
     )

@@ -10,7 +10,7 @@ The agent talks to the backend through an :class:`InProcessTransport` rather
 than through the agent endpoint: no port to share with real agents, no
 reconnection loop, nothing to wait for at start-up, and it works whatever the
 agent endpoints are.  Messages still go through ``dump()`` and
-``MessageMeta.load()``, so the backend sees exactly what a wire would bring.
+``load_any()``, so the backend sees exactly what a wire would bring.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ..agent.core import Agent
 from ..agent.local import LocalBackend
 from ..agent.result import AgentConfig
 from ..interfaces import IConnection, IMessageSink, IPeer, ITransport
-from ..messages import MessageMeta
+from ..messages import load_any
 from ..transport import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -142,7 +142,7 @@ class _Link:
             sink, kind, peer, data = self._queue.popleft()
             try:
                 if kind == "message":
-                    sink.message_received(peer, MessageMeta.load(data))
+                    sink.message_received(peer, load_any(data))
                 elif kind == "connected":
                     sink.peer_connected(peer)
                 else:

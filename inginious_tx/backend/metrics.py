@@ -13,12 +13,15 @@ several backends (tests, embedding applications) do not collide.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Dict, Iterator, Optional
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .core import TIME_BUCKETS, Backend
+
+if TYPE_CHECKING:
+    from .timeseries import StatusRecorder
 
 __all__ = ["BackendCollector", "backend_registry", "PREFIX"]
 
@@ -36,10 +39,18 @@ def _histogram(name: str, doc: str, buckets: list, total: float) -> HistogramMet
 
 
 class BackendCollector(Collector):
-    """Reads a :class:`Backend` at scrape time (on the reactor thread)."""
+    """Reads a :class:`Backend` at scrape time (on the reactor thread).
 
-    def __init__(self, backend: Backend) -> None:
+    With a :class:`~inginious_tx.backend.timeseries.StatusRecorder` (what
+    ``--status`` runs), the waiting counts come from its job observer instead
+    of a walk over every job, and the series it alone knows are added: jobs
+    started per environment, jobs queued again, agent registrations and
+    removals.
+    """
+
+    def __init__(self, backend: Backend, recorder: Optional[StatusRecorder] = None) -> None:
         self._backend = backend
+        self._recorder = recorder
 
     def collect(self) -> Iterator[Metric]:
         backend = self._backend
@@ -78,16 +89,71 @@ class BackendCollector(Collector):
         yield GaugeMetricFamily(PREFIX + "agent_slots", "Job slots of the registered agents.", slots)
         yield GaugeMetricFamily(PREFIX + "clients_connected", "Registered clients.", len(backend.clients))
         waiting = GaugeMetricFamily(PREFIX + "jobs_waiting", "Jobs waiting, per environment.", labels=["environment"])
+        recorder = self._recorder
         counts = dict.fromkeys(backend.environments, 0)
-        counts.update(backend.waiting_per_environment())
+        counts.update(backend.waiting_per_environment() if recorder is None else recorder.waiting_per_environment())
         for env, n in sorted(counts.items()):
             waiting.add_metric([env], n)
         yield waiting
         yield GaugeMetricFamily(PREFIX + "jobs_running", "Jobs running on agents.", backend.running_count)
+        offered: Dict[str, int] = dict.fromkeys(backend.environments, 0)
+        env_slots: Dict[str, int] = dict.fromkeys(backend.environments, 0)
+        per_agent: Dict[str, list] = {}
+        for agent in agents:
+            for env in agent.environments:
+                offered[env] = offered.get(env, 0) + 1
+                env_slots[env] = env_slots.get(env, 0) + agent.slots
+            row = per_agent.setdefault(agent.name, [0, 0])
+            row[0] += len(agent.running)
+            row[1] += agent.slots
+        family = GaugeMetricFamily(
+            PREFIX + "environment_agents", "Registered agents offering each environment.", labels=["environment"]
+        )
+        for env, n in sorted(offered.items()):
+            family.add_metric([env], n)
+        yield family
+        family = GaugeMetricFamily(
+            PREFIX + "environment_slots", "Job slots of the agents offering each environment.", labels=["environment"]
+        )
+        for env, n in sorted(env_slots.items()):
+            family.add_metric([env], n)
+        yield family
+        busy = GaugeMetricFamily(
+            PREFIX + "agent_busy_slots", "Busy job slots of each agent (by name).", labels=["agent"]
+        )
+        total = GaugeMetricFamily(PREFIX + "agent_job_slots", "Job slots of each agent (by name).", labels=["agent"])
+        for name, (n_busy, n_slots) in sorted(per_agent.items()):
+            busy.add_metric([name], n_busy)
+            total.add_metric([name], n_slots)
+        yield busy
+        yield total
+        if recorder is None:
+            return
+        started = CounterMetricFamily(
+            PREFIX + "jobs_started",
+            "Jobs handed to an agent, per environment (since the status service started).",
+            labels=["environment"],
+        )
+        for env, n in sorted({**dict.fromkeys(counts, 0), **recorder.started}.items()):
+            started.add_metric([env], n)
+        yield started
+        yield CounterMetricFamily(
+            PREFIX + "jobs_requeued", "Jobs queued again because their agent was lost.", recorder.requeued
+        )
+        yield CounterMetricFamily(
+            PREFIX + "agent_registrations",
+            "Agents that registered (seen once a second by the status service).",
+            recorder.agent_registrations,
+        )
+        yield CounterMetricFamily(
+            PREFIX + "agent_removals",
+            "Agents that were removed (seen once a second by the status service).",
+            recorder.agent_removals,
+        )
 
 
-def backend_registry(backend: Backend) -> CollectorRegistry:
-    """A new registry holding only the metrics of ``backend``."""
+def backend_registry(backend: Backend, recorder: Optional[StatusRecorder] = None) -> CollectorRegistry:
+    """A new registry holding only the metrics of ``backend`` (see :class:`BackendCollector`)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(BackendCollector(backend))
+    registry.register(BackendCollector(backend, recorder))
     return registry

@@ -78,8 +78,8 @@ class BackendService(Service):
         shutdown_grace: float = 0.5,
         fatal: bool = False,
     ) -> None:
-        if not client_endpoints or not agent_endpoints:
-            raise ValueError("a backend needs at least one client endpoint and one agent endpoint")
+        if not client_endpoints:
+            raise ValueError("a backend needs at least one client endpoint")  # agents: none for an embedded one
         transport.check_separate_credentials(client_endpoints, agent_endpoints)  # see docs/security.rst
         if isinstance(policy, str):
             policy = load_policy(policy)

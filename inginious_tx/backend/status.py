@@ -1,15 +1,22 @@
 """The backend's status over HTTP (``--status ENDPOINT``), with twisted.web.
 
-Three pages, all read from the backend on the reactor thread when asked:
+Pages, all read from the backend on the reactor thread when asked:
 
-- ``/status.json``: agents (name, slots, busy slots, environments), jobs
-  waiting per environment, running jobs, totals (:func:`status_snapshot`);
-- ``/``: the same as a small HTML page for people (everything that comes
-  from peers is escaped);
+- ``/``: a page for people that reloads itself (every 2 s by default, no
+  script: the same strict CSP as ever) with inline SVG charts of the last
+  hour (queue depth per environment, jobs finished per second by result,
+  queue-wait and run-time percentiles, busy slots in total and per agent)
+  and tables (jobs per course and per client, queues, agents, running
+  jobs); everything that comes from peers is escaped;
+- ``/status.json``: agents, jobs waiting per environment, running jobs, load
+  per course and client, totals (:func:`status_snapshot`);
+- ``/history.json?window=SECONDS``: the numbers the charts draw;
+- ``/events``: one server-sent event per sample (once a second);
 - ``/metrics``: Prometheus metrics (:mod:`inginious_tx.backend.metrics`).
 
-There is no authentication: the endpoint listens on 127.0.0.1 unless an
-interface is named (:func:`status_endpoint`).
+The history is kept by a :class:`~inginious_tx.backend.timeseries.StatusRecorder`
+that :class:`StatusService` runs.  There is no authentication: the endpoint
+listens on 127.0.0.1 unless an interface is named (:func:`status_endpoint`).
 """
 
 from __future__ import annotations
@@ -17,21 +24,32 @@ from __future__ import annotations
 import json
 import time
 from html import escape
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
 from .. import __version__
+from .charts import PALETTE, RESULT_COLORS, format_number, heatmap, legend, line_chart
 from .core import Backend
 from .service import stop_reactor
+from .timeseries import HISTORY_SECONDS, StatusRecorder
 
-__all__ = ["StatusService", "status_endpoint", "status_snapshot", "status_resource", "render_html"]
+__all__ = [
+    "StatusService",
+    "status_endpoint",
+    "status_snapshot",
+    "status_resource",
+    "render_html",
+    "render_charts",
+]
 
 
 def status_endpoint(description: str) -> str:
@@ -50,11 +68,17 @@ def status_endpoint(description: str) -> str:
     return text
 
 
-def status_snapshot(backend: Backend, now: Optional[float] = None) -> Dict[str, Any]:
+def status_snapshot(
+    backend: Backend, now: Optional[float] = None, waiting: Optional[Dict[str, int]] = None
+) -> Dict[str, Any]:
     """What ``/status.json`` shows: plain JSON-able data.
 
     Times are seconds since the epoch (the reactor's time).  ``queue`` has an
-    entry for every offered environment and every environment a job waits for.
+    entry for every offered environment and every environment a job waits for
+    (``waiting``: those counts if already known, e.g. from a
+    :class:`~inginious_tx.backend.timeseries.StatusRecorder`; else the
+    backend counts them, O(jobs)).  ``load`` has the waiting and running jobs
+    per course and per client (the ``fair`` policy's view).
     """
     if now is None:
         now = time.time()
@@ -86,7 +110,7 @@ def status_snapshot(backend: Backend, now: Optional[float] = None) -> Dict[str, 
             )
     running.sort(key=lambda row: row["started_at"])
     queue = dict.fromkeys(backend.environments, 0)
-    queue.update(backend.waiting_per_environment())
+    queue.update(backend.waiting_per_environment() if waiting is None else waiting)
     stats = backend.stats
     return {
         "version": __version__,
@@ -95,6 +119,10 @@ def status_snapshot(backend: Backend, now: Optional[float] = None) -> Dict[str, 
         "agents": agent_rows,
         "queue": dict(sorted(queue.items())),
         "running": running,
+        "load": {
+            "courses": {k: list(v) for k, v in sorted(backend.load_by_course().items())},
+            "clients": {k: list(v) for k, v in sorted(backend.load_by_client().items())},
+        },
         "totals": {
             "agents": len(agents),
             "clients": len(backend.clients),
@@ -117,20 +145,131 @@ def _table(headers: List[str], rows: List[List[Any]], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(snapshot: Dict[str, Any]) -> str:
-    """The status page for people; every value is escaped."""
+#: Rows of the longer tables of the page (the JSON has them all).
+PAGE_ROWS = 50
+#: Windows offered on the page, in seconds.
+WINDOWS = (300, 900, 3600)
+DEFAULT_WINDOW = 3600
+#: Seconds between two reloads of the page, by default.
+DEFAULT_REFRESH = 2
+
+_STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;margin-bottom:.5em}td,th{border:1px solid #ccc;padding:.15em .5em;text-align:left}
+td:nth-child(n+2){font-variant-numeric:tabular-nums}
+.charts{display:grid;grid-template-columns:repeat(auto-fill,minmax(630px,1fr));gap:.8em}
+.chart{border:1px solid #ddd;padding:4px;background:#fff}
+ul.legend{list-style:none;margin:0;padding:0 0 0 52px;font-size:12px;display:flex;flex-wrap:wrap;gap:.2em 1em}
+.summary b{font-variant-numeric:tabular-nums}nav a{margin-right:.6em}.more{color:#666;font-size:90%}
+.tables{display:grid;grid-template-columns:repeat(auto-fill,minmax(420px,1fr));gap:0 2em}"""
+
+
+def _top_rows(mapping: Dict[str, List[int]], limit: int) -> Tuple[List[List[Any]], int]:
+    """The ``limit`` busiest (waiting + running) entries, and how many were left out."""
+    ranked = sorted(mapping.items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
+    return [[name, w, r] for name, (w, r) in ranked[:limit]], max(0, len(ranked) - limit)
+
+
+def _more(n: int, what: str) -> str:
+    return f'<p class="more">and {n} more {escape(what)} (see status.json)</p>' if n else ""
+
+
+def _last(points: Any) -> Optional[float]:
+    for v in reversed(points):
+        if v is not None:
+            return float(v)
+    return None
+
+
+def render_charts(view: Dict[str, Any]) -> str:
+    """The six charts of the page from a :meth:`History.view`, with their legends."""
+    seconds = view["seconds"]
+    blocks = []
+    # queue depth per environment, and the total
+    lines = [(env, PALETTE[i % (len(PALETTE) - 1)], pts) for i, (env, pts) in enumerate(view["queue"].items())]
+    lines.append(("all environments", "#555555", view["waiting"]))
+    blocks.append(
+        (
+            line_chart("Jobs waiting, per environment", lines, seconds),
+            legend([(label, color, format_number(_last(pts))) for label, color, pts in lines]),
+        )
+    )
+    # finished per second, by result (stacked)
+    order = sorted(
+        view["finished"],
+        key=lambda k: (k not in RESULT_COLORS, list(RESULT_COLORS).index(k) if k in RESULT_COLORS else 0, k),
+    )
+    lines = [(kind, RESULT_COLORS.get(kind, "#777777"), view["finished"][kind]) for kind in order]
+    mean = {kind: [v for v in pts if v is not None] for kind, pts in view["finished"].items()}
+    blocks.append(
+        (
+            line_chart("Jobs finished per second, by result", lines, seconds, stacked=True),
+            legend(
+                [
+                    (label, color, f"{sum(mean[label]) / len(mean[label]):.3g}/s" if mean[label] else "-")
+                    for label, color, _ in lines
+                ]
+            )
+            if lines
+            else legend([("no job finished", "#ffffff", "-")]),
+        )
+    )
+    for key, title in (("wait", "Queue wait (time to the first agent)"), ("run", "Run time")):
+        lines = [(name, PALETTE[i], pts) for i, (name, pts) in enumerate(view[key].items())]
+        blocks.append(
+            (
+                line_chart(f"{title}, percentiles", lines, seconds, unit="s", log=True),
+                legend([(label, color, format_number(_last(pts), "s")) for label, color, pts in lines]),
+            )
+        )
+    totals = view["totals"]
+    lines = [
+        ("slots", "#999999", totals["slots"]),
+        ("busy slots", PALETTE[0], totals["busy_slots"]),
+        ("running jobs", PALETTE[1], totals["running"]),
+    ]
+    blocks.append(
+        (
+            line_chart("Agent slots, busy slots", lines, seconds),
+            legend([(label, color, format_number(_last(pts))) for label, color, pts in lines]),
+        )
+    )
+    rows = [(name, view["slots"].get(name, 0), pts) for name, pts in view["busy"].items()]
+    shown = len(rows)
+    tracked = view.get("agents_tracked", shown)
+    title = "Busy slots per agent" + (f" (the {shown} busiest of {tracked})" if tracked > shown else "")
+    blocks.append((heatmap(title, rows, seconds), ""))
+    return "".join(f'<div class="chart">{svg}{leg}</div>' for svg, leg in blocks)
+
+
+def render_html(
+    snapshot: Dict[str, Any],
+    view: Optional[Dict[str, Any]] = None,
+    window: int = DEFAULT_WINDOW,
+    refresh: int = DEFAULT_REFRESH,
+) -> str:
+    """The status page for people; every value is escaped.
+
+    ``view``: the history to chart (:meth:`History.view`), if any; the page
+    reloads itself every ``refresh`` seconds (0: never) with the same
+    ``window``.
+    """
     totals = snapshot["totals"]
     finished = ", ".join(f"{k}: {v}" for k, v in totals["finished"].items()) or "none"
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot["time"]))
+    agent_list = snapshot["agents"]
     agents = _table(
         ["agent", "address", "busy / slots", "environments"],
         [
             [a["name"], a["address"], f"{a['busy_slots']} / {a['slots']}", ", ".join(a["environments"])]
-            for a in snapshot["agents"]
+            for a in agent_list[:PAGE_ROWS]
         ],
         "No agent is connected.",
+    ) + _more(len(agent_list) - PAGE_ROWS if len(agent_list) > PAGE_ROWS else 0, "agents")
+    queue_rows = sorted(snapshot["queue"].items(), key=lambda kv: (-kv[1], kv[0]))
+    queue = _table(["environment", "waiting"], [[k, v] for k, v in queue_rows[:PAGE_ROWS]], "No environment.") + _more(
+        max(0, len(queue_rows) - PAGE_ROWS), "environments"
     )
-    queue = _table(["environment", "waiting"], [[k, v] for k, v in snapshot["queue"].items()], "No environment.")
+    running_list = snapshot["running"]
     running = _table(
         ["job", "client", "agent", "task", "environment", "running for"],
         [
@@ -142,26 +281,62 @@ def render_html(snapshot: Dict[str, Any]) -> str:
                 r["environment"],
                 f"{r['running_for']:.1f} s",
             ]
-            for r in snapshot["running"]
+            for r in running_list[:PAGE_ROWS]
         ],
         "No job is running.",
+    ) + _more(max(0, len(running_list) - PAGE_ROWS), "running jobs")
+    load = snapshot.get("load", {"courses": {}, "clients": {}})
+    load_tables = []
+    for key, title in (("courses", "course"), ("clients", "client")):
+        rows, left = _top_rows(load[key], PAGE_ROWS)
+        load_tables.append(
+            f"<div><h2>Jobs per {title}</h2>"
+            + _table([title, "waiting", "running"], rows, f"No {title} has a job.")
+            + _more(left, key)
+            + "</div>"
+        )
+    links = " ".join(
+        f'<a href="?window={w}&amp;refresh={refresh}">{"last " + (f"{w // 60} min" if w < 3600 else "hour")}</a>'
+        if w != window
+        else f"<b>last {f'{w // 60} min' if w < 3600 else 'hour'}</b>"
+        for w in WINDOWS
     )
+    if refresh:
+        reload_note = f'reloads every {refresh} s (<a href="?window={window}&amp;refresh=0">stop</a>)'
+        meta = f'<meta http-equiv="refresh" content="{refresh}">'
+    else:
+        again = f"?window={window}&amp;refresh={DEFAULT_REFRESH}"
+        reload_note = f'not reloading (<a href="{again}">reload every {DEFAULT_REFRESH} s</a>)'
+        meta = ""
+    charts = f'<div class="charts">{render_charts(view)}</div>' if view is not None else ""
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<html lang="en"><head><meta charset="utf-8">{meta}
 <title>inginious-tx backend</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.2em .6em;text-align:left}}</style></head>
+<style>{_STYLE}</style></head>
 <body><h1>inginious-tx backend</h1>
-<p>{escape(when)}, policy {escape(str(snapshot["policy"]))}, version {escape(str(snapshot["version"]))}.
-{totals["agents"]} agents, {totals["busy_slots"]} / {totals["slots"]} slots busy, {totals["clients"]} clients,
-{totals["waiting"]} jobs waiting, {totals["running"]} running; {totals["submitted"]} submitted,
-{totals["refused"]} refused; finished: {escape(finished)}.
-<a href="status.json">status.json</a>, <a href="metrics">metrics</a>.</p>
+<p class="summary">{escape(when)}, policy {escape(str(snapshot["policy"]))}, version {escape(str(snapshot["version"]))}.
+<b>{totals["agents"]}</b> agents, <b>{totals["busy_slots"]} / {totals["slots"]}</b> slots busy,
+<b>{totals["clients"]}</b> clients, <b>{totals["waiting"]}</b> jobs waiting, <b>{totals["running"]}</b> running;
+{totals["submitted"]} submitted, {totals["refused"]} refused; finished: {escape(finished)}.</p>
+<nav>{links} &middot; {reload_note} &middot; <a href="status.json">status.json</a>
+<a href="history.json?window={window}">history.json</a> <a href="events">events</a> <a href="metrics">metrics</a></nav>
+{charts}
+<div class="tables">{"".join(load_tables)}<div><h2>Waiting jobs per environment</h2>{queue}</div></div>
 <h2>Agents</h2>{agents}
-<h2>Waiting jobs</h2>{queue}
-<h2>Running jobs</h2>{running}
+<h2>Running jobs (longest first)</h2>{running}
 </body></html>
 """
+
+
+def _int_arg(request: Any, name: str, default: int, low: int, high: int) -> int:
+    """A small integer query argument, clamped; anything unreadable is the default."""
+    values = (getattr(request, "args", None) or {}).get(name.encode())
+    if not values:
+        return default
+    text = values[0]
+    if not text.isdigit() or len(text) > 7:
+        return default
+    return max(low, min(high, int(text)))
 
 
 class _Page(Resource):
@@ -169,13 +344,22 @@ class _Page(Resource):
     # each page defines it
     render_GET: Callable[[Any], bytes]
 
-    def __init__(self, backend: Backend, clock: Any) -> None:
+    def __init__(self, backend: Backend, clock: Any, recorder: Optional[StatusRecorder] = None) -> None:
         super().__init__()
         self._backend = backend
         self._clock = clock
+        self._recorder = recorder
 
     def _snapshot(self) -> Dict[str, Any]:
-        return status_snapshot(self._backend, self._clock.seconds())
+        waiting = self._recorder.waiting_per_environment() if self._recorder is not None else None
+        return status_snapshot(self._backend, self._clock.seconds(), waiting)
+
+    def _window(self, request: Any) -> int:
+        if self._recorder is None:
+            return DEFAULT_WINDOW
+        history = self._recorder.history
+        longest = int((history.capacity - 1) * history.interval)
+        return _int_arg(request, "window", min(DEFAULT_WINDOW, longest), min(60, longest), longest)
 
     def render_HEAD(self, request: Any) -> bytes:
         return self.render_GET(request)
@@ -188,14 +372,145 @@ class _JsonPage(_Page):
         return json.dumps(self._snapshot(), indent=1).encode("utf-8")
 
 
+class _HistoryPage(_Page):
+    """``/history.json?window=SECONDS``: what the charts draw, as numbers."""
+
+    def render_GET(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        assert self._recorder is not None
+        view = self._recorder.history.view(self._window(request))
+        return json.dumps(view, separators=(",", ":")).encode("utf-8")
+
+
+_CSP = b"default-src 'none'; style-src 'unsafe-inline'"
+
+
 class _HtmlPage(_Page):
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         request.setHeader(b"cache-control", b"no-store")
         # besides escaping: no script may run on this page, whatever a peer sent
-        request.setHeader(b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'")
+        request.setHeader(b"content-security-policy", _CSP)
         request.setHeader(b"x-content-type-options", b"nosniff")
-        return render_html(self._snapshot()).encode("utf-8")
+        window = self._window(request)
+        refresh = _int_arg(request, "refresh", DEFAULT_REFRESH, 0, 3600)
+        view = self._recorder.history.view(window) if self._recorder is not None else None
+        return render_html(self._snapshot(), view, window, refresh).encode("utf-8")
+
+
+@implementer(IPushProducer)
+class _Stream:
+    """One ``/events`` client: paused by TCP back-pressure, dropped if it stays behind."""
+
+    #: samples skipped in a row (the client reads too slowly) before it is disconnected
+    MAX_SKIPPED = 30
+
+    def __init__(self, request: Any) -> None:
+        self.request = request
+        self.paused = False
+        self.skipped = 0
+        self.open = True
+
+    def send(self, data: bytes) -> None:
+        if not self.open:
+            return
+        if self.paused:
+            self.skipped += 1
+            if self.skipped > self.MAX_SKIPPED:
+                self.stopProducing()
+            return
+        self.skipped = 0
+        self.request.write(data)
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+
+    def stopProducing(self) -> None:
+        if self.open:
+            self.open = False
+            transport = getattr(self.request, "channel", None) and self.request.channel.transport
+            if transport is not None:
+                transport.abortConnection()
+
+
+class _EventStream(Resource):
+    """``/events``: each sample as a server-sent event (``event: sample``, JSON data).
+
+    One JSON encoding per sample, whatever the number of streams; at most
+    :attr:`MAX_STREAMS` at once (others get 503).
+    """
+
+    isLeaf = True
+    MAX_STREAMS = 16
+
+    def __init__(self, recorder: StatusRecorder) -> None:
+        super().__init__()
+        self._recorder = recorder
+        self._streams: Dict[Any, _Stream] = {}
+
+    def render_GET(self, request: Any) -> Any:
+        if len(self._streams) >= self.MAX_STREAMS:
+            request.setResponseCode(503)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"too many event streams open, retry later\n"
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-accel-buffering", b"no")
+        stream = _Stream(request)
+        request.registerProducer(stream, True)
+        if not self._streams:
+            self._recorder.add_listener(self._publish)
+        self._streams[request] = stream
+        request.notifyFinish().addBoth(self._gone, request)
+        latest = self._recorder.latest
+        request.write(b"retry: 2000\n\n" + (_event(latest) if latest is not None else b""))
+        return NOT_DONE_YET
+
+    def render_HEAD(self, request: Any) -> bytes:
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        request.setHeader(b"cache-control", b"no-store")
+        return b""
+
+    def _gone(self, _: Any, request: Any) -> None:
+        stream = self._streams.pop(request, None)
+        if stream is not None:
+            stream.open = False
+        if not self._streams:
+            self._recorder.remove_listener(self._publish)
+
+    def _publish(self, sample: Dict[str, Any]) -> None:
+        data = _event(sample)
+        for stream in list(self._streams.values()):
+            stream.send(data)
+
+    def close_all(self) -> None:
+        """End every stream (the service stops)."""
+        for request, stream in list(self._streams.items()):
+            stream.open = False
+            try:
+                request.unregisterProducer()
+                request.finish()
+            except Exception:
+                pass
+        self._streams.clear()
+        self._recorder.remove_listener(self._publish)
+
+
+def _event(sample: Dict[str, Any]) -> bytes:
+    data = {
+        "time": sample["time"],
+        "queue": sample["queue"],
+        "finished": sample["finished"],
+        "totals": sample["totals"],
+        "agents": sample["agents"],
+        "wait_buckets": sample["wait_buckets"],
+        "run_buckets": sample["run_buckets"],
+    }
+    return b"event: sample\ndata: " + json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
 
 class _MetricsPage(Resource):
@@ -231,8 +546,11 @@ class _Root(Resource):
         return notFound()
 
 
-def status_resource(backend: Backend, clock: Any, registry: Any = None) -> Resource:
-    """The resource tree: ``/``, ``/status.json`` and ``/metrics``.
+def status_resource(
+    backend: Backend, clock: Any, registry: Any = None, recorder: Optional[StatusRecorder] = None
+) -> Resource:
+    """The resource tree: ``/``, ``/status.json``, ``/metrics``; with a
+    ``recorder`` also ``/history.json`` and ``/events``, and charts on ``/``.
 
     ``registry``: the ``CollectorRegistry`` to expose (default: a new one for
     ``backend``, see :func:`~inginious_tx.backend.metrics.backend_registry`).
@@ -240,11 +558,14 @@ def status_resource(backend: Backend, clock: Any, registry: Any = None) -> Resou
     if registry is None:
         from .metrics import backend_registry
 
-        registry = backend_registry(backend)
+        registry = backend_registry(backend, recorder)
     root = _Root()
-    root.putChild(b"", _HtmlPage(backend, clock))
-    root.putChild(b"status.json", _JsonPage(backend, clock))
+    root.putChild(b"", _HtmlPage(backend, clock, recorder))
+    root.putChild(b"status.json", _JsonPage(backend, clock, recorder))
     root.putChild(b"metrics", _MetricsPage(registry))
+    if recorder is not None:
+        root.putChild(b"history.json", _HistoryPage(backend, clock, recorder))
+        root.putChild(b"events", _EventStream(recorder))
     return root
 
 
@@ -256,7 +577,8 @@ class _QuietSite(Site):
 
 
 class StatusService(Service):
-    """Serves :func:`status_resource` on an endpoint string while running.
+    """Serves :func:`status_resource` on an endpoint string while running,
+    and runs the :class:`StatusRecorder` its charts and event stream read.
 
     ``endpoint`` goes through :func:`status_endpoint`.  :attr:`ready` fires
     with the listening port (``port.getHost().port`` is the real port number
@@ -268,19 +590,32 @@ class StatusService(Service):
     log = Logger()
 
     def __init__(
-        self, reactor: Any, backend: Backend, endpoint: str, registry: Any = None, fatal: bool = False
+        self,
+        reactor: Any,
+        backend: Backend,
+        endpoint: str,
+        registry: Any = None,
+        fatal: bool = False,
+        history: int = HISTORY_SECONDS,
+        sample_interval: float = 1.0,
     ) -> None:
         self._reactor = reactor
         self._fatal = fatal
         self.backend = backend
         self.endpoint = status_endpoint(endpoint)
+        #: samples the backend every ``sample_interval`` seconds; ``history`` samples are kept
+        self.recorder = StatusRecorder(backend, reactor, history, sample_interval)
         self.registry = registry
         self.port: Any = None
         self.ready: Deferred = Deferred()
+        self._events: Optional[_EventStream] = None
 
     def startService(self) -> None:
         super().startService()
-        site = _QuietSite(status_resource(self.backend, self._reactor, self.registry))
+        self.recorder.start()
+        resource = status_resource(self.backend, self._reactor, self.registry, self.recorder)
+        self._events = resource.children.get(b"events")
+        site = _QuietSite(resource)
         site.displayTracebacks = False
         site.noisy = False
         ready = self.ready
@@ -305,6 +640,10 @@ class StatusService(Service):
 
     def stopService(self) -> Deferred:
         super().stopService()
+        self.recorder.stop()
+        if self._events is not None:
+            self._events.close_all()
+            self._events = None
         port, self.port = self.port, None
         if port is None:
             return succeed(None)

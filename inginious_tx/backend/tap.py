@@ -24,7 +24,8 @@ __all__ = ["Options", "makeService", "DEFAULT_CLIENTS", "DEFAULT_AGENTS"]
 
 #: Where clients are awaited when no ``--clients`` is given (INGInious 0.6's usual port).
 DEFAULT_CLIENTS = "zmq:tcp://127.0.0.1:2000"
-#: Where agents are awaited when no ``--agents`` is given.
+#: The usual agent endpoint (INGInious 0.6's port).  Not opened unless asked:
+#: without ``--agents`` the backend has only its embedded agent and no agent endpoint.
 DEFAULT_AGENTS = "zmq:tcp://127.0.0.1:2001"
 
 _defaults = BackendSettings()
@@ -91,11 +92,26 @@ class Options(usage.Options):
             limit,
         ],
         [
+            "max-queued-bytes",
+            None,
+            _defaults.max_queued_bytes,
+            "Most bytes of inputdata held for unanswered jobs (waiting or running) of all clients; "
+            "a job beyond is answered 'crash' at once ('none': no limit).",
+            limit,
+        ],
+        [
+            "max-queued-bytes-per-client",
+            None,
+            _defaults.max_queued_bytes_per_client,
+            "Most bytes of inputdata held for the unanswered jobs of one client ('none': no limit).",
+            limit,
+        ],
+        [
             "client-silence-timeout",
             None,
             _defaults.client_silence_timeout,
-            "Seconds after which a client that used to ping and fell silent is considered gone "
-            "(its jobs are dropped or killed).",
+            "Seconds after which a client with jobs that sent nothing (not even a ping) is considered gone "
+            "(its waiting jobs are dropped, its running jobs killed).",
             positive_float,
         ],
         [
@@ -105,6 +121,13 @@ class Options(usage.Options):
             "Serve status pages over HTTP on this endpoint (8080, tcp:8080, tcp:8080:interface=0.0.0.0, "
             "unix:/path): / (HTML), /status.json, /metrics (Prometheus; needs prometheus-client). "
             "No authentication; 127.0.0.1 unless an interface is named. [default: none]",
+        ],
+        [
+            "json-log",
+            None,
+            None,
+            "Also write the log to this file ('-': standard output) as JSON lines, one object per event, "
+            "with an event per job transition (job id, client, agent, environment, result). [default: none]",
         ],
         [
             "embedded-slots",
@@ -119,6 +142,13 @@ class Options(usage.Options):
             None,
             "Courses folder (TASKS/COURSE/TASK/run) of the embedded agent (which runs only without --agents) "
             "[default: the bundled example course]",
+        ],
+        [
+            "job-user",
+            None,
+            None,
+            "User the embedded agent runs jobs as when the backend runs as root (NAME, UID or UID:GID) "
+            "[default: nobody]",
         ],
         [
             "client-idle-timeout",
@@ -137,13 +167,16 @@ class Options(usage.Options):
             "Queue INGInious 0.6 grading jobs from clients (frontends) and dispatch them to agents.\n"
             "Endpoints are Twisted endpoint strings (tcp:2000:interface=127.0.0.1, unix:/path, ssl:...) "
             "or zmq: followed by a ZeroMQ address (zmq:tcp://127.0.0.1:2000, zmq:ipc:///path).\n"
-            f"Defaults: --clients {DEFAULT_CLIENTS} --agents {DEFAULT_AGENTS}.\n"
+            f"Defaults: --clients {DEFAULT_CLIENTS} and no agent endpoint (the usual one is --agents "
+            f"{DEFAULT_AGENTS}).\n"
             "Authentication: ssl:...:caCertsFile=CA.pem admits only peers with a certificate CA.pem signed; "
             "zmq:...?curve-secret=FILE&curve-allowed=DIR only peers whose CurveZMQ key is in DIR. Clients and "
             "agents need separate credentials (see docs/security.rst).\n"
             "Without --agents, an embedded local agent (--embedded-slots, --tasks) runs in the backend's process "
-            "over the bundled example course, so that jobs can be submitted at once; production backends name "
-            "their agent endpoints with --agents and run their agents apart.\n"
+            "over the bundled example course, so that jobs can be submitted at once, and no agent endpoint is "
+            "opened; it runs jobs as --job-user (nobody) when the backend is root, and with the agent's safe "
+            "maxima (no network, no run_cmd, capped time and memory). Production backends name their agent "
+            "endpoints with --agents and run their agents apart.\n"
             f"Scheduling policies installed ({GROUP} entry points): {', '.join(available_policies())}."
         )
 
@@ -152,7 +185,7 @@ class Options(usage.Options):
         self["clients"].append(endpoint)
 
     def opt_agents(self, endpoint: str) -> None:
-        """Endpoint where agents connect; repeatable [default: zmq:tcp://127.0.0.1:2001]"""
+        """Endpoint where agents connect (e.g. zmq:tcp://127.0.0.1:2001); repeatable [default: none, an embedded agent]"""
         self["agents"].append(endpoint)
 
     opt_c = opt_clients
@@ -165,9 +198,7 @@ class Options(usage.Options):
             raise SystemExit(0)
         if not self["clients"]:
             self["clients"] = [DEFAULT_CLIENTS]
-        self["embedded"] = not self["agents"]
-        if not self["agents"]:
-            self["agents"] = [DEFAULT_AGENTS]
+        self["embedded"] = not self["agents"]  # then no agent endpoint at all: nothing for an impostor
         self._check_embedded()
         try:
             check_separate_credentials(self["clients"], self["agents"])
@@ -178,6 +209,11 @@ class Options(usage.Options):
                 "--status serves /metrics with prometheus-client, which is not installed: "
                 "pip install 'inginious-tx[metrics]' (or pip install prometheus-client)"
             )
+        if self["json-log"] is not None and self["json-log"] != "-":
+            try:
+                open(self["json-log"], "a").close()
+            except OSError as e:
+                raise usage.UsageError(f"--json-log {self['json-log']!r} cannot be written: {e.strerror}")
         try:
             load_policy(self["policy"])
         except LookupError as e:
@@ -189,6 +225,8 @@ class Options(usage.Options):
             max_waiting=self["max-waiting"],
             max_waiting_per_client=self["max-waiting-per-client"],
             max_inputdata=self["max-inputdata"],
+            max_queued_bytes=self["max-queued-bytes"],
+            max_queued_bytes_per_client=self["max-queued-bytes-per-client"],
             client_silence_timeout=self["client-silence-timeout"],
             client_idle_timeout=self["client-idle-timeout"],
         )
@@ -197,7 +235,7 @@ class Options(usage.Options):
     def _check_embedded(self) -> None:
         """Settle the embedded agent's tasks folder and slots (or refuse them with --agents)."""
         if not self["embedded"]:
-            for name in ("tasks", "embedded-slots"):
+            for name in ("tasks", "embedded-slots", "job-user"):
                 if self[name] is not None:
                     raise usage.UsageError(f"--{name} is for the embedded agent, which runs only without --agents")
             return
@@ -217,6 +255,12 @@ class Options(usage.Options):
         elif not os.path.isdir(self["tasks"]):
             raise usage.UsageError(f"--tasks {self['tasks']!r} is not a folder")
         self["tasks"] = os.path.abspath(self["tasks"])
+        from ..agent.local import job_user
+
+        try:
+            job_user(self["job-user"])
+        except ValueError as e:
+            raise usage.UsageError(f"--job-user: {e}")
 
 
 def policy_listing() -> str:
@@ -266,19 +310,25 @@ def makeService(options: Any) -> Any:
                 options["tasks"],
                 slots,
                 limits=options["limits"],
+                options={"user": options["job-user"]} if options.get("job-user") else None,
                 notice=f"no --agents given: running an embedded local agent with {slots} slots over "
-                f"{options['tasks']}; production backends name their agent endpoints (--agents) "
-                "and run their agents apart",
+                f"{options['tasks']} and no agent endpoint; production backends name their agent "
+                "endpoints (--agents) and run their agents apart",
             )
         )
     if options.get("status"):
         from .status import StatusService
 
         extras.append(StatusService(reactor, service.backend, options["status"], fatal=True))
-    if not extras:
+    first: List[IService] = []
+    if options.get("json-log"):
+        from .joblog import JsonLogService
+
+        first.append(JsonLogService(service.backend, options["json-log"]))  # logs from the start to the end
+    if not extras and not first:
         return service
     # The backend, then what serves beside it; twistd stops them all together.
     top = MultiService()
-    for child in (service, *extras):
+    for child in (*first, service, *extras):
         child.setServiceParent(top)
     return top

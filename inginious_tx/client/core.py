@@ -1,4 +1,7 @@
-"""A client of an INGInious 0.6 (or inginious-tx) backend, for Twisted applications.
+"""A client of an INGInious (or inginious-tx) backend, for Twisted applications.
+
+It speaks the 0.6 dialect by default, or 0.9 (INGInious 0.7 to 0.9.x) with
+``dialect="0.9"``; the API is the same (see :class:`Client`).
 
 The client keeps one link to the backend (through whichever transport the
 endpoint string names), says hello on every new link, follows the list of
@@ -37,14 +40,13 @@ from ..messages import (
     BackendJobSSHDebug,
     BackendJobStarted,
     BackendUpdateContainers,
-    ClientGetQueue,
-    ClientHello,
-    ClientKillJob,
     ClientNewJob,
-    Ping,
     Pong,
     Unknown,
+    get_dialect,
 )
+from ..messages.convert import limits_from_parameters, parameters_from_limits
+from .dialect import sink_for
 from .result import UNAVAILABLE, ClientJobResult, QueueSnapshot
 
 __all__ = ["Client", "BackendUnavailable", "EnvironmentUnavailable", "connect_client"]
@@ -94,6 +96,7 @@ class _Waiter:
     deferred: Deferred
     environment: Optional[str]
     timer: Optional[IDelayedCall] = None
+    environment_type: str = "docker"
 
 
 @implementer(IClientHandler)
@@ -113,6 +116,12 @@ class Client(Service):
 
     It is also a Twisted service: ``startService``/``stopService`` call
     :meth:`start`/:meth:`stop`.
+
+    ``dialect``: ``"0.6"`` (the default) or ``"0.9"``, the protocol the
+    backend speaks.  In 0.9 an environment is a ``(type, name)`` pair:
+    ``environment_type`` is the type used when a job or a wait names none
+    (``docker``, as INGInious' docker agents announce), and
+    :attr:`environments` lists the names of that type.
     """
 
     log = Logger()
@@ -128,9 +137,14 @@ class Client(Service):
         ping_interval: float = 2.0,
         ping_misses: int = 3,
         connect_timeout: float = 30.0,
+        dialect: str = "0.6",
+        environment_type: str = "docker",
     ) -> None:
         if ping_interval <= 0 or ping_misses < 1 or connect_timeout < 0:
             raise ValueError("ping_interval and connect_timeout must be positive, ping_misses at least 1")
+        self.dialect = get_dialect(dialect).name
+        self._m = get_dialect(dialect).classes
+        self.environment_type = environment_type
         self._reactor = reactor
         self.endpoint = endpoint
         self.client_name = name
@@ -146,6 +160,7 @@ class Client(Service):
         self._ready = False
         self._last_heard = 0.0
         self._environments: Tuple[str, ...] = ()
+        self._environments_by_type: Dict[str, Tuple[str, ...]] = {}
         self._jobs: Dict[str, _Job] = {}
         self._queue_requests: Deque[_QueueRequest] = deque()
         self._waiters: List[_Waiter] = []
@@ -164,7 +179,7 @@ class Client(Service):
             return self
         if self._stopped:
             raise RuntimeError("a stopped client cannot be started again")
-        sink = Dispatcher(self, IClientHandler)
+        sink = sink_for(self.dialect, self, Dispatcher(self, IClientHandler))
         if self._transport is not None:
             self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)
         else:
@@ -216,6 +231,12 @@ class Client(Service):
         return self._environments
 
     @property
+    def environments_by_type(self) -> Dict[str, Tuple[str, ...]]:
+        """Every environment offered, as ``{type: names}`` (a 0.6 backend's
+        are all of type ``docker``)."""
+        return dict(self._environments_by_type)
+
+    @property
     def pending(self) -> Tuple[str, ...]:
         """Ids of the jobs submitted and not answered yet."""
         return tuple(self._jobs)
@@ -226,11 +247,14 @@ class Client(Service):
         ``timeout`` seconds (None: wait forever)."""
         return self._wait(None, timeout)
 
-    def wait_for_environment(self, environment: str, timeout: Optional[float] = None) -> Deferred:
-        """A Deferred firing with :attr:`environments` once ``environment`` is
-        among them; fails with :class:`BackendUnavailable` after ``timeout``
-        seconds (the message says whether the backend answered at all)."""
-        return self._wait(environment, timeout)
+    def wait_for_environment(
+        self, environment: str, timeout: Optional[float] = None, environment_type: Optional[str] = None
+    ) -> Deferred:
+        """A Deferred firing with :attr:`environments` once ``environment``
+        (of ``environment_type``, default the client's) is offered; fails
+        with :class:`BackendUnavailable` after ``timeout`` seconds (the
+        message says whether the backend answered at all)."""
+        return self._wait(environment, timeout, environment_type or self.environment_type)
 
     # -- jobs -----------------------------------------------------------------------
 
@@ -252,6 +276,9 @@ class Client(Service):
         on_started: Optional[OnStarted] = None,
         on_ssh_debug: Optional[OnSSHDebug] = None,
         job_id: Optional[str] = None,
+        environment_type: Optional[str] = None,
+        environment_parameters: Optional[Dict[str, Any]] = None,
+        task_problems: Optional[Dict[str, Any]] = None,
     ) -> Deferred:
         """Submit a job; returns a Deferred that fires exactly once with a
         :class:`ClientJobResult`.
@@ -261,6 +288,13 @@ class Client(Service):
         Cancelling the Deferred asks the backend to kill the job and forgets it.
         Raises ``ValueError`` at once for an id already pending or a field of
         the wrong type (a :class:`~inginious_tx.messages.MessageError`).
+
+        The limits are given either as ``time_limit`` ... ``run_cmd`` or as
+        0.9 ``environment_parameters`` (``{"limits": {"time", "hard_time",
+        "memory"}, "run_cmd", "network_grading"}``), which then win; each is
+        translated for the dialect spoken.  ``environment_type`` (default:
+        the client's) and ``task_problems`` are 0.9 notions: towards a 0.6
+        backend the type must be ``docker`` and the problems are not sent.
         """
         if self._stopped:
             raise RuntimeError("the client is stopped")
@@ -268,21 +302,39 @@ class Client(Service):
             job_id = uuid.uuid4().hex
         if job_id in self._jobs:
             raise ValueError(f"job id {job_id!r} is already pending")
-        message = ClientNewJob(
-            job_id,
-            priority,
-            course_id,
-            task_id,
-            inputdata,
-            environment,
-            enable_network,
-            time_limit,
-            hard_time_limit,
-            mem_limit,
-            debug,
-            launcher,
-            run_cmd,
-        )
+        message: Any
+        if self.dialect == "0.9":
+            if environment_parameters is None:
+                environment_parameters = parameters_from_limits(
+                    time_limit, hard_time_limit, mem_limit, enable_network, run_cmd
+                )
+            message = self._m["ClientNewJob"](
+                job_id, priority, course_id, task_id, task_problems if task_problems is not None else {},
+                inputdata, environment_type or self.environment_type, environment, environment_parameters,
+                debug, launcher,
+            )  # fmt: skip
+        else:
+            if environment_type not in (None, "docker"):
+                raise ValueError(f"a 0.6 backend only runs docker environments, not {environment_type!r}")
+            if environment_parameters is not None:
+                limits = limits_from_parameters(environment_parameters)
+                time_limit, hard_time_limit, mem_limit = limits.time_limit, limits.hard_time_limit, limits.mem_limit
+                enable_network, run_cmd = limits.enable_network, limits.run_cmd
+            message = ClientNewJob(
+                job_id,
+                priority,
+                course_id,
+                task_id,
+                inputdata,
+                environment,
+                enable_network,
+                time_limit,
+                hard_time_limit,
+                mem_limit,
+                debug,
+                launcher,
+                run_cmd,
+            )
         d: Deferred = Deferred(lambda _d: self._cancel_job(job_id))
         job = _Job(message, d, on_started, on_ssh_debug)
         self._jobs[job_id] = job
@@ -300,7 +352,7 @@ class Client(Service):
         if job is None:
             return False
         if job.sent and self._peer is not None:
-            self._peer.send(ClientKillJob(job_id))
+            self._peer.send(self._m["ClientKillJob"](job_id))
         else:
             self._finish(job, ClientJobResult.made_up(job_id, "killed", "killed before it reached the backend"))
         return True
@@ -340,9 +392,17 @@ class Client(Service):
         self._lose_link(f"connection lost ({reason})")
 
     def backend_update_containers(self, peer: IPeer, message: BackendUpdateContainers) -> None:
+        self._environments_updated(peer, {"docker": tuple(message.available_containers)})
+
+    def backend_update_environments(self, peer: IPeer, message: Any) -> None:
+        """The 0.9 ``BackendUpdateEnvironments`` (``{type: names}``)."""
+        self._environments_updated(peer, {t: tuple(names) for t, names in message.available_environments.items()})
+
+    def _environments_updated(self, peer: IPeer, by_type: Dict[str, Tuple[str, ...]]) -> None:
         if not self._heard(peer):
             return
-        self._environments = tuple(message.available_containers)
+        self._environments_by_type = by_type
+        self._environments = by_type.get(self.environment_type, ())
         if not self._ready:
             self._ready = True
             self.log.info(
@@ -408,6 +468,7 @@ class Client(Service):
             self._forget_sent("the backend forgot this client (it restarted?)")
             self._ready = False
             self._environments = ()
+            self._environments_by_type = {}
         self._say_hello()
 
     # -- internals ------------------------------------------------------------------
@@ -421,7 +482,7 @@ class Client(Service):
 
     def _say_hello(self) -> None:
         if self._peer is not None:
-            self._peer.send(ClientHello(self.client_name))
+            self._peer.send(self._m["ClientHello"](self.client_name))
 
     def _beat(self) -> None:
         """Ping the backend; remake a link that has been silent too long."""
@@ -438,12 +499,13 @@ class Client(Service):
             if self._connection is not None:
                 self._connection.reconnect()
             return
-        self._peer.send(Ping())
+        self._peer.send(self._m["Ping"]())
 
     def _lose_link(self, why: str) -> None:
         self._peer = None
         self._ready = False
         self._environments = ()
+        self._environments_by_type = {}
         self._forget_sent(why)
 
     def _forget_sent(self, why: str) -> None:
@@ -477,7 +539,7 @@ class Client(Service):
             request.timer.cancel()
         request.timer = None
         request.sent = True
-        self._peer.send(ClientGetQueue())
+        self._peer.send(self._m["ClientGetQueue"]())
 
     def _flush(self) -> None:
         """The backend answered: send what was held for it, in order."""
@@ -520,7 +582,7 @@ class Client(Service):
         if job.timer is not None and job.timer.active():
             job.timer.cancel()
         if job.sent and self._peer is not None:
-            self._peer.send(ClientKillJob(job_id))
+            self._peer.send(self._m["ClientKillJob"](job_id))
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -530,15 +592,18 @@ class Client(Service):
 
     # -- waiting for the backend / an environment -----------------------------------
 
-    def _satisfied(self, environment: Optional[str]) -> bool:
-        return self._ready and (environment is None or environment in self._environments)
+    def _satisfied(self, environment: Optional[str], environment_type: Optional[str] = None) -> bool:
+        if not self._ready or environment is None:
+            return self._ready
+        return environment in self._environments_by_type.get(environment_type or self.environment_type, ())
 
-    def _wait(self, environment: Optional[str], timeout: Optional[float]) -> Deferred:
-        if self._satisfied(environment):
+    def _wait(self, environment: Optional[str], timeout: Optional[float], environment_type: str = "") -> Deferred:
+        environment_type = environment_type or self.environment_type
+        if self._satisfied(environment, environment_type):
             return succeed(self._environments)
         if self._stopped:
             return fail(BackendUnavailable("the client is stopped"))
-        waiter = _Waiter(Deferred(lambda _d: self._drop_waiter(waiter)), environment)
+        waiter = _Waiter(Deferred(lambda _d: self._drop_waiter(waiter)), environment, None, environment_type)
         if timeout is not None:
             waiter.timer = self._reactor.callLater(timeout, self._waiter_timed_out, waiter, timeout)
         self._waiters.append(waiter)
@@ -551,7 +616,7 @@ class Client(Service):
             waiter.timer.cancel()
 
     def _wake_waiters(self) -> None:
-        for waiter in [w for w in self._waiters if self._satisfied(w.environment)]:
+        for waiter in [w for w in self._waiters if self._satisfied(w.environment, w.environment_type)]:
             self._drop_waiter(waiter)
             waiter.deferred.callback(self._environments)
 
@@ -563,9 +628,15 @@ class Client(Service):
         if not self._ready:
             error = BackendUnavailable(f"backend unreachable at {self.endpoint} (no answer within {timeout:g} s)")
         else:
-            available = ", ".join(self._environments) or "none"
+            wanted = waiter.environment
+            if self.dialect == "0.9":
+                wanted = f"{waiter.environment_type}/{waiter.environment}"
+                pairs = sorted((t, n) for t, names in self._environments_by_type.items() for n in names)
+                available = ", ".join(f"{t}/{n}" for t, n in pairs) or "none"
+            else:
+                available = ", ".join(self._environments) or "none"
             error = EnvironmentUnavailable(
-                f"environment {waiter.environment} is not offered by any agent; available: {available}",
+                f"environment {wanted} is not offered by any agent; available: {available}",
                 waiter.environment or "",
                 self._environments,
             )

@@ -124,7 +124,12 @@ class QueueSnapshot:
 
     @classmethod
     def from_message(cls, message: BackendGetQueue) -> QueueSnapshot:
+        """From a ``BackendGetQueue`` of either dialect (0.9 gives the running
+        jobs' time limit, not their end: ``max_end`` is computed)."""
+        running = message.jobs_running
+        if type(message).dialect == "0.9":
+            running = [(*e[:6], e[5] + e[6] if e[6] > 0 else -1) for e in running]
         return cls(
-            running=tuple(RunningJob(*entry) for entry in message.jobs_running),
+            running=tuple(RunningJob(*entry) for entry in running),
             waiting=tuple(WaitingJob(*entry) for entry in message.jobs_waiting),
         )

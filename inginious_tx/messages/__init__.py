@@ -1,4 +1,9 @@
-"""INGInious 0.6 messages: the metaclass, the eighteen types, the errors."""
+"""INGInious messages: the metaclass, the errors, the dialects.
+
+The names here are the 0.6 dialect's, as they always were; the 0.9 dialect
+is :mod:`inginious_tx.messages.v09` (and 0.6 is also :mod:`.v06`).
+:func:`load_any` decodes a message of either dialect.
+"""
 
 from ._meta import (
     ExtraField,
@@ -9,6 +14,7 @@ from ._meta import (
     MissingField,
     UnknownMessageType,
     WrongFieldType,
+    load_any,
 )
 from ._types import (
     AgentHello,
@@ -45,8 +51,12 @@ ALL_MESSAGES = (
 
 load = MessageMeta.load
 
+# After the types: the dialect modules name them.
+from . import v06, v09  # noqa: E402
+from ._dialect import DIALECTS, Dialect, get_dialect  # noqa: E402
+
 __all__ = [
-    "ALL_MESSAGES", "load",
+    "ALL_MESSAGES", "load", "load_any", "Dialect", "DIALECTS", "get_dialect", "v06", "v09",
     "MessageMeta", "MessageError", "MalformedMessage", "UnknownMessageType",
     "FieldError", "MissingField", "ExtraField", "WrongFieldType",
     "BackendJobId", "ClientJobId", "SPResult",

@@ -6,6 +6,15 @@ A message class is declared in the INGInious 0.6 style::
         def __init__(self, name: str):
             self.name = name
 
+or, for the 0.9 dialect (``msgtype`` is then the class name and the wire key
+is ``"@type"``)::
+
+    class ClientHello(metaclass=MessageMeta, dialect="0.9"):
+        def __init__(self, name: str):
+            self.name = name
+
+Each dialect has its own registry: both have a ``ClientHello``.
+
 When the class is defined, the metaclass checks the declaration (every argument
 annotated and assigned once to ``self`` under its own name, no field called
 ``type``), learns the field order from the ``__init__`` itself, and compiles a
@@ -18,6 +27,8 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import linecache
+import types
 import typing
 from typing import Any, Callable, ClassVar, Dict, Tuple
 
@@ -32,23 +43,42 @@ __all__ = [
     "MissingField",
     "ExtraField",
     "WrongFieldType",
+    "DIALECT_NAMES",
+    "load_any",
+    "load_dialect",
 ]
+
+#: The dialects a message class can belong to, and the key naming its type.
+DIALECT_NAMES = ("0.6", "0.9")
+_TYPE_KEYS = {"0.6": "type", "0.9": "@type"}
 
 
 class MessageError(ValueError):
     """A message could not be decoded, encoded or built.
 
     ``msgtype`` and ``field`` name what is at fault when it is known.
+    On decoding, ``job_id`` and ``dialect`` are filled in on a best-effort
+    basis (None when unreadable), so that a rejected job can still be
+    answered, in its sender's dialect.
     """
 
-    def __init__(self, text: str, msgtype: str | None = None, field: str | None = None):
+    def __init__(
+        self,
+        text: str,
+        msgtype: str | None = None,
+        field: str | None = None,
+        job_id: Any = None,
+        dialect: str | None = None,
+    ):
         super().__init__(text)
         self.msgtype = msgtype
         self.field = field
+        self.job_id = job_id
+        self.dialect = dialect
 
 
 class MalformedMessage(MessageError):
-    """The bytes are not a msgpack map with a string ``type``."""
+    """The bytes are not a msgpack map with a string ``type`` (or ``@type``)."""
 
 
 class UnknownMessageType(MessageError):
@@ -72,6 +102,7 @@ class WrongFieldType(FieldError):
 
 
 _RESERVED = "type"
+_RESERVED_FIELDS = ("type",)
 _NoneType = type(None)
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
@@ -111,7 +142,7 @@ def _check_expr(
         return f"(type({var}) is float or type({var}) is int)"
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if origin is typing.Union:
+    if origin is typing.Union or origin is types.UnionType:
         alternatives = [_check_expr(a, var, helpers, depth) for a in args]
         checks = [c for c in alternatives if c is not None]
         if len(checks) < len(alternatives):
@@ -162,9 +193,25 @@ def _item_check(tp: Any, helpers: Dict[str, Any], depth: int) -> str | None:
         return None
     name = f"_item{len(helpers)}"
     env: Dict[str, Any] = {}
-    exec(f"def {name}(x):\n    return {expr}", helpers, env)  # noqa: S102
+    source = f"def {name}(x):\n    return {expr}\n"
+    exec(_compile_source(source, f"<message check {next(_check_numbers)}>"), helpers, env)  # noqa: S102
     helpers[name] = env[name]
     return name
+
+
+_check_numbers = itertools.count(1)
+
+
+def _compile_source(source: str, filename: str) -> Any:
+    """Compile generated code and keep its text in :mod:`linecache`.
+
+    Tracebacks through generated loaders and validators then show the
+    line at fault instead of nothing.
+    """
+    code = compile(source, filename, "exec")
+    # mtime None: linecache.checkcache() leaves the entry alone.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    return code
 
 
 def _describe(tp: Any) -> str:
@@ -207,24 +254,44 @@ class _Sentinel:
 
 
 class MessageMeta(type):
-    """Metaclass of every message type; also the registry and the decoder."""
+    """Metaclass of every message type; also the registries and the decoder.
 
-    registry: ClassVar[Dict[str, type]] = {}
-    _loaders: ClassVar[Dict[str, Callable[[dict], Any]]] = {}
+    ``registry`` is the 0.6 registry (as it always was); every dialect's is
+    in ``registries``.
+    """
+
+    registries: ClassVar[Dict[str, Dict[str, type]]] = {d: {} for d in DIALECT_NAMES}
+    registry: ClassVar[Dict[str, type]] = registries["0.6"]
+    _all_loaders: ClassVar[Dict[str, Dict[str, Callable[[dict], Any]]]] = {d: {} for d in DIALECT_NAMES}
+    _loaders: ClassVar[Dict[str, Callable[[dict], Any]]] = _all_loaders["0.6"]
 
     msgtype: str
+    dialect: str
     fields: Tuple[str, ...]
     field_types: Dict[str, Any]
 
-    def __new__(mcs, name: str, bases: tuple, namespace: dict, msgtype: str | None = None, **kwargs: Any):
+    def __new__(
+        mcs,
+        name: str,
+        bases: tuple,
+        namespace: dict,
+        msgtype: str | None = None,
+        dialect: str = "0.6",
+        **kwargs: Any,
+    ):
+        if dialect not in _TYPE_KEYS:
+            raise TypeError(f"message class {name}: dialect must be one of {', '.join(DIALECT_NAMES)}")
         if msgtype is None:
-            raise TypeError(f"message class {name} needs msgtype=...")
+            if dialect == "0.6":
+                raise TypeError(f"message class {name} needs msgtype=...")
+            msgtype = name  # 0.9 names a message by its class name
         if not isinstance(msgtype, str) or not msgtype:
             raise TypeError(f"message class {name}: msgtype must be a non-empty str")
         init = namespace.get("__init__")
         if init is None:
             raise TypeError(f"message class {name} must define __init__")
-        previous = mcs.registry.get(msgtype)
+        registry = mcs.registries[dialect]
+        previous = registry.get(msgtype)
         if previous is not None and (previous.__module__, previous.__qualname__) != (
             namespace.get("__module__"),
             namespace.get("__qualname__"),
@@ -242,13 +309,22 @@ class MessageMeta(type):
         namespace.setdefault("__delattr__", _message_delattr)
         cls = super().__new__(mcs, name, bases, namespace)
         cls.msgtype = msgtype
+        cls.dialect = dialect
         cls.fields = fields
         cls.field_types = field_types
         mcs._compile(cls, init, pure)
-        mcs.registry[msgtype] = cls
+        registry[msgtype] = cls
         return cls
 
-    def __init__(cls, name: str, bases: tuple, namespace: dict, msgtype: str | None = None, **kwargs: Any):
+    def __init__(
+        cls,
+        name: str,
+        bases: tuple,
+        namespace: dict,
+        msgtype: str | None = None,
+        dialect: str = "0.6",
+        **kwargs: Any,
+    ):
         super().__init__(name, bases, namespace)
 
     # -- declaration checks -------------------------------------------------
@@ -265,8 +341,10 @@ class MessageMeta(type):
         for p in params:
             if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD, p.POSITIONAL_ONLY):
                 raise TypeError(f"message class {name}: argument {p.name} must be a plain named argument")
-            if p.name == _RESERVED:
-                raise TypeError(f"message class {name}: a field cannot be named 'type' (reserved by the wire format)")
+            if p.name in _RESERVED_FIELDS:
+                raise TypeError(
+                    f"message class {name}: a field cannot be named {p.name!r} (reserved by the wire format)"
+                )
             if p.name not in hints:
                 raise TypeError(f"message class {name}: argument {p.name} has no type annotation")
             field_types[p.name] = hints[p.name]
@@ -298,6 +376,7 @@ class MessageMeta(type):
         msgtype = cls.msgtype
         fields = cls.fields
         types = cls.field_types
+        key = _TYPE_KEYS[cls.dialect]
         env: Dict[str, Any] = {
             "_new": object.__new__,
             "_set": object.__setattr__,
@@ -340,7 +419,7 @@ class MessageMeta(type):
             fast_checks_src,
             # The decoded map itself becomes the instance dict (dump() writes
             # fields in declaration order, whatever order a peer used).
-            "    del d['type']",
+            f"    del d[{key!r}]",
             "    obj = _new(_cls)",
             "    _set(obj, '__dict__', d)",
             "    return obj",
@@ -350,10 +429,10 @@ class MessageMeta(type):
             checks_src,
             "",
             "def dump(self):",
-            '    """This message as msgpack bytes, fields in declaration order then ``type``."""',
+            f'    """This message as msgpack bytes, fields in declaration order then ``{key}``."""',
             "    d = self.__dict__",
             "    try:",
-            f"        return _packb({{{dump_build}{', ' if fields else ''}'type': _T}})",
+            f"        return _packb({{{dump_build}{', ' if fields else ''}{key!r}: _T}})",
             "    except Exception as e:",
             "        raise MessageError(f'cannot encode {_T}: {e}', _T) from e",
         ]
@@ -383,47 +462,233 @@ class MessageMeta(type):
                 "    _orig_init(self, *args, **kwargs)",
                 "    _validate(self.__dict__)",
             ]
-        exec(compile("\n".join(src), f"<message {cls.__name__}>", "exec"), env)  # noqa: S102
+        filename = f"<message {cls.dialect} {cls.__module__}.{cls.__qualname__}>"
+        exec(_compile_source("\n".join(src) + "\n", filename), env)  # noqa: S102
         init_fn = env["__init__"]
         init_fn.__doc__ = init.__doc__
         init_fn.__wrapped__ = init
         init_fn.__qualname__ = f"{cls.__qualname__}.__init__"
         type.__setattr__(cls, "__init__", init_fn)
         type.__setattr__(cls, "dump", env["dump"])
-        MessageMeta._loaders[msgtype] = env["_load"]
+        MessageMeta._all_loaders[cls.dialect][msgtype] = env["_load"]
 
     # -- decoding -----------------------------------------------------------
 
     @staticmethod
     def load(data: bytes) -> Any:
-        """Decode one message; raises :class:`MessageError` and nothing else."""
+        """Decode one 0.6 message; raises :class:`MessageError` and nothing else.
+
+        A 0.9 message is an error here (no ``type`` key): see :func:`load_any`.
+        """
         try:
             d = _unpackb(data)
         except Exception as e:
-            raise MalformedMessage(f"not a msgpack message: {e}") from None
+            raise _salvaged(MalformedMessage(f"not a msgpack message: {_why(e)}"), data, "0.6") from None
         try:
             loader = _LOADERS[d["type"]]
-        except (KeyError, TypeError, IndexError):
-            _bad_envelope(d)
+        except (KeyError, TypeError, IndexError, AttributeError):
+            _bad_envelope(d, "0.6")
         try:
             return loader(d)
-        except MessageError:
-            raise
+        except MessageError as e:
+            raise _annotated(e, d, "0.6")
         except Exception as e:  # pragma: no cover - the generated code should not get here
-            raise MalformedMessage(f"cannot decode: {e}") from None
+            raise _annotated(MalformedMessage(f"cannot decode: {e}"), d, "0.6") from None
 
 
 _LOADERS = MessageMeta._loaders
+_LOADERS_09 = MessageMeta._all_loaders["0.9"]
 
 
-def _bad_envelope(d: Any) -> typing.NoReturn:
+def load_any(data: bytes) -> Any:
+    """Decode one message of either dialect; raises :class:`MessageError` only.
+
+    A map with an ``"@type"`` key is 0.9, else one with ``"type"`` is 0.6.
+    The error says, as far as the bytes allow, the message type, the job id
+    and the dialect, so that a rejected job can be answered.
+    """
+    try:
+        d = _unpackb(data)
+    except Exception as e:
+        raise _salvaged(MalformedMessage(f"not a msgpack message: {_why(e)}"), data, None) from None
+    try:
+        t = d.get("@type")
+    except (AttributeError, TypeError):
+        _bad_envelope(d, None)
+    if t is None:
+        dialect = "0.6"
+        try:
+            loader = _LOADERS[d["type"]]
+        except (KeyError, TypeError):
+            _bad_envelope(d, None)
+    else:
+        dialect = "0.9"
+        try:
+            loader = _LOADERS_09[t]
+        except (KeyError, TypeError):
+            _bad_envelope(d, "0.9")
+    try:
+        return loader(d)
+    except MessageError as e:
+        raise _annotated(e, d, dialect)
+    except Exception as e:  # pragma: no cover - the generated code should not get here
+        raise _annotated(MalformedMessage(f"cannot decode: {e}"), d, dialect) from None
+
+
+def load_dialect(data: bytes, dialect: str) -> Any:
+    """Decode one message of ``dialect`` only; raises :class:`MessageError` only."""
+    message = load_any(data)
+    if message.dialect != dialect:
+        raise MalformedMessage(
+            f"a {message.dialect} message ({message.msgtype}) where {dialect} was expected",
+            msgtype=message.msgtype,
+            job_id=_job_id_of(getattr(message, "job_id", None)),
+            dialect=message.dialect,
+        )
+    return message
+
+
+def _why(e: Exception) -> str:
+    return str(e) or type(e).__name__
+
+
+def _job_id_of(value: Any) -> Any:
+    """``value`` if it looks like a job id of either dialect, else None."""
+    if type(value) is str:
+        return value
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is bytes and type(value[1]) is str:
+        return value
+    return None
+
+
+def _annotated(e: MessageError, d: Any, dialect: str | None) -> MessageError:
+    """Fill in what ``e`` does not say yet about the decoded map ``d``."""
+    if e.dialect is None:
+        e.dialect = dialect
+    if e.job_id is None and type(d) is dict:
+        e.job_id = _job_id_of(d.get("job_id"))
+    return e
+
+
+def _bad_envelope(d: Any, dialect: str | None) -> typing.NoReturn:
     """Explain why ``d`` has no loader: not a map, no str type, unknown type."""
     if type(d) is not dict:
-        raise MalformedMessage(f"a message must be a msgpack map, not {type(d).__name__}")
-    t = d.get(_RESERVED)
+        raise MalformedMessage(f"a message must be a msgpack map, not {type(d).__name__}", dialect=dialect)
+    if dialect is None:
+        dialect = "0.9" if "@type" in d else "0.6" if "type" in d else None
+    key = _TYPE_KEYS.get(dialect or "", "type")
+    job_id = _job_id_of(d.get("job_id"))
+    t = d.get(key)
     if type(t) is not str:
-        raise MalformedMessage("a message needs a str 'type' field", field=_RESERVED)
-    raise UnknownMessageType(f"unknown message type {t[:100]!r}", msgtype=t[:100])
+        what = "'type' (0.6) or '@type' (0.9)" if dialect is None else repr(key)
+        raise MalformedMessage(f"a message needs a str {what} field", field=key, job_id=job_id, dialect=dialect)
+    raise UnknownMessageType(
+        f"unknown message type {t[:100]!r} ({dialect})", msgtype=t[:100], job_id=job_id, dialect=dialect
+    )
+
+
+# -- what can be read of a message msgpack could not decode -----------------
+
+#: How many msgpack items the salvage walk may visit (it runs in Python).
+_SALVAGE_BUDGET = 200_000
+# Extra bytes after the first byte of an item, or how to read a length.
+_FIXED = {
+    0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,
+    0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8, 0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17,
+}  # fmt: skip
+# first byte -> (size of the length, extra bytes after the length (ext type))
+_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1),
+          0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}  # fmt: skip
+# first byte -> (size of the count, items per count)
+_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _skip(data: bytes, pos: int, budget: list) -> int:
+    """The offset just after the msgpack item at ``pos``.
+
+    Iterative (a count of items still to skip, no stack), so nesting depth
+    costs nothing; ``budget[0]`` bounds the number of items visited.
+    """
+    pending = 1
+    end = len(data)
+    while pending:
+        budget[0] -= 1
+        if budget[0] < 0 or pos >= end:
+            raise _Unreadable()
+        b = data[pos]
+        pos += 1
+        pending -= 1
+        if b <= 0x7F or b >= 0xE0:
+            continue
+        if b <= 0x8F:
+            pending += 2 * (b & 0x0F)
+        elif b <= 0x9F:
+            pending += b & 0x0F
+        elif b <= 0xBF:
+            pos += b & 0x1F
+        elif b in _FIXED:
+            pos += _FIXED[b]
+        elif b in _SIZED:
+            size, extra = _SIZED[b]
+            pos += size + extra + int.from_bytes(data[pos : pos + size], "big")
+        elif b in _CONTAINERS:
+            size, per = _CONTAINERS[b]
+            pending += per * int.from_bytes(data[pos : pos + size], "big")
+            pos += size
+        else:
+            raise _Unreadable()
+    if pos > end:
+        raise _Unreadable()
+    return pos
+
+
+def _salvage(data: Any) -> Dict[str, Any]:
+    """The ``type``, ``@type`` and ``job_id`` entries of a top-level map that
+    msgpack refused as a whole (e.g. a value nested too deep)."""
+    found: Dict[str, Any] = {}
+    try:
+        data = bytes(data)
+        first = data[0]
+        if 0x80 <= first <= 0x8F:
+            count, pos = first & 0x0F, 1
+        elif first in (0xDE, 0xDF):
+            size = 2 if first == 0xDE else 4
+            count, pos = int.from_bytes(data[1 : 1 + size], "big"), 1 + size
+        else:
+            return found
+        budget = [_SALVAGE_BUDGET]
+        for _ in range(count):
+            key_end = _skip(data, pos, budget)
+            value_end = _skip(data, key_end, budget)
+            if data[pos] in (0xA4, 0xA5, 0xA6):  # short str keys only
+                key = data[pos + 1 : key_end]
+                if key in (b"type", b"@type", b"job_id"):
+                    try:
+                        found[key.decode()] = _unpackb(data[key_end:value_end])
+                    except Exception:
+                        pass
+            pos = value_end
+    except Exception:  # anything unreadable: keep what was found
+        pass
+    return found
+
+
+def _salvaged(e: MessageError, data: Any, dialect: str | None) -> MessageError:
+    """Fill in ``e`` with what can be read of undecodable bytes."""
+    found = _salvage(data)
+    if dialect is None:
+        dialect = "0.9" if "@type" in found else "0.6" if "type" in found else None
+    if dialect is not None:
+        t = found.get(_TYPE_KEYS[dialect])
+        if type(t) is str:
+            e.msgtype = t[:100]
+    e.dialect = dialect
+    e.job_id = _job_id_of(found.get("job_id"))
+    return e
 
 
 def _wrong_type(cls: Any, field: str, value: Any) -> typing.NoReturn:
@@ -436,11 +701,12 @@ def _wrong_type(cls: Any, field: str, value: Any) -> typing.NoReturn:
 
 
 def _diagnose(cls: Any, d: dict) -> typing.NoReturn:
+    key = _TYPE_KEYS[cls.dialect]
     for f in cls.fields:
         if f not in d:
             raise MissingField(f"{cls.msgtype}: missing field {f!r}", cls.msgtype, f)
     for k in d:
-        if k != _RESERVED and k not in cls.field_types:
+        if k != key and k not in cls.field_types:
             raise ExtraField(f"{cls.msgtype}: unexpected field {str(k)[:100]!r}", cls.msgtype, str(k)[:100])
     raise MalformedMessage(f"{cls.msgtype}: malformed message", cls.msgtype)  # pragma: no cover
 

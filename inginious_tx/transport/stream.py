@@ -38,7 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
-from ..messages import MessageError, MessageMeta
+from ..messages import MessageError, load_any
 from . import Limits, tls
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ _HEADER = struct.Struct(">I")
 _pack = _HEADER.pack
 _unpack_from = _HEADER.unpack_from
 _MAX_FRAME_FIELD = 0xFFFFFFFF
-_load = MessageMeta.load
+_load = load_any
 _ids = itertools.count(1)
 _UNESCAPED_COLON = re.compile(r"(?<!\\):")
 

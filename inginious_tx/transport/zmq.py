@@ -28,7 +28,7 @@ exactly what an INGInious 0.6 client or agent does.
 
 Sockets are txzmq connections adapted so that everything runs on the
 injected reactor (txzmq itself reaches for the global one), and whose read
-loop is kept short: a frame goes from ``recv`` through ``MessageMeta.load``
+loop is kept short: a frame goes from ``recv`` through ``load_any``
 to the sink with no per-message scheduling.
 
 High-water marks: a single client of the backend keeps 10,000-20,000 jobs
@@ -67,7 +67,7 @@ from zmq.utils.monitor import recv_monitor_message
 from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
-from ..messages import MessageError, MessageMeta
+from ..messages import MessageError, load_any
 from . import Limits, curve
 
 __all__ = ["ZmqTransport", "ZmqListener", "ZmqConnection", "ZmqPeer", "ZmqServerPeer", "HIGH_WATER_MARK"]
@@ -118,7 +118,7 @@ _recv = zmq.backend.Socket.recv
 _send = zmq.backend.Socket.send
 _get = zmq.backend.Socket.get
 _Again = zmq.Again
-_load = MessageMeta.load
+_load = load_any
 
 _classes: Optional[Tuple[type, type]] = None
 

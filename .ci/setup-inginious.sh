@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Real INGInious releases for the interoperability tests: one virtualenv per
+# release, each with only what its client/agent/backend modules import
+# (pyzmq, msgpack).  Idempotent: a virtualenv that already imports its
+# release is left alone.  Paths can be moved with ITX_INGINIOUS_06 and
+# ITX_INGINIOUS_09 (tests/inginious_support.py reads the same variables).
+set -euo pipefail
+
+V06="${ITX_INGINIOUS_06:-/opt/itx-inginious-0.6}"
+V09="${ITX_INGINIOUS_09:-/opt/itx-inginious-0.9.2}"
+PYTHON="${ITX_INGINIOUS_PYTHON:-python3}"
+
+if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-venv >/dev/null
+fi
+
+# $1 venv, $2 release, $3 version the package must report, then the
+# requirements (the release's own pins where it has them).
+make_venv() {
+    local venv="$1" release="$2" version="$3"
+    shift 3
+    if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "
+import inginious, zmq, msgpack
+assert inginious.__version__ == '$version', inginious.__version__
+import inginious.client.client, inginious.agent, inginious.backend.backend
+" >/dev/null 2>&1; then
+        echo "setup-inginious: $venv already holds inginious $version"
+        return
+    fi
+    rm -rf "$venv"
+    "$PYTHON" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "inginious==$release"
+}
+
+make_venv "$V06" 0.6 0.6 "pyzmq>=22" "msgpack>=1.0"
+make_venv "$V09" 0.9.2 0.9.2 "pyzmq==26.2.1" "msgpack==1.1.0"
+
+# INGInious 0.6 was written for msgpack 0.5/0.6, whose unpacker took
+# ``encoding=`` and returned bytes for str unless told otherwise; msgpack 1.x
+# removed ``encoding`` and decodes str by default.  A start-up hook in the 0.6
+# virtualenv accepts (and drops) ``encoding=`` so that every 0.6 code path that
+# passes it keeps working with msgpack 1.x.
+site="$("$V06/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+cat >"$site/itx_msgpack_shim.py" <<'PY'
+"""msgpack 1.x accepting the ``encoding=`` argument of msgpack < 1.0 (inginious-tx test shim)."""
+import functools
+
+import msgpack
+
+
+def _drop_encoding(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        encoding = kwargs.pop("encoding", None)
+        if encoding is not None and "raw" not in kwargs:
+            kwargs["raw"] = False
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+if not getattr(msgpack, "_itx_shimmed", False):
+    msgpack.unpackb = msgpack.loads = _drop_encoding(msgpack.unpackb)
+    msgpack.Unpacker = type("Unpacker", (msgpack.Unpacker,), {"__init__": _drop_encoding(msgpack.Unpacker.__init__)})
+    msgpack._itx_shimmed = True
+PY
+echo "import itx_msgpack_shim" >"$site/itx_msgpack_shim.pth"
+
+# Fail loudly now rather than in the tests.
+"$V06/bin/python" - <<'PY'
+import msgpack
+from inginious.common.messages import ClientHello
+from inginious.common.message_meta import MessageMeta
+assert MessageMeta.load(ClientHello("x").dump()).name == "x"
+assert msgpack.unpackb(msgpack.packb("é"), encoding="utf-8") == "é"
+import inginious.client.client, inginious.agent, inginious.backend.backend  # noqa: E401
+PY
+"$V09/bin/python" - <<'PY'
+from inginious.common import messages
+assert messages.load(messages.dump(messages.ClientHello("x"))).name == "x"
+import inginious.client.client, inginious.agent, inginious.backend.backend  # noqa: E401
+PY
+echo "setup-inginious: $V06 and $V09 ready"

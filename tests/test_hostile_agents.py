@@ -1,0 +1,464 @@
+"""Hostile-peer suite, agent side: what a hostile student, client or agent tried (issue 10).
+
+Each attack runs against real parts: ``twistd -n inginious-backend`` as a
+process for the out-of-the-box backend, the real local and Docker agent
+backends behind a real :class:`Agent` and backend over TCP, real Docker.
+
+- an impostor agent finds no agent endpoint on the default backend, and one
+  that says hello on the client endpoint gets no job;
+- job code runs as ``nobody`` (not root) on a root backend, with its limits
+  capped and ``run_cmd``/network refused;
+- a job asking for 1 TB of memory, the network and a 2^31-1 s wall time gets
+  the operator's maxima (inspected on the container during the job);
+- a 1,200-deep folder chain with a file at the bottom in ``tmp/`` and in
+  ``archive/`` is answered correctly and leaves nothing on disk;
+- a job writing 3 GB is stopped at its disk bound (``overflow``) at once and
+  the agent's disk is untouched;
+- names with a trailing newline are refused.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import stat
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set
+
+import pytest
+import pytest_twisted
+from docker_support import TEST_IMAGE, containers_labelled, docker_client, remove_containers, require_docker
+from subprocess_env import child_env
+from test_cli_integration import _Collect
+from twisted.internet import threads
+
+from inginious_tx.agent.core import Agent
+from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
+from inginious_tx.agent.filetree import archive_tree, remove_tree
+from inginious_tx.agent.limits import JobMaxima
+from inginious_tx.agent.local import LocalBackend
+from inginious_tx.agent.mock import MockBackend
+from inginious_tx.agent.result import AgentConfig
+from inginious_tx.agent.task import ID_PATTERN, TaskError, collect_result, prepare_job, remove_job
+from inginious_tx.backend.service import BackendService
+from inginious_tx.client import connect_client
+from inginious_tx.messages import BackendNewJob
+
+BIN = Path(sys.executable).parent
+DEPTH = 1200
+
+#: the tasks of the attacks (POSIX sh: run by busybox in Docker, by the host's sh locally)
+TASKS = {
+    "whoami": """\
+feedback-msg -m "uid=$(id -u) time=$INGINIOUS_TIME_LIMIT mem=$INGINIOUS_MEM_LIMIT net=$INGINIOUS_NETWORK"
+feedback-result success
+""",
+    "deep": f"""\
+for where in "$INGINIOUS_JOB/tmp" "$INGINIOUS_ARCHIVE"; do
+  cd "$where" || exit 1
+  i=0
+  while [ $i -lt {DEPTH} ]; do mkdir d && cd d || exit 1; i=$((i+1)); done
+  echo bottom > file
+  dd if=/dev/zero of=big bs=1024 count=64 2>/dev/null
+  ln -s /etc/passwd link
+done
+feedback-result success
+""",
+    "bigfile": """\
+dd if=/dev/zero of="$INGINIOUS_JOB/tmp/big" bs=1M count=3072 2>&1
+feedback-msg -m "wrote $(wc -c < "$INGINIOUS_JOB/tmp/big")"
+feedback-result success
+""",
+    "sleep": """\
+sleep 60
+feedback-result success
+""",
+}
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory: Any) -> str:
+    root = tmp_path_factory.mktemp("hostile-tasks")
+    for name, body in TASKS.items():
+        task = root / "hostile" / name
+        task.mkdir(parents=True)
+        (task / "run").write_text("#!/bin/sh\n" + body)
+        (task / "run").chmod(0o755)
+    return str(root)
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _listening_ports(pid: int) -> Set[int]:
+    """TCP ports the process ``pid`` listens on (from its socket descriptors and /proc/net)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def _job_mounts(under: str) -> List[str]:
+    with open("/proc/self/mounts") as f:
+        return [line.split()[1] for line in f if line.split()[1].startswith(under)]
+
+
+def _archive_names(archive: bytes) -> Dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def _check_deep_archive(archive: Optional[bytes]) -> None:
+    assert archive is not None
+    members = _archive_names(archive)
+    bottom = "/".join(["d"] * DEPTH)
+    assert members[f"{bottom}/file"].size == 7 and members[f"{bottom}/big"].size == 64 << 10
+    link = members[f"{bottom}/link"]
+    assert link.issym() and link.linkname == "/etc/passwd"  # kept as a link, never followed
+
+
+def _root_only() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root: these attacks need a root agent")
+        pytest.skip("needs root (a root agent: job user, tmpfs job folders)")
+
+
+# -- the out-of-the-box backend, as a process ------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_default_backend_has_no_agent_endpoint_and_runs_jobs_unprivileged(
+    tasks_dir: str, short_tmp: str, closers: list, until: Any, within: Any
+) -> None:
+    """Impostor agent, job code's uid, capped limits, refused run_cmd and network, deep tree, 3 GB file."""
+    _root_only()
+    reactor = _reactor()
+    port = _free_port()
+    endpoint = f"zmq:tcp://127.0.0.1:{port}"
+    twistd = _Collect()
+    argv = [str(BIN / "twistd")] if (BIN / "twistd").exists() else [
+        sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]  # fmt: skip
+    argv += ["-n", "--pidfile=", "inginious-backend", "--clients", endpoint, "--tasks", tasks_dir]
+    process = reactor.spawnProcess(twistd, argv[0], argv, env=child_env(), path=short_tmp)
+    await within(twistd.started, 10)
+    pid = process.pid
+
+    def kill() -> None:
+        if process.pid is not None:
+            process.signalProcess("KILL")
+
+    closers.append(kill)
+    await until(lambda: b"backend ready" in b"".join(twistd.out + twistd.err), 20, "the backend to listen")
+    log = b"".join(twistd.out + twistd.err).decode()
+    assert "agents on []" in log, log
+    # the only thing listening is the client endpoint: no agent endpoint for an impostor
+    assert _listening_ports(pid) == {port}
+
+    # an impostor agent that says hello where it can (the client endpoint) gets nothing
+    impostor = Agent(
+        reactor, MockBackend(reactor, AgentConfig(options={"result": "success", "grade": "100"})), "evil", 4, endpoint
+    )
+    impostor.startService()
+    closers.append(impostor.stopService)
+
+    client = connect_client(reactor, endpoint, "student")
+    closers.append(client.stop)
+    who = await within(client.new_job("hostile", "whoami", {}, time_limit=0, mem_limit=10**6), 30)
+    assert who.result == "success", who
+    # job code is not root; the limits it asked for (none, 1 TB) were capped to the agent's maxima
+    assert who.text.strip() == "uid=65534 time=300 mem=1024 net=0", who.text
+    assert impostor.busy == 0 and not impostor._jobs  # the impostor never got a job
+
+    cmd = await within(client.new_job("hostile", "whoami", {}, run_cmd="id > /tmp/pwned"), 30)
+    assert cmd.result == "crash" and "run_cmd" in cmd.text, cmd
+    net = await within(client.new_job("hostile", "whoami", {}, enable_network=True), 30)
+    assert net.result == "crash" and "network" in net.text, net
+
+    work = f"/tmp/inginious-tx-local-{pid}-"
+    deep = await within(client.new_job("hostile", "deep", {}), 60)
+    assert deep.result == "success", deep
+    _check_deep_archive(deep.archive)
+    big = await within(client.new_job("hostile", "bigfile", {}, mem_limit=1024), 60)
+    assert big.result == "overflow" and "disk space of 256 MB" in big.text, big
+    assert _job_mounts(work) == []
+    for folder in Path("/tmp").glob(f"inginious-tx-local-{pid}-*"):
+        assert list(folder.iterdir()) == [], "a job folder was left behind"
+    assert "Traceback" not in b"".join(twistd.out + twistd.err).decode()
+
+
+# -- every agent kind obeys the operator's maxima ---------------------------------------
+
+
+async def _grader(closers: list, within: Any, until: Any, backend: Any, maxima: JobMaxima) -> Any:
+    """A backend on TCP with one agent over ``backend``; returns a connected client."""
+    reactor = _reactor()
+    service = BackendService(reactor, ["tcp:0:interface=127.0.0.1"], ["tcp:0:interface=127.0.0.1"], shutdown_grace=0)
+    service.startService()
+    closers.append(service.stopService)
+    clients, agents = await within(service.ready)
+    agent = Agent(reactor, backend, "target", 2, agents.connect_endpoint, maxima=maxima)
+    agent.startService()
+    closers.append(agent.stopService)
+    await until(lambda: service.backend.agents, 20, "the agent")
+    client = connect_client(reactor, clients.connect_endpoint, "attacker")
+    closers.append(client.stop)
+    return client
+
+
+def _docker_backend(tasks_dir: str, work: str, **options: Any) -> DockerBackend:
+    require_docker()
+    opts: Dict[str, Any] = {"work_dir": work, "poll_interval": 0.2}
+    opts.update(options)
+    return DockerBackend(_reactor(), AgentConfig(tasks_dir, [f"default={TEST_IMAGE}"], 2, opts))
+
+
+def _inspect(container_id: str) -> Dict[str, Any]:
+    client = docker_client()
+    try:
+        return dict(client.api.inspect_container(container_id)["HostConfig"])
+    finally:
+        client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_docker_agent_caps_a_1tb_request_and_refuses_the_network(
+    tasks_dir: str, tmp_path: Path, closers: list, until: Any, within: Any
+) -> None:
+    backend = _docker_backend(tasks_dir, str(tmp_path / "work"))
+    closers.append(lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    client = await _grader(closers, within, until, backend, JobMaxima(max_hard_time=3, max_memory=256))
+
+    refused = await within(client.new_job("hostile", "sleep", {}, mem_limit=10**6, enable_network=True), 30)
+    assert refused.result == "crash" and "network" in refused.text, refused
+    assert containers_labelled(LABEL_AGENT, backend.instance_id) == []  # nothing was run
+
+    d = client.new_job("hostile", "sleep", {}, mem_limit=10**6, time_limit=0, hard_time_limit=2**31 - 1)
+    running: List[str] = []
+
+    def container() -> bool:
+        running[:] = containers_labelled(LABEL_AGENT, backend.instance_id)
+        return bool(running)
+
+    await until(container, 20, "the job's container")
+    host = await threads.deferToThread(_inspect, running[0])
+    assert host["Memory"] == 256 << 20 and host["MemorySwap"] == 256 << 20  # not 1 TB
+    assert host["NetworkMode"] == "none"
+    result = await within(d, 30)
+    assert result.result == "timeout" and "more than 3 seconds" in result.text, result
+
+
+@pytest_twisted.ensureDeferred
+async def test_every_kind_refuses_run_cmd_and_caps_limits(within: Any) -> None:
+    """The rule lives in the Agent: the mock backend (no limits of its own) sees capped jobs too."""
+    from inginious_tx.testing import MemoryTransport, RecordingSink
+
+    reactor = _reactor()
+    seen: List[BackendNewJob] = []
+
+    class Recording(MockBackend):
+        def run(self, job: BackendNewJob) -> Any:
+            seen.append(job)
+            return super().run(job)
+
+    maxima = JobMaxima(max_time=10, max_hard_time=20, max_memory=64)
+    job = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 2**31 - 1, 2**31 - 1, 10**6, False, None)
+    assert maxima.capped(job).time_limit == 10 and maxima.capped(job).hard_time_limit == 20
+    assert maxima.capped(job).mem_limit == 64 and maxima.capped(job).job_id == job.job_id
+    unlimited = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 0, None, 0, False, None)
+    assert (maxima.capped(unlimited).time_limit, maxima.capped(unlimited).hard_time_limit) == (10, 20)
+    small = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 2, None, 32, False, None)
+    assert maxima.capped(small).hard_time_limit == 6 and maxima.capped(small).mem_limit == 32
+    assert "run_cmd" in (maxima.refusal(BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 1, None, 1,
+                                                      False, "id")) or "")  # fmt: skip
+    assert JobMaxima(allow_run_cmd=True, allow_network=True).refusal(
+        BackendNewJob((b"c", "j"), "c", "t", {}, "default", True, 1, None, 1, False, "id")
+    ) is None
+    with pytest.raises(ValueError):
+        JobMaxima(max_memory=0)
+    # and through a real Agent
+    backend_side = RecordingSink()
+    transport = MemoryTransport(reactor, autopump=True)
+    transport.listen(reactor, "mem:x", backend_side)
+    agent = Agent(reactor, Recording(reactor, AgentConfig()), "a", 1, "mem:x", transport=transport, maxima=maxima)
+    agent.startService()
+    try:
+        await within(_wait(lambda: backend_side.connected and backend_side.messages), 5)
+        [peer] = backend_side.connected
+        peer.send(job)
+        await within(_wait(lambda: seen), 5)
+        assert (seen[0].time_limit, seen[0].hard_time_limit, seen[0].mem_limit) == (10, 20, 64)
+    finally:
+        await agent.stopService()
+
+
+def _wait(predicate: Any) -> Any:
+    from conftest import _until
+
+    return _until(predicate, 5.0, "condition")
+
+
+# -- disk: deep trees and big files ---------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_docker_deep_folders_and_a_3gb_file_leave_nothing(
+    tasks_dir: str, short_tmp: str, closers: list, until: Any, within: Any
+) -> None:
+    _root_only()
+    work = os.path.join(short_tmp, "work")
+    backend = _docker_backend(tasks_dir, work, job_disk_mb=64)
+    closers.append(lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    client = await _grader(closers, within, until, backend, JobMaxima(max_memory=512))
+    before = os.statvfs(short_tmp)
+    deep = await within(client.new_job("hostile", "deep", {}, mem_limit=256), 60)
+    assert deep.result == "success", deep
+    _check_deep_archive(deep.archive)
+    big = await within(client.new_job("hostile", "bigfile", {}, mem_limit=256), 60)
+    assert big.result == "overflow" and "disk space of 64 MB" in big.text, big
+    after = os.statvfs(short_tmp)
+    assert (before.f_bavail - after.f_bavail) * after.f_frsize < 32 << 20  # the agent's disk did not take it
+    assert os.listdir(work) == [] and _job_mounts(work) == []
+
+
+@pytest.mark.parametrize("disk_mb", [64, 0], ids=["tmpfs", "plain-folder"])
+@pytest_twisted.ensureDeferred
+async def test_local_deep_folders_and_a_3gb_file_leave_nothing(
+    disk_mb: int, tasks_dir: str, short_tmp: str, closers: list, until: Any, within: Any
+) -> None:
+    """With a tmpfs (root) and without one (the iterative remover does the work)."""
+    _root_only()
+    work = os.path.join(short_tmp, "work")
+    options = {"work_dir": work, "job_disk_mb": str(disk_mb), "max_file_size_mb": "64"}
+    backend = LocalBackend(_reactor(), AgentConfig(tasks_dir, ["default"], 2, options))
+    client = await _grader(closers, within, until, backend, JobMaxima())
+    deep = await within(client.new_job("hostile", "deep", {}), 60)
+    assert deep.result == "success", deep
+    _check_deep_archive(deep.archive)
+    big = await within(client.new_job("hostile", "bigfile", {}), 60)
+    if disk_mb:
+        assert big.result == "overflow" and "disk space of 64 MB" in big.text, big
+    else:  # no tmpfs (an agent that is not root): only RLIMIT_FSIZE (max_file_size_mb) stops the file
+        assert big.result == "success" and big.text.split() == ["wrote", str(64 << 20)], big
+    assert os.listdir(work) == [] and _job_mounts(work) == []
+
+
+# -- the remover and the archiver on their own ---------------------------------------------
+
+
+def _chain(root: Path, depth: int) -> Path:
+    """A ``depth``-deep chain of folders under ``root``, built with descriptors (deeper than PATH_MAX)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    with open(os.open("file", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd), "wb") as f:
+        f.write(b"bottom")
+    os.close(fd)
+    return root
+
+
+def test_remove_tree_is_iterative_and_follows_no_link(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("precious")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    _chain(victim, 5000)  # 10,000 characters of path: beyond PATH_MAX and any recursion limit
+    (victim / "link").symlink_to(outside)
+    (victim / "dirlink").symlink_to(outside, target_is_directory=True)
+    closed = victim / "closed"
+    (closed / "inner").mkdir(parents=True)
+    (closed / "inner" / "f").write_text("x")
+    (closed / "inner").chmod(0)
+    closed.chmod(0)
+    fifo = victim / "fifo"
+    os.mkfifo(fifo)
+    remove_tree(str(victim))
+    assert not victim.exists()
+    assert (outside / "keep").read_text() == "precious"
+    remove_tree(str(victim))  # missing is fine
+
+
+def test_archive_tree_is_iterative_keeps_links_and_bounds(tmp_path: Path) -> None:
+    root = tmp_path / "archive"
+    root.mkdir()
+    try:
+        _check_archive_tree(tmp_path, root)
+    finally:
+        remove_tree(str(root))  # pytest's own clean-up recurses: leave it no deep tree
+
+
+def _check_archive_tree(tmp_path: Path, root: Path) -> None:
+    _chain(root, 3000)
+    (root / "link").symlink_to("/etc/shadow")
+    os.mkfifo(root / "fifo")  # left out, never opened
+    data = archive_tree(str(root), 10000, 16 << 20)  # the 3,000 names take 9 MB
+    members = _archive_names(data or b"")
+    assert members["/".join(["d"] * 3000) + "/file"].size == 6
+    assert members["link"].issym() and members["link"].linkname == "/etc/shadow"
+    assert "fifo" not in members
+    from inginious_tx.agent.filetree import TreeTooLarge
+
+    with pytest.raises(TreeTooLarge):
+        archive_tree(str(root), 100, 16 << 20)  # 3,000 entries
+    with pytest.raises(TreeTooLarge):
+        archive_tree(str(root), 10000, 1 << 20)  # the names alone are 9 MB
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert archive_tree(str(empty), 10, 10) is None
+
+
+# -- names (finding 7b) ------------------------------------------------------------------------
+
+
+def test_names_with_a_trailing_newline_are_refused(tmp_path: Path) -> None:
+    assert ID_PATTERN.match("demo") and not ID_PATTERN.match("demo\n") and not ID_PATTERN.fullmatch("demo\n")
+    tasks = tmp_path / "tasks"
+    (tasks / "demo" / "pass").mkdir(parents=True)
+    (tasks / "demo" / "pass" / "run").write_text("#!/bin/sh\n")
+    for course, task in (("demo\n", "pass"), ("demo", "pass\n")):
+        job = BackendNewJob((b"c", "j"), course, task, {}, "default", False, 5, None, 64, False, None)
+        with pytest.raises(TaskError, match="invalid"):
+            prepare_job(str(tasks), job, str(tmp_path / "work"))
+    job = BackendNewJob((b"c", "j"), "demo", "pass", {"ok": "1", "bad\n": "2"}, "default", False, 5, None, 64, False,
+                        None)  # fmt: skip
+    folder = prepare_job(str(tasks), job, str(tmp_path / "work"))
+    try:
+        assert sorted(os.listdir(folder.input_dir)) == ["ok"]  # the bad key only in input.json
+        os.makedirs(os.path.join(folder.feedback_dir, "custom"))
+        Path(folder.feedback_dir, "result").write_text("success")
+        Path(folder.feedback_dir, "custom", "key\n").write_text("v")
+        result = collect_result(folder, 0)
+        assert result.result == "error" and "invalid name" in result.text
+    finally:
+        remove_job(folder)
+    assert re.fullmatch(r"job-.*", os.path.basename(folder.root)) and not os.path.exists(folder.root)
+    assert stat.S_IMODE(os.stat(tmp_path / "work").st_mode) == 0o711

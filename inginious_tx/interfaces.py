@@ -79,7 +79,8 @@ class IRejectionObserver(Interface):
     """Optional, for sinks and handlers: hear of frames that did not decode.
 
     A transport that keeps the peer after a bad frame (ZeroMQ: one socket
-    serves every peer) tells a sink that provides this, after logging, so
+    serves every peer; stream: a peer whose hello was accepted, the framing
+    being intact) tells a sink that provides this, after logging, so
     that the role can answer it (e.g. the backend answers a malformed job
     with a ``crash`` that says what was wrong, instead of silence).
     """

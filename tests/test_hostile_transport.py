@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any, List, Optional
 
+import msgpack
 import pytest
 import pytest_twisted
 import zmq
@@ -45,7 +46,7 @@ from inginious_tx.messages import (
 from inginious_tx.testing import MemoryTransport, RecordingSink
 from inginious_tx.transport import Limits
 from inginious_tx.transport.zmq import ZmqTransport
-from faults_support import Lab, closed_by_peer, raw_tcp
+from faults_support import Lab, closed_by_peer, frame, raw_tcp, read_frames
 from subprocess_env import child_env
 
 
@@ -520,3 +521,25 @@ async def test_a_zmq_peer_that_never_reads_is_cut_off_at_its_high_water_mark(
     [(gone, reason)] = sink.disconnected
     assert gone is peer and "limits.zmq_send_hwm" in reason
     assert listener.peers == {} and sent[0] < 5000
+
+
+def test_a_malformed_job_on_a_stream_connection_is_answered_and_the_connection_kept() -> None:
+    """Every job is answered once, even one that does not decode: on main a stream client's
+    malformed job closed its connection (dropping its other jobs) and was never answered."""
+    with Lab() as lab:
+        clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
+        backend = lab.backend(clients, agents)
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        s = raw_tcp(clients.connect["tcp"])
+        bad = dict(new_job("bad").__dict__, time_limit="thirty", type="client_new_job")
+        s.sendall(
+            frame(ClientHello("raw").dump())
+            + frame(new_job("good", inputdata={"@mock_delay": 0.5}).dump())
+            + frame(msgpack.packb(bad, use_bin_type=True))
+        )
+        answer = read_frames(s, lambda m: type(m) is BackendJobDone and m.job_id == "bad", 20)
+        assert answer.result[0] == "crash" and "time_limit" in answer.result[1]
+        done = read_frames(s, lambda m: type(m) is BackendJobDone, 20)
+        assert (done.job_id, done.result[0]) == ("good", "success")
+        s.close()

@@ -62,7 +62,8 @@ class IMessageSink(Interface):
     def peer_connected(peer):
         """A new peer can be talked to (a stream connection was made, or a
         connecting transport is ready to send).  For a ZeroMQ listener this
-        fires on the first message from a new identity, just before it."""
+        fires on the first message of a new session (a routing id on a new
+        connection), just before it."""
 
     def message_received(peer, message):
         """A decoded, validated message arrived from ``peer``."""

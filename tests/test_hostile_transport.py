@@ -543,3 +543,31 @@ def test_a_malformed_job_on_a_stream_connection_is_answered_and_the_connection_k
         done = read_frames(s, lambda m: type(m) is BackendJobDone, 20)
         assert (done.job_id, done.result[0]) == ("good", "success")
         s.close()
+
+
+def test_claiming_the_first_assigned_routing_id_does_not_crash_the_backend() -> None:
+    """libzmq does not check that the id it assigns is free: a peer that took it first makes
+    the ROUTER abort the whole process (``Assertion failed: ok (src/socket_base.cpp)``) when
+    the next peer without an id of its own connects.  On main the first assigned id was always
+    006b8b4567, so one connection could take any fresh backend down."""
+    with Lab() as lab:
+        clients, agents = lab.endpoints("clients", ("zmq",)), lab.endpoints("agents", ("zmq",))
+        backend = lab.backend(clients, agents)
+        address = clients.connect["zmq"][len("zmq:") :]
+        context = zmq.Context()
+        try:
+            squatter = context.socket(zmq.DEALER)
+            squatter.linger = 0
+            squatter.setsockopt(zmq.ROUTING_ID, bytes.fromhex("006b8b4567"))
+            squatter.connect(address)
+            squatter.send(ClientHello("squatter").dump())
+            assert squatter.poll(10_000), "the backend did not answer the squatter"
+            honest = context.socket(zmq.DEALER)  # no routing id: the backend assigns one
+            honest.linger = 0
+            honest.connect(address)
+            honest.send(ClientHello("honest").dump())
+            assert honest.poll(10_000), "the backend did not answer the honest client"
+            assert type(MessageMeta.load(honest.recv())).__name__ == "BackendUpdateContainers"
+            assert backend.alive
+        finally:
+            context.destroy(linger=0)

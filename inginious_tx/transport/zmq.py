@@ -97,7 +97,9 @@ def _seed_routing_ids() -> None:
     counter starts at a value drawn from the C library's ``rand()``, which
     nothing seeds: without this, the first peer of every fresh backend got
     the same id (``006b8b4567``).  Seeded from the system's random source,
-    the start is one of 2^32 values an attacker cannot see.
+    the start is one of 2^32 values an attacker cannot see.  It also guards
+    the process: libzmq does not check that the id it assigns is free, and
+    aborts when a peer that chose that id itself is already connected.
     """
     global _seeded
     if _seeded:

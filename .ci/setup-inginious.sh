@@ -39,11 +39,12 @@ import inginious.client.client, inginious.agent, inginious.backend.backend
 make_venv "$V06" 0.6 0.6 "pyzmq>=22" "msgpack>=1.0"
 make_venv "$V09" 0.9.2 0.9.2 "pyzmq==26.2.1" "msgpack==1.1.0"
 
-# INGInious 0.6 was written for msgpack 0.5/0.6, whose unpacker took
-# ``encoding=`` and returned bytes for str unless told otherwise; msgpack 1.x
-# removed ``encoding`` and decodes str by default.  A start-up hook in the 0.6
-# virtualenv accepts (and drops) ``encoding=`` so that every 0.6 code path that
-# passes it keeps working with msgpack 1.x.
+# msgpack 1.x removed the ``encoding=`` argument of msgpack < 1.0 (it now
+# decodes str by default).  The INGInious 0.6 wheel on PyPI already asks for
+# msgpack >= 1.0 and its client, agent and backend pass no ``encoding=`` (checked
+# when this was written), but 0.6-era code that does would fail with a
+# TypeError deep in a peer: a start-up hook in the 0.6 virtualenv accepts the
+# argument (and means raw=False by it), so that such code keeps working.
 site="$("$V06/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 cat >"$site/itx_msgpack_shim.py" <<'PY'
 """msgpack 1.x accepting the ``encoding=`` argument of msgpack < 1.0 (inginious-tx test shim)."""

@@ -1,11 +1,17 @@
 """End-to-end backend benchmark: starts ``twistd inginious-backend`` and loads it.
 
     python bench/bench_backend.py [--transports zmq,tcp] [--repeat 1] [--shared-loadgen PATH]
+                                  [--dialects 0.6,0.9] [--inginious PYTHON]
 
 For each transport and each configuration below it starts a fresh backend
-process, runs ``bench/loadgen_tx.py`` (fake agents + clients, written here)
-against it, and prints a table.  With ``--shared-loadgen`` it also runs that
-independent ZeroMQ load generator with the same configurations.
+process, runs ``bench/loadgen_tx.py`` (fake agents + clients, written here,
+0.6 dialect) against it, and prints a table.  With ``--shared-loadgen`` it
+also runs that independent ZeroMQ load generator with the same
+configurations, once per dialect of ``--dialects`` (its ``--dialect``
+option).  With ``--inginious PYTHON`` (the Python of a virtualenv holding
+``inginious==0.9.2``, as ``.ci/setup-inginious.sh`` makes) the shared load
+generator also runs, in the 0.9 dialect, against the real INGInious 0.9.2
+backend, for comparison.
 
 The configurations are those the INGInious 0.6 figures were measured with:
 a windowed run, a deep-queue run and a serial latency run.
@@ -59,6 +65,13 @@ def wait_port(endpoint: str, timeout: float = 15) -> None:
     raise RuntimeError(f"backend did not listen on {endpoint}")
 
 
+def start_inginious(python: str, clients: str, agents: str) -> subprocess.Popen:
+    """The real INGInious backend (tests/inginious_driver.py), on raw ZeroMQ addresses."""
+    driver = ROOT / "tests" / "inginious_driver.py"
+    cmd = [python, str(driver), "backend", "--clients", clients[4:], "--agents", agents[4:]]
+    return subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def start_backend(clients: str, agents: str, policy: str) -> subprocess.Popen:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")])
@@ -68,9 +81,14 @@ def start_backend(clients: str, agents: str, policy: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def run_one(loadgen: list[str], transport: str, args: list[str], policy: str) -> dict:
+def run_one(
+    loadgen: list[str], transport: str, args: list[str], policy: str, inginious: str | None = None
+) -> dict:
     b_clients, b_agents, l_clients, l_agents = endpoints(transport)
-    proc = start_backend(b_clients, b_agents, policy)
+    if inginious:
+        proc = start_inginious(inginious, b_clients, b_agents)
+    else:
+        proc = start_backend(b_clients, b_agents, policy)
     try:
         if transport == "zmq":
             time.sleep(1.0)  # ZeroMQ connects lazily: give the backend time to bind
@@ -105,26 +123,40 @@ def main() -> int:
     p.add_argument("--policy", default="priority")
     p.add_argument("--shared-loadgen", help="path of an independent ZeroMQ load generator to run as well")
     p.add_argument("--only", help="run only the configuration with this name")
+    p.add_argument("--dialects", default="0.6,0.9", help="dialects the shared load generator speaks, in turn")
+    p.add_argument("--inginious", help="Python of a virtualenv with inginious==0.9.2: also measure its backend")
+    p.add_argument("--no-loadgen-tx", action="store_true", help="skip this repository's load generator")
     a = p.parse_args()
-    runs = [("loadgen_tx", t, [sys.executable, str(HERE / "loadgen_tx.py")]) for t in a.transports.split(",")]
+    # (backend, dialect, load generator, transport, command)
+    runs: list[tuple[str, str, str, str, list[str]]] = []
+    if not a.no_loadgen_tx:
+        runs += [("inginious-tx", "0.6", "loadgen_tx", t, [sys.executable, str(HERE / "loadgen_tx.py")])
+                 for t in a.transports.split(",")]  # fmt: skip
     if a.shared_loadgen:
-        runs.append(("shared loadgen", "zmq", [sys.executable, a.shared_loadgen]))
-    print(f"{'load generator':15} {'transport':9} {'config':13} {'jobs/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'done':>6} {'lost':>5} {'dup':>4}")  # fmt: skip
+        for dialect in a.dialects.split(","):
+            cmd = [sys.executable, a.shared_loadgen, "--dialect", dialect]
+            runs.append(("inginious-tx", dialect, "shared loadgen", "zmq", cmd))
+        if a.inginious:
+            cmd = [sys.executable, a.shared_loadgen, "--dialect", "0.9"]
+            runs.append(("INGInious 0.9.2", "0.9", "shared loadgen", "zmq", cmd))
+    print(f"{'backend':15} {'dialect':7} {'load generator':15} {'transport':9} {'config':13} {'jobs/s':>9} "
+          f"{'p50 ms':>8} {'p99 ms':>8} {'done':>6} {'lost':>5} {'dup':>4}")  # fmt: skip
     failed = False
-    for gen, transport, loadgen in runs:
+    for backend, dialect, gen, transport, loadgen in runs:
+        real = a.inginious if backend != "inginious-tx" else None
         for name, args in CONFIGS:
             if a.only and a.only != name:
                 continue
             for _ in range(a.repeat):
-                r = run_one(loadgen, transport, args, a.policy)
+                r = run_one(loadgen, transport, args, a.policy, real)
+                row = f"{backend:15} {dialect:7} {gen:15} {transport:9} {name:13}"
                 if "error" in r:
                     failed = True
-                    print(f"{gen:15} {transport:9} {name:13} error: {r['error']}")
+                    print(f"{row} error: {r['error']}")
                     continue
                 lost = r.get("lost", r.get("jobs_asked", 0) - r.get("jobs_done", 0))
                 failed |= lost != 0
-                print(f"{gen:15} {transport:9} {name:13} {r['jobs_per_s']:9,.0f} {r['p50_ms']:8.3f} "
+                print(f"{row} {r['jobs_per_s']:9,.0f} {r['p50_ms']:8.3f} "
                       f"{r['p99_ms']:8.3f} {r['jobs_done']:6d} {lost:5d} {r.get('duplicates', 0):4d}", flush=True)
     return 1 if failed else 0
 

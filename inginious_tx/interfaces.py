@@ -239,7 +239,7 @@ class IWaitingJob(Interface):
     """What a policy may read of a waiting job (the backend owns the object)."""
 
     key = Attribute("hashable: unique id of the job in the backend, (client address, client job id)")
-    environment = Attribute("str")
+    environment = Attribute("(type, name): a pair of str; a 0.6 environment NAME is ('docker', NAME)")
     course_id = Attribute("str")
     task_id = Attribute("str")
     priority = Attribute("int: lower runs first")
@@ -306,8 +306,8 @@ class ISchedulingPolicy(Interface):
 
     def pop_next(environments):
         """The next job to run among those whose environment is in
-        ``environments`` (a collection of str), removed from the policy;
-        ``None`` if there is none."""
+        ``environments`` (a collection of ``(type, name)`` pairs), removed
+        from the policy; ``None`` if there is none."""
 
     def waiting(environment):
         """How many jobs wait for ``environment``."""

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import socket
 import subprocess
 import sys
@@ -336,10 +335,7 @@ class OurProcess:
 
 def twistd_argv(*args: str) -> List[str]:
     """The command line of ``twistd -n <args>`` (the working tree's plugins, see subprocess_env)."""
-    twistd = shutil.which("twistd")
-    if twistd is not None:
-        return [twistd, "-n", *args]
-    return [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; run()", "-n", *args]
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", *args]
 
 
 class OurPrograms:

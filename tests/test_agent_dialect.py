@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.dialect import JOB_ADDRESS_09, Edge09, environment_type_for
+from inginious_tx.agent.limits import JobMaxima
 from inginious_tx.agent.mock import MockBackend
 from inginious_tx.agent.result import AgentConfig, JobResult
 from inginious_tx.interfaces import IMessageSink, IPeer
@@ -44,6 +45,8 @@ class Harness:
         self.backend = backend if backend is not None else ScriptedBackend()
         kwargs.setdefault("dialect", "0.9")
         kwargs.setdefault("environment_type", "docker")
+        # The test jobs ask for the network and their own command.
+        kwargs.setdefault("maxima", JobMaxima(allow_network=True, allow_run_cmd=True))
         self.agent = Agent(self.clock, self.backend, "agent-9", 2, "mem:agents", transport=self.mem, **kwargs)
         self.agent.startService()
         self.mem.pump()

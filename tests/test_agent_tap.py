@@ -86,6 +86,20 @@ def test_make_service() -> None:
         makeService(parse("-b", "mem:x", "-k", "local"))
 
 
+def test_maxima_options() -> None:
+    """The operator's maxima reach the Agent; safe defaults without them."""
+    from inginious_tx.agent.limits import DEFAULT_MAXIMA, JobMaxima
+
+    assert makeService(parse("-b", "mem:x", "-k", "mock")).maxima == DEFAULT_MAXIMA
+    assert not DEFAULT_MAXIMA.allow_network and not DEFAULT_MAXIMA.allow_run_cmd
+    agent = makeService(parse("-b", "mem:x", "-k", "mock", "--max-time", "5", "--max-hard-time", "7",
+                              "--max-memory", "64", "--allow-network", "--allow-run-cmd"))  # fmt: skip
+    assert agent.maxima == JobMaxima(5, 7, 64, allow_network=True, allow_run_cmd=True)
+    for bad in (["--max-memory", "0"], ["--max-time", "-1"], ["--max-hard-time", "x"]):
+        with pytest.raises(usage.UsageError):
+            parse("-b", "mem:x", "-k", "mock", *bad)
+
+
 class _Process(ProcessProtocol):
     def __init__(self) -> None:
         self.output = bytearray()

@@ -1072,3 +1072,50 @@ def test_packed_size_is_the_msgpack_length():
 
     check()
     assert packed_size(list(range(70_000))) == len(msgpack.packb(list(range(70_000))))
+
+
+# -- policies' incremental ordered() ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["priority", "fair", "shortest-first"])
+def test_incremental_ordered_matches_a_full_sort(name):
+    """ordered() keeps sorted runs between calls; it must equal the order a full sort gives."""
+    import random
+
+    from inginious_tx.backend.policies import load_policy
+
+    class J:
+        def __init__(self, i: int, rnd: random.Random) -> None:
+            self.key = ("c", str(i))
+            self.environment = ("docker", f"e{rnd.randrange(3)}")
+            self.priority = rnd.randrange(3)
+            self.course_id = f"course{rnd.randrange(4)}"
+            self.time_limit = rnd.choice((0, 10, 60))
+            self.submitted_at = i * 0.5
+            self.sequence = i
+            self.retries = rnd.choice((0, 0, 0, 1))
+
+    rnd = random.Random(7)
+    policy = load_policy(name)
+    waiting: dict = {}
+    for step in range(3000):
+        op = rnd.random()
+        if op < 0.5 or not waiting:
+            job = J(step, rnd)
+            policy.add(job)
+            waiting[job.key] = job
+        elif op < 0.7:
+            job = waiting.pop(rnd.choice(list(waiting)))
+            policy.remove(job)
+        elif op < 0.9:
+            envs = {("docker", f"e{i}") for i in range(3) if rnd.random() < 0.6}
+            job = policy.pop_next(envs)
+            if job is not None:
+                del waiting[job.key]
+        if step % 97 == 0:
+            got = policy.ordered()
+            # the reference: every live heap entry, sorted by the policy's own comparison
+            entries = [e for heap in policy._heaps.values() for e in heap if e[-1] is not None]
+            entries.sort(key=lambda e: policy._compare(e[-1].environment, e))
+            assert [j.key for j in got] == [e[-1].key for e in entries]
+            assert {j.key for j in got} == set(waiting)

@@ -38,7 +38,7 @@ from twisted.internet import threads
 
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
-from inginious_tx.agent.filetree import archive_tree, remove_tree
+from inginious_tx.agent.filetree import archive_tree, chown_tree, remove_tree
 from inginious_tx.agent.limits import JobMaxima
 from inginious_tx.agent.local import LocalBackend
 from inginious_tx.agent.mock import MockBackend
@@ -293,7 +293,9 @@ async def test_every_kind_refuses_run_cmd_and_caps_limits(within: Any) -> None:
     unlimited = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 0, None, 0, False, None)
     assert (maxima.capped(unlimited).time_limit, maxima.capped(unlimited).hard_time_limit) == (10, 20)
     small = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 2, None, 32, False, None)
-    assert maxima.capped(small).hard_time_limit == 6 and maxima.capped(small).mem_limit == 32
+    assert maxima.capped(small) is small  # within the maxima: untouched (an unset hard limit stays 3 x 2 s)
+    longer = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 9, None, 32, False, None)
+    assert maxima.capped(longer).hard_time_limit == 20  # 3 x 9 s would pass the maximum: set explicitly
     assert "run_cmd" in (maxima.refusal(BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 1, None, 1,
                                                       False, "id")) or "")  # fmt: skip
     assert JobMaxima(allow_run_cmd=True, allow_network=True).refusal(
@@ -419,6 +421,14 @@ def test_archive_tree_is_iterative_keeps_links_and_bounds(tmp_path: Path) -> Non
 def _check_archive_tree(tmp_path: Path, root: Path) -> None:
     _chain(root, 3000)
     (root / "link").symlink_to("/etc/shadow")
+    if os.geteuid() == 0:  # the same walk hands trees over: links themselves, never their targets
+        chown_tree(str(root), 4242, 4243)
+        assert os.lstat(root / "link").st_uid == 4242 and os.stat("/etc/shadow").st_uid == 0
+        bottom = os.open(root, os.O_RDONLY)
+        try:
+            assert os.stat("/".join(["d"] * 1000), dir_fd=bottom).st_gid == 4243
+        finally:
+            os.close(bottom)
     os.mkfifo(root / "fifo")  # left out, never opened
     data = archive_tree(str(root), 10000, 16 << 20)  # the 3,000 names take 9 MB
     members = _archive_names(data or b"")
@@ -462,3 +472,21 @@ def test_names_with_a_trailing_newline_are_refused(tmp_path: Path) -> None:
         remove_job(folder)
     assert re.fullmatch(r"job-.*", os.path.basename(folder.root)) and not os.path.exists(folder.root)
     assert stat.S_IMODE(os.stat(tmp_path / "work").st_mode) == 0o711
+
+
+def test_job_user_of_a_root_agent() -> None:
+    """Who job code runs as: nobody by default when the agent is root; never a user it cannot become."""
+    from inginious_tx.agent.local import job_user
+
+    if os.geteuid() != 0:
+        assert job_user(None) is None
+        with pytest.raises(ValueError, match="root"):
+            job_user("nobody")
+        return
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    assert job_user(None) == (nobody.pw_uid, nobody.pw_gid) and job_user(None) != (0, 0)
+    assert job_user("1234:5678") == (1234, 5678) and job_user("nobody:99") == (nobody.pw_uid, 99)
+    with pytest.raises(ValueError, match="unknown user"):
+        job_user("no-such-user-here")

@@ -109,3 +109,16 @@ def test_real_06_client_and_agent_through_our_backend(inginious: InginiousPeers,
     client = inginious.client("0.6", clients)
     exercise("0.6", agent, client)
     assert "Traceback" not in backend.output()
+
+
+def test_our_06_agent_serves_the_real_06_backend(inginious: InginiousPeers, ours: OurPrograms) -> None:
+    clients, agents = zmq_address(), zmq_address()
+    inginious.backend("0.6", clients, agents)
+    ours.twistd(
+        "inginious-agent", "--kind", "mock", "--backend", f"zmq:{agents}", "--name", "our-agent", "-e", "default",
+    )  # fmt: skip
+    client = inginious.client("0.6", clients)
+    client.wait_for("environments", has_default("0.6"))
+    client.send("submit", ref="r", inputdata={"@mock_result": "failed", "@mock_grade": 40.0})
+    done = client.wait_for("done", ref="r")
+    assert done["result"][0] == "failed" and done["grade"] == 40.0

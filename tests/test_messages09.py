@@ -227,3 +227,15 @@ def test_third_party_09_message_and_declaration_checks():
         class Bad06(metaclass=MessageMeta):  # noqa: F841
             def __init__(self):
                 pass
+
+
+def test_the_salvage_walk_is_bounded():
+    # 60,000 items before the deep value: the walk gives up (in bounded
+    # time) after the job id and before the type.
+    data = (
+        b"\x84" + packed("job_id") + packed("j") + packed("x") + b"\xdd" + (60000).to_bytes(4, "big") + b"\x00" * 60000
+        + packed("inputdata") + deep(5000) + packed("@type") + packed("ClientNewJob")
+    )  # fmt: skip
+    with pytest.raises(MalformedMessage) as e:
+        load_any(data)
+    assert (e.value.job_id, e.value.msgtype) == ("j", None)

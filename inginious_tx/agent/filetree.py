@@ -23,7 +23,7 @@ import tarfile
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
-__all__ = ["TreeError", "TreeTooLarge", "remove_tree", "archive_tree"]
+__all__ = ["TreeError", "TreeTooLarge", "remove_tree", "archive_tree", "chown_tree"]
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -210,3 +210,14 @@ def archive_tree(path: str, max_entries: int, max_bytes: int) -> Optional[bytes]
     finally:
         os.close(root)
     return buf.getvalue() if count else None
+
+
+def chown_tree(path: str, uid: int, gid: int) -> None:
+    """Give folder ``path`` and everything below it to ``uid:gid`` (links themselves, never their targets)."""
+    os.chown(path, uid, gid, follow_symlinks=False)
+    root = os.open(path, _DIR)
+    try:
+        for _, name, fd, _ in _walk(root, _Budget(1 << 62, 1 << 62)):
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+    finally:
+        os.close(root)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..messages import BackendNewJob
-from .filetree import remove_tree
+from .filetree import chown_tree, remove_tree
 from .job_disk import mount_job_disk, unmount_job_disk
 
 __all__ = [
@@ -239,10 +239,7 @@ def hand_over(folder: JobFolder, uid: int, gid: int) -> None:
 
     The tree is the agent's own copy of a task folder, not yet touched by a job.
     """
-    os.lchown(folder.root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(folder.root, followlinks=False):
-        for name in dirnames + filenames:
-            os.lchown(os.path.join(dirpath, name), uid, gid)
+    chown_tree(folder.root, uid, gid)
 
 
 def remove_job_path(root: str) -> None:

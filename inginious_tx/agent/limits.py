@@ -67,10 +67,12 @@ class JobMaxima:
         time_limit = _number(getattr(job, "time_limit", 0))
         cpu = self.max_time if time_limit <= 0 else min(time_limit, self.max_time)
         hard_asked = _number(getattr(job, "hard_time_limit", None))
-        hard = min(hard_asked if hard_asked > 0 else 3 * cpu, self.max_hard_time)
+        hard: Optional[int] = int(min(hard_asked if hard_asked > 0 else 3 * cpu, self.max_hard_time))
+        if hard_asked <= 0 and hard == 3 * cpu:
+            hard = getattr(job, "hard_time_limit", None)  # unset stays unset: the backends' default is the same
         mem_asked = _number(getattr(job, "mem_limit", 0))
         mem = self.max_memory if mem_asked <= 0 else min(mem_asked, self.max_memory)
-        wanted = (int(cpu), int(hard), int(mem))
+        wanted = (int(cpu), hard, int(mem))
         if wanted == (getattr(job, "time_limit", None), getattr(job, "hard_time_limit", None), job.mem_limit):
             return job
         # messages are immutable: a new one of the same class (and dialect), the limits changed

@@ -156,7 +156,9 @@ class Options(usage.Options):
             "@mock_result, @mock_grade, @mock_delay, @mock_fail, or --option result=/grade=/delay=/fail=, decide. "
             "local runs TASKS/COURSE/TASK/run as a child process: a sandbox for trusted code and "
             "development only (see inginious_tx.agent.local). "
-            "docker runs each job in a container of the environment's image."
+            "docker runs each job in a container of the environment's image. "
+            "Every kind applies the maxima: time and memory above --max-time, --max-hard-time and --max-memory "
+            "are capped; the network and run_cmd are refused unless --allow-network / --allow-run-cmd."
         )
 
     def opt_environment(self, value: str) -> None:

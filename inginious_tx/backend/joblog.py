@@ -22,6 +22,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher, jsonFileLog
 from zope.interface import implementer
 
 from ..interfaces import IJobObserver
+from .adapter import label
 from .core import Backend
 
 __all__ = ["JobEventLogger", "JsonLogService", "open_json_log"]
@@ -45,7 +46,7 @@ class JobEventLogger:
             job_id=job.job_id,
             client=job.client_name,
             agent=agent,
-            environment=job.environment,
+            environment=label(job.environment),
             course_id=job.course_id,
             task_id=job.task_id,
             result=result,

@@ -31,6 +31,14 @@ identity ever seen.  A forgotten client that talks again is answered
 ``Unknown`` and says hello again.  Everything else is bounded by the waiting
 caps and by the agents' slots.
 
+Dialects.  Each registered peer keeps the adapter of the dialect of its
+hello (:mod:`.dialect06`, :mod:`.dialect09`), which builds every message it
+is sent; a message in the other dialect from a registered peer is a logged
+protocol error.  Jobs cross dialects when their client and their agent
+differ (PROTOCOL-0.9.md section 4): the agent's adapter translates.  0.9
+job ids are one namespace for the whole backend (a duplicate is refused)
+and any 0.9 client may kill a 0.9 job.
+
 Observers (:class:`~inginious_tx.interfaces.IJobObserver`) hear every
 transition; :meth:`Backend.load_by_course` and :meth:`Backend.load_by_client`
 read counts kept as jobs move (:mod:`.load`).
@@ -39,60 +47,28 @@ read counts kept as jobs move (:mod:`.load`).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, List, Optional, Tuple
+import uuid
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple, Union
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from ..dispatch import Dispatcher
-from ..interfaces import (
-    IBackendAgentHandler,
-    IBackendClientHandler,
-    IJobObserver,
-    IPeer,
-    IRejectionObserver,
-    ISchedulingPolicy,
-)
-from ..messages import (
-    AgentHello,
-    AgentJobDone,
-    AgentJobSSHDebug,
-    AgentJobStarted,
-    BackendGetQueue,
-    BackendJobDone,
-    BackendJobSSHDebug,
-    BackendJobStarted,
-    BackendKillJob,
-    BackendNewJob,
-    BackendUpdateContainers,
-    ClientGetQueue,
-    ClientHello,
-    ClientKillJob,
-    ClientNewJob,
-    Ping,
-    Pong,
-    Unknown,
-)
+from ..interfaces import IJobObserver, IPeer, ISchedulingPolicy
+from ..messages import v06, v09
+from .adapter import DOCKER, DialectAdapter, Environment, label
+from .dialect06 import AgentHandler06, ClientHandler06, Dialect06
+from .dialect09 import AgentHandler09, ClientHandler09, Dialect09
+from .edge import EdgeSink
 from .job import DONE, RUNNING, WAITING, Job
 from .load import RUNNING_COUNT, WAITING_COUNT, LoadCounts
 from .peers import AgentState, ClientState
 from .settings import BackendSettings
-from .sizes import packed_size, rejected_job
 from .slots import SlotIndex
+from .snapshot import QueueSnapshot
 from .stats import BackendStats
 
 __all__ = ["Backend"]
-
-_PING = Ping()
-_PONG = Pong()
-_UNKNOWN = Unknown()
-
-
-def _result(job_id: str, kind: str, text: str) -> BackendJobDone:
-    """A result made by the backend itself (crash, killed)."""
-    return BackendJobDone(job_id, (kind, text), 0.0, {}, {}, {}, "", None, "", "")
 
 
 class Backend:
@@ -114,68 +90,89 @@ class Backend:
         self._agents: Dict[IPeer, AgentState] = {}
         #: every waiting or running job (including those whose client left)
         self._jobs: Dict[Tuple[bytes, str], Job] = {}
+        #: 0.9 clients' jobs by id: one namespace for the whole backend
+        self._ids09: Dict[str, Job] = {}
+        #: ids made for 0.6 jobs sent to 0.9 agents
+        self._global_ids: Dict[str, Job] = {}
         self._n_waiting = 0
         #: bytes of inputdata of every job in the table
         self._held = 0
         self._slots = SlotIndex()
         #: the index's environment -> free agents map, read on the hot path
         self._free = self._slots.free
-        self._containers = BackendUpdateContainers(())
+        #: type -> sorted names of the offered environments
+        self._offered: Dict[str, Tuple[str, ...]] = {}
+        #: dialect name -> the environments message clients of that dialect were last told
+        self._told: Dict[str, Any] = {}
         self._sequence = itertools.count()
         self._tick = 0
         #: jobs refused (queue full) since the last heartbeat
         self._refused = 0
         self._heartbeat: Optional[LoopingCall] = None
         self._stopping = False
-        self.client_handler = _ClientHandler(self)
-        self.agent_handler = _AgentHandler(self)
         #: totals for status pages and metrics
         self.stats = BackendStats()
         self._by_course = LoadCounts()
         self._by_client = LoadCounts()
+        self._by_environment = LoadCounts()
+        # their tables, updated inline by _count
+        self._course_counts = self._by_course.counts
+        self._client_counts = self._by_client.counts
+        self._env_counts: Dict[Any, List[int]] = self._by_environment.counts
         self._observers: List[IJobObserver] = []
-
-    # -- observers and load ------------------------------------------------------
-
-    def add_observer(self, observer: IJobObserver) -> None:
-        """Tell ``observer`` (an :class:`IJobObserver`) of every job transition from now on."""
-        if observer not in self._observers:
-            self._observers.append(observer)
-
-    def remove_observer(self, observer: IJobObserver) -> None:
-        """Stop telling ``observer``; unknown observers are ignored."""
-        if observer in self._observers:
-            self._observers.remove(observer)
-
-    def load_by_course(self) -> Dict[str, Tuple[int, int]]:
-        """``course_id -> (waiting, running)`` for every course with jobs (O(courses))."""
-        return self._by_course.snapshot()
-
-    def load_by_client(self) -> Dict[str, Tuple[int, int]]:
-        """``client name -> (waiting, running)`` for every client name with jobs (O(clients))."""
-        return self._by_client.snapshot()
-
-    def _count(self, job: Job, index: int, delta: int) -> None:
-        self._by_course.add(job.course_id, index, delta)
-        self._by_client.add(job.client_name, index, delta)
-
-    def _notify(self, event: str, *args: Any) -> None:
-        """Call ``event`` on every observer; one that raises is logged and skipped."""
-        for observer in list(self._observers):
-            try:
-                getattr(observer, event)(*args)
-            except Exception:
-                self.log.failure("job observer {observer!r} failed in {event}", observer=observer, event=event)
+        #: bumped whenever the set of waiting jobs changes (for snapshots)
+        self._queue_version = 0
+        self._snapshot = QueueSnapshot(policy, clock, settings.ping_interval)
+        self._d06 = Dialect06()
+        self._d09 = Dialect09(self)
+        #: the 0.6 handlers (the role interfaces, for tests and direct use)
+        self.client_handler = ClientHandler06(self, self._d06)
+        self.agent_handler = AgentHandler06(self, self._d06)
+        self._client_handler09 = ClientHandler09(self, self._d09)
+        self._agent_handler09 = AgentHandler09(self, self._d09)
 
     # -- wiring ----------------------------------------------------------------
 
-    def client_sink(self) -> Dispatcher:
-        """A transport sink for a client endpoint."""
-        return Dispatcher(self.client_handler, IBackendClientHandler, self._client_unexpected)
+    def client_sink(self) -> EdgeSink:
+        """A transport sink for a client endpoint (both dialects)."""
+        c06, c09 = self.client_handler, self._client_handler09
+        table: Dict[type, Any] = {
+            v06.ClientHello: c06.client_hello,
+            v06.ClientNewJob: c06.client_new_job,
+            v06.ClientKillJob: c06.client_kill_job,
+            v06.ClientGetQueue: c06.client_get_queue,
+            v06.Ping: c06.ping,
+            v09.ClientHello: c09.client_hello,
+            v09.ClientNewJob: c09.client_new_job,
+            v09.ClientKillJob: c09.client_kill_job,
+            v09.ClientGetQueue: c09.client_get_queue,
+            v09.Ping: c09.ping,
+        }
+        return EdgeSink(
+            "clients",
+            table,
+            self.client_connected,
+            self.client_disconnected,
+            {"0.6": c06, "0.9": c09},
+            self._client_unexpected,
+        )
 
-    def agent_sink(self) -> Dispatcher:
-        """A transport sink for an agent endpoint."""
-        return Dispatcher(self.agent_handler, IBackendAgentHandler)
+    def agent_sink(self) -> EdgeSink:
+        """A transport sink for an agent endpoint (both dialects)."""
+        a06, a09 = self.agent_handler, self._agent_handler09
+        table: Dict[type, Any] = {
+            v06.AgentHello: a06.agent_hello,
+            v06.AgentJobStarted: a06.agent_job_started,
+            v06.AgentJobDone: a06.agent_job_done,
+            v06.AgentJobSSHDebug: a06.agent_job_ssh_debug,
+            v06.Pong: a06.pong,
+            v09.AgentHello: a09.agent_hello,
+            v09.AgentJobStarted: a09.agent_job_started,
+            v09.AgentJobDone: a09.agent_job_done,
+            v09.AgentJobSSHDebug: a09.agent_job_ssh_debug,
+            v09.Pong: a09.pong,
+        }
+        return EdgeSink("agents", table, self.agent_connected, self.agent_disconnected)
 
     def start(self) -> None:
         """Begin pinging agents (and checking on silent clients)."""
@@ -206,11 +203,65 @@ class Backend:
             if job.state == WAITING:
                 self._unwait(job)
             elif job.state == RUNNING and job.agent is not None:
-                job.agent.running.pop(job.key, None)
-                job.agent.peer.send(BackendKillJob(job.key))
-            self._finish(job, _result(job.key[1], "crash", "backend shutting down"))
+                agent = job.agent
+                agent.running.pop(job.agent_id, None)
+                agent.peer.send(agent.dialect.kill_job(job))
+            self._finish(job, "crash", "backend shutting down")
+        self._snapshot.expire(-2)
 
-    # -- introspection (tests, metrics) ------------------------------------------
+    # -- observers and load ------------------------------------------------------
+
+    def add_observer(self, observer: IJobObserver) -> None:
+        """Tell ``observer`` (an :class:`IJobObserver`) of every job transition from now on."""
+        if observer not in self._observers:
+            self._observers.append(observer)
+
+    def remove_observer(self, observer: IJobObserver) -> None:
+        """Stop telling ``observer``; unknown observers are ignored."""
+        if observer in self._observers:
+            self._observers.remove(observer)
+
+    def load_by_course(self) -> Dict[str, Tuple[int, int]]:
+        """``course_id -> (waiting, running)`` for every course with jobs (O(courses))."""
+        return self._by_course.snapshot()
+
+    def load_by_client(self) -> Dict[str, Tuple[int, int]]:
+        """``client name -> (waiting, running)`` for every client name with jobs (O(clients))."""
+        return self._by_client.snapshot()
+
+    def _count(self, job: Job, index: int, delta: int) -> None:
+        """Move ``job``'s (waiting, running) counts by ``delta`` (unrolled: it runs 4 times a job)."""
+        table = self._course_counts
+        counts = table.get(job.course_id)
+        if counts is None:
+            counts = table[job.course_id] = [0, 0]
+        counts[index] += delta
+        if not counts[0] and not counts[1]:
+            del table[job.course_id]
+        table = self._client_counts
+        counts = table.get(job.client_name)
+        if counts is None:
+            counts = table[job.client_name] = [0, 0]
+        counts[index] += delta
+        if not counts[0] and not counts[1]:
+            del table[job.client_name]
+        table = self._env_counts
+        counts = table.get(job.environment)
+        if counts is None:
+            counts = table[job.environment] = [0, 0]
+        counts[index] += delta
+        if not counts[0] and not counts[1]:
+            del table[job.environment]
+
+    def _notify(self, event: str, *args: Any) -> None:
+        """Call ``event`` on every observer; one that raises is logged and skipped."""
+        for observer in list(self._observers):
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                self.log.failure("job observer {observer!r} failed in {event}", observer=observer, event=event)
+
+    # -- introspection (tests, status, metrics) ------------------------------------
 
     @property
     def policy(self) -> ISchedulingPolicy:
@@ -239,123 +290,166 @@ class Backend:
 
     @property
     def environments(self) -> Tuple[str, ...]:
-        """The environments clients are told about."""
-        return self._containers.available_containers
+        """The offered environments, by label (a docker environment by its name, others as ``type/name``)."""
+        return tuple(sorted(label(env) for env in self._slots.offering))
+
+    @property
+    def offered_environments(self) -> Dict[str, Tuple[str, ...]]:
+        """The offered environments: type -> sorted names (what 0.9 clients are told)."""
+        return dict(self._offered)
 
     def job(self, key: Tuple[bytes, str]) -> Optional[Job]:
         return self._jobs.get(key)
 
-    def free_agents(self, environment: str) -> List[AgentState]:
-        return self._slots.free_agents(environment)
+    def free_agents(self, environment: Union[str, Environment]) -> List[AgentState]:
+        """Agents with a free slot for ``environment`` (a 0.6 name, or ``(type, name)``)."""
+        env = (DOCKER, environment) if isinstance(environment, str) else environment
+        return self._slots.free_agents(env)
 
     def waiting_per_environment(self) -> Dict[str, int]:
-        """How many jobs wait for each environment (O(jobs): for status pages)."""
-        counts: Dict[str, int] = {}
-        for job in self._jobs.values():
-            if job.state == WAITING:
-                counts[job.environment] = counts.get(job.environment, 0) + 1
-        return counts
+        """How many jobs wait for each environment, by label (O(environments))."""
+        return {label(env): w for env, (w, _) in self._by_environment.snapshot().items() if w}
 
     # -- clients ---------------------------------------------------------------
 
-    def _client(self, peer: IPeer) -> Optional[ClientState]:
-        """The registered client ``peer``, or None after answering Unknown."""
+    def _client(self, peer: IPeer, dialect: DialectAdapter) -> Optional[ClientState]:
+        """The registered client ``peer`` speaking ``dialect``, or None (answered or logged)."""
         client = self._clients.get(peer)
         if client is None:
-            peer.send(_UNKNOWN)
+            peer.send(dialect.unknown)
+            return None
+        if client.dialect is not dialect:
+            self._wrong_dialect(peer, client.dialect, dialect)
             return None
         client.last_tick = self._tick
         return client
 
-    def _client_unexpected(self, peer: IPeer, message: Any) -> None:
-        # The Dispatcher logged the protocol error; a stranger also learns
-        # that it must say hello.
-        if peer not in self._clients:
-            peer.send(_UNKNOWN)
+    def _wrong_dialect(self, peer: IPeer, registered: DialectAdapter, sent: DialectAdapter) -> None:
+        self.log.warn(
+            "protocol error: {peer} registered in the {registered} dialect sent a {sent} message: ignored",
+            peer=peer.description,
+            registered=registered.name,
+            sent=sent.name,
+        )
 
-    def client_job_rejected(self, peer: IPeer, job_id: Any, error: Exception) -> None:
+    def _client_unexpected(self, peer: IPeer, message: Any) -> None:
+        # The sink logged the protocol error; a stranger also learns that it
+        # must say hello (in the dialect of what it sent).
+        if peer not in self._clients:
+            peer.send(self._d09.unknown if getattr(type(message), "dialect", "0.6") == "0.9" else self._d06.unknown)
+
+    def client_job_rejected(self, peer: IPeer, dialect: DialectAdapter, job_id: Any, error: Exception) -> None:
         """A registered client's job that did not decode is answered, not ignored.
 
         ``job_id`` is what the decoder could read of the job's id (None when
-        unreadable: nothing can be answered).  Other bad frames were logged by
-        the transport and need no answer.
+        unreadable: nothing can be answered).  A job whose id is in use is
+        not answered: the job that has it must stay untouched.
         """
         client = self._clients.get(peer)
         if client is None:
-            peer.send(_UNKNOWN)
+            peer.send(dialect.unknown)
             return
         if type(job_id) is not str or job_id in client.jobs:
-            return  # nothing to answer, or a duplicate id whose first job must stay untouched
+            return
+        if client.dialect is self._d09 and (job_id in self._ids09 or job_id in self._global_ids):
+            return
         self.stats.submitted += 1  # submitted, never accepted: counted as refused
-        self._refuse(client, job_id, f"invalid job: {error}")
+        self._refuse(client, job_id, f"invalid job: {error}", None)
 
-    def _refuse(self, client: ClientState, job_id: str, reason: str) -> None:
+    def _refuse(self, client: ClientState, job_id: str, reason: str, inputdata: Any) -> None:
         """Answer a job that was never accepted ``("crash", reason)``."""
-        client.peer.send(_result(job_id, "crash", reason))
+        client.peer.send(client.dialect.job_result(job_id, "crash", reason, inputdata))
         if self._observers:
             self._notify("job_refused", client.name, job_id, reason)
 
-    def client_hello(self, peer: IPeer, message: ClientHello) -> None:
+    def client_hello(self, peer: IPeer, dialect: DialectAdapter, name: str) -> None:
         client = self._clients.get(peer)
         if client is None:
-            client = self._clients[peer] = ClientState(peer, message.name, self._tick)
-            self.log.info("client {name!r} registered from {peer}", name=message.name, peer=peer.description)
+            client = self._clients[peer] = ClientState(peer, name, self._tick, dialect)
+            self.log.info(
+                "client {name!r} registered from {peer} ({dialect})",
+                name=name,
+                peer=peer.description,
+                dialect=dialect.name,
+            )
             _accepted(peer)
+        elif client.dialect is not dialect:
+            self._wrong_dialect(peer, client.dialect, dialect)
+            return
         else:
-            client.name = message.name
+            client.name = name
             client.last_tick = self._tick
-        peer.send(self._containers)
+        peer.send(self._environments_for(dialect))
 
-    def client_new_job(self, peer: IPeer, message: ClientNewJob, size: int) -> None:
+    def _environments_for(self, dialect: DialectAdapter) -> Any:
+        message = self._told.get(dialect.name)
+        if message is None:
+            message = self._told[dialect.name] = dialect.environments(self._offered)
+        return message
+
+    def client_new_job(
+        self, peer: IPeer, dialect: DialectAdapter, message: Any, environment: Environment, time_limit: int, size: int
+    ) -> None:
         """Queue (or run at once, or refuse) a job.
 
-        ``size`` is the byte size of its inputdata, measured by the edge that
-        decoded the message (the core never encodes).
+        ``environment`` and ``time_limit`` are what the job's dialect says
+        they are; ``size`` is the byte size of its inputdata, measured by the
+        edge that decoded the message (the core never encodes).
         """
         client = self._clients.get(peer)
         if client is None:
-            peer.send(_UNKNOWN)
+            peer.send(dialect.unknown)
+            return
+        if client.dialect is not dialect:
+            self._wrong_dialect(peer, client.dialect, dialect)
             return
         client.last_tick = self._tick
         self.stats.submitted += 1
         job_id = message.job_id
         if self._stopping:
-            self._refuse(client, job_id, "backend shutting down")
+            self._refuse(client, job_id, "backend shutting down", message.inputdata)
             return
         limit = self.settings.max_inputdata
-        if limit is not None:
-            if size > limit:
-                self.log.warn(
-                    "client {name!r}: job {job_id!r} refused, inputdata of {size} bytes > {limit}",
-                    name=client.name,
-                    job_id=job_id,
-                    size=size,
-                    limit=limit,
-                )
-                self._refuse(client, job_id, f"inputdata too large: {size} bytes > limit {limit}")
-                return
-        key = (peer.address, job_id)
-        if job_id in client.jobs or key in self._jobs:
+        if limit is not None and size > limit:
             self.log.warn(
-                "client {name!r} reused job id {job_id!r} of a job it still has: refused",
+                "client {name!r}: job {job_id!r} refused, inputdata of {size} bytes > {limit}",
+                name=client.name,
+                job_id=job_id,
+                size=size,
+                limit=limit,
+            )
+            self._refuse(client, job_id, f"inputdata too large: {size} bytes > limit {limit}", message.inputdata)
+            return
+        key = (peer.address, job_id)
+        global09 = dialect is self._d09
+        if job_id in client.jobs or key in self._jobs or (global09 and (job_id in self._ids09 or job_id in self._global_ids)):
+            self.log.warn(
+                "client {name!r} used the job id {job_id!r} of a job that is still queued or running: refused",
                 name=client.name,
                 job_id=job_id,
             )
-            self._refuse(client, job_id, f"duplicate job id {job_id!r}: a job with this id is already queued")
+            self._refuse(
+                client,
+                job_id,
+                f"duplicate job id {job_id!r}: a job with this id is already queued",
+                message.inputdata,
+            )
             return
         refusal = self._over_bytes(client, size)
         if refusal is not None:
-            self._refuse(client, job_id, refusal)
+            self._refuse(client, job_id, refusal, message.inputdata)
             return
-        free = self._free.get(message.environment)
+        free = self._free.get(environment)
         if not free:
             refusal = self._over_cap(client)
             if refusal is not None:
-                self._refuse(client, job_id, refusal)
+                self._refuse(client, job_id, refusal, message.inputdata)
                 return
-        job = Job(key, client, message, self._clock.seconds(), next(self._sequence), size)
+        job = Job(key, client, message, dialect, environment, time_limit, self._clock.seconds(), next(self._sequence), size)
         self.stats.accepted += 1
         self._jobs[key] = job
+        if global09:
+            self._ids09[job_id] = job
         self._held += size
         client.held += size
         client.jobs[job_id] = job
@@ -399,61 +493,42 @@ class Backend:
             return f"queue full: this client already has {client.waiting} jobs waiting, retry later"
         return None
 
-    def client_kill_job(self, peer: IPeer, message: ClientKillJob) -> None:
-        client = self._client(peer)
+    def client_kill_job(self, peer: IPeer, dialect: DialectAdapter, job_id: str) -> None:
+        client = self._client(peer, dialect)
         if client is None:
             return
-        job = client.jobs.get(message.job_id)
+        # 0.9: any 0.9 client may kill any 0.9 job (a frontend runs several processes).
+        job = self._ids09.get(job_id) if dialect is self._d09 else client.jobs.get(job_id)
         if job is None:
             self.log.info(
                 "client {name!r} asked to kill unknown job {job_id!r}: ignored",
                 name=client.name,
-                job_id=message.job_id,
+                job_id=job_id,
             )
             return
         if job.state == WAITING:
             self._unwait(job)
-            self._finish(job, _result(job.key[1], "killed", "the job was killed before it started"))
-        else:
+            self._finish(job, "killed", "the job was killed before it started")
+        elif not job.kill_requested and job.agent is not None:
             job.kill_requested = True
-            job.agent.peer.send(BackendKillJob(job.key))  # type: ignore[union-attr]
+            job.agent.peer.send(job.agent.dialect.kill_job(job))
 
-    def client_get_queue(self, peer: IPeer, message: ClientGetQueue) -> None:
-        client = self._client(peer)
+    def client_get_queue(self, peer: IPeer, dialect: DialectAdapter) -> None:
+        client = self._client(peer, dialect)
         if client is None:
             return
-        running = []
-        for agent in self._agents.values():
-            for job in agent.running.values():
-                started = int(job.started_at)
-                running.append(
-                    (
-                        job.key[1],
-                        job.client is client,
-                        agent.name,
-                        f"{job.course_id}/{job.task_id}",
-                        job.message.launcher,
-                        started,
-                        started + job.time_limit if job.time_limit > 0 else -1,
-                    )
-                )
-        waiting = [
-            (
-                job.key[1],
-                job.client is client,
-                f"{job.course_id}/{job.task_id}",
-                job.message.launcher,
-                job.time_limit,
-            )
-            for job in self._policy.ordered()
-        ]
-        peer.send(BackendGetQueue(running, waiting))
+        snapshot = self._snapshot
+        snapshot.refresh(self._queue_version, self._n_waiting)
+        section, offsets = snapshot.section(dialect)
+        own = snapshot.own(client.jobs.values(), offsets) if client.waiting else []
+        running = [(job, agent.name) for agent in self._agents.values() for job in agent.running.values()]
+        peer.send(dialect.queue(client, running, section, len(snapshot.jobs), own))
 
-    def client_ping(self, peer: IPeer, message: Ping) -> None:
-        client = self._client(peer)
+    def client_ping(self, peer: IPeer, dialect: DialectAdapter) -> None:
+        client = self._client(peer, dialect)
         if client is not None:
             client.pinged = True
-            peer.send(_PONG)
+            peer.send(dialect.pong)
 
     def client_connected(self, peer: IPeer) -> None:
         """Nothing to do: a client must say hello first."""
@@ -471,16 +546,16 @@ class Backend:
             if job.state == WAITING:
                 waiting += 1
                 self._unwait(job)
-                del self._jobs[job.key]
-                self._held -= job.size
+                self._forget(job)
                 self.stats.ended("dropped")
                 if self._observers:
                     self._notify("job_finished", job, "dropped", None)
             else:
                 running += 1
                 job.client = None
-                job.kill_requested = True
-                job.agent.peer.send(BackendKillJob(job.key))  # type: ignore[union-attr]
+                if not job.kill_requested and job.agent is not None:
+                    job.kill_requested = True
+                    job.agent.peer.send(job.agent.dialect.kill_job(job))
         client.jobs.clear()
         client.held = 0
         self.log.info(
@@ -493,33 +568,57 @@ class Backend:
 
     # -- agents ----------------------------------------------------------------
 
-    def agent_hello(self, peer: IPeer, message: AgentHello) -> None:
-        before = self._containers.available_containers
+    def _agent(self, peer: IPeer, dialect: DialectAdapter, what: str) -> Optional[AgentState]:
+        """The registered agent ``peer`` speaking ``dialect`` (which is alive), or None, logged."""
+        agent = self._agents.get(peer)
+        if agent is None:
+            self.log.warn(
+                "{msgtype} from {peer}, which is not a registered agent: dropped",
+                msgtype=what,
+                peer=peer.description,
+            )
+            return None
+        if agent.dialect is not dialect:
+            self._wrong_dialect(peer, agent.dialect, dialect)
+            return None
+        agent.missed = 0
+        return agent
+
+    def agent_hello(
+        self,
+        peer: IPeer,
+        dialect: DialectAdapter,
+        name: str,
+        slots: int,
+        environments: FrozenSet[Environment],
+    ) -> None:
         old = self._agents.get(peer)
         if old is not None:
+            if old.dialect is not dialect:
+                self._wrong_dialect(peer, old.dialect, dialect)
+                return
             self._remove_agent(old, "it said hello again", disconnect=False, announce=False)
-        slots = message.available_job_slots
         if slots < 1:
             self.log.warn(
                 "agent {name!r} at {peer} offers {slots} job slots: it will get no jobs",
-                name=message.friendly_name,
+                name=name,
                 peer=peer.description,
                 slots=slots,
             )
             slots = 0
-        environments = frozenset(message.available_containers) if slots else frozenset()
-        agent = AgentState(peer, message.friendly_name, slots, environments)
+        agent = AgentState(peer, name, slots, environments if slots else frozenset(), dialect)
         self._agents[peer] = agent
         self._slots.add(agent)
         _accepted(peer)
         self.log.info(
-            "agent {name!r} registered from {peer}: {slots} slots, environments {envs}",
+            "agent {name!r} registered from {peer} ({dialect}): {slots} slots, environments {envs}",
             name=agent.name,
             peer=peer.description,
+            dialect=dialect.name,
             slots=slots,
-            envs=sorted(environments),
+            envs=sorted(label(env) for env in agent.environments),
         )
-        self._refresh_environments(before)
+        self._refresh_environments()
         self._fill(agent)
 
     def _fill(self, agent: AgentState) -> None:
@@ -530,47 +629,42 @@ class Backend:
                 return
             self._run(job, agent)
 
-    def agent_job_started(self, peer: IPeer, message: AgentJobStarted) -> None:
-        agent = self._agent(peer, message)
+    def agent_job_started(self, peer: IPeer, dialect: DialectAdapter, message: Any) -> None:
+        agent = self._agent(peer, dialect, "AgentJobStarted")
         if agent is None:
             return
         job = agent.running.get(message.job_id)
         if job is None:
-            self._stray(agent, message)
+            self._stray(agent, "AgentJobStarted", message.job_id)
         elif job.client is not None:
-            job.client.peer.send(BackendJobStarted(job.key[1]))
+            job.client.peer.send(job.client.dialect.job_started(job))
 
-    def agent_job_ssh_debug(self, peer: IPeer, message: AgentJobSSHDebug) -> None:
-        agent = self._agent(peer, message)
+    def agent_job_ssh_debug(
+        self, peer: IPeer, dialect: DialectAdapter, message: Any, host: str, port: int, user: str, password: str
+    ) -> None:
+        agent = self._agent(peer, dialect, "AgentJobSSHDebug")
         if agent is None:
             return
         job = agent.running.get(message.job_id)
         if job is None:
-            self._stray(agent, message)
+            self._stray(agent, "AgentJobSSHDebug", message.job_id)
         elif job.client is not None:
-            job.client.peer.send(BackendJobSSHDebug(job.key[1], message.host, message.port, message.password))
+            job.client.peer.send(job.client.dialect.ssh_debug(job, host, port, user, password))
 
-    def agent_job_done(self, peer: IPeer, message: AgentJobDone) -> None:
-        agent = self._agent(peer, message)
-        if agent is None:
+    def agent_job_done(self, peer: IPeer, dialect: DialectAdapter, message: Any) -> None:
+        agent = self._agents.get(peer)
+        if agent is None or agent.dialect is not dialect:
+            self._agent(peer, dialect, "AgentJobDone")  # logs why
             return
+        agent.missed = 0
         job = agent.running.pop(message.job_id, None)
         if job is None:
-            self._stray(agent, message)
+            self._stray(agent, "AgentJobDone", message.job_id)
             return
-        if job.client is not None:
-            m = message
-            self._finish(
-                job,
-                BackendJobDone(
-                    job.key[1], m.result, m.grade, m.problems, m.tests, m.custom, m.state, m.archive, m.stdout, m.stderr
-                ),
-            )
-        else:
-            self._finish(job, None)
+        self._finish(job, message.result[0], None, message)
         self._slot_freed(agent)
 
-    def agent_pong(self, peer: IPeer, message: Pong) -> None:
+    def agent_pong(self, peer: IPeer, dialect: DialectAdapter) -> None:
         agent = self._agents.get(peer)
         if agent is not None:
             agent.missed = 0
@@ -583,32 +677,18 @@ class Backend:
         if agent is not None:
             self._remove_agent(agent, f"connection closed ({reason})", disconnect=False)
 
-    def _agent(self, peer: IPeer, message: Any) -> Optional[AgentState]:
-        """The registered agent ``peer`` (which is alive), or None, logged."""
-        agent = self._agents.get(peer)
-        if agent is None:
-            self.log.warn(
-                "{msgtype} from {peer}, which is not a registered agent: dropped",
-                msgtype=type(message).msgtype,
-                peer=peer.description,
-            )
-            return None
-        agent.missed = 0
-        return agent
-
-    def _stray(self, agent: AgentState, message: Any) -> None:
+    def _stray(self, agent: AgentState, what: str, job_id: Any) -> None:
         if self._stopping:
             return  # answers to the kills sent at shutdown
         self.log.warn(
             "agent {name!r} sent {msgtype} for job {job_id!r}, which it is not running: dropped",
             name=agent.name,
-            msgtype=type(message).msgtype,
-            job_id=message.job_id,
+            msgtype=what,
+            job_id=job_id,
         )
 
     def _remove_agent(self, agent: AgentState, reason: str, disconnect: bool = True, announce: bool = True) -> None:
         """``agent`` is gone: forget it and re-queue (or answer) its jobs."""
-        before = self._containers.available_containers
         agent.alive = False
         del self._agents[agent.peer]
         self._slots.remove(agent)
@@ -624,7 +704,7 @@ class Backend:
         if disconnect:
             agent.peer.disconnect(reason)
         if announce:
-            self._refresh_environments(before)
+            self._refresh_environments()
         for job in jobs:
             self._lost(job, agent, reason)
 
@@ -632,21 +712,15 @@ class Backend:
         """``job`` was running on ``agent``, which is gone."""
         job.agent = None
         if job.client is None:
-            self._finish(job, None, agent.name)
+            self._finish(job, "dropped", None, agent_name=agent.name)
         elif job.kill_requested:
-            self._finish(
-                job, _result(job.key[1], "killed", f"the job was killed (its agent was lost: {reason})"), agent.name
-            )
+            self._finish(job, "killed", f"the job was killed (its agent was lost: {reason})", agent_name=agent.name)
         elif job.retries >= self.settings.max_retries:
             self._finish(
                 job,
-                _result(
-                    job.key[1],
-                    "crash",
-                    f"agent lost while running the job ({agent.name}: {reason}); "
-                    f"gave up after {job.retries + 1} attempts",
-                ),
-                agent.name,
+                "crash",
+                f"agent lost while running the job ({agent.name}: {reason}); gave up after {job.retries + 1} attempts",
+                agent_name=agent.name,
             )
         else:
             job.retries += 1
@@ -682,7 +756,7 @@ class Backend:
                 self._remove_agent(agent, f"{agent.missed} pings unanswered")
             else:
                 agent.missed += 1
-                agent.peer.send(_PING)
+                agent.peer.send(agent.dialect.ping)
         interval = self.settings.ping_interval
         silence = self.settings.client_silence_timeout
         idle = self.settings.client_idle_timeout
@@ -696,6 +770,7 @@ class Backend:
                 del self._clients[client.peer]
                 self.log.info("client {name!r} forgotten after {quiet:.0f} s idle", name=client.name, quiet=quiet)
                 client.peer.disconnect("idle client")
+        self._snapshot.expire(self._queue_version)
 
     # -- job transitions ---------------------------------------------------------
 
@@ -705,10 +780,11 @@ class Backend:
             self._policy.add(job)
         except Exception:
             self.log.failure("scheduling policy {policy!r} failed to queue {job!r}", policy=self._policy, job=job)
-            self._finish(job, _result(job.key[1], "crash", "internal error in the scheduling policy"))
+            self._finish(job, "crash", "internal error in the scheduling policy")
             return
         job.state = WAITING
         self._n_waiting += 1
+        self._queue_version += 1
         self._count(job, WAITING_COUNT, 1)
         if job.client is not None:
             job.client.waiting += 1
@@ -722,6 +798,7 @@ class Backend:
             self.log.failure("scheduling policy {policy!r} failed to remove {job!r}", policy=self._policy, job=job)
         job.state = DONE
         self._n_waiting -= 1
+        self._queue_version += 1
         self._count(job, WAITING_COUNT, -1)
         if job.client is not None:
             job.client.waiting -= 1
@@ -739,25 +816,22 @@ class Backend:
         if not job.retries:
             self.stats.waited(now - job.submitted_at)
         self._count(job, RUNNING_COUNT, 1)
-        agent.running[job.key] = job
+        dialect = agent.dialect
+        job.agent_id = agent_id = dialect.agent_job_id(job)
+        agent.running[agent_id] = job
         if self._observers:
             self._notify("job_started", job, agent.name)
-        m = job.message
-        agent.peer.send(
-            BackendNewJob(
-                job.key,
-                m.course_id,
-                m.task_id,
-                m.inputdata,
-                m.environment,
-                m.enable_network,
-                m.time_limit,
-                m.hard_time_limit,
-                m.mem_limit,
-                m.debug,
-                m.run_cmd,
-            )
-        )
+        agent.peer.send(dialect.new_job(job))
+
+    def global_id(self, job: Job) -> str:
+        """A string id, unique in the backend, for a 0.6 job going to a 0.9 agent (kept for its life)."""
+        if job.global_id is None:
+            new = uuid.uuid4().hex
+            while new in self._ids09 or new in self._global_ids:
+                new = uuid.uuid4().hex
+            job.global_id = new
+            self._global_ids[new] = job
+        return job.global_id
 
     def _slot_freed(self, agent: AgentState) -> None:
         """One of ``agent``'s slots is free: run the next job, or list it as free.
@@ -798,6 +872,7 @@ class Backend:
                 )
                 continue
             self._n_waiting -= 1
+            self._queue_version += 1
             self._count(job, WAITING_COUNT, -1)
             if job.client is not None:
                 job.client.waiting -= 1
@@ -807,84 +882,76 @@ class Backend:
                 "scheduling policy {policy!r} returned {job!r} for an agent offering {envs}: answered crash",
                 policy=self._policy,
                 job=job,
-                envs=sorted(agent.environments),
+                envs=sorted(label(env) for env in agent.environments),
             )
-            self._finish(job, _result(job.key[1], "crash", "internal error in the scheduling policy"))
+            job.state = DONE
+            self._finish(job, "crash", "internal error in the scheduling policy")
 
-    def _finish(self, job: Job, answer: Optional[BackendJobDone], agent_name: Optional[str] = None) -> None:
+    def _forget(self, job: Job) -> None:
+        """Take ``job`` out of every table (not out of its client's)."""
+        del self._jobs[job.key]
+        self._held -= job.size
+        if job.origin is self._d09:
+            if self._ids09.get(job.job_id) is job:
+                del self._ids09[job.job_id]
+        if job.global_id is not None:
+            self._global_ids.pop(job.global_id, None)
+
+    def _finish(
+        self,
+        job: Job,
+        kind: str,
+        text: Optional[str],
+        outcome: Any = None,
+        agent_name: Optional[str] = None,
+    ) -> None:
         """The one end of every job: forget it and answer its client.
 
+        The answer is the agent's ``outcome`` if given, else a result the
+        backend makes (``kind``, ``text``); ``kind`` "dropped" answers nobody.
         ``agent_name`` is for observers, when the job's agent is already gone.
         """
         if job.state == RUNNING:
             self.stats.ran(self._clock.seconds() - job.started_at)
             self._count(job, RUNNING_COUNT, -1)
-        kind = answer.result[0] if answer is not None else "dropped"
+        client = job.client
+        if client is None:
+            kind = "dropped"
         self.stats.ended(kind)
         if self._observers:
             self._notify("job_finished", job, kind, job.agent.name if job.agent is not None else agent_name)
         job.state = DONE
         job.agent = None
-        del self._jobs[job.key]
-        self._held -= job.size
-        client = job.client
+        self._forget(job)
         if client is not None:
             client.held -= job.size
-            del client.jobs[job.key[1]]
-            if answer is not None:
-                client.peer.send(answer)
+            del client.jobs[job.job_id]
+            dialect = client.dialect
+            if outcome is not None:
+                client.peer.send(dialect.job_done(job, outcome))
+            else:
+                client.peer.send(dialect.job_result(job.job_id, kind, text, job.message.inputdata))
 
-    def _refresh_environments(self, before: Tuple[str, ...]) -> None:
-        """Tell every client if the set of offered environments changed."""
-        now = self._slots.environments()
-        if now == before:
+    def _refresh_environments(self) -> None:
+        """Tell every client if the environments its dialect shows changed."""
+        offered: Dict[str, List[str]] = {}
+        for kind, name in self._slots.offering:
+            offered.setdefault(kind, []).append(name)
+        now = {kind: tuple(sorted(names)) for kind, names in sorted(offered.items())}
+        if now == self._offered:
             return
-        self._containers = message = BackendUpdateContainers(now)
-        self.log.info("available environments: {envs}", envs=list(now))
-        for client in self._clients.values():
-            client.peer.send(message)
-
-
-@implementer(IBackendClientHandler, IRejectionObserver)
-class _ClientHandler:
-    """The client side of a :class:`Backend` (methods named by msgtype).
-
-    This is the edge where client messages enter: sizes are measured here
-    (:func:`~.sizes.packed_size`), and a rejected frame's job id is taken from
-    the decode error, so that the core neither encodes nor decodes.
-    """
-
-    def __init__(self, backend: Backend) -> None:
-        self._submit = backend.client_new_job
-        self._rejected = backend.client_job_rejected
-        self.client_hello = backend.client_hello
-        self.client_kill_job = backend.client_kill_job
-        self.client_get_queue = backend.client_get_queue
-        self.ping = backend.client_ping
-        self.peer_connected = backend.client_connected
-        self.peer_disconnected = backend.client_disconnected
-
-    def client_new_job(self, peer: IPeer, message: ClientNewJob) -> None:
-        self._submit(peer, message, packed_size(message.inputdata))
-
-    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
-        msgtype, job_id = rejected_job(error, payload)
-        if msgtype in ("client_new_job", "ClientNewJob"):
-            self._rejected(peer, job_id, error)
-
-
-@implementer(IBackendAgentHandler)
-class _AgentHandler:
-    """The agent side of a :class:`Backend` (methods named by msgtype)."""
-
-    def __init__(self, backend: Backend) -> None:
-        self.agent_hello = backend.agent_hello
-        self.agent_job_started = backend.agent_job_started
-        self.agent_job_done = backend.agent_job_done
-        self.agent_job_ssh_debug = backend.agent_job_ssh_debug
-        self.pong = backend.agent_pong
-        self.peer_connected = backend.agent_connected
-        self.peer_disconnected = backend.agent_disconnected
+        before = self._told
+        self._offered = now
+        self._told = {}
+        self.log.info("available environments: {envs}", envs=sorted(label(env) for env in self._slots.offering))
+        for dialect in (self._d06, self._d09):
+            old = before.get(dialect.name)
+            message = self._environments_for(dialect)
+            if old is not None and old == message:
+                continue
+            for client in self._clients.values():
+                if client.dialect is dialect:
+                    client.peer.send(message)
 
 
 def _accepted(peer: IPeer) -> None:

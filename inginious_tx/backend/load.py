@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 __all__ = ["LoadCounts", "WAITING_COUNT", "RUNNING_COUNT"]
 
@@ -18,18 +18,19 @@ class LoadCounts:
     forgotten, so the table holds only courses or clients with jobs.
     """
 
-    __slots__ = ("_counts",)
+    __slots__ = ("counts",)
 
     def __init__(self) -> None:
-        self._counts: Dict[str, List[int]] = {}
+        #: key -> [waiting, running]; the backend updates it inline on its hot path
+        self.counts: Dict[Any, List[int]] = {}
 
-    def add(self, key: str, index: int, delta: int) -> None:
-        counts = self._counts.get(key)
+    def add(self, key: Any, index: int, delta: int) -> None:
+        counts = self.counts.get(key)
         if counts is None:
-            counts = self._counts[key] = [0, 0]
+            counts = self.counts[key] = [0, 0]
         counts[index] += delta
         if not counts[0] and not counts[1]:
-            del self._counts[key]
+            del self.counts[key]
 
-    def snapshot(self) -> Dict[str, Tuple[int, int]]:
-        return {key: (c[0], c[1]) for key, c in self._counts.items()}
+    def snapshot(self) -> Dict[Any, Tuple[int, int]]:
+        return {key: (c[0], c[1]) for key, c in self.counts.items()}

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Dict, Iterator, Optional
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from .adapter import label
 from .core import TIME_BUCKETS, Backend
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class BackendCollector(Collector):
         env_slots: Dict[str, int] = dict.fromkeys(backend.environments, 0)
         per_agent: Dict[str, list] = {}
         for agent in agents:
-            for env in agent.environments:
+            for env in map(label, agent.environments):
                 offered[env] = offered.get(env, 0) + 1
                 env_slots[env] = env_slots.get(env, 0) + agent.slots
             row = per_agent.setdefault(agent.name, [0, 0])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, FrozenSet
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, Tuple
 
 from ..interfaces import IPeer
 
@@ -15,11 +15,13 @@ __all__ = ["ClientState", "AgentState"]
 class ClientState:
     """A registered client and the jobs it has waiting or running."""
 
-    __slots__ = ("peer", "name", "jobs", "waiting", "held", "last_tick", "pinged")
+    __slots__ = ("peer", "name", "dialect", "jobs", "waiting", "held", "last_tick", "pinged")
 
-    def __init__(self, peer: IPeer, name: str, tick: int) -> None:
+    def __init__(self, peer: IPeer, name: str, tick: int, dialect: Any = None) -> None:
         self.peer = peer
         self.name = name
+        #: the adapter of its dialect (that of its hello), which builds what it is sent
+        self.dialect = dialect
         #: client job id -> Job, for its waiting and running jobs
         self.jobs: Dict[str, Job] = {}
         #: how many of those are waiting
@@ -32,20 +34,25 @@ class ClientState:
         self.pinged = False
 
     def __repr__(self) -> str:
-        return f"<client {self.name!r} at {self.peer.description}>"
+        return f"<client {self.name!r} at {self.peer.description} ({getattr(self.dialect, 'name', '?')})>"
 
 
 class AgentState:
     """A registered agent: its slots, environments and running jobs."""
 
-    __slots__ = ("peer", "name", "slots", "environments", "running", "missed", "alive")
+    __slots__ = ("peer", "name", "dialect", "slots", "environments", "running", "missed", "alive")
 
-    def __init__(self, peer: IPeer, name: str, slots: int, environments: FrozenSet[str]) -> None:
+    def __init__(
+        self, peer: IPeer, name: str, slots: int, environments: FrozenSet[Tuple[str, str]], dialect: Any = None
+    ) -> None:
         self.peer = peer
         self.name = name
+        #: the adapter of its dialect (that of its hello)
+        self.dialect = dialect
         self.slots = slots
+        #: the environments it offers, as (type, name)
         self.environments = environments
-        #: the backend's job key -> Job
+        #: the id it knows a job by -> Job
         self.running: Dict[Any, Job] = {}
         #: pings sent since the last sign of life
         self.missed = 0

@@ -15,6 +15,8 @@ memory and the amortised cost bounded.
 from __future__ import annotations
 
 import heapq
+from itertools import compress, groupby, repeat
+from operator import add, itemgetter, mul
 from typing import Any, Collection, Dict, Hashable, List, Optional, Tuple
 
 from zope.interface import implementer
@@ -47,6 +49,12 @@ _Entry = List[Any]
 #: Rebuild a heap when it holds more dead entries than this and than live ones.
 _COMPACT_MIN = 64
 
+_first, _second, _third, _last = itemgetter(0), itemgetter(1), itemgetter(2), itemgetter(-1)
+# FairPolicy's merge keys: priority, then rounds ahead, then arrival, in one int.
+_P0, _R0 = 1 << 62, 1 << 62
+_ROUND_SCALE = 1 << 64
+_PRIORITY_SCALE = 1 << 192
+
 
 class _HeapPolicy:
     """Per-environment heaps with lazy deletion; subclasses define the rank.
@@ -63,6 +71,14 @@ class _HeapPolicy:
         self._entries: Dict[Hashable, _Entry] = {}
         self._live: Dict[str, int] = {}
         self._dead: Dict[str, int] = {}
+        # For ordered(): each environment's entries sorted as of the last call,
+        # and those added since (None: not kept, until ordered() is called).
+        # Runs are per environment only when environments compare their own
+        # way (_compare); otherwise one run holds every entry.
+        self._sorted: Optional[Dict[Any, List[_Entry]]] = None
+        self._added: Optional[Dict[Any, List[_Entry]]] = None
+        self._n_added = 0
+        self._runs_by_env = type(self)._compare is not _HeapPolicy._compare
 
     # -- to be defined by subclasses ------------------------------------------
 
@@ -90,6 +106,18 @@ class _HeapPolicy:
         entry = self._rank(job)
         entry.append(job)
         self._entries[key] = entry
+        added = self._added
+        if added is not None:
+            run = env if self._runs_by_env else None
+            pending = added.get(run)
+            if pending is None:
+                added[run] = [entry]
+            else:
+                pending.append(entry)
+            self._n_added += 1
+            if self._n_added > 2 * len(self._entries) + 1024:
+                # Nobody asks for the order any more: stop keeping it.
+                self._sorted = self._added = None
         heap = self._heaps.get(env)
         if heap is None:
             self._heaps[env] = [entry]
@@ -155,24 +183,53 @@ class _HeapPolicy:
             if heap[0][-1] is None:
                 self._clean_top(best_env, heap)
         self._on_popped(job, best)
+        best[-1] = None  # gone from the heap: dead for ordered() too
         return job
 
     def waiting(self, environment: str) -> int:
         return self._live.get(environment, 0)
 
     def ordered(self) -> List[Any]:
-        if type(self)._compare is _HeapPolicy._compare:
+        """Every waiting job in run order.
+
+        Each environment's entries are kept sorted from one call to the next
+        (dead ones dropped, new ones merged in), so that a call costs about
+        O(n) plus O(k log k) for the k jobs added since, not a full sort.
+        """
+        runs = self._sorted_runs()
+        if not self._runs_by_env:
             # Entries compare as they are (their rank ends with a unique
-            # sequence number): one C-level sort, no key function.
-            live = [entry for heap in self._heaps.values() for entry in heap if entry[-1] is not None]
-            live.sort()
-            return [entry[-1] for entry in live]
-        keyed = [
-            (self._compare(env, entry), entry[-1])
-            for env, heap in self._heaps.items()
-            for entry in heap
-            if entry[-1] is not None
-        ]
+            # sequence number): one run, kept sorted.
+            return list(map(_last, runs[0])) if runs else []
+        return self._merge(runs)
+
+    def _sorted_runs(self) -> List[List[_Entry]]:
+        """Each environment's live entries, sorted by rank."""
+        previous, added = self._sorted, self._added
+        runs: Dict[Any, List[_Entry]] = {}
+        if self._runs_by_env:
+            groups: Dict[Any, List[List[_Entry]]] = {env: [heap] for env, heap in self._heaps.items()}
+        else:
+            groups = {None: list(self._heaps.values())} if self._heaps else {}
+        for key, heaps in groups.items():
+            # compress() keeps the live entries (their job is truthy) at C speed.
+            if previous is None or added is None:
+                run = [entry for heap in heaps for entry in compress(heap, map(_last, heap))]
+            else:
+                old = previous.get(key, ())
+                new = added.get(key, ())
+                run = list(compress(old, map(_last, old)))
+                run.extend(compress(new, map(_last, new)))
+            run.sort()
+            runs[key] = run
+        self._sorted = runs
+        self._added = {}
+        self._n_added = 0
+        return list(runs.values())
+
+    def _merge(self, runs: List[List[_Entry]]) -> List[Any]:
+        """Merge per-environment runs by :meth:`_compare` (subclasses may do it faster)."""
+        keyed = [(self._compare(entry[-1].environment, entry), entry[-1]) for run in runs for entry in run]
         keyed.sort(key=lambda pair: pair[0])
         return [job for _, job in keyed]
 
@@ -291,6 +348,31 @@ class FairPolicy(_HeapPolicy):
     def _compare(self, environment: str, entry: _Entry) -> Any:
         priority, tag, sequence, _ = entry
         return (priority, tag - self._round.get((environment, priority), 0), sequence)
+
+    def _merge(self, runs: List[List[_Entry]]) -> List[Any]:
+        """Merge the environments' runs by (priority, rounds ahead, arrival) with integer keys.
+
+        Within an environment and priority, the key's shift (the current
+        round) is one constant, so each key is computed by C-level maps, and
+        the merge is one sort of (int, job) pairs.
+        """
+        pairs: List[Tuple[int, Any]] = []
+        rounds = self._round
+        for run in runs:
+            if not run:
+                continue
+            env = run[0][-1].environment
+            for priority, group in groupby(run, key=_first):
+                members = list(group)
+                base = (priority + _P0) * _PRIORITY_SCALE + (_R0 - rounds.get((env, priority), 0)) * _ROUND_SCALE
+                keys = map(
+                    add,
+                    map(mul, map(_second, members), repeat(_ROUND_SCALE)),
+                    map(add, map(_third, members), repeat(base)),
+                )
+                pairs.extend(zip(keys, map(_last, members)))
+        pairs.sort(key=_first)
+        return list(map(_second, pairs))
 
     def _forget(self, job: Any) -> Tuple[str, int]:
         level = (job.environment, job.priority)

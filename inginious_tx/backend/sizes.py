@@ -60,6 +60,30 @@ def packed_size(value: Any) -> int:
     Iterative, so any nesting depth the decoder let through is fine.  A value
     of a type msgpack would not produce when decoding counts as 9 bytes.
     """
+    if type(value) is dict:
+        # The usual inputdata: a flat map of ASCII names to text or bytes.
+        n = len(value)
+        total = 1 if n < 16 else 3 if n < 0x10000 else 5
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii():
+                return _walk(value)
+            n = len(key)
+            total += n + (1 if n < 32 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
+            kind = type(item)
+            if kind is str and item.isascii():
+                n = len(item)
+                total += n + (1 if n < 32 else 2 if n < 0x100 else 3 if n < 0x10000 else 5)
+            elif kind is bytes:
+                n = len(item)
+                total += n + (2 if n < 0x100 else 3 if n < 0x10000 else 5)
+            else:
+                return _walk(value)
+        return total
+    return _walk(value)
+
+
+def _walk(value: Any) -> int:
+    """:func:`packed_size` of anything, one item at a time."""
     total = 0
     stack: List[Any] = [value]
     pop, push, extend = stack.pop, stack.append, stack.extend

@@ -13,6 +13,8 @@ from typing import Dict, List, Optional, Tuple
 
 from .peers import AgentState
 
+Environment = Tuple[str, str]
+
 __all__ = ["SlotIndex"]
 
 
@@ -23,10 +25,10 @@ class SlotIndex:
 
     def __init__(self) -> None:
         #: environment -> agents offering it (insertion-ordered set)
-        self.offering: Dict[str, Dict[AgentState, None]] = {}
+        self.offering: Dict[Environment, Dict[AgentState, None]] = {}
         #: environment -> agents offering it with at least one free slot;
         #: read directly on the hot path (``free.get(env)``)
-        self.free: Dict[str, Dict[AgentState, None]] = {}
+        self.free: Dict[Environment, Dict[AgentState, None]] = {}
 
     def add(self, agent: AgentState) -> None:
         """A new agent, all of whose slots are free."""
@@ -47,12 +49,12 @@ class SlotIndex:
                 if not free:
                     del self.free[env]
 
-    def first_free(self, environment: str) -> Optional[AgentState]:
+    def first_free(self, environment: Environment) -> Optional[AgentState]:
         """The next agent with a free slot for ``environment``, if any."""
         free = self.free.get(environment)
         return next(iter(free)) if free else None
 
-    def take(self, agent: AgentState, environment: str) -> None:
+    def take(self, agent: AgentState, environment: Environment) -> None:
         """``agent`` (listed as free) is about to run one more job of ``environment``.
 
         An agent whose last free slot this is leaves every free list;
@@ -79,9 +81,9 @@ class SlotIndex:
                 else:
                     free[agent] = None
 
-    def free_agents(self, environment: str) -> List[AgentState]:
+    def free_agents(self, environment: Environment) -> List[AgentState]:
         return list(self.free.get(environment, ()))
 
-    def environments(self) -> Tuple[str, ...]:
+    def environments(self) -> Tuple[Environment, ...]:
         """Every environment at least one agent offers, sorted."""
         return tuple(sorted(self.offering))

@@ -37,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from .. import __version__
+from .adapter import label
 from .charts import PALETTE, RESULT_COLORS, format_number, heatmap, legend, line_chart
 from .core import Backend
 from .service import stop_reactor
@@ -92,7 +93,7 @@ def status_snapshot(
                 "address": agent.peer.description,
                 "slots": agent.slots,
                 "busy_slots": len(agent.running),
-                "environments": sorted(agent.environments),
+                "environments": sorted(label(env) for env in agent.environments),
             }
         )
         for job in agent.running.values():
@@ -103,7 +104,7 @@ def status_snapshot(
                     "agent": agent.name,
                     "course_id": job.course_id,
                     "task_id": job.task_id,
-                    "environment": job.environment,
+                    "environment": label(job.environment),
                     "started_at": job.started_at,
                     "running_for": max(0.0, now - job.started_at),
                 }

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IJobObserver
+from .adapter import label
 from .core import TIME_BUCKETS, Backend
 
 __all__ = [
@@ -384,23 +385,23 @@ class StatusRecorder:
             self._waiting_env.pop(env, None)
 
     def job_queued(self, job: Any) -> None:
-        self._waits(job.environment, 1)
+        self._waits(label(job.environment), 1)
 
     def job_refused(self, client_name: str, job_id: str, reason: str) -> None:
         pass
 
     def job_started(self, job: Any, agent_name: str) -> None:
-        env = job.environment
+        env = label(job.environment)
         self._waits(env, -1)
         self.started[env] = self.started.get(env, 0) + 1
 
     def job_requeued(self, job: Any, agent_name: str, reason: str) -> None:
         self.requeued += 1
-        self._waits(job.environment, 1)
+        self._waits(label(job.environment), 1)
 
     def job_finished(self, job: Any, kind: str, agent_name: Optional[str]) -> None:
         if agent_name is None:
-            self._waits(job.environment, -1)
+            self._waits(label(job.environment), -1)
 
     # -- reading ---------------------------------------------------------------------
 

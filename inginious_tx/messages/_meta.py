@@ -590,7 +590,7 @@ def _bad_envelope(d: Any, dialect: str | None) -> typing.NoReturn:
 # -- what can be read of a message msgpack could not decode -----------------
 
 #: How many msgpack items the salvage walk may visit (it runs in Python).
-_SALVAGE_BUDGET = 200_000
+_SALVAGE_BUDGET = 50_000
 # Extra bytes after the first byte of an item, or how to read a length.
 _FIXED = {
     0xC0: 0, 0xC2: 0, 0xC3: 0, 0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8,

@@ -679,7 +679,7 @@ def agent_frozen(lab: Lab, jobs: int = 16, late_jobs: int = 8, short: float = 0.
     lab.wait(client.answered(first + rest), 30 + jobs * short, "every result", fail=False)
     # A wakes up: its jobs' timers are overdue and it answers them.
     a.signal(signal.SIGCONT)
-    dropped = ("agent_job_done from", "not a registered agent: dropped")
+    dropped = ("AgentJobDone from", "not a registered agent: dropped")
     lab.wait(lambda: backend.count(*dropped) >= len(on_a), 10, "A's late results to be dropped", fail=False)
     # ... then hears no ping for AGENT_SILENCE seconds, reconnects and says hello again.
     lab.wait(lab.registered(backend, "A", 2), 10 + AGENT_SILENCE, "A's new hello")

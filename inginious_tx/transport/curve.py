@@ -182,17 +182,10 @@ class _Domain:
     let in), else the allowed public keys (z85).
     """
 
-    def __init__(
-        self,
-        handler: ZapHandler,
-        keys: Optional[Dict[bytes, str]],
-        description: str,
-        admit: Optional[Callable[[], Optional[str]]] = None,
-    ) -> None:
+    def __init__(self, handler: ZapHandler, keys: Optional[Dict[bytes, str]], description: str) -> None:
         self._handler = handler
         self.keys = frozenset(keys) if keys is not None else None
         self.description = description
-        self._admit = admit
 
     def decide(self, mechanism: bytes, credentials: List[bytes]) -> Tuple[bool, bytes]:
         """(allowed, User-Id) for one handshake."""
@@ -200,8 +193,6 @@ class _Domain:
         # connection, so a later connection that reuses a routing id (or a
         # key) is a new session, never the old one (see zmq.py).
         token = secrets.token_hex(16).encode()
-        if self._admit is not None and self._admit() is not None:
-            return False, b""
         if self.keys is None:
             return mechanism == b"NULL", b"null:" + token
         if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
@@ -340,26 +331,20 @@ _handlers: Dict[zmq.Context, ZapHandler] = {}
 
 
 def guard_listener(
-    reactor: Any,
-    context: zmq.Context,
-    socket: zmq.Socket,
-    settings: Optional[CurveServer],
-    description: str,
-    admit: Optional[Callable[[], Optional[str]]] = None,
+    reactor: Any, context: zmq.Context, socket: zmq.Socket, settings: Optional[CurveServer], description: str
 ) -> Callable[[], None]:
     """Put ``socket`` (a ROUTER, not bound yet) under the context's ZAP handler.
 
     With ``settings``, it becomes a CurveZMQ server that lets only allowed
-    keys in; without, every NULL handshake is let in.  ``admit()``, if
-    given, is asked first and refuses a connection by returning a reason
-    (e.g. too many connections).  Each connection let in gets a User-Id of
-    its own on its messages.  Returns what to call once the socket is closed.
+    keys in; without, every NULL handshake is let in.  Either way each
+    connection's messages carry a User-Id of its own.  Returns what to call
+    once the socket is closed.
     """
     handler = _handlers.get(context)
     if handler is None:
         handler = _handlers[context] = ZapHandler(reactor, context)
     domain = f"inginious-tx-{next(_domains)}"
-    handler.add(domain, _Domain(handler, settings.allowed if settings is not None else None, description, admit))
+    handler.add(domain, _Domain(handler, settings.allowed if settings is not None else None, description))
     socket.set(zmq.ZAP_DOMAIN, domain.encode())
     if settings is not None:
         socket.set(zmq.CURVE_SECRETKEY, settings.secret)

@@ -43,15 +43,14 @@ LISTENER_OPTIONS: List[List[Any]] = [
         "hello-timeout",
         None,
         DEFAULT_HELLO_TIMEOUT,
-        "Seconds a new peer has to say an accepted hello before it is disconnected (stream) or forgotten (ZeroMQ).",
+        "Seconds a new connection has to say an accepted hello before it is closed.",
         positive_float,
     ],
     [
         "max-connections",
         None,
         DEFAULT_MAX_CONNECTIONS,
-        "Most open connections of one endpoint; further ones are closed at once (stream) "
-        "or refused at their handshake (ZeroMQ).",
+        "Most open connections of one endpoint (stream or ZeroMQ); further ones are closed as soon as made.",
         at_least_one,
     ],
     [
@@ -59,15 +58,15 @@ LISTENER_OPTIONS: List[List[Any]] = [
         None,
         DEFAULT_ZMQ_SEND_HWM,
         "Most messages queued for one ZeroMQ peer that does not read; on reaching it the peer's session "
-        "ends (as on a departure).",
+        "ends (as on a departure) and its connection is closed.",
         at_least_one,
     ],
     [
         "max-pending",
         None,
         DEFAULT_MAX_PENDING,
-        "Most peers of one endpoint that have not said an accepted hello yet; further stream connections "
-        "are closed at once, the oldest ZeroMQ ones forgotten.",
+        "Most connections of one endpoint that have not said an accepted hello yet; further ones are "
+        "closed as soon as made.",
         at_least_one,
     ],
 ]

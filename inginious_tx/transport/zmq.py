@@ -16,12 +16,15 @@ to their connection, not to the routing id alone (which anyone may claim):
   are names of our own, and the ids ZeroMQ assigns are made unpredictable
   (:func:`_seed_routing_ids`).
 
-Other departures are not seen (heartbeats decide them).  The listener
-counts its connections (from its socket monitor) and the ZAP handler
-refuses handshakes beyond ``Limits.max_connections``.  Until the role
-accepts a session's hello (:meth:`ZmqPeer.accepted`), its frames over
-``Limits.max_hello_frame`` are dropped, and at most ``Limits.max_pending``
-such sessions, none older than ``Limits.hello_timeout``, are kept.
+Other departures are not seen (heartbeats decide them).
+
+Strangers: the listener follows its connections through its socket monitor
+(:class:`_ConnectionWatch`).  A connection beyond ``Limits.max_connections``,
+or beyond ``Limits.max_pending`` connections whose hello is not accepted
+yet, is shut down as soon as it is made; one that gets no hello accepted
+(:meth:`ZmqPeer.accepted`) within ``Limits.hello_timeout`` is shut down
+then, which makes ZeroMQ drop it and whatever it was receiving.  Until then
+its frames over ``Limits.max_hello_frame`` are dropped.
 
 A connection is a DEALER socket sending single-frame messages, which is
 exactly what an INGInious 0.6 client or agent does.
@@ -45,10 +48,10 @@ Known limit: ZeroMQ counts queued messages, not bytes, and cannot tell that
 a peer has stopped reading.  A ZeroMQ *client* that submits jobs and never
 reads its answers therefore makes the backend hold up to ``zmq_send_hwm``
 answers (about 100 MB per 1,000 results of 100 KB), and ZeroMQ keeps them
-until that client's connection closes: the ROUTER cannot close one peer's
-connection.  Lower ``zmq_send_hwm`` to lower that bound, admit only known
-clients on ZeroMQ (CurveZMQ), or use a stream transport, whose peers are
-cut off once ``Limits.max_send_buffer`` bytes are queued for them.
+until then; on reaching it, its connection is shut down, which frees them.
+Lower ``zmq_send_hwm`` to lower that bound, admit only known clients on
+ZeroMQ (CurveZMQ), or use a stream transport, whose peers are cut off once
+``Limits.max_send_buffer`` bytes are queued for them.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ import ctypes
 import itertools
 import os
 import secrets
+import socket as socket_module
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import zmq
@@ -245,24 +249,51 @@ def _new_socket(reactor: Any, context: zmq.Context, socket_type: int, reader: Ca
 
 @implementer(IReadDescriptor)
 class _ConnectionWatch:
-    """Keeps count of a ROUTER's open connections from its monitor events, on the reactor.
+    """Follows a ROUTER's connections from its monitor events, on the reactor.
 
-    A ROUTER accepts every connection by itself; the count lets the ZAP
-    handler refuse the handshakes of connections beyond ``limits.max_connections``.
+    A ROUTER accepts every connection by itself and offers no way to close
+    one.  This keeps each connection's file descriptor (from the monitor,
+    and on every message as ``ZMQ_SRCFD``), so that the listener can count
+    them (the ZAP handler refuses handshakes over the caps) and close one
+    that has not had its hello accepted in time: shutting its socket down
+    makes ZeroMQ drop the connection, and whatever it was receiving.
     """
 
-    def __init__(self, reactor: Any, socket: zmq.Socket) -> None:
+    def __init__(self, reactor: Any, socket: zmq.Socket, limits: Limits, description: str) -> None:
         self._reactor = reactor
         self._socket = socket
+        self._limits = limits
+        self._hello_timeout = limits.hello_timeout
+        self._description = description
         self.monitor: Optional[zmq.Socket] = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._fd = int(self.monitor.get(zmq.FD))
-        #: file descriptors of the open connections
-        self.open: Set[int] = set()
+        #: file descriptor -> its hello deadline (a delayed call), for every open connection not accepted yet
+        self.pending: Dict[int, Any] = {}
+        #: file descriptors of the open connections whose hello was accepted
+        self.accepted: Set[int] = set()
+        #: file descriptor -> when its connection was accepted, for every open connection
+        self.opened: Dict[int, float] = {}
+        #: connections closed for missing the hello deadline (tests, metrics)
+        self.timed_out = 0
+        #: connections closed as soon as made, for being over a cap (tests, metrics)
+        self.refused = 0
+        self._refusals_logged_at = -DROP_LOG_INTERVAL
+        self._refusals_unlogged = 0
         reactor.addReader(self)
 
-    def count(self) -> int:
-        self.doRead()  # events not handled yet (a ZAP request may come first)
-        return len(self.open)
+    def count(self) -> Tuple[int, int]:
+        """(open connections, open connections not accepted yet)."""
+        self.doRead()
+        return len(self.opened), len(self.pending)
+
+    def accept(self, fd: int) -> None:
+        """The connection on ``fd`` had a hello accepted: no deadline for it any more."""
+        self.doRead()
+        deadline = self.pending.pop(fd, None)
+        if deadline is not None:
+            if deadline.active():
+                deadline.cancel()
+            self.accepted.add(fd)
 
     def fileno(self) -> int:
         return self._fd
@@ -274,10 +305,74 @@ class _ConnectionWatch:
                 event = recv_monitor_message(monitor, _NOBLOCK)
             except _Again:
                 return
+            fd = event["value"]
             if event["event"] == zmq.EVENT_ACCEPTED:
-                self.open.add(event["value"])
+                refusal = self._over_caps()
+                if refusal is not None:
+                    self._refuse(fd, refusal)
+                    continue
+                self.opened[fd] = self._reactor.seconds()
+                self.pending[fd] = self._reactor.callLater(self._hello_timeout, self._expire, fd)
             elif event["event"] == zmq.EVENT_DISCONNECTED:
-                self.open.discard(event["value"])
+                self._forget(fd)
+
+    def _over_caps(self) -> Optional[str]:
+        limits = self._limits
+        if len(self.opened) >= limits.max_connections:
+            return f"{len(self.opened)} connections are open (limits.max_connections)"
+        if len(self.pending) >= limits.max_pending:
+            return f"{len(self.pending)} connections have not said hello yet (limits.max_pending)"
+        return None
+
+    def _refuse(self, fd: int, reason: str) -> None:
+        """Close a connection over a cap at once; logged at most once per DROP_LOG_INTERVAL."""
+        self._shut_down(fd)
+        self.refused += 1
+        self._refusals_unlogged += 1
+        now = self._reactor.seconds()
+        if now - self._refusals_logged_at < DROP_LOG_INTERVAL:
+            return
+        log.warn(
+            "{listener}: refused {n} connection(s): {reason}",
+            listener=self._description,
+            n=self._refusals_unlogged,
+            reason=reason,
+        )
+        self._refusals_logged_at = now
+        self._refusals_unlogged = 0
+
+    def _forget(self, fd: int) -> None:
+        deadline = self.pending.pop(fd, None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        self.accepted.discard(fd)
+        self.opened.pop(fd, None)
+
+    def _expire(self, fd: int) -> None:
+        self.doRead()  # it may have closed meanwhile (and its descriptor been reused)
+        if fd not in self.pending:
+            return
+        del self.pending[fd]
+        self.timed_out += 1
+        self._shut_down(fd)
+
+    def close(self, fd: int, since: float) -> bool:
+        """Close the connection on ``fd`` if it is still the one that was open at ``since``."""
+        self.doRead()
+        if self.opened.get(fd, float("inf")) > since:
+            return False  # gone (its descriptor maybe reused by a newer connection)
+        self._shut_down(fd)
+        return True
+
+    @staticmethod
+    def _shut_down(fd: int) -> None:
+        try:
+            # Shut down a duplicate: the descriptor stays ZeroMQ's to close,
+            # and ZeroMQ drops the connection (and what it holds for it).
+            with socket_module.socket(fileno=os.dup(fd)) as connection:
+                connection.shutdown(socket_module.SHUT_RDWR)
+        except OSError as e:
+            log.debug("cannot shut down connection {fd}: {error}", fd=fd, error=str(e))
 
     def connectionLost(self, reason: Any) -> None:
         pass
@@ -290,6 +385,10 @@ class _ConnectionWatch:
         monitor, self.monitor = self.monitor, None
         if monitor is None:
             return
+        for deadline in self.pending.values():
+            if deadline.active():
+                deadline.cancel()
+        self.pending.clear()
         self._reactor.removeReader(self)
         try:
             self._socket.disable_monitor()
@@ -323,6 +422,8 @@ class ZmqPeer:
         self.is_accepted = False
         #: When the peer was first heard from (reactor seconds).
         self.since = 0.0
+        #: The file descriptor of its connection when first heard from (ZMQ_SRCFD), or -1.
+        self.fd = -1
 
     def send(self, message: Any) -> None:
         data = message.dump()
@@ -335,10 +436,10 @@ class ZmqPeer:
         self._listener._forget(self, reason)
 
     def accepted(self) -> None:
-        """Lift the pre-hello frame limit for this session."""
+        """Lift the pre-hello frame limit and the hello deadline of this session."""
         if not self.is_accepted:
             self.is_accepted = True
-            self._listener._strangers.pop(self._routing_id, None)
+            self._listener._accepted(self)
 
     def __repr__(self) -> str:
         return f"<ZmqPeer {self.description}>"
@@ -374,17 +475,11 @@ class ZmqListener:
         sock.set(zmq.SNDHWM, int(limits.zmq_send_hwm))  # per peer; before bind, so every pipe has it
         self._release_curve: Optional[Callable[[], None]] = None
         self._watch: Optional[_ConnectionWatch] = None
-        self.refused = 0
-        self._refusals_logged_at = -DROP_LOG_INTERVAL
-        self._refusals_unlogged = 0
         try:
-            self._watch = _ConnectionWatch(reactor, sock)
+            self._watch = _ConnectionWatch(reactor, sock, limits, endpoint)
             # Always under the ZAP handler: it lets only allowed CurveZMQ keys
-            # in (and no more than limits.max_connections connections), and
-            # gives every connection a User-Id that sessions are bound to.
-            self._release_curve = curve.guard_listener(
-                reactor, context, sock, curve_settings, endpoint, admit=self._admit
-            )
+            # in, and gives every connection a User-Id that sessions are bound to.
+            self._release_curve = curve.guard_listener(reactor, context, sock, curve_settings, endpoint)
             sock.bind(address)
         except (zmq.ZMQError, ValueError) as e:
             if self._watch is not None:
@@ -407,28 +502,17 @@ class ZmqListener:
     @property
     def connections(self) -> int:
         """Open connections (including ones still in their handshake)."""
-        return self._watch.count() if self._watch is not None else 0
+        return self._watch.count()[0] if self._watch is not None else 0
 
-    def _admit(self) -> Optional[str]:
-        """Asked by the ZAP handler for each new connection: why it is refused, if it is."""
-        limit = self._limits.max_connections
-        n = self.connections
-        if n <= limit:
-            return None
-        self.refused += 1
-        self._refusals_unlogged += 1
-        now = self._reactor.seconds()
-        if now - self._refusals_logged_at >= DROP_LOG_INTERVAL:
-            log.warn(
-                "{listener}: refused {n} connection(s): {open} are open (limits.max_connections is {limit})",
-                listener=self.description,
-                n=self._refusals_unlogged,
-                open=n - 1,
-                limit=limit,
-            )
-            self._refusals_logged_at = now
-            self._refusals_unlogged = 0
-        return "too many connections"
+    @property
+    def timed_out(self) -> int:
+        """Connections closed so far for not having a hello accepted within ``limits.hello_timeout``."""
+        return self._watch.timed_out if self._watch is not None else 0
+
+    @property
+    def refused(self) -> int:
+        """Connections closed as soon as made, for being over ``max_connections`` or ``max_pending``."""
+        return self._watch.refused if self._watch is not None else 0
 
     def _read(self, socket: zmq.Socket) -> bool:
         peers = self._peers
@@ -493,8 +577,14 @@ class ZmqListener:
             origin = os.path.basename(self._curve.allowed.get(key, "?"))
         else:
             origin = frame.get("Peer-Address") or "?"
+        if self._watch is not None:
+            self._watch.doRead()  # its connection is known before the session starts (see close())
         peer = ZmqPeer(self, routing_id, user_id, origin)
         peer.since = self._reactor.seconds()
+        try:
+            peer.fd = int(frame.get(zmq.SRCFD))
+        except (zmq.ZMQError, TypeError, ValueError):
+            pass
         self._peers[routing_id] = peer
         self._admit_stranger(peer)
         self._sink.peer_connected(peer)
@@ -580,6 +670,9 @@ class ZmqListener:
                 )
                 log.warn("{peer}: {reason}; its session ends", peer=peer.description, reason=reason)
                 self._forget(peer, reason)
+                # ...and its connection, so that ZeroMQ lets go of what is queued for it.
+                if self._watch is not None and peer.fd >= 0:
+                    self._watch.close(peer.fd, peer.since)
                 self._reactor.callLater(0, self._tell_gone, peer, reason)
             else:
                 log.warn("cannot send to {peer}: {error}", peer=peer.description, error=str(e))
@@ -587,6 +680,11 @@ class ZmqListener:
         # notification: always look at the socket again.
         if conn.read_scheduled is None:
             conn.schedule_read()
+
+    def _accepted(self, peer: ZmqPeer) -> None:
+        self._strangers.pop(peer._routing_id, None)
+        if self._watch is not None and peer.fd >= 0 and not peer.forgotten:
+            self._watch.accept(peer.fd)
 
     def _tell_gone(self, peer: ZmqPeer, reason: str) -> None:
         """The sink learns (on its own reactor turn, not inside a send) that ``peer`` is gone."""

@@ -16,7 +16,7 @@ from zope.interface import implementer
 from zope.interface.interface import InterfaceClass
 
 from .interfaces import IMessageSink, IPeer, IRejectionObserver
-from .messages import MessageMeta
+from .messages import MessageError, MessageMeta
 
 __all__ = ["Dispatcher"]
 
@@ -61,7 +61,7 @@ class Dispatcher:
     def peer_disconnected(self, peer: IPeer, reason: str) -> None:
         self._handler.peer_disconnected(peer, reason)
 
-    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
+    def message_rejected(self, peer: IPeer, error: MessageError, payload: bytes) -> None:
         """Forward to the handler if it provides IRejectionObserver (the transport logged it)."""
         if IRejectionObserver.providedBy(self._handler):
             try:

@@ -11,7 +11,14 @@ can build the message-class -> method table from the interface alone.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Collection, Dict, List, Optional
+
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:  # the messages and transport packages import this module
+    from .messages import BackendJobId, BackendNewJob, MessageError
+    from .transport import Limits
 
 # ---------------------------------------------------------------------------
 # Transports
@@ -31,7 +38,7 @@ class IPeer(Interface):
     )
     description = Attribute("str: a human-readable name for logs, e.g. 'tcp:127.0.0.1:50312'.")
 
-    def send(message):
+    def send(message: Any) -> None:
         """Send one message to this peer.
 
         Never raises for a peer that went away: the message is dropped (and
@@ -39,13 +46,13 @@ class IPeer(Interface):
         only if the message cannot be encoded.
         """
 
-    def disconnect(reason):
+    def disconnect(reason: str) -> None:
         """Forget this peer; close its connection if it has one.
 
         ``reason`` (str) is logged.  Idempotent.
         """
 
-    def accepted():
+    def accepted() -> None:
         """The role has accepted this peer's hello (ClientHello / AgentHello).
 
         Until then the transport treats the peer as a stranger: a small frame
@@ -59,16 +66,16 @@ class IPeer(Interface):
 class IMessageSink(Interface):
     """What a transport delivers to: arrivals, messages and departures of peers."""
 
-    def peer_connected(peer):
+    def peer_connected(peer: IPeer) -> None:
         """A new peer can be talked to (a stream connection was made, or a
         connecting transport is ready to send).  For a ZeroMQ listener this
         fires on the first message of a new session (a routing id on a new
         connection), just before it."""
 
-    def message_received(peer, message):
+    def message_received(peer: IPeer, message: Any) -> None:
         """A decoded, validated message arrived from ``peer``."""
 
-    def peer_disconnected(peer, reason):
+    def peer_disconnected(peer: IPeer, reason: str) -> None:
         """``peer`` is gone for certain (its stream connection closed).
 
         ZeroMQ listeners call this only when they know a session is over
@@ -86,7 +93,7 @@ class IRejectionObserver(Interface):
     with a ``crash`` that says what was wrong, instead of silence).
     """
 
-    def message_rejected(peer, error, payload):
+    def message_rejected(peer: IPeer, error: MessageError, payload: bytes) -> None:
         """``payload`` (bytes) from ``peer`` raised ``error`` (a MessageError)."""
 
 
@@ -95,7 +102,7 @@ class IListener(Interface):
 
     description = Attribute("str: what is being listened on, for logs")
 
-    def stop():
+    def stop() -> Deferred[None]:
         """Stop listening and drop every peer; returns a Deferred."""
 
 
@@ -109,11 +116,13 @@ class IConnection(Interface):
 
     peer = Attribute("IPeer: the server; send through it")
 
-    def reconnect():
+    def reconnect() -> None:
         """Drop the current link and make a new one (e.g. after silence)."""
 
-    def stop():
-        """Disconnect for good; returns a Deferred."""
+    def stop() -> Deferred[None]:
+        """Disconnect for good; returns a Deferred that fires once what was
+        sent has been written out (bounded: a transport may give up after a
+        grace period, or at once when it knows nobody is listening)."""
 
 
 class ITransport(Interface):
@@ -125,17 +134,17 @@ class ITransport(Interface):
 
     name = Attribute("str: the plugin's name, e.g. 'zmq' or 'stream'")
 
-    def handles(endpoint):
+    def handles(endpoint: str) -> bool:
         """True if this transport understands the endpoint string."""
 
-    def listen(reactor, endpoint, sink, limits):
+    def listen(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits) -> Deferred[IListener]:
         """Listen on ``endpoint``; deliver to ``sink`` (an :class:`IMessageSink`).
 
         ``limits`` is a :class:`inginious_tx.transport.Limits`.
         Returns a Deferred firing with an :class:`IListener`.
         """
 
-    def connect(reactor, endpoint, sink, limits):
+    def connect(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits) -> IConnection:
         """Connect to ``endpoint``; returns an :class:`IConnection` at once."""
 
 
@@ -147,86 +156,86 @@ class ITransport(Interface):
 class IPeerObserver(Interface):
     """Arrivals and departures, for every role."""
 
-    def peer_connected(peer):
+    def peer_connected(peer: IPeer) -> None:
         """See :meth:`IMessageSink.peer_connected`."""
 
-    def peer_disconnected(peer, reason):
+    def peer_disconnected(peer: IPeer, reason: str) -> None:
         """See :meth:`IMessageSink.peer_disconnected`."""
 
 
 class IBackendClientHandler(IPeerObserver):
     """What the backend handles from clients."""
 
-    def client_hello(peer, message):
+    def client_hello(peer: IPeer, message: Any) -> None:
         """Register ``peer`` as a client."""
 
-    def client_new_job(peer, message):
+    def client_new_job(peer: IPeer, message: Any) -> None:
         """Queue a job."""
 
-    def client_kill_job(peer, message):
+    def client_kill_job(peer: IPeer, message: Any) -> None:
         """Kill a waiting or running job."""
 
-    def client_get_queue(peer, message):
+    def client_get_queue(peer: IPeer, message: Any) -> None:
         """Answer with a queue snapshot."""
 
-    def ping(peer, message):
+    def ping(peer: IPeer, message: Any) -> None:
         """Answer with Pong."""
 
 
 class IBackendAgentHandler(IPeerObserver):
     """What the backend handles from agents."""
 
-    def agent_hello(peer, message):
+    def agent_hello(peer: IPeer, message: Any) -> None:
         """Register (or re-register) an agent."""
 
-    def agent_job_started(peer, message):
+    def agent_job_started(peer: IPeer, message: Any) -> None:
         """Tell the job's client."""
 
-    def agent_job_done(peer, message):
+    def agent_job_done(peer: IPeer, message: Any) -> None:
         """Answer the job's client, free the slot."""
 
-    def agent_job_ssh_debug(peer, message):
+    def agent_job_ssh_debug(peer: IPeer, message: Any) -> None:
         """Forward SSH details to the client."""
 
-    def pong(peer, message):
+    def pong(peer: IPeer, message: Any) -> None:
         """The agent is alive."""
 
 
 class IAgentHandler(IPeerObserver):
     """What an agent handles from the backend."""
 
-    def backend_new_job(peer, message):
+    def backend_new_job(peer: IPeer, message: Any) -> None:
         """Run a job."""
 
-    def backend_kill_job(peer, message):
+    def backend_kill_job(peer: IPeer, message: Any) -> None:
         """Kill a job."""
 
-    def ping(peer, message):
+    def ping(peer: IPeer, message: Any) -> None:
         """Answer with Pong."""
 
 
 class IClientHandler(IPeerObserver):
     """What a client handles from the backend."""
 
-    def backend_update_containers(peer, message):
+    def backend_update_containers(peer: IPeer, message: Any) -> None:
         """The available environments changed."""
 
-    def backend_job_started(peer, message):
+    def backend_job_started(peer: IPeer, message: Any) -> None:
         """A job started."""
 
-    def backend_job_done(peer, message):
+    def backend_job_done(peer: IPeer, message: Any) -> None:
         """A job's result."""
 
-    def backend_job_ssh_debug(peer, message):
+    def backend_job_ssh_debug(peer: IPeer, message: Any) -> None:
         """SSH details of a debug job."""
 
-    def backend_get_queue(peer, message):
+    def backend_get_queue(peer: IPeer, message: Any) -> None:
         """A queue snapshot."""
 
-    def pong(peer, message):
+    def pong(peer: IPeer, message: Any) -> None:
         """Heartbeat answer."""
 
-    def unknown(peer, message):
+    def unknown(peer: IPeer, message: Any) -> None:
         """The backend does not know us: say hello again."""
 
 
@@ -268,20 +277,20 @@ class IJobObserver(Interface):
     reference beyond the call.
     """
 
-    def job_queued(job):
+    def job_queued(job: IBackendJob) -> None:
         """``job`` was accepted (it waits, or is about to be sent to an agent)."""
 
-    def job_refused(client_name, job_id, reason):
+    def job_refused(client_name: str, job_id: str, reason: str) -> None:
         """A job was answered ``crash`` at submission (queue full, bounds,
         duplicate id, invalid job, shutdown); it never got a :class:`IBackendJob`."""
 
-    def job_started(job, agent_name):
+    def job_started(job: IBackendJob, agent_name: str) -> None:
         """``job`` was sent to the agent ``agent_name``."""
 
-    def job_requeued(job, agent_name, reason):
+    def job_requeued(job: IBackendJob, agent_name: str, reason: str) -> None:
         """``job``'s agent ``agent_name`` was lost (``reason``); it is queued again."""
 
-    def job_finished(job, kind, agent_name):
+    def job_finished(job: IBackendJob, kind: str, agent_name: Optional[str]) -> None:
         """``job`` ended: ``kind`` is its result type, or ``"dropped"`` when its
         client left first; ``agent_name`` is None if it never ran or its agent is gone."""
 
@@ -298,25 +307,27 @@ class ISchedulingPolicy(Interface):
 
     name = Attribute("str: the name used with --policy")
 
-    def add(job):
+    def add(job: IWaitingJob) -> None:
         """``job`` (an :class:`IWaitingJob`) starts waiting."""
 
-    def remove(job):
+    def remove(job: IWaitingJob) -> None:
         """``job`` stops waiting without having been picked."""
 
-    def pop_next(environments):
+    def pop_next(environments: Collection[Any]) -> Optional[Any]:
         """The next job to run among those whose environment is in
         ``environments`` (a collection of ``(type, name)`` pairs), removed
-        from the policy; ``None`` if there is none."""
+        from the policy; ``None`` if there is none.  It is one of the objects
+        given to :meth:`add` (typed ``Any``: the backend gets its own job class back)."""
 
-    def waiting(environment):
-        """How many jobs wait for ``environment``."""
+    def waiting(environment: Any) -> int:
+        """How many jobs wait for ``environment`` (a ``(type, name)`` pair; the
+        environments are opaque keys to a policy, hence ``Any``)."""
 
-    def ordered():
+    def ordered() -> List[Any]:
         """All waiting jobs in the order they would run (for queue snapshots;
         may cost O(n log n))."""
 
-    def __len__():
+    def __len__() -> int:
         """Number of waiting jobs."""
 
 
@@ -339,19 +350,19 @@ class IAgentBackend(Interface):
 
     name = Attribute("str: the name used with --kind")
 
-    def environments():
+    def environments() -> Deferred[Dict[str, Dict[str, Any]]]:
         """A Deferred firing with ``{name: {"id": str, "created": int, "ports": [int]}}``."""
 
-    def run(job):
+    def run(job: BackendNewJob) -> Deferred[Any]:
         """Run ``job`` (a :class:`inginious_tx.messages.BackendNewJob`).
 
         Returns a Deferred firing with a :class:`inginious_tx.agent.JobResult`.
         May fail; the agent turns a failure into a ``crash`` result.
         """
 
-    def kill(job_id):
+    def kill(job_id: BackendJobId) -> None:
         """Stop the job ``job_id`` (a BackendJobId); its :meth:`run` Deferred
         then fires with a ``killed`` result.  Unknown ids are ignored."""
 
-    def close():
+    def close() -> Deferred[Any]:
         """Release resources at shutdown; returns a Deferred."""

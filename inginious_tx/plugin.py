@@ -13,13 +13,19 @@ from typing import Any, Dict
 from zope.interface.interface import InterfaceClass
 from zope.interface.verify import verifyClass, verifyObject
 
-__all__ = ["PluginError", "available", "load"]
+__all__ = ["PluginError", "available", "load", "TRANSPORTS", "POLICIES", "AGENT_BACKENDS"]
+
+#: The entry point groups (the one place they are spelled; setup.cfg and
+#: third-party packaging name them too, tests/test_plugins.py checks setup.cfg).
+TRANSPORTS = "inginious_tx.transports"
+POLICIES = "inginious_tx.policies"
+AGENT_BACKENDS = "inginious_tx.agent_backends"
 
 #: entry point group -> interface its plugins provide
 GROUPS = {
-    "inginious_tx.transports": "ITransport",
-    "inginious_tx.policies": "ISchedulingPolicy",
-    "inginious_tx.agent_backends": "IAgentBackend",
+    TRANSPORTS: "ITransport",
+    POLICIES: "ISchedulingPolicy",
+    AGENT_BACKENDS: "IAgentBackend",
 }
 
 
@@ -30,7 +36,8 @@ class PluginError(LookupError):
 def _interface(group: str) -> InterfaceClass:
     from . import interfaces
 
-    return getattr(interfaces, GROUPS[group])
+    interface: InterfaceClass = getattr(interfaces, GROUPS[group])
+    return interface
 
 
 def available(group: str) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ import os
 from functools import lru_cache
 from typing import Any, Dict, List, Optional, Tuple
 
-import pytest
+from host_tools import missing_setup
 
 from inginious_tx.messages import BackendNewJob
 
@@ -49,9 +49,7 @@ def require_docker() -> None:
     problem = docker_problem()
     if problem is None:
         return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but Docker tests cannot run: {problem}; run .ci/docker-setup.sh first", pytrace=False)
-    pytest.skip(f"Docker unavailable: {problem}")
+    missing_setup(f"Docker unavailable: {problem}")
 
 
 def docker_client() -> Any:

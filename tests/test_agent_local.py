@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 
 import pytest
 import pytest_twisted
+from host_tools import require_program, require_wget
 from twisted.internet.defer import gatherResults
 from zope.interface.verify import verifyClass, verifyObject
 
@@ -230,6 +231,7 @@ def web_server(closers: List[Any]) -> Any:
 
 @pytest_twisted.ensureDeferred
 async def test_network_is_cut_off(make_backend: Any, within: Any, web_server: str) -> None:
+    require_wget()
     b = make_backend()
     off, on = await within(
         gatherResults(
@@ -243,6 +245,7 @@ async def test_network_is_cut_off(make_backend: Any, within: Any, web_server: st
 
 @pytest_twisted.ensureDeferred
 async def test_loopback_works_without_network(make_backend: Any, within: Any) -> None:
+    require_program("busybox")
     # a job may still talk to itself over 127.0.0.1, as in a Docker container without network
     cmd = (
         "cd $INGINIOUS_TMP_DIR 2>/dev/null; mkdir -p $TMPDIR/www && echo local > $TMPDIR/www/x && "
@@ -330,3 +333,33 @@ def test_stale_cgroups_of_dead_agents_are_removed() -> None:
     support = CgroupSupport.probe(f"inginious-tx-{os.getpid()}-stale-test")
     support.cleanup()
     assert not os.path.exists(stale)
+
+
+class _NoSharedPool:
+    """The global reactor, minus its shared thread pool."""
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def getThreadPool(self) -> Any:
+        raise AssertionError("the local backend used the reactor's shared thread pool")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reactor, name)
+
+
+@pytest_twisted.ensureDeferred
+async def test_blocking_work_runs_in_the_backends_own_threads(tmp_path: Any, within: Any) -> None:
+    # Job folders and cgroups block: in the backend's own pool, sized by its
+    # slots, so that a slow disk cannot starve the reactor's shared pool.
+    from twisted.internet import reactor
+
+    config = AgentConfig(tasks_dir=TASKS, slots=3, options={"work_dir": str(tmp_path / "work")})
+    backend = LocalBackend(_NoSharedPool(reactor), config)
+    result = await within(backend.run(job("pass", {"answer": "yes"})), 20)
+    assert result.result == "success", (result.text, result.stderr)
+    pool = backend._threads.pool
+    assert pool is not None and pool.max == 5 and pool.name == "local-backend"
+    await within(backend.close(), 20)
+    assert backend._threads.pool is None and pool.joined  # stopped with the backend
+    assert not any(t.is_alive() for t in pool.threads)

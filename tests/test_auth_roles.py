@@ -24,12 +24,12 @@ from twisted.python import usage
 from zope.interface import implementer
 
 from inginious_tx.backend import tap as backend_tap
+from inginious_tx.backend.roles import check_separate_credentials
 from inginious_tx.backend.service import BackendService
 from inginious_tx.backend.testing import agent_hello, new_job
 from inginious_tx.cli import DEFAULT_BACKEND
 from inginious_tx.interfaces import IMessageSink, IPeer
 from inginious_tx.messages import ClientHello, Unknown
-from inginious_tx.transport import check_separate_credentials
 from inginious_tx.transport.stream import StreamTransport
 
 # -- one credential on both sides is refused -------------------------------------------

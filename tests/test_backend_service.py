@@ -8,9 +8,12 @@ from typing import Any, List
 
 import pytest
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import Clock
 from twisted.python import usage
+from twisted.python.failure import Failure
 from zope.interface import implementer
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
@@ -18,7 +21,7 @@ from zope.interface.verify import verifyObject
 from inginious_tx.backend import tap
 from inginious_tx.backend.core import BackendSettings
 from inginious_tx.backend.policies import FairPolicy, PriorityPolicy
-from inginious_tx.backend.service import BackendService
+from inginious_tx.backend.service import BackendService, stop_reactor
 from inginious_tx.backend.testing import agent_hello, new_job
 from inginious_tx.interfaces import IListener, IMessageSink, IPeer
 from inginious_tx.messages import BackendJobDone, BackendUpdateContainers, ClientHello
@@ -42,8 +45,9 @@ class Sink:
         self.messages.append(message)
 
 
+@implementer(IReactorCore)
 class FakeReactor(Clock):
-    """A clock that also records callWhenRunning and stop."""
+    """A clock that also records callWhenRunning and stop (the parts of IReactorCore used)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -308,3 +312,56 @@ def test_public_names_of_the_backend_package():
     )
     for name in backend.__all__:
         assert getattr(backend, name) is not None
+
+
+def test_stop_before_listening_completes_stops_the_late_listeners():
+    reactor = FakeReactor()
+    mem = MemoryTransport()
+    pending: List[Any] = []
+
+    def listen(r: Any, endpoint: str, sink: Any, limits: Limits) -> Any:
+        d: Deferred = Deferred()
+        pending.append((d, endpoint, sink))
+        return d
+
+    service = BackendService(reactor, ["mem:c"], ["mem:a"], listen=listen, shutdown_grace=0)
+    service.startService()
+    stopped = service.stopService()
+    assert not stopped.called  # waits for the endpoints still coming up
+    for d, endpoint, sink in pending:
+        d.callback(mem.listen(reactor, endpoint, sink).result)
+    assert stopped.called
+    assert mem._listeners == {}  # both came up after the stop, and both were stopped
+    assert service.listeners == []
+
+
+def test_a_failure_nobody_waits_for_is_logged_once(log_events: Any):
+    # A failed Deferred nobody consumes is logged again ("Unhandled error in
+    # Deferred") when collected: the service must not keep one.
+    reactor = FakeReactor()
+    service = BackendService(reactor, ["mem:x"], ["mem:y"], listen=lambda *a: fail(ValueError("in use")))
+    service.startService()
+    assert log_events.has("backend cannot listen", "in use")
+    unconsumed = [
+        name for name, value in vars(service).items()
+        if isinstance(value, Deferred) and value.called and isinstance(value.result, Failure)
+    ]  # fmt: skip
+    assert unconsumed == []
+    # Whoever waits still gets the failure, each their own.
+    errors: List[Any] = []
+    service.ready.addErrback(errors.append)
+    service.ready.addErrback(errors.append)
+    assert len(errors) == 2 and all(e.check(ValueError) for e in errors)
+
+
+def test_stop_reactor_only_ignores_a_reactor_that_is_not_running():
+    class Stopping:
+        def __init__(self, error: Exception) -> None:
+            self.error = error
+
+        def stop(self) -> None:
+            raise self.error
+
+    stop_reactor(Stopping(ReactorNotRunning()))  # type: ignore[arg-type]
+    with pytest.raises(ZeroDivisionError):
+        stop_reactor(Stopping(ZeroDivisionError()))  # type: ignore[arg-type]

@@ -4,8 +4,9 @@ over ZeroMQ and over TCP.  The same example tasks grade the same under each kind
 from __future__ import annotations
 
 import os
-from typing import Any, List
+from typing import Any, List, Tuple
 
+import pytest
 import pytest_twisted
 from docker_support import TEST_IMAGE, require_docker
 
@@ -24,13 +25,27 @@ KINDS = {
 }
 
 
-@pytest_twisted.async_yield_fixture(params=[(k, t) for k in KINDS for t in ("zmq", "tcp")], ids=lambda p: "-".join(p))
-async def stack(request: Any, tmp_path: Any, until: Any) -> Any:
-    from twisted.internet import reactor
+@pytest.fixture(params=[(k, t) for k in KINDS for t in ("zmq", "tcp")], ids=lambda p: "-".join(p))
+def kind_transport(request: Any) -> Tuple[str, str]:
+    """The (agent kind, transport) pair, skipped here when it cannot run.
 
+    The skip lives in this plain fixture, not in the async yield fixture
+    below: pytest-twisted's async yield fixtures register their finalizer
+    before the body runs, so a skip raised inside one leaves the
+    parametrised fixture half torn down and every later parametrisation
+    errors (``assert not self._finalizers``, pytest >= 9.1).
+    """
     kind, transport = request.param
     if kind == "docker":
         require_docker()
+    return kind, transport
+
+
+@pytest_twisted.async_yield_fixture
+async def stack(kind_transport: Tuple[str, str], tmp_path: Any, until: Any) -> Any:
+    from twisted.internet import reactor
+
+    kind, transport = kind_transport
     listen = "zmq:tcp://127.0.0.1:*" if transport == "zmq" else "tcp:0:interface=127.0.0.1"
     service = BackendService(reactor, [listen], [listen], shutdown_grace=0)
     service.startService()

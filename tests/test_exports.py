@@ -36,7 +36,7 @@ PUBLIC = {
     },
     "inginious_tx.transport": {
         "DEFAULT_LIMITS", "Limits", "UnknownEndpoint", "transports", "transport_for", "listen", "connect",
-        "check_credentials", "check_separate_credentials",
+        "check_credentials", "shared_credentials", "SharedCredential",
     },
     "inginious_tx.backend": {
         "Backend", "BackendSettings", "BackendService", "Job", "ClientState", "AgentState", "DEFAULT_POLICY",
@@ -44,8 +44,8 @@ PUBLIC = {
     },
     "inginious_tx.agent": {"Agent", "AgentConfig", "JobResult", "RESULT_TYPES"},
     "inginious_tx.dispatch": {"Dispatcher"},
-    "inginious_tx.testing": {"MemoryTransport", "MemoryPeer", "RecordingSink"},
-    "inginious_tx.plugin": {"PluginError", "available", "load"},
+    "inginious_tx.testing": {"MemoryTransport", "MemoryPeer", "MemoryListener", "MemoryConnection", "RecordingSink"},
+    "inginious_tx.plugin": {"PluginError", "available", "load", "TRANSPORTS", "POLICIES", "AGENT_BACKENDS"},
 }  # fmt: skip
 
 

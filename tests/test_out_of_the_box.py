@@ -29,16 +29,16 @@ from twisted.python import usage
 from zope.interface.verify import verifyObject
 
 from inginious_tx.backend import tap
-from inginious_tx.backend.embedded import (
+from inginious_tx.backend.service import BackendService
+from inginious_tx.backend.status import StatusService
+from inginious_tx.client import connect_client
+from inginious_tx.embedded import (
     EMBEDDED_ENDPOINT,
     EmbeddedAgent,
     InProcessTransport,
     embedded_agent,
     example_tasks_dir,
 )
-from inginious_tx.backend.service import BackendService
-from inginious_tx.backend.status import StatusService
-from inginious_tx.client import connect_client
 from inginious_tx.interfaces import IConnection, IPeer, ITransport
 from inginious_tx.messages import ClientHello, Ping, Pong
 from inginious_tx.testing import RecordingSink
@@ -171,7 +171,7 @@ def test_in_process_links_deliver_in_order_on_the_next_turn(log_events: Any) -> 
     assert [type(m) for _, m in server.messages] == [ClientHello, Ping, Pong]
     assert server.messages[0][1] == hello and server.messages[0][1] is not hello  # through the codec
     assert all(p is to_agent for p, _ in server.messages)
-    assert log_events.has("in-process link", "failed")
+    assert log_events.has("in-memory transport", "failed")
     assert agent.connected == [conn.peer]
 
     to_agent.send(Pong())
@@ -187,7 +187,7 @@ def test_in_process_links_deliver_in_order_on_the_next_turn(log_events: Any) -> 
 
     conn.stop()
     clock.advance(0)
-    assert len(server.disconnected) == 2 and conn.peer is None
+    assert len(server.disconnected) == 2 and not conn.peer.connected
 
 
 # -- in process, with the real client -------------------------------------------------

@@ -48,3 +48,18 @@ def test_a_third_party_transport_is_found_by_endpoint_string(tmp_path, monkeypat
     assert isinstance(transport.transport_for("mem:queue"), MemoryTransport)
     assert transport.transport_for("zmq:tcp://127.0.0.1:1").name == "zmq"
     monkeypatch.setattr(transport, "_cache", None)
+
+
+def test_the_entry_point_groups_are_spelled_once():
+    # plugin.py names the groups; the packaging declares the built-ins in the same ones.
+    import configparser
+    from pathlib import Path
+
+    setup = configparser.ConfigParser()
+    setup.read(Path(__file__).resolve().parent.parent / "setup.cfg")
+    declared = {g for g in setup["options.entry_points"] if g.startswith("inginious_tx.")}
+    assert declared == set(plugin.GROUPS) == {plugin.TRANSPORTS, plugin.POLICIES, plugin.AGENT_BACKENDS}
+    from inginious_tx.agent import tap as agent_tap
+    from inginious_tx.backend import policies
+
+    assert (agent_tap.GROUP, policies.GROUP) == (plugin.AGENT_BACKENDS, plugin.POLICIES)

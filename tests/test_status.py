@@ -295,3 +295,21 @@ async def test_a_status_endpoint_that_cannot_listen_fails_ready(within: Any, log
         await status.stopService()
     finally:
         taken.close()
+
+
+def test_a_status_failure_nobody_waits_for_is_not_kept_unconsumed(log_events: Any) -> None:
+    # twistd logs a failed Deferred nobody consumed a second time, when it is collected.
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    _, clock_backend, _, _ = driven_backend()
+    status = StatusService(reactor, clock_backend, "tcp:99999")  # no such port: cannot listen
+    status.startService()
+    assert log_events.has("status pages cannot listen")
+    kept = [v for v in vars(status).values() if isinstance(v, Deferred) and v.called and isinstance(v.result, Failure)]
+    assert kept == []
+    errors: list = []
+    status.ready.addErrback(errors.append)
+    assert len(errors) == 1
+    status.stopService()

@@ -11,6 +11,7 @@ import tarfile
 from typing import Any, Dict, List
 
 import pytest
+from host_tools import require_program
 
 from inginious_tx.agent.task import (
     JobFolder,
@@ -24,7 +25,6 @@ from inginious_tx.agent.task import (
 from inginious_tx.messages import BackendNewJob
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "tasks")
-BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 HELPERS = ["getinput", "feedback-result", "feedback-grade", "feedback-msg", "feedback-custom", "feedback-state"]
 
 
@@ -62,18 +62,19 @@ def folder(tasks: str, tmp_path: Any) -> JobFolder:
 
 def busybox_bin(tmp_path: Any) -> str:
     """A folder where every command is a busybox applet."""
+    busybox = require_program("busybox")
     d = tmp_path / "bb"
     d.mkdir(exist_ok=True)
-    applets = subprocess.run([BUSYBOX, "--list"], capture_output=True, text=True, check=True).stdout.split()
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
     for a in applets:
         if not (d / a).exists():
-            os.symlink(BUSYBOX, d / a)
+            os.symlink(busybox, d / a)
     return str(d)
 
 
 SHELLS = {
-    "busybox": lambda tmp: ([BUSYBOX, "sh"], busybox_bin(tmp)),
-    "dash": lambda tmp: (["dash"], "/usr/bin:/bin"),
+    "busybox": lambda tmp: ([require_program("busybox"), "sh"], busybox_bin(tmp)),
+    "dash": lambda tmp: ([require_program("dash")], "/usr/bin:/bin"),
     "bash": lambda tmp: (["bash", "--posix"], "/usr/bin:/bin"),
 }
 
@@ -194,7 +195,7 @@ def test_helpers(folder: JobFolder, tmp_path: Any, shell_name: str) -> None:
 
 def test_helpers_outside_a_job(tmp_path: Any) -> None:
     r = subprocess.run(
-        [BUSYBOX, "sh", os.path.join(helpers_dir(), "feedback-result"), "success"],
+        [require_program("busybox"), "sh", os.path.join(helpers_dir(), "feedback-result"), "success"],
         env={"PATH": busybox_bin(tmp_path)},
         capture_output=True,
         timeout=20,
@@ -351,7 +352,7 @@ def test_examples_under_busybox(
     folder = prepare_job(EXAMPLES, job, str(tmp_path / "work"))
     try:
         run = subprocess.run(
-            [BUSYBOX, "sh", "./run"],
+            [require_program("busybox"), "sh", "./run"],
             cwd=folder.task_dir,
             env=folder.env(base_path=busybox_bin(tmp_path)),
             capture_output=True,

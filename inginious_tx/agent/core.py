@@ -13,20 +13,19 @@ from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.task import deferLater
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..dispatch import Dispatcher
-from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer
+from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer, ITransport
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
 from ..transport import Limits
 from .dialect import edge_for, environment_type_for
-from .result import JobResult
 from .feedback import OutputLimits, cap_text
 from .limits import DEFAULT_MAXIMA, JobMaxima
+from .result import JobResult
 
 __all__ = ["Agent"]
 
@@ -68,13 +67,13 @@ class Agent(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         backend: IAgentBackend,
         name: str,
         slots: int,
         endpoint: str,
         *,
-        transport: Any = None,
+        transport: Optional[ITransport] = None,
         limits: Optional[Limits] = None,
         silence_timeout: float = 10.0,
         kill_grace: float = 30.0,
@@ -148,8 +147,7 @@ class Agent(Service):
             self._peer = None
             return conn.stop() if conn is not None else succeed(None)
 
-        # give the transport a moment to send the last results out
-        d.addCallback(lambda _: deferLater(self._reactor, 0.2, lambda: None))
+        # stop() writes the last results out before it closes the link
         d.addCallback(disconnect)
         d.addCallback(lambda _: self._backend.close())
         d.addErrback(lambda f: self.log.failure("error while stopping the agent", f))

@@ -50,17 +50,16 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
-from .result import AgentConfig, JobResult
+from ._threads import BackendThreads
 from .feedback import OutputLimits, collect_result
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
 from .job_folder import JobFolder, TaskError, helpers_dir, prepare_job, remove_job_path
+from .result import AgentConfig, JobResult
 
 __all__ = ["DockerBackend", "DockerEngineError", "JOB_MOUNT", "HELPERS_MOUNT", "LABEL_AGENT", "LABEL_JOB"]
 
@@ -225,25 +224,15 @@ class DockerBackend:
         self._engine_ok: Optional[bool] = None
         self._client: Any = None
         self._client_lock = Lock()
-        self._pool: Optional[ThreadPool] = None
-        self._shutdown_trigger: Any = None
+        # enough threads for every slot's waiting plus the odd extra call
+        self._threads = BackendThreads(reactor, "docker-backend", max(2, 2 * config.slots + 2))
         self._closed = False
 
     # -- threads ---------------------------------------------------------
 
     def _call(self, f: Callable[..., _T], *args: Any, **kwargs: Any) -> Deferred[_T]:
         """Run blocking ``f`` in this backend's thread pool (started on first use)."""
-        if self._pool is None:
-            # enough threads for every slot's waiting plus the odd extra call
-            self._pool = ThreadPool(minthreads=0, maxthreads=max(2, 2 * self._config.slots + 2), name="docker-backend")
-            self._pool.start()
-            self._shutdown_trigger = self._reactor.addSystemEventTrigger("during", "shutdown", self._stop_pool)
-        return deferToThreadPool(self._reactor, self._pool, f, *args, **kwargs)
-
-    def _stop_pool(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            pool.stop()
+        return self._threads.call(f, *args, **kwargs)
 
     def _thd_client(self) -> Any:
         """The SDK client, made on first use and again after the engine went away."""
@@ -596,7 +585,4 @@ class DockerBackend:
                 await self._call(client.close)
             except Exception:
                 pass
-        if self._shutdown_trigger is not None:
-            self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
-            self._shutdown_trigger = None
-        self._stop_pool()
+        self._threads.stop()

@@ -287,7 +287,3 @@ def collect_result(
         stdout=out,
         stderr=err,
     )
-
-
-#: The former private name, still used by older agent code.
-_cap = cap_text

@@ -65,7 +65,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall
@@ -78,11 +77,11 @@ from zope.interface import implementer
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
 from ._cgroup import CgroupSupport, JobCgroup, JobStats
-from .mock import environment_names
-from .result import AgentConfig, JobResult
+from ._threads import BackendThreads
 from .feedback import OutputLimits, collect_result
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
 from .job_folder import DEFAULT_PATH, JobFolder, TaskError, prepare_job, remove_job
+from .result import AgentConfig, JobResult
 
 __all__ = ["LocalBackend"]
 
@@ -268,12 +267,14 @@ class LocalBackend:
         self.limits = config.output_limits or OutputLimits()
         self._created = int(reactor.seconds())
         self._environments = {
-            name: {"id": f"local:{name}", "created": self._created, "ports": []} for name in environment_names(config)
+            name: {"id": f"local:{name}", "created": self._created, "ports": []} for name in config.environment_names()
         }
         self._support: Optional[CgroupSupport] = None
         self._support_lock = threading.Lock()
         self._jobs: Dict[BackendJobId, _LocalJob] = {}
         self._warned: set = set()
+        # job folders and cgroups block: our own threads (one per slot, and spares)
+        self._threads = BackendThreads(reactor, "local-backend", max(2, config.slots + 2))
 
     # -- IAgentBackend --------------------------------------------------------
 
@@ -306,12 +307,17 @@ class LocalBackend:
             self.kill(job_id)
         d = DeferredList(waits, consumeErrors=True)
         d.addCallback(lambda _: self._thread(self._thd_close))
+        d.addBoth(self._stop_threads)
         return d
+
+    def _stop_threads(self, result: Any) -> Any:
+        self._threads.stop()
+        return result
 
     # -- running --------------------------------------------------------------
 
     def _thread(self, f: Callable[..., Any], *args: Any) -> Deferred:
-        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), f, *args)
+        return self._threads.call(f, *args)
 
     def _thd_support(self) -> Optional[CgroupSupport]:
         with self._support_lock:

@@ -24,10 +24,10 @@ A job costs one dict lookup per key and, with a delay, one ``callLater``.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from zope.interface import implementer
 
 from ..interfaces import IAgentBackend
@@ -43,10 +43,9 @@ class MockFailure(RuntimeError):
     """The failure a job asked for with ``@mock_fail``."""
 
 
-def environment_names(config: AgentConfig) -> list:
-    """The names of ``--environment NAME[=VALUE]`` values (``default`` if none)."""
-    names = [value.split("=", 1)[0].strip() for value in config.environments]
-    return [n for n in names if n] or ["default"]
+def environment_names(config: AgentConfig) -> List[str]:
+    """Kept for older callers: :meth:`AgentConfig.environment_names`."""
+    return config.environment_names()
 
 
 @implementer(IAgentBackend)
@@ -55,7 +54,7 @@ class MockBackend:
 
     name = "mock"
 
-    def __init__(self, reactor: Any, config: AgentConfig) -> None:
+    def __init__(self, reactor: IReactorTime, config: AgentConfig) -> None:
         self._reactor = reactor
         opts = config.options
         self._result = str(opts.get("result", "success"))
@@ -67,7 +66,7 @@ class MockBackend:
             raise ValueError(f"unknown mock failure mode {self._fail!r} (one of {', '.join(_FAIL_MODES[1:])})")
         JobResult(self._result)  # checks the type now rather than on every job
         self._environments = {
-            name: {"id": f"mock:{name}", "created": 0, "ports": []} for name in environment_names(config)
+            name: {"id": f"mock:{name}", "created": 0, "ports": []} for name in config.environment_names()
         }
         self._pending: Dict[BackendJobId, Tuple[Optional[IDelayedCall], Deferred]] = {}
 

@@ -77,3 +77,8 @@ class AgentConfig:
     #: Caps on what a job sends back (an :class:`inginious_tx.agent.task.OutputLimits`;
     #: None: its defaults), from ``--max-stdout``, ``--max-stderr``, ``--max-archive``.
     output_limits: Any = None
+
+    def environment_names(self) -> List[str]:
+        """The names of the ``--environment NAME[=VALUE]`` values (``default`` if none)."""
+        names = [value.split("=", 1)[0].strip() for value in self.environments]
+        return [n for n in names if n] or ["default"]

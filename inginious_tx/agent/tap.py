@@ -17,7 +17,7 @@ from typing import Any, Dict, List
 from twisted.python import usage
 
 from .._options import at_least_one, positive_float
-from ..plugin import PluginError, available, load
+from ..plugin import AGENT_BACKENDS, PluginError, available, load
 from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
 from .feedback import OutputLimits
 from .limits import DEFAULT_MAXIMA, JobMaxima
@@ -25,7 +25,7 @@ from .result import AgentConfig
 
 __all__ = ["Options", "makeService", "GROUP", "DEFAULT_KIND"]
 
-GROUP = "inginious_tx.agent_backends"
+GROUP = AGENT_BACKENDS
 #: The kind used without ``--kind``: the one that isolates untrusted code.
 DEFAULT_KIND = "docker"
 _OUTPUT = OutputLimits()

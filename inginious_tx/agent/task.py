@@ -59,7 +59,6 @@ FIFO.
 from __future__ import annotations
 
 from .feedback import FeedbackError, OutputLimits, cap_text, collect_result
-from .feedback import _cap as _cap  # older agent code imports it from here
 from .job_folder import (
     DEFAULT_PATH,
     ID_PATTERN,

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from ..interfaces import ISchedulingPolicy
-from ..plugin import PluginError, available, load
+from ..plugin import POLICIES, PluginError, available, load
 
 __all__ = [
     "GROUP",
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 #: The entry point group scheduling policies are registered under.
-GROUP = "inginious_tx.policies"
+GROUP = POLICIES
 #: The policy used when none is named.
 DEFAULT_POLICY = "priority"
 

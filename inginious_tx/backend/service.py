@@ -19,16 +19,21 @@ from __future__ import annotations
 from typing import Any, Callable, List, Optional, Sequence, Union
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from .. import transport
+from .._ready import ReadyResult
 from ..interfaces import IListener, IMessageSink, ISchedulingPolicy
 from ..transport import Limits
 from .core import Backend, BackendSettings
 from .policies import DEFAULT_POLICY, load_policy
+from .roles import check_separate_credentials
 
 __all__ = ["BackendService", "ListenFunction"]
 
@@ -37,15 +42,15 @@ _DEFAULT_LIMITS = Limits()
 
 #: ``listen(reactor, endpoint, sink, limits) -> Deferred[IListener]``, like
 #: :func:`inginious_tx.transport.listen` (the default).
-ListenFunction = Callable[[Any, str, IMessageSink, Limits], Deferred]
+ListenFunction = Callable[[IReactorTime, str, IMessageSink, Limits], Deferred]
 
 
-def stop_reactor(reactor: Any) -> None:
+def stop_reactor(reactor: IReactorCore) -> None:
     """Stop ``reactor`` unless it is stopping already (a service that cannot
     listen under twistd ends the process rather than run half-deaf)."""
     try:
         reactor.stop()
-    except Exception:  # already stopping
+    except ReactorNotRunning:  # already stopping
         pass
 
 
@@ -68,7 +73,7 @@ class BackendService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         client_endpoints: Sequence[str],
         agent_endpoints: Sequence[str],
         policy: Union[str, ISchedulingPolicy] = DEFAULT_POLICY,
@@ -80,7 +85,7 @@ class BackendService(Service):
     ) -> None:
         if not client_endpoints:
             raise ValueError("a backend needs at least one client endpoint")  # agents: none for an embedded one
-        transport.check_separate_credentials(client_endpoints, agent_endpoints)  # see docs/security.rst
+        check_separate_credentials(client_endpoints, agent_endpoints)  # see docs/security.rst
         if isinstance(policy, str):
             policy = load_policy(policy)
         else:
@@ -93,11 +98,19 @@ class BackendService(Service):
         self._listen = listen or transport.listen
         self._fatal = fatal
         self.backend = Backend(reactor, policy, settings)
-        #: Every listener that is up, clients' first.
+        #: Every listener that is up, clients' first (once all of them are).
         self.listeners: List[IListener] = []
-        #: Fires with :attr:`listeners` once every endpoint listens (fails
-        #: if one cannot); a new Deferred each time the service starts.
-        self.ready: Deferred = Deferred()
+        #: Every listener of the current start that came up and is not stopped.
+        self._up: List[IListener] = []
+        self._attempts: List[Deferred] = []
+        self._ready = ReadyResult()
+
+    @property
+    def ready(self) -> Deferred:
+        """Fires with :attr:`listeners` once every endpoint listens, or fails
+        if one cannot (for the current start; a new Deferred at each access,
+        so a failure nobody waits for is only logged once, by the service)."""
+        return self._ready.wait()
 
     def startService(self) -> None:
         super().startService()
@@ -105,16 +118,31 @@ class BackendService(Service):
         client_sink = self.backend.client_sink()
         agent_sink = self.backend.agent_sink()
         wanted = [(ep, client_sink) for ep in self.client_endpoints] + [(ep, agent_sink) for ep in self.agent_endpoints]
-        attempts = [maybeDeferred(self._listen, self._reactor, ep, sink, self.limits) for ep, sink in wanted]
-        ready = self.ready
-        if ready.called:
-            ready = self.ready = Deferred()
-        gathered = gatherResults(attempts, consumeErrors=True)
-        gathered.addCallbacks(self._listening, self._not_listening, errbackArgs=(attempts,))
-        gathered.chainDeferred(ready)
-        ready.addErrback(self._failed)
+        self._ready.reset()
+        up: List[IListener] = []
+        self._up = up
+        self._attempts = [
+            maybeDeferred(self._listen, self._reactor, ep, sink, self.limits).addCallback(self._came_up, up)
+            for ep, sink in wanted
+        ]
+        gathered = gatherResults(self._attempts, consumeErrors=True)
+        gathered.addCallbacks(self._listening, self._not_listening)
+        gathered.addErrback(self._failed)
+        gathered.addBoth(self._ready.fire)
+
+    def _came_up(self, listener: IListener, up: List[IListener]) -> IListener:
+        # Whatever comes up is stopped by stopService, or once every attempt
+        # has settled if another endpoint failed: even when it comes up after.
+        up.append(listener)
+        return listener
+
+    def _settled(self) -> Deferred:
+        """Fires once every listen attempt of the current start has succeeded or failed."""
+        return DeferredList(self._attempts, consumeErrors=True)
 
     def _listening(self, listeners: List[IListener]) -> List[IListener]:
+        if not self.running:  # stopped meanwhile: stopService stops them
+            return list(listeners)
         self.listeners = list(listeners)
         self.log.info(
             "backend ready: clients on {clients}, agents on {agents}, policy {policy}",
@@ -124,32 +152,41 @@ class BackendService(Service):
         )
         return self.listeners
 
-    def _not_listening(self, failure: Any, attempts: List[Deferred]) -> Any:
-        # Close whatever did start, then pass the first error on.
-        for attempt in attempts:
-            attempt.addCallback(lambda listener: listener.stop())
-            attempt.addErrback(lambda _: None)
-        return failure.value.subFailure
+    def _not_listening(self, failure: Failure) -> Failure:
+        # Close whatever did start (or will), then pass the first error on.
+        self._settled().addCallback(lambda _: self._stop_listeners(self._take_listeners()))
+        first: Failure = failure.value.subFailure
+        return first
 
-    def _failed(self, failure: Any) -> Any:
+    def _failed(self, failure: Failure) -> Failure:
         self.log.critical("backend cannot listen: {error}", error=failure.getErrorMessage())
-        if self._fatal:
-            self._reactor.callWhenRunning(stop_reactor, self._reactor)
+        core = IReactorCore(self._reactor, None)
+        if self._fatal and core is not None:
+            core.callWhenRunning(stop_reactor, core)
         return failure
 
+    def _take_listeners(self) -> List[IListener]:
+        """The listeners of this start, which the caller stops."""
+        listeners, self._up = self._up, []
+        self.listeners = []
+        return listeners
+
+    def _stop_listeners(self, listeners: List[IListener]) -> Deferred:
+        stops = [maybeDeferred(listener.stop) for listener in listeners]
+        return gatherResults(stops, consumeErrors=True).addBoth(lambda _: None)
+
     def stopService(self) -> Deferred:
-        """Answer every job, give the answers time to leave, stop listening."""
+        """Answer every job, give the answers time to leave, stop listening
+        (also on the endpoints that were still coming up)."""
         super().stopService()
         self.backend.shutdown()
-        listeners, self.listeners = self.listeners, []
-        if not listeners:
-            return succeed(None)
 
-        def stop(_: Any = None) -> Deferred:
-            return gatherResults([maybeDeferred(listener.stop) for listener in listeners], consumeErrors=True).addBoth(
-                lambda _: None
-            )
+        def stop(_: Any) -> Optional[Deferred]:
+            listeners = self._take_listeners()
+            if not listeners:
+                return None
+            if self.shutdown_grace > 0:
+                return deferLater(self._reactor, self.shutdown_grace, self._stop_listeners, listeners)
+            return self._stop_listeners(listeners)
 
-        if self.shutdown_grace > 0:
-            return deferLater(self._reactor, self.shutdown_grace, stop)
-        return stop()
+        return self._settled().addCallback(stop)

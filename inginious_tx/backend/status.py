@@ -27,7 +27,7 @@ from html import escape
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -37,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from .. import __version__
+from .._ready import ReadyResult
 from .adapter import label
 from .charts import PALETTE, RESULT_COLORS, format_number, heatmap, legend, line_chart
 from .core import Backend
@@ -608,8 +609,15 @@ class StatusService(Service):
         self.recorder = StatusRecorder(backend, reactor, history, sample_interval)
         self.registry = registry
         self.port: Any = None
-        self.ready: Deferred = Deferred()
+        self._ready = ReadyResult()
+        self._attempt: Optional[Deferred] = None
         self._events: Optional[_EventStream] = None
+
+    @property
+    def ready(self) -> Deferred:
+        """Fires with the listening port, or fails if the endpoint cannot listen
+        (a new Deferred at each access: a failure nobody waits for is logged once)."""
+        return self._ready.wait()
 
     def startService(self) -> None:
         super().startService()
@@ -619,12 +627,10 @@ class StatusService(Service):
         site = _QuietSite(resource)
         site.displayTracebacks = False
         site.noisy = False
-        ready = self.ready
-        if ready.called:
-            ready = self.ready = Deferred()
-        d = serverFromString(self._reactor, self.endpoint).listen(site)
+        self._ready.reset()
+        d = self._attempt = serverFromString(self._reactor, self.endpoint).listen(site)
         d.addCallbacks(self._listening, self._failed)
-        d.chainDeferred(ready)
+        d.addBoth(self._ready.fire)
 
     def _listening(self, port: Any) -> Any:
         self.port = port
@@ -645,10 +651,15 @@ class StatusService(Service):
         if self._events is not None:
             self._events.close_all()
             self._events = None
-        port, self.port = self.port, None
-        if port is None:
+        attempt, self._attempt = self._attempt, None
+
+        def stop(_: Any) -> Any:  # also a port that came up after the stop
+            port, self.port = self.port, None
+            return port.stopListening() if port is not None else None
+
+        if attempt is None:
             return succeed(None)
-        return port.stopListening()
+        return DeferredList([attempt], consumeErrors=True).addCallback(stop)
 
 
 def _where(port: Any) -> str:

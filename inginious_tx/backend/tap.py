@@ -15,10 +15,11 @@ from typing import Any, List
 from twisted.python import usage
 
 from .._options import at_least_one, count, limit, positive_float
-from ..transport import DEFAULT_MAX_FRAME, check_separate_credentials
+from ..transport import DEFAULT_MAX_FRAME
 from ..transport.options import LISTENER_OPTIONS, limits_from
 from .core import BackendSettings
 from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
+from .roles import check_separate_credentials
 
 __all__ = ["Options", "makeService", "DEFAULT_CLIENTS", "DEFAULT_AGENTS"]
 
@@ -240,11 +241,11 @@ class Options(usage.Options):
                     raise usage.UsageError(f"--{name} is for the embedded agent, which runs only without --agents")
             return
         if self["embedded-slots"] is None:
-            from .embedded import DEFAULT_EMBEDDED_SLOTS
+            from ..embedded import DEFAULT_EMBEDDED_SLOTS
 
             self["embedded-slots"] = DEFAULT_EMBEDDED_SLOTS
         if self["tasks"] is None:
-            from .embedded import example_tasks_dir
+            from ..embedded import example_tasks_dir
 
             self["tasks"] = example_tasks_dir()
             if self["tasks"] is None:
@@ -255,10 +256,10 @@ class Options(usage.Options):
         elif not os.path.isdir(self["tasks"]):
             raise usage.UsageError(f"--tasks {self['tasks']!r} is not a folder")
         self["tasks"] = os.path.abspath(self["tasks"])
-        from ..agent.local import job_user
+        from ..embedded import check_job_user
 
         try:
-            job_user(self["job-user"])
+            check_job_user(self["job-user"])
         except ValueError as e:
             raise usage.UsageError(f"--job-user: {e}")
 
@@ -300,7 +301,7 @@ def makeService(options: Any) -> Any:
     )
     extras: List[IService] = []
     if options.get("embedded"):
-        from .embedded import embedded_agent
+        from ..embedded import embedded_agent
 
         slots = options["embedded-slots"]
         extras.append(

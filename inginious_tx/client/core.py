@@ -22,18 +22,18 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import transport as _transport
 from ..dispatch import Dispatcher
-from ..interfaces import IClientHandler, IConnection, IPeer
+from ..interfaces import IClientHandler, IConnection, IPeer, ITransport
 from ..messages import (
     BackendGetQueue,
     BackendJobDone,
@@ -128,11 +128,11 @@ class Client(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorTime,
         endpoint: str,
         name: str = "inginious-tx",
         *,
-        transport: Any = None,
+        transport: Optional[ITransport] = None,
         limits: Optional[_transport.Limits] = None,
         ping_interval: float = 2.0,
         ping_misses: int = 3,
@@ -173,12 +173,12 @@ class Client(Service):
         """Connect (and keep reconnecting) to the backend.
 
         Raises at once if no transport understands the endpoint string, or if
-        the transport rejects it.
+        the transport rejects it.  A stopped client starts again with a new
+        link (the ``IService`` contract); what was pending was answered at stop.
         """
         if self._connection is not None:
             return self
-        if self._stopped:
-            raise RuntimeError("a stopped client cannot be started again")
+        self._stopped = False
         sink = sink_for(self.dialect, self, Dispatcher(self, IClientHandler))
         if self._transport is not None:
             self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)
@@ -414,31 +414,30 @@ class Client(Service):
         self._wake_waiters()
 
     def backend_job_started(self, peer: IPeer, message: BackendJobStarted) -> None:
-        if not self._heard(peer):
-            return
-        job = self._jobs.get(message.job_id)
-        if job is None or not job.sent:
-            self.log.debug("ignoring a start notice for job {job_id}, not pending", job_id=message.job_id)
-            return
-        if job.on_started is not None:
+        job = self._sent_job(peer, message.job_id, "a start notice")
+        if job is not None and job.on_started is not None:
             self._call(job.on_started, message.job_id)
 
     def backend_job_done(self, peer: IPeer, message: BackendJobDone) -> None:
-        if not self._heard(peer):
-            return
-        job = self._jobs.get(message.job_id)
-        if job is None or not job.sent:
-            self.log.info("ignoring a result for job {job_id}, not pending (late or unknown)", job_id=message.job_id)
-            return
-        self._finish(job, ClientJobResult.from_message(message))
+        job = self._sent_job(peer, message.job_id, "a result")
+        if job is not None:
+            self._finish(job, ClientJobResult.from_message(message))
 
     def backend_job_ssh_debug(self, peer: IPeer, message: BackendJobSSHDebug) -> None:
+        job = self._sent_job(peer, message.job_id, "SSH debug details")
+        if job is not None and job.on_ssh_debug is not None:
+            self._call(job.on_ssh_debug, message.job_id, message.host, message.port, message.password)
+
+    def _sent_job(self, peer: IPeer, job_id: str, what: str) -> Optional[_Job]:
+        """The pending job ``job_id`` was sent on the current link and the
+        current backend speaks of it; None (``what`` logged) otherwise."""
         if not self._heard(peer):
-            return
-        job = self._jobs.get(message.job_id)
-        if job is None or not job.sent or job.on_ssh_debug is None:
-            return
-        self._call(job.on_ssh_debug, message.job_id, message.host, message.port, message.password)
+            return None
+        job = self._jobs.get(job_id)
+        if job is None or not job.sent:
+            self.log.info("ignoring {what} for job {job_id}, not pending (late or unknown)", what=what, job_id=job_id)
+            return None
+        return job
 
     def backend_get_queue(self, peer: IPeer, message: BackendGetQueue) -> None:
         if not self._heard(peer):
@@ -526,20 +525,19 @@ class Client(Service):
             self._finish(job, ClientJobResult.made_up(job.message.job_id, "crash", text))
 
     def _send_job(self, job: _Job) -> None:
-        assert self._peer is not None
-        if job.timer is not None and job.timer.active():
-            job.timer.cancel()
-        job.timer = None
-        job.sent = True
-        self._peer.send(job.message)
+        self._send(job, job.message)
 
     def _send_queue_request(self, request: _QueueRequest) -> None:
+        self._send(request, self._m["ClientGetQueue"]())
+
+    def _send(self, item: Union[_Job, _QueueRequest], message: Any) -> None:
+        """Send what ``item`` held for the backend: it no longer waits for one."""
         assert self._peer is not None
-        if request.timer is not None and request.timer.active():
-            request.timer.cancel()
-        request.timer = None
-        request.sent = True
-        self._peer.send(self._m["ClientGetQueue"]())
+        if item.timer is not None and item.timer.active():
+            item.timer.cancel()
+        item.timer = None
+        item.sent = True
+        self._peer.send(message)
 
     def _flush(self) -> None:
         """The backend answered: send what was held for it, in order."""
@@ -648,6 +646,6 @@ class Client(Service):
             waiter.deferred.errback(BackendUnavailable(text))
 
 
-def connect_client(reactor: Any, endpoint: str, name: str = "inginious-tx", **options: Any) -> Client:
+def connect_client(reactor: IReactorTime, endpoint: str, name: str = "inginious-tx", **options: Any) -> Client:
     """A started :class:`Client` (options as for :class:`Client`)."""
     return Client(reactor, endpoint, name, **options).start()

@@ -60,5 +60,11 @@ __all__ = [
     "MessageMeta", "MessageError", "MalformedMessage", "UnknownMessageType",
     "FieldError", "MissingField", "ExtraField", "WrongFieldType",
     "BackendJobId", "ClientJobId", "SPResult",
-    *(cls.__name__ for cls in ALL_MESSAGES),
+    # the message classes, as in ALL_MESSAGES (written out: type checkers read __all__ as text)
+    "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue",
+    "BackendUpdateContainers", "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue",
+    "BackendNewJob", "BackendKillJob",
+    "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug",
+    "Ping", "Pong", "Unknown",
 ]  # fmt: skip
+assert __all__[-len(ALL_MESSAGES) :] == [cls.__name__ for cls in ALL_MESSAGES]

@@ -30,7 +30,7 @@ import itertools
 import linecache
 import types
 import typing
-from typing import Any, Callable, ClassVar, Dict, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Tuple
 
 import msgpack
 
@@ -118,7 +118,7 @@ _SIMPLE = {str: "str", bytes: "bytes", bool: "bool", int: "int"}
 
 
 def _check_expr(
-    tp: Any, var: str, helpers: Dict[str, Any] | None = None, depth: int = 0, str_key_dicts: list | None = None
+    tp: Any, var: str, helpers: Dict[str, Any] | None = None, depth: int = 0, str_key_dicts: List[str] | None = None
 ) -> str | None:
     """A Python expression that is true when ``var`` matches ``tp``.
 
@@ -262,8 +262,8 @@ class MessageMeta(type):
 
     registries: ClassVar[Dict[str, Dict[str, type]]] = {d: {} for d in DIALECT_NAMES}
     registry: ClassVar[Dict[str, type]] = registries["0.6"]
-    _all_loaders: ClassVar[Dict[str, Dict[str, Callable[[dict], Any]]]] = {d: {} for d in DIALECT_NAMES}
-    _loaders: ClassVar[Dict[str, Callable[[dict], Any]]] = _all_loaders["0.6"]
+    _all_loaders: ClassVar[Dict[str, Dict[str, Callable[[Dict[str, Any]], Any]]]] = {d: {} for d in DIALECT_NAMES}
+    _loaders: ClassVar[Dict[str, Callable[[Dict[str, Any]], Any]]] = _all_loaders["0.6"]
 
     msgtype: str
     dialect: str
@@ -273,12 +273,12 @@ class MessageMeta(type):
     def __new__(
         mcs,
         name: str,
-        bases: tuple,
-        namespace: dict,
+        bases: Tuple[type, ...],
+        namespace: Dict[str, Any],
         msgtype: str | None = None,
         dialect: str = "0.6",
         **kwargs: Any,
-    ):
+    ) -> MessageMeta:
         if dialect not in _TYPE_KEYS:
             raise TypeError(f"message class {name}: dialect must be one of {', '.join(DIALECT_NAMES)}")
         if msgtype is None:
@@ -319,18 +319,18 @@ class MessageMeta(type):
     def __init__(
         cls,
         name: str,
-        bases: tuple,
-        namespace: dict,
+        bases: Tuple[type, ...],
+        namespace: Dict[str, Any],
         msgtype: str | None = None,
         dialect: str = "0.6",
         **kwargs: Any,
-    ):
+    ) -> None:
         super().__init__(name, bases, namespace)
 
     # -- declaration checks -------------------------------------------------
 
     @staticmethod
-    def _inspect_init(name: str, init: Callable) -> tuple[Dict[str, Any], list, bool]:
+    def _inspect_init(name: str, init: Callable[..., None]) -> tuple[Dict[str, Any], List[str], bool]:
         sig = inspect.signature(init)
         params = list(sig.parameters.values())[1:]
         try:
@@ -372,7 +372,7 @@ class MessageMeta(type):
     # -- code generation ----------------------------------------------------
 
     @staticmethod
-    def _compile(cls: Any, init: Callable, pure: bool) -> None:
+    def _compile(cls: Any, init: Callable[..., None], pure: bool) -> None:
         msgtype = cls.msgtype
         fields = cls.fields
         types = cls.field_types
@@ -390,7 +390,7 @@ class MessageMeta(type):
         }
         checks = []
         fast_checks = []
-        str_key_dicts: list = []
+        str_key_dicts: List[str] = []
         for i, f in enumerate(fields):
             e = _check_expr(types[f], f"f{i}", env)
             if e is not None:
@@ -607,7 +607,7 @@ class _Unreadable(Exception):
     pass
 
 
-def _skip(data: bytes, pos: int, budget: list) -> int:
+def _skip(data: bytes, pos: int, budget: List[int]) -> int:
     """The offset just after the msgpack item at ``pos``.
 
     Iterative (a count of items still to skip, no stack), so nesting depth
@@ -700,7 +700,7 @@ def _wrong_type(cls: Any, field: str, value: Any) -> typing.NoReturn:
     )
 
 
-def _diagnose(cls: Any, d: dict) -> typing.NoReturn:
+def _diagnose(cls: Any, d: Dict[str, Any]) -> typing.NoReturn:
     key = _TYPE_KEYS[cls.dialect]
     for f in cls.fields:
         if f not in d:

@@ -75,7 +75,7 @@ class ClientKillJob(metaclass=MessageMeta, msgtype="client_kill_job"):
 class ClientGetQueue(metaclass=MessageMeta, msgtype="client_get_queue"):
     """A client asks for a snapshot of the running and waiting jobs."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass
 
 
@@ -259,19 +259,19 @@ class AgentJobSSHDebug(metaclass=MessageMeta, msgtype="agent_job_ssh_debug"):
 class Ping(metaclass=MessageMeta, msgtype="ping"):
     """Are you there?  Answered with :class:`Pong`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass
 
 
 class Pong(metaclass=MessageMeta, msgtype="pong"):
     """I am here."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass
 
 
 class Unknown(metaclass=MessageMeta, msgtype="unknown"):
     """Sent to a peer the backend does not know (it should say hello again)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass

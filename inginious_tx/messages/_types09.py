@@ -72,7 +72,7 @@ class ClientKillJob(metaclass=MessageMeta, dialect="0.9"):
 class ClientGetQueue(metaclass=MessageMeta, dialect="0.9"):
     """A client asks for a snapshot of the running and waiting jobs."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass
 
 
@@ -261,19 +261,19 @@ class AgentJobSSHDebug(metaclass=MessageMeta, dialect="0.9"):
 class Ping(metaclass=MessageMeta, dialect="0.9"):
     """Are you there?  Answered with :class:`Pong`."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass
 
 
 class Pong(metaclass=MessageMeta, dialect="0.9"):
     """I am here."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass
 
 
 class Unknown(metaclass=MessageMeta, dialect="0.9"):
     """Sent to a peer the backend does not know (it should say hello again)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         pass

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from ..interfaces import IConnection, IMessageSink, ITransport
-from ..plugin import PluginError, available
+from ..plugin import TRANSPORTS, PluginError, available
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -25,7 +25,8 @@ __all__ = [
     "transport_for",
     "listen",
     "connect",
-    "check_separate_credentials",
+    "shared_credentials",
+    "SharedCredential",
     "check_credentials",
 ]
 
@@ -79,7 +80,7 @@ def transports() -> List[Any]:
     global _cache
     if _cache is None:
         found = []
-        for name, ep in sorted(available("inginious_tx.transports").items()):
+        for name, ep in sorted(available(TRANSPORTS).items()):
             try:
                 obj = ep.load()
                 inst = obj() if isinstance(obj, type) else obj
@@ -113,6 +114,21 @@ def connect(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DE
     return transport_for(endpoint).connect(reactor, endpoint, sink, limits)
 
 
+@dataclass(frozen=True)
+class SharedCredential:
+    """A credential that endpoints of two groups both accept."""
+
+    #: "CA certificate" or "CurveZMQ public key"
+    kind: str
+    #: what names it: the key and the files it was read from, or a certificate's subject and fingerprint
+    name: str
+    #: an endpoint of each group that accepts it
+    first: str
+    second: str
+    #: how to make the two groups accept different credentials
+    fix: str
+
+
 def _accepted(endpoints: Sequence[str], read: Callable[[str], Dict[Any, str]]) -> Dict[Any, Tuple[str, str]]:
     """Credential -> (endpoint, label) for what ``read`` finds on ``endpoints`` (unreadable ones are skipped:
     listening on them fails with the reason)."""
@@ -127,32 +143,30 @@ def _accepted(endpoints: Sequence[str], read: Callable[[str], Dict[Any, str]]) -
     return found
 
 
-def check_separate_credentials(client_endpoints: Sequence[str], agent_endpoints: Sequence[str]) -> None:
-    """Refuse credentials that would let one peer in both as a client and as an agent.
+def shared_credentials(first: Sequence[str], second: Sequence[str]) -> List[SharedCredential]:
+    """The credentials a listening endpoint of ``first`` and one of ``second`` both accept:
+    a CA trusted (``caCertsFile``) or a CurveZMQ key allowed (``curve-allowed``).
 
-    A CA trusted (``caCertsFile``) or a CurveZMQ key allowed (``curve-allowed``)
-    on a client endpoint must not be on an agent endpoint too: then a client
-    could register as an agent (and see every job's input) and an agent could
-    submit jobs.  Raises ValueError naming what is shared.
+    Which groups must not share is a role's rule (the backend's clients and
+    agents: :func:`inginious_tx.backend.roles.check_separate_credentials`).
     """
     from . import curve, tls
 
     checks = (
-        (tls.authorities, "CA certificate", "sign agents' and clients' certificates with different CAs"),
-        (curve.allowed_keys, "CurveZMQ public key", "give clients and agents different keys and folders"),
+        (tls.authorities, "CA certificate", "sign their certificates with different CAs"),
+        (curve.allowed_keys, "CurveZMQ public key", "give them different keys and folders"),
     )
+    shared = []
     for read, kind, fix in checks:
-        clients = _accepted(client_endpoints, read)
-        agents = _accepted(agent_endpoints, read)
-        for item in sorted(set(clients) & set(agents)):
+        a = _accepted(first, read)
+        b = _accepted(second, read)
+        for item in sorted(set(a) & set(b)):
             if isinstance(item, bytes):  # a key, and the files it was read from
-                name = f"{item.decode()} ({clients[item][1]}, {agents[item][1]})"
+                name = f"{item.decode()} ({a[item][1]}, {b[item][1]})"
             else:  # a certificate fingerprint, and its subject
-                name = f"{clients[item][1]} (SHA-256 {item})"
-            raise ValueError(
-                f"the {kind} {name} is accepted both on the client endpoint {clients[item][0]} "
-                f"and on the agent endpoint {agents[item][0]}: a client could register as an agent; {fix}"
-            )
+                name = f"{a[item][1]} (SHA-256 {item})"
+            shared.append(SharedCredential(kind, name, a[item][0], b[item][0], fix))
+    return shared
 
 
 def check_credentials(endpoint: str) -> None:

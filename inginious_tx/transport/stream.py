@@ -38,7 +38,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import Interface, implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
 from ..messages import MessageError, load_any
@@ -135,11 +135,26 @@ class _SendBufferWatch:
         pass
 
 
+class IProtocolOwner(Interface):
+    """What a :class:`MessageProtocol` reports to: the listener that accepted
+    the connection, or the connecting side.  It sets the protocol's ``peer``
+    and ``sink`` when the connection is made."""
+
+    def connection_made(protocol: MessageProtocol) -> None:
+        """``protocol``'s connection is up."""
+
+    def connection_accepted(protocol: MessageProtocol) -> None:
+        """The role accepted the hello on ``protocol``: its pre-hello limits are lifted."""
+
+    def connection_lost(protocol: MessageProtocol, reason: str) -> None:
+        """``protocol``'s connection (made before) is closed, for ``reason``."""
+
+
 class MessageProtocol(Int32StringReceiver):
     """Frames, decodes and delivers the messages of one connection.
 
-    ``owner`` is told of the connection's start and end (``_made(protocol)``,
-    ``_lost(protocol, reason)``); ``peer`` and ``sink`` are set by it.
+    ``owner`` (an :class:`IProtocolOwner`) is told of the connection's start,
+    acceptance and end; it sets ``peer`` and ``sink``.
     Reading is linear in the bytes received even for frames of many
     megabytes (Int32StringReceiver re-joins its whole buffer on every read).
     """
@@ -153,7 +168,7 @@ class MessageProtocol(Int32StringReceiver):
     #: an IRejectionObserver sink instead of closing the connection.
     answers_rejects = False
 
-    def __init__(self, owner: Any, limits: Limits, accepted: bool = True) -> None:
+    def __init__(self, owner: IProtocolOwner, limits: Limits, accepted: bool = True) -> None:
         self._max_frame = limits.max_frame
         #: False until the role accepted the peer's hello (listening side only).
         self.accepted = accepted
@@ -181,7 +196,7 @@ class MessageProtocol(Int32StringReceiver):
             set_no_delay(True)
         self.transport.registerProducer(_SendBufferWatch(self), True)
         self._made = True
-        self._owner._made(self)
+        self._owner.connection_made(self)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
@@ -191,7 +206,7 @@ class MessageProtocol(Int32StringReceiver):
             log.warn("{peer}: TLS failed: {error}", peer=self._describe(), error=refused)
         try:
             if self._made:
-                self._owner._lost(self, text)
+                self._owner.connection_lost(self, text)
         finally:
             self.lost.callback(None)
 
@@ -213,7 +228,7 @@ class MessageProtocol(Int32StringReceiver):
             return
         self.accepted = True
         self.MAX_LENGTH = self._max_frame
-        self._owner._accepted(self)
+        self._owner.connection_accepted(self)
 
     # -- receiving -------------------------------------------------------------
 
@@ -370,7 +385,7 @@ class _ServerFactory(Factory):
         return protocol
 
 
-@implementer(IListener)
+@implementer(IListener, IProtocolOwner)
 class StreamListener:
     """A listening port; aborts its connections when stopped."""
 
@@ -444,7 +459,7 @@ class StreamListener:
             return f"{self._kind}:[{addr.host}]:{addr.port}"
         return self.connect_endpoint
 
-    def _made(self, protocol: MessageProtocol) -> None:
+    def connection_made(self, protocol: MessageProtocol) -> None:
         description = f"{self._describe_peer(protocol)}#{next(_ids)}"
         protocol.peer = StreamPeer(protocol, description.encode(), description)
         protocol.sink = self._sink
@@ -459,14 +474,14 @@ class StreamListener:
         except Exception:
             log.failure("handler failed on connection of {peer}", peer=description)
 
-    def _accepted(self, protocol: MessageProtocol) -> None:
+    def connection_accepted(self, protocol: MessageProtocol) -> None:
         deadline = self.pending.pop(protocol, None)
         if deadline is not None and deadline.active():
             deadline.cancel()
 
-    def _lost(self, protocol: MessageProtocol, reason: str) -> None:
+    def connection_lost(self, protocol: MessageProtocol, reason: str) -> None:
         self.protocols.discard(protocol)
-        self._accepted(protocol)
+        self.connection_accepted(protocol)  # its hello deadline goes
         try:
             self._sink.peer_disconnected(protocol.peer, reason)
         except Exception:
@@ -531,7 +546,7 @@ class _ClientFactory(Factory):
         return protocol
 
 
-@implementer(IConnection)
+@implementer(IConnection, IProtocolOwner)
 class StreamConnection:
     """A ``ClientService`` that keeps one connection up, with backoff between attempts."""
 
@@ -555,7 +570,7 @@ class StreamConnection:
         )
         self._service.startService()
 
-    def _made(self, protocol: MessageProtocol) -> None:
+    def connection_made(self, protocol: MessageProtocol) -> None:
         self.protocol = protocol
         log.info("connected to {peer}", peer=self.peer.description)
         try:
@@ -563,7 +578,10 @@ class StreamConnection:
         except Exception:
             log.failure("handler failed on connection to {peer}", peer=self.peer.description)
 
-    def _lost(self, protocol: MessageProtocol, reason: str) -> None:
+    def connection_accepted(self, protocol: MessageProtocol) -> None:
+        """Nothing to do: a connecting side has no pre-hello limits."""
+
+    def connection_lost(self, protocol: MessageProtocol, reason: str) -> None:
         if self.protocol is protocol:
             self.protocol = None
         log.info("connection to {peer} lost: {reason}", peer=self.peer.description, reason=reason)

@@ -84,6 +84,10 @@ PREFIX = "zmq:"
 HIGH_WATER_MARK = 1_000_000
 #: Longest pause between two reconnection attempts of a connecting socket, in ms.
 RECONNECT_MAX_MS = 5000
+#: Longest time :meth:`ZmqConnection.stop` lets queued messages leave, in seconds.
+FLUSH_GRACE = 5.0
+#: How often a stopping connection looks whether its socket is gone, in seconds.
+_FLUSH_POLL = 0.005
 #: Most messages handled in one go before yielding to the reactor, so that a
 #: peer that never stops sending cannot starve timers and other sockets.
 READ_BATCH = 4096
@@ -770,6 +774,8 @@ class ZmqConnection:
         self._limits = limits
         self._conn: Any = None
         self._generation = 0
+        #: The server has said something on the current socket (so it is there).
+        self._heard = False
         self.stopped = False
         self.peer = ZmqServerPeer(self, endpoint)
         self._open()
@@ -789,6 +795,7 @@ class ZmqConnection:
             conn.shutdown()
             raise ValueError(f"cannot connect to {self.peer.description}: {e}") from e
         self._conn = conn
+        self._heard = False
         self._generation += 1
         self._reactor.callLater(0, self._announce, self._generation)
 
@@ -826,6 +833,7 @@ class ZmqConnection:
                     frames=n,
                 )
                 continue
+            self._heard = True
             try:
                 message = _load(payload)
             except MessageError as e:
@@ -859,12 +867,52 @@ class ZmqConnection:
             self._open()
 
     def stop(self) -> Deferred:
+        """Close for good; fires once what was sent has been written out.
+
+        ZeroMQ cannot tell whether a server is there, so the socket lingers
+        (at most :data:`FLUSH_GRACE` seconds) only if the server has spoken on
+        it: stopping towards an absent server stays immediate.  The socket's
+        monitor reports when libzmq has finished with it.
+        """
         self.stopped = True
+        conn = self._conn
+        if conn is None or not self._heard:
+            self._close("connection stopped")
+            return succeed(None)
+        monitor = conn.socket.get_monitor_socket(zmq.EVENT_MONITOR_STOPPED)
+        conn.socket.set(zmq.LINGER, int(FLUSH_GRACE * 1000))
         self._close("connection stopped")
-        return succeed(None)
+        return _socket_gone(self._reactor, monitor, FLUSH_GRACE + 1.0)
 
     def __repr__(self) -> str:
         return f"<ZmqConnection {self.peer.description}>"
+
+
+def _socket_gone(reactor: Any, monitor: zmq.Socket, timeout: float) -> Deferred:
+    """Fires once the closed socket ``monitor`` watches is destroyed (queued
+    messages written, or its linger over), or after ``timeout`` seconds."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    done: Deferred = Deferred()
+    deadline = reactor.seconds() + timeout
+
+    def check() -> None:
+        try:
+            while monitor.poll(0):
+                if recv_monitor_message(monitor)["event"] == zmq.EVENT_MONITOR_STOPPED:
+                    break
+            else:
+                if reactor.seconds() < deadline:
+                    reactor.callLater(_FLUSH_POLL, check)
+                    return
+                log.warn("a stopped ZeroMQ socket was still flushing after {timeout} s", timeout=timeout)
+        except zmq.ZMQError as e:
+            log.warn("cannot watch a stopped ZeroMQ socket: {error}", error=str(e))
+        monitor.close(linger=0)
+        done.callback(None)
+
+    check()
+    return done
 
 
 # ---------------------------------------------------------------------------

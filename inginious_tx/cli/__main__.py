@@ -1,0 +1,5 @@
+"""``python -m inginious_tx.cli``: the ``inginious-tx`` command."""
+
+from .runner import main
+
+main()

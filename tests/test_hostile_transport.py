@@ -633,3 +633,17 @@ def test_never_hello_zmq_connections_are_closed_and_what_they_sent_freed() -> No
         assert honest.ready_count == 1  # one hello: its connection was never cut
         for s in [*strangers, extra]:
             s.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lone_zmq_stranger_is_closed_at_its_hello_deadline(closers: list, until: Any) -> None:
+    """Nothing else happening on the listener: the deadline comes from the socket monitor alone."""
+    from twisted.internet import reactor
+
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", HelloSink(), Limits(hello_timeout=0.5))
+    closers.append(listener.stop)
+    port = int(listener.connect_endpoint.rsplit(":", 1)[1])
+    stranger = zmtp_stranger(port)
+    closers.append(stranger.close)
+    await until(lambda: listener.timed_out == 1, what="the stranger's deadline")
+    assert closed_by_peer(stranger, 5)

@@ -284,6 +284,9 @@ class _ConnectionWatch:
         self._refusals_logged_at = -DROP_LOG_INTERVAL
         self._refusals_unlogged = 0
         reactor.addReader(self)
+        # ZeroMQ's descriptor is edge-triggered: look once now, or a
+        # notification given before we listened would never come again.
+        self.doRead()
 
     def count(self) -> Tuple[int, int]:
         """(open connections, open connections not accepted yet)."""

@@ -72,13 +72,27 @@ def start_inginious(python: str, clients: str, agents: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` so far (Linux), 0.0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+#: The source tree whose backend is measured (--root).
+TREE = ROOT
+
+
 def start_backend(clients: str, agents: str, policy: str) -> subprocess.Popen:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "plugins"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(TREE), str(TREE / "plugins"), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
            "-n", "--pidfile=", "--logfile=/dev/null", "inginious-backend",
            "--clients", clients, "--agents", agents, "--policy", policy]  # fmt: skip
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, env=env, cwd=TREE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def run_one(
@@ -95,13 +109,19 @@ def run_one(
         else:
             wait_port(l_clients)
             wait_port(l_agents)
+        cpu = cpu_seconds(proc.pid)
         out = subprocess.run([*loadgen, *endpoint_args(loadgen, l_agents, l_clients), *args],
                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        cpu = cpu_seconds(proc.pid) - cpu
         line = (out.stdout.strip().splitlines() or ["{}"])[-1]
         try:
-            return json.loads(line)
+            result: dict = json.loads(line)
         except json.JSONDecodeError:
             return {"error": (out.stdout + out.stderr)[-300:]}
+        # The backend's own CPU per job: unlike jobs/s, it does not depend on
+        # what else the machine runs.
+        result["cpu_us_per_job"] = cpu / max(1, result.get("jobs_done", 0)) * 1e6
+        return result
     finally:
         proc.terminate()
         try:
@@ -126,7 +146,10 @@ def main() -> int:
     p.add_argument("--dialects", default="0.6,0.9", help="dialects the shared load generator speaks, in turn")
     p.add_argument("--inginious", help="Python of a virtualenv with inginious==0.9.2: also measure its backend")
     p.add_argument("--no-loadgen-tx", action="store_true", help="skip this repository's load generator")
+    p.add_argument("--root", type=Path, default=ROOT, help="source tree of the inginious-tx backend to measure")
     a = p.parse_args()
+    global TREE
+    TREE = a.root.resolve()
     # (backend, dialect, load generator, transport, command)
     runs: list[tuple[str, str, str, str, list[str]]] = []
     if not a.no_loadgen_tx:
@@ -140,7 +163,7 @@ def main() -> int:
             cmd = [sys.executable, a.shared_loadgen, "--dialect", "0.9"]
             runs.append(("INGInious 0.9.2", "0.9", "shared loadgen", "zmq", cmd))
     print(f"{'backend':15} {'dialect':7} {'load generator':15} {'transport':9} {'config':13} {'jobs/s':>9} "
-          f"{'p50 ms':>8} {'p99 ms':>8} {'done':>6} {'lost':>5} {'dup':>4}")  # fmt: skip
+          f"{'p50 ms':>8} {'p99 ms':>8} {'done':>6} {'lost':>5} {'dup':>4} {'CPU us/job':>10}")  # fmt: skip
     failed = False
     for backend, dialect, gen, transport, loadgen in runs:
         real = a.inginious if backend != "inginious-tx" else None
@@ -157,7 +180,8 @@ def main() -> int:
                 lost = r.get("lost", r.get("jobs_asked", 0) - r.get("jobs_done", 0))
                 failed |= lost != 0
                 print(f"{row} {r['jobs_per_s']:9,.0f} {r['p50_ms']:8.3f} "
-                      f"{r['p99_ms']:8.3f} {r['jobs_done']:6d} {lost:5d} {r.get('duplicates', 0):4d}", flush=True)
+                      f"{r['p99_ms']:8.3f} {r['jobs_done']:6d} {lost:5d} {r.get('duplicates', 0):4d} "
+                      f"{r['cpu_us_per_job']:10.1f}", flush=True)
     return 1 if failed else 0
 
 

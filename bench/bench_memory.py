@@ -8,9 +8,10 @@ client (pyzmq + msgpack, INGInious 0.6 wire) that says hello, sends
 ``--jobs`` jobs of ``--mib`` MiB of inputdata each for an environment no
 agent offers, and then falls silent without ever pinging.  Prints one JSON
 line: the backend's resident memory (``VmRSS``) before, its peak
-(``VmHWM``), how many jobs were refused at once (``crash``) and accepted,
-and its ``VmRSS`` once the backend dropped the silent client (or after
-``--wait`` seconds if it never does).
+(``VmHWM``: frames in flight included), how many jobs were refused at once
+(``crash``) and accepted, its ``VmRSS`` once every job was answered or
+accepted (what it holds), and once the backend dropped the silent client
+(or after ``--wait`` seconds if it never does).
 
 The client's silence is ``--client-silence-timeout`` (passed to the backend;
 main before issue 10 never dropped a client that never pinged).
@@ -109,6 +110,7 @@ def run(
                 accepted = jobs - len(answers)
                 break
         peak = status(proc.pid)["VmHWM"]
+        held = status(proc.pid)["VmRSS"]  # every job answered or accepted: what the backend keeps
         # Now the client is silent; wait for the backend to drop it (its log is off: watch the memory).
         low = status(proc.pid)["VmRSS"]
         while time.monotonic() < deadline:
@@ -125,6 +127,7 @@ def run(
             "reasons": reasons,
             "rss_before_mib": round(before / 2**20, 1),
             "peak_mib": round(peak / 2**20, 1),
+            "rss_held_mib": round(held / 2**20, 1),
             "rss_after_leave_mib": round(low / 2**20, 1),
         }
     finally:

@@ -1119,3 +1119,69 @@ def test_incremental_ordered_matches_a_full_sort(name):
             entries.sort(key=lambda e: policy._compare(e[-1].environment, e))
             assert [j.key for j in got] == [e[-1].key for e in entries]
             assert {j.key for j in got} == set(waiting)
+
+
+@pytest.mark.parametrize("name", ["priority", "fair", "shortest-first"])
+def test_ordered_in_steps_while_the_queue_changes(name):
+    """ordered_steps() (queue snapshots built in slices): the order when it began, less jobs gone since;
+    and the policy's own order stays right afterwards."""
+    import random
+
+    from inginious_tx.backend.policies import load_policy
+
+    class J:
+        def __init__(self, i: int, rnd: random.Random) -> None:
+            self.key = ("c", str(i))
+            self.environment = ("docker", f"e{rnd.randrange(3)}")
+            self.priority = rnd.randrange(3)
+            self.course_id = f"course{rnd.randrange(4)}"
+            self.time_limit = rnd.choice((0, 10, 60))
+            self.submitted_at = i * 0.5
+            self.sequence = i
+            self.retries = 0
+
+    def reference(policy: Any) -> List[Any]:
+        entries = [e for heap in policy._heaps.values() for e in heap if e[-1] is not None]
+        entries.sort(key=lambda e: policy._compare(e[-1].environment, e))
+        return [e[-1] for e in entries]
+
+    rnd = random.Random(11)
+    policy = load_policy(name)
+    waiting: dict = {}
+    counter = iter(range(10**6))
+
+    def mutate() -> None:
+        op = rnd.random()
+        if op < 0.5 or not waiting:
+            job = J(next(counter), rnd)
+            policy.add(job)
+            waiting[job.key] = job
+        elif op < 0.75:
+            policy.remove(waiting.pop(rnd.choice(list(waiting))))
+        else:
+            job = policy.pop_next({("docker", f"e{i}") for i in range(3)})
+            if job is not None:
+                del waiting[job.key]
+
+    for _ in range(300):
+        mutate()
+    for round_ in range(6):
+        if round_ == 3:
+            policy.ordered()  # a plain call in between, too
+        expected = reference(policy)
+        steps = policy.ordered_steps(chunk=7)
+        try:
+            while True:
+                next(steps)
+                for _ in range(rnd.randrange(3)):
+                    mutate()
+                if round_ == 4 and rnd.random() < 0.1:
+                    assert [j.key for j in policy.ordered()] == [j.key for j in reference(policy)]
+        except StopIteration as done:
+            got = done.value
+        # the order when the steps began, without jobs that had already left when their part was read
+        keys = [j.key for j in got]
+        position = {j.key: i for i, j in enumerate(expected)}
+        assert all(k in position for k in keys) and keys == sorted(keys, key=position.__getitem__)
+        assert {j.key for j in expected if j.key in waiting} <= set(keys)
+        assert [j.key for j in policy.ordered()] == [j.key for j in reference(policy)]

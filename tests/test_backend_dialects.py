@@ -278,3 +278,81 @@ def test_snapshots_are_exactly_what_dump_would_send(policy):
         # byte for byte what the message class would encode
         cls = type(snapshot)
         assert cls(list(snapshot.jobs_running), list(snapshot.jobs_waiting)).dump() == snapshot.dump()
+
+
+def test_big_queue_snapshots_are_built_in_slices_and_shared(world):
+    snapshot = world.backend._snapshot
+    snapshot.small, snapshot.slice_jobs = 5, 4
+    front, old = client09(world), world.client("old")
+    for i in range(12):
+        front.send(job09(f"f{i}", env="nowhere"))
+        old.send(new_job(f"o{i}", environment="nowhere"))
+    front.take()
+    old.take()
+    old.send(v06.ClientGetQueue())  # the first question waits for the first build
+    assert old.take() == [] and snapshot.builds == 0
+    world.clock.advance(0)  # the build's slices (a reactor runs them between other work)
+    world.pump()
+    [first] = old.take()
+    assert snapshot.builds == 1 and len(first.jobs_waiting) == 24
+    assert [row[1] for row in first.jobs_waiting] == [row[0].startswith("o") for row in first.jobs_waiting]
+    front.send(v09.ClientGetQueue())  # a new dialect: its rows are built too
+    world.clock.advance(0)
+    world.pump()
+    [mine] = front.take()
+    assert [row[0] for row in mine.jobs_waiting] == [row[0] for row in first.jobs_waiting]
+    builds = snapshot.builds
+    # The queue changes; within max_age the shared build answers at once.
+    front.send(v09.ClientKillJob("f0"), v09.ClientGetQueue())
+    assert snapshot.builds == builds and len(results(front)) == 1
+    assert len(front.of_type(v09.BackendGetQueue)[-1].jobs_waiting) == 24
+    # A heartbeat later the stale build is dropped (its jobs hold memory): the next question waits for a new one.
+    world.tick()
+    old.take()
+    old.send(v06.ClientGetQueue())
+    assert old.take() == []
+    world.clock.advance(0)
+    world.pump()
+    [fresh] = old.take()
+    assert len(fresh.jobs_waiting) == 23 and snapshot.builds == builds + 1
+    # A client that leaves while a build is made gets nothing, and nothing breaks.
+    front.send(v09.ClientKillJob("f1"))
+    world.tick()
+    gone = client09(world, "gone")
+    gone.take()
+    gone.send(v09.ClientGetQueue())
+    world.backend.client_sink().peer_disconnected(gone.backend_peer, "closed")
+    world.clock.advance(0)
+    world.pump()
+    assert gone.take() == [] and snapshot.builds == builds + 2
+    old.send(v06.ClientGetQueue())
+    assert len(old.of_type(v06.BackendGetQueue)[-1].jobs_waiting) == 22
+
+
+def test_a_malformed_09_job_is_answered_once_in_09(world):
+    import msgpack
+
+    from inginious_tx.messages import MessageError, load_any
+
+    front = client09(world)
+    front.take()
+    fields = dict(job09("bad").__dict__, priority="high")
+    payload = msgpack.packb({**fields, "@type": "ClientNewJob"}, use_bin_type=True)
+    with pytest.raises(MessageError) as info:
+        load_any(payload)
+    sink = world.backend.client_sink()
+    sink.message_rejected(front.backend_peer, info.value, payload)
+    world.pump()
+    [answer] = front.take()
+    assert isinstance(answer, v09.BackendJobDone) and answer.job_id == "bad" and answer.result[0] == "crash"
+    assert "priority" in answer.result[1]
+    # a 0.9 id in use anywhere in the backend is not answered (its job must stay untouched)
+    other = client09(world, "other")
+    other.send(job09("taken", env="nowhere"))
+    fields = dict(job09("taken").__dict__, priority="high")
+    payload = msgpack.packb({**fields, "@type": "ClientNewJob"}, use_bin_type=True)
+    with pytest.raises(MessageError) as info:
+        load_any(payload)
+    sink.message_rejected(front.backend_peer, info.value, payload)
+    world.pump()
+    assert front.take() == [] and world.backend.waiting_count == 1

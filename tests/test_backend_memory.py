@@ -3,8 +3,8 @@ and gives them back when the client falls silent (a ZeroMQ client that never pin
 
 Measured from outside, on a real ``twistd inginious-backend`` with a raw
 ZeroMQ client (bench/bench_memory.py), through ``/proc/PID/status``.  Before
-issue 10 the same run held every job (30 × 4 MiB: peak about 150 MiB above
-the start) and kept it after the client fell silent.
+issue 10 the same run held every job (30 × 4 MiB, about 120 MiB above the
+start) and kept it after the client fell silent.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def test_queued_input_is_bounded_and_released_when_the_client_falls_silent() -> 
     # 3 jobs fit under 16 MiB (each is 4 MiB and a few bytes); the 27 others are answered at once.
     assert r["accepted"] == 3 and r["refused"] == 27, r
     assert r["reasons"] == ["backend full for this client"], r
-    offered = 30 * size / MIB
-    growth = r["peak_mib"] - r["rss_before_mib"]
-    assert growth < offered / 2, r  # holding everything would be about 120 MiB
+    # What it holds once every job is answered or queued: the 3 accepted jobs, not the 30 offered
+    # (holding everything would be about 120 MiB).  The peak also counts frames in flight in the
+    # transport, which the bound does not cover; it is reported by bench/bench_memory.py.
+    assert r["rss_held_mib"] - r["rss_before_mib"] < bound / MIB + 16, r
     # The client never pinged and fell silent: dropped with its waiting jobs, memory given back.
     assert r["rss_after_leave_mib"] < r["rss_before_mib"] + 24, r

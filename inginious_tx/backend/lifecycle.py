@@ -517,12 +517,15 @@ class Backend:
         client = self._client(peer, dialect)
         if client is None:
             return
-        snapshot = self._snapshot
-        snapshot.refresh(self._queue_version, self._n_waiting)
-        section, offsets = snapshot.section(dialect)
-        own = snapshot.own(client.jobs.values(), offsets) if client.waiting else []
-        running = [(job, agent.name) for agent in self._agents.values() for job in agent.running.values()]
-        peer.send(dialect.queue(client, running, section, len(snapshot.jobs), own))
+
+        def answer(jobs: List[Job], section: bytes, offsets: List[int], index: Dict[Any, int]) -> None:
+            if self._clients.get(peer) is not client:
+                return  # it left while a big snapshot was being built
+            own = QueueSnapshot.own(client.jobs.values(), offsets, index) if client.waiting else []
+            running = [(job, agent.name) for agent in self._agents.values() for job in agent.running.values()]
+            peer.send(dialect.queue(client, running, section, len(jobs), own))
+
+        self._snapshot.ask(dialect, self._queue_version, self._n_waiting, answer)
 
     def client_ping(self, peer: IPeer, dialect: DialectAdapter) -> None:
         client = self._client(peer, dialect)

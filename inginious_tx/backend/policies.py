@@ -17,7 +17,7 @@ from __future__ import annotations
 import heapq
 from itertools import compress, groupby, repeat
 from operator import add, itemgetter, mul
-from typing import Any, Collection, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Collection, Dict, Generator, Hashable, List, Optional, Tuple
 
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -227,10 +227,65 @@ class _HeapPolicy:
         self._n_added = 0
         return list(runs.values())
 
+    def ordered_steps(self, chunk: int = 10_000) -> Generator[None, None, List[Any]]:
+        """:meth:`ordered`, in steps of about ``chunk`` entries (each ``yield`` is a pause).
+
+        For a caller that lets the reactor run between steps (queue
+        snapshots): the policy may change meanwhile; the result is the order
+        as it was when the steps began, less the jobs that had stopped waiting
+        when their part was read.
+        Not part of :class:`~inginious_tx.interfaces.ISchedulingPolicy`.
+        """
+        previous, added = self._sorted, self._added
+        # Adds from now on are kept apart; a plain ordered() meanwhile sorts in full.
+        self._sorted = None
+        self._added = {}
+        self._n_added = 0
+        sources: Dict[Any, List[List[_Entry]]] = {}
+        if previous is None or added is None:
+            for env, heap in self._heaps.items():
+                sources.setdefault(env if self._runs_by_env else None, []).append(list(heap))
+        else:
+            for key in set(previous) | set(added):
+                sources[key] = [previous.get(key, []), added.get(key, [])]
+        runs: Dict[Any, List[_Entry]] = {}
+        for key, lists in sources.items():
+            run: List[_Entry] = []
+            for entries in lists:
+                for start in range(0, len(entries), chunk):
+                    part = entries[start : start + chunk]
+                    run.extend(compress(part, map(_last, part)))
+                    yield
+            run.sort()
+            runs[key] = run
+            yield
+        if self._sorted is None:  # no plain ordered() in between: keep the runs for next time
+            self._sorted = runs
+        if not self._runs_by_env:
+            jobs: List[Any] = []
+            run = runs.get(None, [])
+            for start in range(0, len(run), chunk):
+                jobs.extend(filter(None, map(_last, run[start : start + chunk])))
+                yield
+            return jobs
+        return (yield from self._merge_steps([list(compress(run, map(_last, run))) for run in runs.values()], chunk))
+
     def _merge(self, runs: List[List[_Entry]]) -> List[Any]:
-        """Merge per-environment runs by :meth:`_compare` (subclasses may do it faster)."""
+        """Merge per-environment runs by :meth:`_compare` (in one go)."""
+        steps = self._merge_steps(runs, 1 << 62)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                merged: List[Any] = done.value
+                return merged
+
+    def _merge_steps(self, runs: List[List[_Entry]], chunk: int) -> Generator[None, None, List[Any]]:
+        """Merge per-environment runs by :meth:`_compare`, pausing (yield) about every ``chunk`` entries
+        (subclasses may do it faster)."""
         keyed = [(self._compare(entry[-1].environment, entry), entry[-1]) for run in runs for entry in run]
-        keyed.sort(key=lambda pair: pair[0])
+        yield
+        keyed.sort(key=_first)
         return [job for _, job in keyed]
 
     def __len__(self) -> int:
@@ -349,16 +404,20 @@ class FairPolicy(_HeapPolicy):
         priority, tag, sequence, _ = entry
         return (priority, tag - self._round.get((environment, priority), 0), sequence)
 
-    def _merge(self, runs: List[List[_Entry]]) -> List[Any]:
+    def _merge_steps(self, runs: List[List[_Entry]], chunk: int) -> Generator[None, None, List[Any]]:
         """Merge the environments' runs by (priority, rounds ahead, arrival) with integer keys.
 
         Within an environment and priority, the key's shift (the current
         round) is one constant, so each key is computed by C-level maps, and
-        the merge is one sort of (int, job) pairs.
+        the merge is one sort of (int, job) pairs.  Pauses (yield) between
+        groups of about ``chunk`` entries.
         """
         pairs: List[Tuple[int, Any]] = []
         rounds = self._round
+        done = 0
         for run in runs:
+            # Entries may have died since the run was read (the reactor ran): skip them.
+            run = list(compress(run, map(_last, run)))
             if not run:
                 continue
             env = run[0][-1].environment
@@ -371,8 +430,18 @@ class FairPolicy(_HeapPolicy):
                     map(add, map(_third, members), repeat(base)),
                 )
                 pairs.extend(zip(keys, map(_last, members)))
+                done += len(members)
+                if done >= chunk:
+                    done = 0
+                    yield
         pairs.sort(key=_first)
-        return list(map(_second, pairs))
+        yield
+        jobs: List[Any] = []
+        for start in range(0, len(pairs), chunk):
+            jobs.extend(filter(None, map(_second, pairs[start : start + chunk])))
+            if len(pairs) > chunk:
+                yield
+        return jobs
 
     def _forget(self, job: Any) -> Tuple[str, int]:
         level = (job.environment, job.priority)

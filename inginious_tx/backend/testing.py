@@ -1,7 +1,7 @@
 """Test doubles for the backend core, for its tests and for policy authors.
 
 :class:`FakePeer` records what the backend sends to it (after a round trip
-through the wire encoding, so a message that could not be sent fails the
+through the wire encoding, either dialect, so a message that could not be sent fails the
 test).  :func:`new_job` and :func:`job_done` build the messages a client and
 an agent would send, with defaults for every field a test does not care
 about.  Drive a :class:`~inginious_tx.backend.core.Backend` by calling its
@@ -23,7 +23,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Type
 from zope.interface import implementer
 
 from ..interfaces import IPeer
-from ..messages import AgentHello, AgentJobDone, ClientNewJob, MessageMeta
+from ..messages import AgentHello, AgentJobDone, ClientNewJob, load_any
 
 __all__ = ["FakePeer", "new_job", "job_done", "agent_hello"]
 
@@ -44,7 +44,7 @@ class FakePeer:
         self._wire = wire
 
     def send(self, message: Any) -> None:
-        self.sent.append(MessageMeta.load(message.dump()) if self._wire else message)
+        self.sent.append(load_any(message.dump()) if self._wire else message)
 
     def accepted(self) -> None:
         self.accepted_count += 1

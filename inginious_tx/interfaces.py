@@ -69,7 +69,8 @@ class IMessageSink(Interface):
     def peer_connected(peer: IPeer) -> None:
         """A new peer can be talked to (a stream connection was made, or a
         connecting transport is ready to send).  For a ZeroMQ listener this
-        fires on the first message from a new identity, just before it."""
+        fires on the first message of a new session (a routing id on a new
+        connection), just before it."""
 
     def message_received(peer: IPeer, message: Any) -> None:
         """A decoded, validated message arrived from ``peer``."""
@@ -86,7 +87,8 @@ class IRejectionObserver(Interface):
     """Optional, for sinks and handlers: hear of frames that did not decode.
 
     A transport that keeps the peer after a bad frame (ZeroMQ: one socket
-    serves every peer) tells a sink that provides this, after logging, so
+    serves every peer; stream: a peer whose hello was accepted, the framing
+    being intact) tells a sink that provides this, after logging, so
     that the role can answer it (e.g. the backend answers a malformed job
     with a ``crash`` that says what was wrong, instead of silence).
     """

@@ -332,7 +332,7 @@ async def test_everything_runs_on_the_injected_reactor(closers: list, until: Any
     closers.append(listener.stop)
     conn = _transport.connect(counting, listener.connect_endpoint, client, Limits())
     closers.append(conn.stop)
-    assert counting.calls["addReader"] == 3  # the ROUTER, the DEALER and the ZAP handler
+    assert counting.calls["addReader"] == 4  # the ROUTER, its monitor, the DEALER and the ZAP handler
     await until(lambda: client.connected)
     before = counting.calls["callLater"]
     conn.peer.send(Ping())
@@ -342,7 +342,7 @@ async def test_everything_runs_on_the_injected_reactor(closers: list, until: Any
     assert counting.calls["callLater"] > before  # the post-send read checks
     await conn.stop()
     await listener.stop()
-    assert counting.calls["removeReader"] == 3
+    assert counting.calls["removeReader"] == 4
 
 
 def test_one_lazy_context_per_transport() -> None:

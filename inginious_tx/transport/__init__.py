@@ -35,6 +35,7 @@ DEFAULT_MAX_HELLO_FRAME = 64 * 1024
 DEFAULT_HELLO_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_MAX_PENDING = 100
+DEFAULT_ZMQ_SEND_HWM = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,18 @@ class Limits:
     #: Largest frame accepted from a peer whose hello has not been accepted
     #: yet (see :meth:`inginious_tx.interfaces.IPeer.accepted`); hellos are tiny.
     max_hello_frame: int = DEFAULT_MAX_HELLO_FRAME
-    #: Seconds a stream connection has to get its hello accepted before it is closed.
+    #: Seconds a connection has to get its hello accepted before it is closed.
     hello_timeout: float = DEFAULT_HELLO_TIMEOUT
-    #: Most open connections of one stream listener (further ones are closed at once).
+    #: Most open connections of one listener (further ones are closed as soon as made).
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    #: Most connections of one stream listener whose hello is not accepted yet.
+    #: Most connections of one listener whose hello is not accepted yet
+    #: (further ones are closed as soon as made).
     max_pending: int = DEFAULT_MAX_PENDING
+    #: Most messages a ZeroMQ listener queues for one peer (its send
+    #: high-water mark); a peer that does not read is cut off on reaching it
+    #: (its session ends, its connection is closed).
+    #: ZeroMQ counts messages, not bytes: each may be up to ``max_frame``.
+    zmq_send_hwm: int = DEFAULT_ZMQ_SEND_HWM
 
 
 #: The limits used when none are given.

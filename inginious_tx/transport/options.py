@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import Any, List, Mapping
 
 from .._options import at_least_one, positive_float
-from . import DEFAULT_HELLO_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HELLO_FRAME, DEFAULT_MAX_PENDING, Limits
+from . import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HELLO_FRAME,
+    DEFAULT_MAX_PENDING,
+    DEFAULT_ZMQ_SEND_HWM,
+    Limits,
+)
 
 __all__ = ["LISTENER_OPTIONS", "limits_from"]
 
@@ -36,22 +43,30 @@ LISTENER_OPTIONS: List[List[Any]] = [
         "hello-timeout",
         None,
         DEFAULT_HELLO_TIMEOUT,
-        "Seconds a new peer has to say an accepted hello before it is disconnected (stream) or forgotten (ZeroMQ).",
+        "Seconds a new connection has to say an accepted hello before it is closed.",
         positive_float,
     ],
     [
         "max-connections",
         None,
         DEFAULT_MAX_CONNECTIONS,
-        "Most open connections of one stream endpoint; further ones are closed at once.",
+        "Most open connections of one endpoint (stream or ZeroMQ); further ones are closed as soon as made.",
+        at_least_one,
+    ],
+    [
+        "zmq-send-hwm",
+        None,
+        DEFAULT_ZMQ_SEND_HWM,
+        "Most messages queued for one ZeroMQ peer that does not read; on reaching it the peer's session "
+        "ends (as on a departure) and its connection is closed.",
         at_least_one,
     ],
     [
         "max-pending",
         None,
         DEFAULT_MAX_PENDING,
-        "Most peers of one endpoint that have not said an accepted hello yet; further stream connections "
-        "are closed at once, the oldest ZeroMQ ones forgotten.",
+        "Most connections of one endpoint that have not said an accepted hello yet; further ones are "
+        "closed as soon as made.",
         at_least_one,
     ],
 ]
@@ -68,4 +83,5 @@ def limits_from(options: Mapping[str, Any]) -> Limits:
         hello_timeout=options["hello-timeout"],
         max_connections=options["max-connections"],
         max_pending=options["max-pending"],
+        zmq_send_hwm=options["zmq-send-hwm"],
     )

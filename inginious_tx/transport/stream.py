@@ -9,6 +9,9 @@ Whatever a peer sends, the worst outcome is that *its* connection is
 aborted with a logged reason: a frame over ``limits.max_frame``, a payload
 that does not decode, or (on the sending side) more than
 ``limits.max_send_buffer`` bytes queued for a peer that does not read.
+The exception: on a listener, a payload from an accepted peer that does not
+decode is handed to the sink if it is an ``IRejectionObserver`` (the
+backend answers a malformed job ``crash``), and the connection goes on.
 
 A listener treats a new connection as a stranger until the role accepts
 its hello (:meth:`StreamPeer.accepted`): until then its frames may be at
@@ -37,7 +40,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from ..interfaces import IConnection, IListener, IMessageSink, IPeer, ITransport
+from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
 from ..messages import MessageError, load_any
 from . import Limits, tls
 
@@ -161,6 +164,10 @@ class MessageProtocol(Int32StringReceiver):
     # Set by makeConnection; every use comes after connectionMade.
     transport: _IConnected
 
+    #: Listening side: an undecodable frame from an accepted peer is handed to
+    #: an IRejectionObserver sink instead of closing the connection.
+    answers_rejects = False
+
     def __init__(self, owner: IProtocolOwner, limits: Limits, accepted: bool = True) -> None:
         self._max_frame = limits.max_frame
         #: False until the role accepted the peer's hello (listening side only).
@@ -282,6 +289,17 @@ class MessageProtocol(Int32StringReceiver):
         try:
             message = _load(data)
         except MessageError as e:
+            sink = self.sink
+            if self.accepted and self.answers_rejects and IRejectionObserver.providedBy(sink):
+                # The framing is intact, so the connection can go on: a peer
+                # we know is told what was wrong (e.g. its job is answered
+                # crash) instead of losing its connection and every job on it.
+                log.warn("{peer}: dropped an undecodable message: {error}", peer=self._describe(), error=str(e))
+                try:
+                    sink.message_rejected(self.peer, e, data)
+                except Exception:
+                    log.failure("{peer}: handler failed on a rejected frame", peer=self._describe())
+                return
             self.abort(f"undecodable message: {e}")
             return
         try:
@@ -362,7 +380,9 @@ class _ServerFactory(Factory):
         if refusal is not None:
             listener._refuse(addr, refusal)
             return _Refused()
-        return MessageProtocol(listener, listener._limits, accepted=False)
+        protocol = MessageProtocol(listener, listener._limits, accepted=False)
+        protocol.answers_rejects = True
+        return protocol
 
 
 @implementer(IListener, IProtocolOwner)

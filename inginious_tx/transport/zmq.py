@@ -16,10 +16,15 @@ to their connection, not to the routing id alone (which anyone may claim):
   are names of our own, and the ids ZeroMQ assigns are made unpredictable
   (:func:`_seed_routing_ids`).
 
-Other departures are not seen (heartbeats decide them).  Until the role
-accepts a session's hello (:meth:`ZmqPeer.accepted`), its frames over
-``Limits.max_hello_frame`` are dropped, and at most ``Limits.max_pending``
-such sessions, none older than ``Limits.hello_timeout``, are kept.
+Other departures are not seen (heartbeats decide them).
+
+Strangers: the listener follows its connections through its socket monitor
+(:class:`_ConnectionWatch`).  A connection beyond ``Limits.max_connections``,
+or beyond ``Limits.max_pending`` connections whose hello is not accepted
+yet, is shut down as soon as it is made; one that gets no hello accepted
+(:meth:`ZmqPeer.accepted`) within ``Limits.hello_timeout`` is shut down
+then, which makes ZeroMQ drop it and whatever it was receiving.  Until then
+its frames over ``Limits.max_hello_frame`` are dropped.
 
 A connection is a DEALER socket sending single-frame messages, which is
 exactly what an INGInious 0.6 client or agent does.
@@ -29,22 +34,24 @@ injected reactor (txzmq itself reaches for the global one), and whose read
 loop is kept short: a frame goes from ``recv`` through ``load_any``
 to the sink with no per-message scheduling.
 
-High-water marks: a ROUTER *silently drops* messages to a peer whose queue
-is full, and a single client of the backend keeps 10,000-20,000 jobs (a few
-messages each) in flight over one socket.  Both HWMs are therefore set to
+High-water marks: a single client of the backend keeps 10,000-20,000 jobs
+(a few messages each) in flight over one socket, so the HWMs are
 :data:`HIGH_WATER_MARK` (one million messages, about 50 times the largest
-burst the benchmark makes) rather than ZeroMQ's default of 1,000.
+burst the benchmark makes; a listener's send HWM is
+``Limits.zmq_send_hwm``) rather than ZeroMQ's default of 1,000.
 ``ROUTER_MANDATORY`` is on, so that reaching it (or sending to an identity
-that left) is logged instead of passing unnoticed.
+that left) is seen instead of a silent drop: a peer whose queue is full has
+stopped reading, and its session ends there (as a stream peer's does past
+``Limits.max_send_buffer``).
 
 Known limit: ZeroMQ counts queued messages, not bytes, and cannot tell that
 a peer has stopped reading.  A ZeroMQ *client* that submits jobs and never
-reads its answers therefore makes the backend hold every answer until the
-high-water mark: memory grows with the size of the results (about 100 MB per
-1,000 results of 100 KB), and the waiting caps do not bound it (answered
-jobs no longer wait).  Admit only known clients on ZeroMQ (CurveZMQ), or use
-a stream transport, whose peers are cut off once ``Limits.max_send_buffer``
-bytes are queued for them.
+reads its answers therefore makes the backend hold up to ``zmq_send_hwm``
+answers (about 100 MB per 1,000 results of 100 KB), and ZeroMQ keeps them
+until then; on reaching it, its connection is shut down, which frees them.
+Lower ``zmq_send_hwm`` to lower that bound, admit only known clients on
+ZeroMQ (CurveZMQ), or use a stream transport, whose peers are cut off once
+``Limits.max_send_buffer`` bytes are queued for them.
 """
 
 from __future__ import annotations
@@ -53,11 +60,14 @@ import ctypes
 import itertools
 import os
 import secrets
+import socket as socket_module
 from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 import zmq
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
+from zmq.utils.monitor import recv_monitor_message
 from zope.interface import implementer
 
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
@@ -95,7 +105,9 @@ def _seed_routing_ids() -> None:
     counter starts at a value drawn from the C library's ``rand()``, which
     nothing seeds: without this, the first peer of every fresh backend got
     the same id (``006b8b4567``).  Seeded from the system's random source,
-    the start is one of 2^32 values an attacker cannot see.
+    the start is one of 2^32 values an attacker cannot see.  It also guards
+    the process: libzmq does not check that the id it assigns is free, and
+    aborts when a peer that chose that id itself is already connected.
     """
     global _seeded
     if _seeded:
@@ -239,6 +251,159 @@ def _new_socket(reactor: Any, context: zmq.Context, socket_type: int, reader: Ca
 # ---------------------------------------------------------------------------
 
 
+@implementer(IReadDescriptor)
+class _ConnectionWatch:
+    """Follows a ROUTER's connections from its monitor events, on the reactor.
+
+    A ROUTER accepts every connection by itself and offers no way to close
+    one.  This keeps each connection's file descriptor (from the monitor,
+    and on every message as ``ZMQ_SRCFD``), so that the listener can count
+    them (the ZAP handler refuses handshakes over the caps) and close one
+    that has not had its hello accepted in time: shutting its socket down
+    makes ZeroMQ drop the connection, and whatever it was receiving.
+    """
+
+    def __init__(self, reactor: Any, socket: zmq.Socket, limits: Limits, description: str) -> None:
+        self._reactor = reactor
+        self._socket = socket
+        self._limits = limits
+        self._hello_timeout = limits.hello_timeout
+        self._description = description
+        self.monitor: Optional[zmq.Socket] = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self._fd = int(self.monitor.get(zmq.FD))
+        #: file descriptor -> its hello deadline (a delayed call), for every open connection not accepted yet
+        self.pending: Dict[int, Any] = {}
+        #: file descriptors of the open connections whose hello was accepted
+        self.accepted: Set[int] = set()
+        #: file descriptor -> when its connection was accepted, for every open connection
+        self.opened: Dict[int, float] = {}
+        #: connections closed for missing the hello deadline (tests, metrics)
+        self.timed_out = 0
+        #: connections closed as soon as made, for being over a cap (tests, metrics)
+        self.refused = 0
+        self._refusals_logged_at = -DROP_LOG_INTERVAL
+        self._refusals_unlogged = 0
+        reactor.addReader(self)
+        # ZeroMQ's descriptor is edge-triggered: look once now, or a
+        # notification given before we listened would never come again.
+        self.doRead()
+
+    def count(self) -> Tuple[int, int]:
+        """(open connections, open connections not accepted yet)."""
+        self.doRead()
+        return len(self.opened), len(self.pending)
+
+    def accept(self, fd: int) -> None:
+        """The connection on ``fd`` had a hello accepted: no deadline for it any more."""
+        self.doRead()
+        deadline = self.pending.pop(fd, None)
+        if deadline is not None:
+            if deadline.active():
+                deadline.cancel()
+            self.accepted.add(fd)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:
+        monitor = self.monitor
+        while monitor is not None:
+            try:
+                event = recv_monitor_message(monitor, _NOBLOCK)
+            except _Again:
+                return
+            fd = event["value"]
+            if event["event"] == zmq.EVENT_ACCEPTED:
+                refusal = self._over_caps()
+                if refusal is not None:
+                    self._refuse(fd, refusal)
+                    continue
+                self.opened[fd] = self._reactor.seconds()
+                self.pending[fd] = self._reactor.callLater(self._hello_timeout, self._expire, fd)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._forget(fd)
+
+    def _over_caps(self) -> Optional[str]:
+        limits = self._limits
+        if len(self.opened) >= limits.max_connections:
+            return f"{len(self.opened)} connections are open (limits.max_connections)"
+        if len(self.pending) >= limits.max_pending:
+            return f"{len(self.pending)} connections have not said hello yet (limits.max_pending)"
+        return None
+
+    def _refuse(self, fd: int, reason: str) -> None:
+        """Close a connection over a cap at once; logged at most once per DROP_LOG_INTERVAL."""
+        self._shut_down(fd)
+        self.refused += 1
+        self._refusals_unlogged += 1
+        now = self._reactor.seconds()
+        if now - self._refusals_logged_at < DROP_LOG_INTERVAL:
+            return
+        log.warn(
+            "{listener}: refused {n} connection(s): {reason}",
+            listener=self._description,
+            n=self._refusals_unlogged,
+            reason=reason,
+        )
+        self._refusals_logged_at = now
+        self._refusals_unlogged = 0
+
+    def _forget(self, fd: int) -> None:
+        deadline = self.pending.pop(fd, None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        self.accepted.discard(fd)
+        self.opened.pop(fd, None)
+
+    def _expire(self, fd: int) -> None:
+        self.doRead()  # it may have closed meanwhile (and its descriptor been reused)
+        if fd not in self.pending:
+            return
+        del self.pending[fd]
+        self.timed_out += 1
+        self._shut_down(fd)
+
+    def close(self, fd: int, since: float) -> bool:
+        """Close the connection on ``fd`` if it is still the one that was open at ``since``."""
+        self.doRead()
+        if self.opened.get(fd, float("inf")) > since:
+            return False  # gone (its descriptor maybe reused by a newer connection)
+        self._shut_down(fd)
+        return True
+
+    @staticmethod
+    def _shut_down(fd: int) -> None:
+        try:
+            # Shut down a duplicate: the descriptor stays ZeroMQ's to close,
+            # and ZeroMQ drops the connection (and what it holds for it).
+            with socket_module.socket(fileno=os.dup(fd)) as connection:
+                connection.shutdown(socket_module.SHUT_RDWR)
+        except OSError as e:
+            log.debug("cannot shut down connection {fd}: {error}", fd=fd, error=str(e))
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "ZMQ monitor"
+
+    def stop(self) -> None:
+        """Stop watching (before the ROUTER is closed)."""
+        monitor, self.monitor = self.monitor, None
+        if monitor is None:
+            return
+        for deadline in self.pending.values():
+            if deadline.active():
+                deadline.cancel()
+        self.pending.clear()
+        self._reactor.removeReader(self)
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        monitor.close(linger=0)
+
+
 @implementer(IPeer)
 class ZmqPeer:
     """One session of a listener: a ZeroMQ routing id *on one connection*.
@@ -264,6 +429,8 @@ class ZmqPeer:
         self.is_accepted = False
         #: When the peer was first heard from (reactor seconds).
         self.since = 0.0
+        #: The file descriptor of its connection when first heard from (ZMQ_SRCFD), or -1.
+        self.fd = -1
 
     def send(self, message: Any) -> None:
         data = message.dump()
@@ -276,10 +443,10 @@ class ZmqPeer:
         self._listener._forget(self, reason)
 
     def accepted(self) -> None:
-        """Lift the pre-hello frame limit for this session."""
+        """Lift the pre-hello frame limit and the hello deadline of this session."""
         if not self.is_accepted:
             self.is_accepted = True
-            self._listener._strangers.pop(self._routing_id, None)
+            self._listener._accepted(self)
 
     def __repr__(self) -> str:
         return f"<ZmqPeer {self.description}>"
@@ -312,13 +479,18 @@ class ZmqListener:
         # Never let a new connection take over a live routing id: whoever
         # knows (or guesses) a peer's id could otherwise receive its messages.
         sock.set(zmq.ROUTER_HANDOVER, 0)
+        sock.set(zmq.SNDHWM, int(limits.zmq_send_hwm))  # per peer; before bind, so every pipe has it
         self._release_curve: Optional[Callable[[], None]] = None
+        self._watch: Optional[_ConnectionWatch] = None
         try:
+            self._watch = _ConnectionWatch(reactor, sock, limits, endpoint)
             # Always under the ZAP handler: it lets only allowed CurveZMQ keys
             # in, and gives every connection a User-Id that sessions are bound to.
             self._release_curve = curve.guard_listener(reactor, context, sock, curve_settings, endpoint)
             sock.bind(address)
         except (zmq.ZMQError, ValueError) as e:
+            if self._watch is not None:
+                self._watch.stop()
             self._conn.shutdown()
             if self._release_curve is not None:
                 self._release_curve()
@@ -333,6 +505,21 @@ class ZmqListener:
     def peers(self) -> Dict[bytes, ZmqPeer]:
         """Routing id -> its session, for every routing id heard from (and not forgotten)."""
         return self._peers
+
+    @property
+    def connections(self) -> int:
+        """Open connections (including ones still in their handshake)."""
+        return self._watch.count()[0] if self._watch is not None else 0
+
+    @property
+    def timed_out(self) -> int:
+        """Connections closed so far for not having a hello accepted within ``limits.hello_timeout``."""
+        return self._watch.timed_out if self._watch is not None else 0
+
+    @property
+    def refused(self) -> int:
+        """Connections closed as soon as made, for being over ``max_connections`` or ``max_pending``."""
+        return self._watch.refused if self._watch is not None else 0
 
     def _read(self, socket: zmq.Socket) -> bool:
         peers = self._peers
@@ -397,8 +584,14 @@ class ZmqListener:
             origin = os.path.basename(self._curve.allowed.get(key, "?"))
         else:
             origin = frame.get("Peer-Address") or "?"
+        if self._watch is not None:
+            self._watch.doRead()  # its connection is known before the session starts (see close())
         peer = ZmqPeer(self, routing_id, user_id, origin)
         peer.since = self._reactor.seconds()
+        try:
+            peer.fd = int(frame.get(zmq.SRCFD))
+        except (zmq.ZMQError, TypeError, ValueError):
+            pass
         self._peers[routing_id] = peer
         self._admit_stranger(peer)
         self._sink.peer_connected(peer)
@@ -476,17 +669,29 @@ class ZmqListener:
                 self._forget(peer, "its connection closed")
                 self._reactor.callLater(0, self._tell_gone, peer, "its connection closed")
             elif e.errno == zmq.EAGAIN:
-                log.warn(
-                    "{peer}: its queue is full ({hwm} messages): dropped a message",
-                    peer=peer.description,
-                    hwm=HIGH_WATER_MARK,
+                # It does not read: stop here rather than let it make us hold more,
+                # and let the role handle it as a departure (as a stream peer's).
+                reason = (
+                    f"{self._limits.zmq_send_hwm} messages are queued for it and it does not read "
+                    "(limits.zmq_send_hwm)"
                 )
+                log.warn("{peer}: {reason}; its session ends", peer=peer.description, reason=reason)
+                self._forget(peer, reason)
+                # ...and its connection, so that ZeroMQ lets go of what is queued for it.
+                if self._watch is not None and peer.fd >= 0:
+                    self._watch.close(peer.fd, peer.since)
+                self._reactor.callLater(0, self._tell_gone, peer, reason)
             else:
                 log.warn("cannot send to {peer}: {error}", peer=peer.description, error=str(e))
         # Any send, failed or not, may consume the edge-triggered read
         # notification: always look at the socket again.
         if conn.read_scheduled is None:
             conn.schedule_read()
+
+    def _accepted(self, peer: ZmqPeer) -> None:
+        self._strangers.pop(peer._routing_id, None)
+        if self._watch is not None and peer.fd >= 0 and not peer.forgotten:
+            self._watch.accept(peer.fd)
 
     def _tell_gone(self, peer: ZmqPeer, reason: str) -> None:
         """The sink learns (on its own reactor turn, not inside a send) that ``peer`` is gone."""
@@ -509,6 +714,9 @@ class ZmqListener:
             peer.forgotten = True
         self._peers.clear()
         self._strangers.clear()
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
         if self._conn.socket is not None:
             self._conn.shutdown()
             log.info("stopped listening on {endpoint}", endpoint=self.connect_endpoint)

@@ -44,7 +44,7 @@ ENVIRONMENTS = [f"env{i}" for i in range(10)]
 AGENTS = 100
 SLOTS = 10
 KINDS = ("submit", "finish", "kill-wait", "kill-run")
-SNAPSHOTS = ("0.6 question", "0.9 question", "0.6 slice", "0.6 build", "0.9 build", "cold")
+SNAPSHOTS = ("0.6 question", "0.9 question", "0.6 slice", "0.9 slice", "0.6 build", "0.9 build", "cold", "cold slice")
 
 
 @implementer(IPeer)
@@ -192,7 +192,8 @@ def snapshots(
     slices, after the queue changed, at most once a heartbeat); ``build``,
     a whole rebuild, all its slices added (the policy's ``ordered()``
     included), after 500 jobs finished and 500 arrived.  ``cold``: the
-    first build (every job's row encoded for the first time).
+    first build (every job's row encoded for the first time), ``cold slice``
+    its longest piece (or the question itself, if longer).
     """
     sink = backend.client_sink()
     c06 = EncodingPeer(b"client-06")
@@ -227,14 +228,17 @@ def snapshots(
             largest, total = max(largest, spent), total + spent
         return largest, total
 
-    def ask(peer: EncodingPeer, message: Any) -> float:
+    def ask(peer: EncodingPeer, message: Any) -> Tuple[float, float]:
+        """(total, largest slice) of a question and the build it waits for."""
         before = peer.count
         spent = timed(sink.message_received, peer, message)
-        _, total = build()
+        largest, total = build()
         assert peer.count == before + 1, "no answer"
-        return spent + total
+        return spent + total, max(spent, largest)
 
-    out["cold"] = ask(c06, ClientGetQueue()) + ask(c09, v09.ClientGetQueue())
+    cold06, slice06 = ask(c06, ClientGetQueue())
+    cold09, slice09 = ask(c09, v09.ClientGetQueue())
+    out["cold"], out["cold slice"] = cold06 + cold09, max(slice06, slice09)
     # churn: some jobs finish (the freed slots take waiting ones), as many arrive
     ah = backend.agent_handler
     for peer, message in fresh[:500]:

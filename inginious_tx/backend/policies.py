@@ -15,7 +15,8 @@ memory and the amortised cost bounded.
 from __future__ import annotations
 
 import heapq
-from itertools import compress, groupby, repeat
+from bisect import bisect_right
+from itertools import compress, groupby, islice, repeat
 from operator import add, itemgetter, mul
 from typing import Any, Collection, Dict, Generator, Hashable, List, Optional, Tuple
 
@@ -54,6 +55,53 @@ _first, _second, _third, _last = itemgetter(0), itemgetter(1), itemgetter(2), it
 _P0, _R0 = 1 << 62, 1 << 62
 _ROUND_SCALE = 1 << 64
 _PRIORITY_SCALE = 1 << 192
+
+
+def _sort_steps(done: Optional[List[Any]], rest: List[Any], chunk: int) -> Generator[None, None, List[Any]]:
+    """``done`` (sorted, or None) and ``rest`` (in no order) as one sorted list, pausing (yield)
+    about every ``chunk`` entries, so that no step sorts, compares or copies much more than that.
+
+    ``rest`` is sorted in chunks, merged lazily; then each of its entries is
+    put in its place in ``done`` by bisection, the runs of ``done`` between
+    them copied at C speed.  Items must never compare equal.
+    """
+    if len(rest) <= chunk:
+        rest.sort()
+        yield
+    else:
+        runs = []
+        for start in range(0, len(rest), chunk):
+            part = rest[start : start + chunk]
+            part.sort()
+            runs.append(part)
+            yield
+        stream = heapq.merge(*runs)
+        rest = []
+        while True:
+            before = len(rest)
+            rest.extend(islice(stream, chunk))
+            yield
+            if len(rest) - before < chunk:
+                break
+    if not done:
+        return rest
+    out: List[Any] = []
+    place = bisect_right
+    copied = 0
+    previous = 0
+    for i, entry in enumerate(rest, 1):
+        at = place(done, entry, previous)
+        out.extend(done[previous:at])
+        out.append(entry)
+        copied += at - previous
+        previous = at
+        if i % chunk == 0 or copied > 16 * chunk:
+            copied = 0
+            yield
+    for start in range(previous, len(done), 16 * chunk):
+        out.extend(done[start : start + 16 * chunk])
+        yield
+    return out
 
 
 class _HeapPolicy:
@@ -227,7 +275,7 @@ class _HeapPolicy:
         self._n_added = 0
         return list(runs.values())
 
-    def ordered_steps(self, chunk: int = 10_000) -> Generator[None, None, List[Any]]:
+    def ordered_steps(self, chunk: int = 2_000) -> Generator[None, None, List[Any]]:
         """:meth:`ordered`, in steps of about ``chunk`` entries (each ``yield`` is a pause).
 
         For a caller that lets the reactor run between steps (queue
@@ -241,24 +289,30 @@ class _HeapPolicy:
         self._sorted = None
         self._added = {}
         self._n_added = 0
-        sources: Dict[Any, List[List[_Entry]]] = {}
+        # key -> (a run already sorted, or None; entries in no order)
+        sources: Dict[Any, Tuple[Optional[List[_Entry]], List[List[_Entry]]]] = {}
         if previous is None or added is None:
             for env, heap in self._heaps.items():
-                sources.setdefault(env if self._runs_by_env else None, []).append(list(heap))
+                sources.setdefault(env if self._runs_by_env else None, (None, []))[1].append(list(heap))
         else:
             for key in set(previous) | set(added):
-                sources[key] = [previous.get(key, []), added.get(key, [])]
+                sources[key] = (previous.get(key), [added.get(key, [])])
         runs: Dict[Any, List[_Entry]] = {}
-        for key, lists in sources.items():
-            run: List[_Entry] = []
+        for key, (done, lists) in sources.items():
+            live: Optional[List[_Entry]] = None
+            if done is not None:
+                live = []
+                for start in range(0, len(done), chunk):
+                    part = done[start : start + chunk]
+                    live.extend(compress(part, map(_last, part)))
+                    yield
+            rest: List[_Entry] = []
             for entries in lists:
                 for start in range(0, len(entries), chunk):
                     part = entries[start : start + chunk]
-                    run.extend(compress(part, map(_last, part)))
+                    rest.extend(compress(part, map(_last, part)))
                     yield
-            run.sort()
-            runs[key] = run
-            yield
+            runs[key] = yield from _sort_steps(live, rest, chunk)
         if self._sorted is None:  # no plain ordered() in between: keep the runs for next time
             self._sorted = runs
         if not self._runs_by_env:
@@ -268,7 +322,15 @@ class _HeapPolicy:
                 jobs.extend(filter(None, map(_last, run[start : start + chunk])))
                 yield
             return jobs
-        return (yield from self._merge_steps([list(compress(run, map(_last, run))) for run in runs.values()], chunk))
+        live_runs: List[List[_Entry]] = []
+        for run in runs.values():
+            live = []
+            for start in range(0, len(run), chunk):
+                part = run[start : start + chunk]
+                live.extend(compress(part, map(_last, part)))
+                yield
+            live_runs.append(live)
+        return (yield from self._merge_steps(live_runs, chunk))
 
     def _merge(self, runs: List[List[_Entry]]) -> List[Any]:
         """Merge per-environment runs by :meth:`_compare` (in one go)."""
@@ -412,7 +474,7 @@ class FairPolicy(_HeapPolicy):
         the merge is one sort of (int, job) pairs.  Pauses (yield) between
         groups of about ``chunk`` entries.
         """
-        pairs: List[Tuple[int, Any]] = []
+        merged: List[List[Tuple[int, Any]]] = []
         rounds = self._round
         done = 0
         for run in runs:
@@ -421,25 +483,41 @@ class FairPolicy(_HeapPolicy):
             if not run:
                 continue
             env = run[0][-1].environment
+            pairs: List[Tuple[int, Any]] = []
+            yield
             for priority, group in groupby(run, key=_first):
                 members = list(group)
                 base = (priority + _P0) * _PRIORITY_SCALE + (_R0 - rounds.get((env, priority), 0)) * _ROUND_SCALE
-                keys = map(
-                    add,
-                    map(mul, map(_second, members), repeat(_ROUND_SCALE)),
-                    map(add, map(_third, members), repeat(base)),
-                )
-                pairs.extend(zip(keys, map(_last, members)))
-                done += len(members)
-                if done >= chunk:
-                    done = 0
-                    yield
-        pairs.sort(key=_first)
-        yield
+                for start in range(0, len(members), chunk):
+                    part = members[start : start + chunk]
+                    keys = map(
+                        add,
+                        map(mul, map(_second, part), repeat(_ROUND_SCALE)),
+                        map(add, map(_third, part), repeat(base)),
+                    )
+                    pairs.extend(zip(keys, map(_last, part)))
+                    done += len(part)
+                    if done >= chunk:
+                        done = 0
+                        yield
+            # In rank order already, hence in key order: a linear check by timsort.
+            pairs.sort(key=_first)
+            merged.append(pairs)
+            yield
         jobs: List[Any] = []
-        for start in range(0, len(pairs), chunk):
-            jobs.extend(filter(None, map(_second, pairs[start : start + chunk])))
-            if len(pairs) > chunk:
+        # The environments' runs merged lazily, ``chunk`` entries per step
+        # (keys are unique: jobs are never compared).
+        stream = heapq.merge(*merged, key=_first) if len(merged) > 1 else iter(merged[0] if merged else ())
+        while True:
+            taken = list(islice(stream, chunk))
+            jobs.extend(filter(None, map(_second, taken)))
+            yield
+            if len(taken) < chunk:
+                break
+        # Freeing the pairs is work too: in steps as well.
+        for pairs in merged:
+            while pairs:
+                del pairs[-chunk:]
                 yield
         return jobs
 

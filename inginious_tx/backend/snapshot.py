@@ -49,7 +49,7 @@ class QueueSnapshot:
         clock: IReactorTime,
         max_age: float,
         small: int = 1000,
-        slice_jobs: int = 10_000,
+        slice_jobs: int = 2_000,
     ) -> None:
         self._policy = policy
         self._clock = clock

@@ -18,7 +18,17 @@ import msgpack
 
 from .sizes import packed_size
 
-__all__ = ["cached_rows", "DialectAdapter", "Encoded", "Environment", "DOCKER", "label", "state_of", "queue_bytes"]
+__all__ = [
+    "relay",
+    "cached_rows",
+    "DialectAdapter",
+    "Encoded",
+    "Environment",
+    "DOCKER",
+    "label",
+    "state_of",
+    "queue_bytes",
+]
 
 #: An environment: ``(type, name)``.  A 0.6 environment NAME is ``("docker", NAME)``.
 Environment = Tuple[str, str]
@@ -190,6 +200,25 @@ class DialectAdapter:
 
     def __repr__(self) -> str:
         return f"<dialect {self.name}>"
+
+
+def relay(target: Any, source_types: Dict[str, Any]) -> Callable[..., Any]:
+    """How to build a ``target`` message whose fields are values of ``source_types``.
+
+    Each value was checked when its message was decoded: if every field of
+    ``target`` is declared with the same type there, checking it again on
+    the way out is waste, and the unchecked constructor (``_trusted``, made
+    by :class:`~inginious_tx.messages.MessageMeta`) is returned; otherwise
+    ``target`` itself, which checks.  Decided once, at import.
+    """
+    trusted = getattr(target, "_trusted", None)
+    types = getattr(target, "field_types", None)
+    if trusted is None or types is None or any(source_types.get(f, _NO_TYPE) != t for f, t in types.items()):
+        return target
+    return trusted
+
+
+_NO_TYPE = object()
 
 
 def optional_int(value: Any) -> Optional[int]:

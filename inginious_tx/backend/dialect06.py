@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 from zope.interface import implementer
 
 from ..interfaces import IBackendAgentHandler, IBackendClientHandler, IPeer, IRejectionObserver
-from ..messages import v06
-from .adapter import DOCKER, cached_rows, DialectAdapter, Encoded, optional_int, queue_bytes, waiting_row
+from ..messages import v06, v09
+from .adapter import DOCKER, cached_rows, DialectAdapter, Encoded, optional_int, queue_bytes, relay, waiting_row
 from .sizes import packed_size, rejected_job
 
 if TYPE_CHECKING:
@@ -28,6 +28,15 @@ __all__ = ["Dialect06", "ClientHandler06", "AgentHandler06"]
 _BackendJobDone = v06.BackendJobDone
 _BackendNewJob = v06.BackendNewJob
 _BackendJobStarted = v06.BackendJobStarted
+# Builders that skip re-checking fields checked when decoded (see adapter.relay):
+# a 0.6 client's job id, an agent's result of either dialect, a 0.6 job's fields
+# (its agent-side id is the core's (address, job id) pair, checked below).
+_JOB_ID = {"job_id": v06.ClientNewJob.field_types["job_id"]}
+_started = relay(_BackendJobStarted, _JOB_ID)
+_done = {
+    source: relay(_BackendJobDone, {**source.field_types, **_JOB_ID}) for source in (v06.AgentJobDone, v09.AgentJobDone)
+}
+_new_job = relay(_BackendNewJob, {**v06.ClientNewJob.field_types, "job_id": _BackendNewJob.field_types["job_id"]})
 #: The 0.9 docker agent's defaults (PROTOCOL-0.9.md section 3).
 _DEFAULT_TIME, _DEFAULT_MEMORY = 30, 200
 
@@ -45,10 +54,10 @@ class Dialect06(DialectAdapter):
         return v06.BackendUpdateContainers(offered.get(DOCKER, ()))
 
     def job_started(self, job: Any) -> Any:
-        return _BackendJobStarted(job.job_id)
+        return _started(job.job_id)
 
     def job_done(self, job: Any, m: Any) -> Any:
-        return _BackendJobDone(
+        return _done.get(type(m), _BackendJobDone)(
             job.job_id, m.result, m.grade, m.problems, m.tests, m.custom, m.state, m.archive, m.stdout, m.stderr
         )
 
@@ -90,8 +99,9 @@ class Dialect06(DialectAdapter):
     def new_job(self, job: Any) -> Any:
         m = job.message
         if job.origin is self:
-            return _BackendNewJob(
-                job.key,
+            key = job.key
+            return (_new_job if type(key[0]) is bytes else _BackendNewJob)(
+                key,
                 m.course_id,
                 m.task_id,
                 m.inputdata,

@@ -18,8 +18,18 @@ from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 from zope.interface import implementer
 
 from ..interfaces import IPeer, IRejectionObserver
-from ..messages import v09
-from .adapter import DOCKER, cached_rows, DialectAdapter, Encoded, optional_int, queue_bytes, state_of, waiting_row
+from ..messages import v06, v09
+from .adapter import (
+    DOCKER,
+    cached_rows,
+    DialectAdapter,
+    Encoded,
+    optional_int,
+    queue_bytes,
+    relay,
+    state_of,
+    waiting_row,
+)
 from .sizes import packed_size, rejected_job
 
 if TYPE_CHECKING:
@@ -30,6 +40,14 @@ __all__ = ["Dialect09", "ClientHandler09", "AgentHandler09", "max_time"]
 _BackendJobDone = v09.BackendJobDone
 _BackendNewJob = v09.BackendNewJob
 _BackendJobStarted = v09.BackendJobStarted
+# Builders that skip re-checking fields checked when decoded (see adapter.relay):
+# a 0.9 client's job id, an agent's result of either dialect, a 0.9 job's fields.
+_JOB_ID = {"job_id": v09.ClientNewJob.field_types["job_id"]}
+_started = relay(_BackendJobStarted, _JOB_ID)
+_done = {
+    source: relay(_BackendJobDone, {**source.field_types, **_JOB_ID}) for source in (v06.AgentJobDone, v09.AgentJobDone)
+}
+_new_job = relay(_BackendNewJob, v09.ClientNewJob.field_types)
 
 
 def max_time(parameters: Any) -> int:
@@ -54,10 +72,10 @@ class Dialect09(DialectAdapter):
         return v09.BackendUpdateEnvironments({kind: list(names) for kind, names in offered.items()})
 
     def job_started(self, job: Any) -> Any:
-        return _BackendJobStarted(job.job_id)
+        return _started(job.job_id)
 
     def job_done(self, job: Any, m: Any) -> Any:
-        return _BackendJobDone(
+        return _done.get(type(m), _BackendJobDone)(
             job.job_id, m.result, m.grade, m.problems, m.tests, m.custom, m.state, m.archive, m.stdout, m.stderr
         )
 
@@ -98,7 +116,7 @@ class Dialect09(DialectAdapter):
     def new_job(self, job: Any) -> Any:
         m = job.message
         if job.origin is self:
-            return _BackendNewJob(
+            return _new_job(
                 job.job_id,
                 m.course_id,
                 m.task_id,

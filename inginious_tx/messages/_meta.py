@@ -454,6 +454,14 @@ class MessageMeta(type):
                 f"    d = {{{order}}}",
                 "    _validate(d)",
                 "    _set(self, '__dict__', d)",
+                "",
+                # For a sender whose every field comes from a message of the
+                # same declared types that was checked when decoded: the
+                # backend relaying a result (see MessageMeta.trusted).
+                f"def _trusted({', '.join(params)}):",
+                "    obj = _new(_cls)",
+                f"    _set(obj, '__dict__', {{{order}}})",
+                "    return obj",
             ]
         else:
             src += [
@@ -470,6 +478,8 @@ class MessageMeta(type):
         init_fn.__qualname__ = f"{cls.__qualname__}.__init__"
         type.__setattr__(cls, "__init__", init_fn)
         type.__setattr__(cls, "dump", env["dump"])
+        if pure:
+            type.__setattr__(cls, "_trusted", staticmethod(env["_trusted"]))
         MessageMeta._all_loaders[cls.dialect][msgtype] = env["_load"]
 
     # -- decoding -----------------------------------------------------------

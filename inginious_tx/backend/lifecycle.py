@@ -253,6 +253,18 @@ class Backend:
         if not counts[0] and not counts[1]:
             del table[job.environment]
 
+    def _started(self, job: Job) -> None:
+        """Move ``job``'s counts from waiting to running (each entry exists: it counts ``job``)."""
+        counts = self._course_counts[job.course_id]
+        counts[0] -= 1
+        counts[1] += 1
+        counts = self._client_counts[job.client_name]
+        counts[0] -= 1
+        counts[1] += 1
+        counts = self._env_counts[job.environment]
+        counts[0] -= 1
+        counts[1] += 1
+
     def _notify(self, event: str, *args: Any) -> None:
         """Call ``event`` on every observer; one that raises is logged and skipped."""
         for observer in list(self._observers):
@@ -811,14 +823,21 @@ class Backend:
         self._slots.take(agent, job.environment)
         self._send(job, agent)
 
-    def _send(self, job: Job, agent: AgentState) -> None:
-        """Hand ``job`` to ``agent`` (the free lists are the caller's business)."""
+    def _send(self, job: Job, agent: AgentState, waited: bool = False) -> None:
+        """Hand ``job`` to ``agent`` (the free lists are the caller's business).
+
+        ``waited``: ``job`` was just taken from the queue by ``_next_for(agent, counted=False)``
+        and is still counted as waiting; its counts move from waiting to running in one pass.
+        """
         job.state = RUNNING
         job.agent = agent
         job.started_at = now = self._clock.seconds()
         if not job.retries:
             self.stats.waited(now - job.submitted_at)
-        self._count(job, RUNNING_COUNT, 1)
+        if waited:
+            self._started(job)
+        else:
+            self._count(job, RUNNING_COUNT, 1)
         dialect = agent.dialect
         job.agent_id = agent_id = dialect.agent_job_id(job)
         agent.running[agent_id] = job
@@ -846,14 +865,15 @@ class Backend:
         if not agent.alive:
             return
         if self._n_waiting:
-            job = self._next_for(agent)
+            job = self._next_for(agent, counted=False)
             if job is not None:
-                self._send(job, agent)
+                self._send(job, agent, waited=True)
                 return
         self._slots.released(agent)
 
-    def _next_for(self, agent: AgentState) -> Optional[Job]:
-        """The policy's next job for ``agent``, no longer counted as waiting.
+    def _next_for(self, agent: AgentState, counted: bool = True) -> Optional[Job]:
+        """The policy's next job for ``agent``, no longer counted as waiting
+        (unless ``counted`` is false: the caller moves its counts, see :meth:`_started`).
 
         The policy is a plugin: what it returns is checked (one dict lookup),
         so that a broken policy costs a logged error and, at worst, a job
@@ -876,11 +896,13 @@ class Backend:
                 continue
             self._n_waiting -= 1
             self._queue_version += 1
-            self._count(job, WAITING_COUNT, -1)
             if job.client is not None:
                 job.client.waiting -= 1
             if job.environment in agent.environments:
+                if counted:
+                    self._count(job, WAITING_COUNT, -1)
                 return job
+            self._count(job, WAITING_COUNT, -1)
             self.log.error(
                 "scheduling policy {policy!r} returned {job!r} for an agent offering {envs}: answered crash",
                 policy=self._policy,

@@ -185,7 +185,7 @@ class Options(usage.Options):
         self["clients"].append(endpoint)
 
     def opt_agents(self, endpoint: str) -> None:
-        """Endpoint where agents connect (e.g. zmq:tcp://127.0.0.1:2001); repeatable [default: none, an embedded agent]"""
+        """Endpoint agents connect to (e.g. zmq:tcp://127.0.0.1:2001); repeatable [default: none: an embedded agent]"""
         self["agents"].append(endpoint)
 
     opt_c = opt_clients

@@ -16,6 +16,7 @@ from ._meta import (
     WrongFieldType,
     load_any,
 )
+
 # The 0.6 names, as they always were: listed once, in _types.__all__.
 from ._types import *  # noqa: F403
 from ._types import MESSAGES as ALL_MESSAGES

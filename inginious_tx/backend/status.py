@@ -37,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from .. import __version__
+from .._reactor import CommonReactor
 from .._ready import ReadyResult
 from .adapter import label
 from .charts import PALETTE, RESULT_COLORS, format_number, heatmap, legend, line_chart
@@ -593,7 +594,7 @@ class StatusService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: CommonReactor,
         backend: Backend,
         endpoint: str,
         registry: Any = None,

@@ -43,6 +43,8 @@ from twisted.logger import Logger
 from zmq.utils import z85
 from zope.interface import implementer
 
+from .._reactor import CommonReactor
+
 __all__ = [
     "CurveServer",
     "CurveClient",
@@ -236,7 +238,7 @@ class ZapHandler:
     least one listener of the context does.
     """
 
-    def __init__(self, reactor: Any, context: zmq.Context) -> None:
+    def __init__(self, reactor: CommonReactor, context: zmq.Context) -> None:
         self._reactor = reactor
         self._context = context
         socket = context.socket(zmq.REP)
@@ -331,7 +333,7 @@ _handlers: Dict[zmq.Context, ZapHandler] = {}
 
 
 def guard_listener(
-    reactor: Any, context: zmq.Context, socket: zmq.Socket, settings: Optional[CurveServer], description: str
+    reactor: CommonReactor, context: zmq.Context, socket: zmq.Socket, settings: Optional[CurveServer], description: str
 ) -> Callable[[], None]:
     """Put ``socket`` (a ROUTER, not bound yet) under the context's ZAP handler.
 
@@ -360,7 +362,7 @@ def guard_listener(
 
 
 def secure_listener(
-    reactor: Any, context: zmq.Context, socket: zmq.Socket, settings: CurveServer, description: str
+    reactor: CommonReactor, context: zmq.Context, socket: zmq.Socket, settings: CurveServer, description: str
 ) -> Callable[[], None]:
     """Make ``socket`` (not bound yet) a CurveZMQ server that lets only allowed keys in (see :func:`guard_listener`)."""
     return guard_listener(reactor, context, socket, settings, description)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
+import wire_vectors
 from host_tools import missing_setup
 
 __all__ = [
@@ -109,13 +110,7 @@ def to_json(value: Any) -> Any:
 
 def from_json(value: Any) -> Any:
     """The inverse of :func:`to_json` (lists come back as lists)."""
-    if isinstance(value, dict):
-        if set(value) == {"$bytes_hex"}:
-            return bytes.fromhex(value["$bytes_hex"])
-        return {k: from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    return value
+    return wire_vectors.from_json(value, list)
 
 
 class PeerProcess:

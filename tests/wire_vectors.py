@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
 
 __all__ = ["vectors", "from_json"]
 
@@ -17,12 +17,13 @@ def vectors(dialect: str) -> List[Dict[str, Any]]:
     return loaded
 
 
-def from_json(value: Any) -> Any:
-    """The JSON writing of the vectors back to Python values (bytes, tuples)."""
+def from_json(value: Any, sequence: Callable[[Iterator[Any]], Any] = tuple) -> Any:
+    """The JSON writing of the vectors (and of the INGInious driver's events) back to
+    Python values: ``{"$bytes_hex": ...}`` as bytes, lists as ``sequence`` (tuples)."""
     if isinstance(value, dict):
         if set(value) == {"$bytes_hex"}:
             return bytes.fromhex(value["$bytes_hex"])
-        return {k: from_json(v) for k, v in value.items()}
+        return {k: from_json(v, sequence) for k, v in value.items()}
     if isinstance(value, list):
-        return tuple(from_json(v) for v in value)
+        return sequence(from_json(v, sequence) for v in value)
     return value

@@ -51,7 +51,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 from .._reactor import CommonReactor
 from ..messages import BackendNewJob
@@ -132,6 +132,7 @@ class IStudentLauncher(Interface):
         """End whatever runs now (the job is ending)."""
 
 
+@implementer(IStudentLauncher)
 class LauncherBase:
     """What every :class:`IStudentLauncher` shares: it tracks the calls in
     progress, so that :meth:`stop` fires only once each has answered.

@@ -31,18 +31,9 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from .job_folder import DEFAULT_PATH, JobFolder
-from .run_student import (
-    EXIT_FAILED,
-    EXIT_OOM,
-    EXIT_TIMEOUT,
-    IStudentLauncher,
-    LauncherBase,
-    StudentOutcome,
-    StudentRequest,
-)
+from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, LauncherBase, StudentOutcome, StudentRequest
 
 __all__ = ["DockerStudentLauncher", "LABEL_STUDENT", "STDIN_MOUNT"]
 
@@ -52,7 +43,6 @@ STDIN_MOUNT = "/inginious/stdin"
 _MIN_MEM_MB = 8
 
 
-@implementer(IStudentLauncher)
 class DockerStudentLauncher(LauncherBase):
     """Runs one job's run_student calls in sibling containers."""
 

@@ -32,18 +32,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from .job_folder import DEFAULT_PATH
-from .run_student import (
-    EXIT_FAILED,
-    EXIT_OOM,
-    EXIT_TIMEOUT,
-    IStudentLauncher,
-    LauncherBase,
-    StudentOutcome,
-    StudentRequest,
-)
+from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, LauncherBase, StudentOutcome, StudentRequest
 
 __all__ = ["LocalStudentLauncher", "DEFAULT_STUDENT_USER"]
 
@@ -52,7 +43,6 @@ HIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_student_hide.p
 DEFAULT_STUDENT_USER = (4243, 4243)
 
 
-@implementer(IStudentLauncher)
 class LocalStudentLauncher(LauncherBase):
     """Runs one local job's run_student calls."""
 

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -347,7 +347,7 @@ class _Page(Resource):
     # each page defines it
     render_GET: Callable[[Any], bytes]
 
-    def __init__(self, backend: Backend, clock: Any, recorder: Optional[StatusRecorder] = None) -> None:
+    def __init__(self, backend: Backend, clock: IReactorTime, recorder: Optional[StatusRecorder] = None) -> None:
         super().__init__()
         self._backend = backend
         self._clock = clock
@@ -550,7 +550,7 @@ class _Root(Resource):
 
 
 def status_resource(
-    backend: Backend, clock: Any, registry: Any = None, recorder: Optional[StatusRecorder] = None
+    backend: Backend, clock: IReactorTime, registry: Any = None, recorder: Optional[StatusRecorder] = None
 ) -> Resource:
     """The resource tree: ``/``, ``/status.json``, ``/metrics``; with a
     ``recorder`` also ``/history.json`` and ``/events``, and charts on ``/``.

@@ -66,7 +66,7 @@ def test_dialects_and_environment_types_everywhere() -> None:
     assert "<td>agent09</td><td>0.9</td>" in page and "<td>agent06</td><td>0.6</td>" in page
     assert "<td>new-frontend</td><td>0.9</td>" in page
     assert "docker/default, ssh/py" in page and "<td>docker</td><td>gone</td><td>1</td>" in page
-    assert "dialect 0.6: 1 agents, 1 clients; dialect 0.9: 1 agents, 1 clients" in page
+    assert "dialect 0.6: 1 agent, 1 client; dialect 0.9: 1 agent, 1 client" in page
 
     parsed = _metrics(world, recorder)
     assert value(parsed, "inginious_jobs_waiting", environment="gone", environment_type="docker") == 1

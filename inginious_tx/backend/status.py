@@ -257,6 +257,10 @@ def _more(n: int, what: str) -> str:
     return f'<p class="more">and {n} more {escape(what)} (see status.json)</p>' if n else ""
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _last(points: Any) -> Optional[float]:
     for v in reversed(points):
         if v is not None:
@@ -439,7 +443,9 @@ def render_html(
         by_dialect.setdefault(a.get("dialect", "?"), [0, 0])[0] += 1
     for c in client_list:
         by_dialect.setdefault(c["dialect"], [0, 0])[1] += 1
-    dialects = "; ".join(f"dialect {d}: {n_a} agents, {n_c} clients" for d, (n_a, n_c) in sorted(by_dialect.items()))
+    dialects = "; ".join(
+        f"dialect {d}: {_count(n_a, 'agent')}, {_count(n_c, 'client')}" for d, (n_a, n_c) in sorted(by_dialect.items())
+    )
     dialect_note = f" ({escape(dialects)})" if dialects else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{meta}

@@ -127,7 +127,8 @@ class Options(usage.Options):
             None,
             None,
             "Also write the log to this file ('-': standard output) as JSON lines, one object per event, "
-            "with an event per job transition (job id, client, agent, environment, result). [default: none]",
+            "with an event per job transition (job id, client, agent, environment, result); "
+            "SIGHUP reopens the file (log rotation). [default: none]",
         ],
         [
             "embedded-slots",

@@ -269,6 +269,30 @@ async def test_a_routing_id_reused_after_its_peer_left_is_a_new_session(
 
 @pytest.mark.parametrize("secured", [False, True], ids=["plain", "curve"])
 @pytest_twisted.ensureDeferred
+async def test_a_silent_impostor_on_a_departed_clients_routing_id_receives_nothing(
+    secured: bool, short_tmp: str, raw_context: Any, closers: list, until: Any, within: Any
+) -> None:
+    """Alice leaves with a job running; once her connection is gone, mallory (another allowed
+    key with CurveZMQ) connects with alice's routing id and says nothing.  Alice's session ends
+    when her connection closes (the socket monitor), so her result goes to no one.  On main the
+    session lived on until a send failed, and alice's result was sent to mallory."""
+    keys = Keys(short_tmp) if secured else None
+    service, clients, _ = await backend_and_agent(closers, until, within, keys)
+    alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
+    alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
+    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+    alice.close()
+    await until(lambda: clients.connections == 0, what="alice's connection to close")
+    mallory = RawPeer(raw_context, clients, b"alice-session", keys, "mallory")
+    closers.append(mallory.close)
+    await until(lambda: clients.connections == 1, what="mallory to connect")
+    # Her session is over: no client registered, her job killed (not run to its end).
+    await until(lambda: not service.backend.clients and not service.backend.agents[0].running)
+    assert not mallory.socket.poll(500), f"mallory received {mallory.poll()}"
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["plain", "curve"])
+@pytest_twisted.ensureDeferred
 async def test_an_impostor_with_an_agents_routing_id_cannot_answer_its_jobs(
     secured: bool, short_tmp: str, raw_context: Any, closers: list, until: Any, within: Any
 ) -> None:
@@ -647,3 +671,14 @@ async def test_a_lone_zmq_stranger_is_closed_at_its_hello_deadline(closers: list
     closers.append(stranger.close)
     await until(lambda: listener.timed_out == 1, what="the stranger's deadline")
     assert closed_by_peer(stranger, 5)
+
+
+def test_a_curve_key_with_a_colon_is_named_in_full() -> None:
+    """The z85 alphabet has ':'; on main such a key was cut at it (and shown as '(?)')."""
+    from inginious_tx.transport.curve import user_key
+
+    key = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+    assert len(key) == 40 and b":" in key
+    assert user_key("curve:" + key.decode() + ":" + "ab" * 16) == key
+    assert user_key("null:" + "ab" * 16) is None
+    assert user_key(None) is None

@@ -459,12 +459,12 @@ async def test_zmq_frames_over_the_hello_limit_from_strangers_are_dropped(
 
 @pytest_twisted.ensureDeferred
 async def test_zmq_strangers_are_bounded(raw_context: Any, closers: list, until: Any, within: Any) -> None:
-    """300 connections that never say hello: only max_pending are kept (the others are closed
+    """300 connections that never say hello: only zmq_max_pending are kept (the others are closed
     as soon as made), so the listener holds at most that many sessions (on main: all 300, forever)."""
     from twisted.internet import reactor
 
     sink = HelloSink()
-    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(max_pending=50))
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(zmq_max_pending=50))
     closers.append(listener.stop)
     honest = RawPeer(raw_context, listener)
     honest.send(ClientHello("honest"))
@@ -620,14 +620,14 @@ def test_never_hello_zmq_connections_are_closed_and_what_they_sent_freed() -> No
     """ZeroMQ reads a message whole before the backend sees it: 30 strangers each sending
     4 MiB of a 60 MiB message made a backend hold 120 MiB for as long as they liked (on main,
     still held 12 s later).  Now their connections are shut down after --hello-timeout, which
-    frees it; one beyond --max-pending is closed at once; an honest ZeroMQ client is served
+    frees it; one beyond --zmq-max-pending is closed at once; an honest ZeroMQ client is served
     all along."""
     with Lab() as lab:
         port = free_port()
         clients = Endpoints([f"zmq:tcp://127.0.0.1:{port}"], {"zmq": f"zmq:tcp://127.0.0.1:{port}"})
         agents = lab.endpoints("agents", ("tcp",))
         backend = lab.backend(
-            clients, agents, "--max-frame", str(64 * MiB), "--hello-timeout", "2", "--max-pending", "30"
+            clients, agents, "--max-frame", str(64 * MiB), "--hello-timeout", "2", "--max-inputdata", str(64 * MiB), "--zmq-max-pending", "30"
         )
         lab.agent("a1", agents.connect["tcp"])
         lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
@@ -649,7 +649,7 @@ def test_never_hello_zmq_connections_are_closed_and_what_they_sent_freed() -> No
         assert all(closed_by_peer(s, 15) for s in strangers)
         assert time.monotonic() - started >= 1.0
         lab.wait(lambda: backend.memory()["VmRSS"] < baseline + 24 * MiB, 10, "the backend to free the partial messages")
-        lab.wait(lambda: backend.count("refused", "(limits.max_pending)") > 0, 10, "the refusal to be logged")
+        lab.wait(lambda: backend.count("refused", "(limits.zmq_max_pending)") > 0, 10, "the refusal to be logged")
 
         [job] = honest.submit(["honest-1"])
         lab.wait(honest.answered([job]), 30, "the honest job's result")
@@ -682,3 +682,50 @@ def test_a_curve_key_with_a_colon_is_named_in_full() -> None:
     assert user_key("curve:" + key.decode() + ":" + "ab" * 16) == key
     assert user_key("null:" + "ab" * 16) is None
     assert user_key(None) is None
+
+
+def test_zmq_strangers_hold_at_most_zmq_max_pending_jobs_by_default() -> None:
+    """The audit's flood with the backend's default bounds (64 MiB frames, 16 MiB inputdata):
+    30 raw ZMTP strangers each announcing a message of 64 MiB - 100 bytes are cut off at the
+    header (a client's frames are bounded by the largest job, --max-inputdata + 1 MiB); 30 more
+    announcing 17 MiB - 100 bytes and sending 13 MiB of it: only --zmq-max-pending (8) are let in.
+    On main the first flood grew the backend from 58 MB to 1.9 GB for --hello-timeout (10 s)."""
+    with Lab() as lab:
+        port = free_port()
+        clients = Endpoints([f"zmq:tcp://127.0.0.1:{port}"], {"zmq": f"zmq:tcp://127.0.0.1:{port}"})
+        agents = lab.endpoints("agents", ("tcp",))
+        backend = lab.backend(clients, agents, "--max-frame", str(64 * MiB))
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        honest = lab.client("honest", clients.connect["zmq"])
+        lab.wait(honest.ready(), 30, "the honest client's hello to be answered")
+        baseline = backend.memory()["VmHWM"]
+
+        def flood(size: int, send: int) -> int:
+            """Strangers that got all of ``send`` MiB through."""
+            through = []
+            for _ in range(30):
+                try:
+                    s = zmtp_stranger(port)
+                except (OSError, AssertionError):  # refused during the greeting
+                    continue
+                try:
+                    s.recv(256)
+                    s.sendall(b"\x02" + struct.pack(">Q", size))
+                    for _ in range(send):
+                        s.sendall(b"\0" * MiB)
+                    through.append(s)
+                except OSError:
+                    s.close()
+            for s in through:
+                s.close()
+            return len(through)
+
+        assert flood(64 * MiB - 100, 4) == 0
+        assert flood(17 * MiB - 100, 13) <= 8
+        grown = backend.memory()["VmHWM"] - baseline
+        assert grown < 8 * 17 * MiB + 16 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
+        lab.wait(lambda: backend.count("refused", "(limits.zmq_max_pending)") > 0, 10, "the refusal to be logged")
+        [job] = honest.submit(["honest-1"])
+        lab.wait(honest.answered([job]), 30, "the honest job's result")
+        assert honest.results[job][0]["type"] == "success", honest.results[job]

@@ -122,13 +122,18 @@ class BackendService(Service):
         up: List[IListener] = []
         self._up = up
         self._attempts = [
-            maybeDeferred(self._listen, self._reactor, ep, sink, self.limits).addCallback(self._came_up, up)
+            maybeDeferred(self._listen, self._reactor, ep, sink, self._limits_for(sink, client_sink))
+            .addCallback(self._came_up, up)
             for ep, sink in wanted
         ]
         gathered = gatherResults(self._attempts, consumeErrors=True)
         gathered.addCallbacks(self._listening, self._not_listening)
         gathered.addErrback(self._failed)
         gathered.addBoth(self._ready.fire)
+
+    def _limits_for(self, sink: Any, client_sink: Any) -> Limits:
+        """A client endpoint's frames are bounded by the largest job accepted (transport.Limits.for_clients)."""
+        return self.limits.for_clients() if sink is client_sink else self.limits
 
     def _came_up(self, listener: IListener, up: List[IListener]) -> IListener:
         # Whatever comes up is stopped by stopService, or once every attempt

@@ -20,7 +20,7 @@ Other departures are not seen (heartbeats decide them).
 
 Strangers: the listener follows its connections through its socket monitor
 (:class:`_ConnectionWatch`).  A connection beyond ``Limits.max_connections``,
-or beyond ``Limits.max_pending`` connections whose hello is not accepted
+or beyond ``Limits.zmq_max_pending`` connections whose hello is not accepted
 yet, is shut down as soon as it is made; one that gets no hello accepted
 (:meth:`ZmqPeer.accepted`) within ``Limits.hello_timeout`` is shut down
 then, which makes ZeroMQ drop it and whatever it was receiving.  Until then
@@ -338,8 +338,8 @@ class _ConnectionWatch:
         limits = self._limits
         if len(self.opened) >= limits.max_connections:
             return f"{len(self.opened)} connections are open (limits.max_connections)"
-        if len(self.pending) >= limits.max_pending:
-            return f"{len(self.pending)} connections have not said hello yet (limits.max_pending)"
+        if len(self.pending) >= limits.zmq_max_pending:
+            return f"{len(self.pending)} connections have not said hello yet (limits.zmq_max_pending)"
         return None
 
     def _refuse(self, fd: int, reason: str) -> None:
@@ -621,16 +621,16 @@ class ZmqListener:
         return peer
 
     def _admit_stranger(self, peer: ZmqPeer) -> None:
-        """Keep at most ``limits.max_pending`` sessions without an accepted hello, none older than
+        """Keep at most ``limits.zmq_max_pending`` sessions without an accepted hello, none older than
         ``limits.hello_timeout``: a peer cycling routing ids must not make us hold a session for each."""
         strangers = self._strangers
         limits = self._limits
         too_old = self._reactor.seconds() - limits.hello_timeout
         while strangers:
             oldest = next(iter(strangers.values()))
-            if len(strangers) < limits.max_pending and oldest.since > too_old:
+            if len(strangers) < limits.zmq_max_pending and oldest.since > too_old:
                 break
-            self._ended(oldest, "no accepted hello in time (limits.hello_timeout, limits.max_pending)")
+            self._ended(oldest, "no accepted hello in time (limits.hello_timeout, limits.zmq_max_pending)")
         strangers[peer._routing_id] = peer
 
     def _drop_large(self, peer: Optional[ZmqPeer], frame: Any, size: int) -> None:

@@ -371,7 +371,7 @@ class _ConnectionWatch:
     def poll(self) -> None:
         """Handle pending monitor events, cheaply when there are none (before a send)."""
         monitor = self.monitor
-        if monitor is not None and _get(monitor, _EVENTS) & _POLLIN:
+        if monitor is not None and int(_get(monitor, _EVENTS)) & _POLLIN:
             self.doRead()
 
     def _expire(self, fd: int) -> None:

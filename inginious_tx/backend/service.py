@@ -32,6 +32,7 @@ from .._ready import ReadyResult
 from ..interfaces import IListener, IMessageSink, ISchedulingPolicy
 from ..transport import Limits
 from .core import Backend, BackendSettings
+from .memory import MemoryTrimmer
 from .policies import DEFAULT_POLICY, load_policy
 from .roles import check_separate_credentials
 
@@ -98,6 +99,7 @@ class BackendService(Service):
         self._listen = listen or transport.listen
         self._fatal = fatal
         self.backend = Backend(reactor, policy, settings)
+        self.backend.add_observer(MemoryTrimmer(reactor, self.backend))  # memory back to the system after departures
         #: Every listener that is up, clients' first (once all of them are).
         self.listeners: List[IListener] = []
         #: Every listener of the current start that came up and is not stopped.

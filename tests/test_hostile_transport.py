@@ -14,7 +14,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import msgpack
 import pytest
@@ -729,3 +729,63 @@ def test_zmq_strangers_hold_at_most_zmq_max_pending_jobs_by_default() -> None:
         [job] = honest.submit(["honest-1"])
         lab.wait(honest.answered([job]), 30, "the honest job's result")
         assert honest.results[job][0]["type"] == "success", honest.results[job]
+
+
+def raw_stream(connect: str) -> socket.socket:
+    """A plain socket to a stream endpoint string (``tcp:host=...:port=N`` or ``unix:path=...``)."""
+    if connect.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(connect.split("path=", 1)[1] if "path=" in connect else connect[len("unix:") :])
+        return s
+    return raw_tcp(connect)
+
+
+def malformed_jobs() -> List[Tuple[str, bytes]]:
+    """(job id, payload): a job nested 5,000 deep, one missing a field, one with an extra field."""
+    def packed(job_id: str, change: Any) -> bytes:
+        fields = msgpack.unpackb(new_job(job_id).dump(), raw=False)
+        change(fields)
+        return msgpack.packb(fields, use_bin_type=True)
+
+    mark = "NESTED-HERE-1234"  # 16 characters: packed as 0xb0 + the text
+    deep = packed("deep", lambda f: f.update(inputdata={"x": mark}))
+    deep = deep.replace(b"\xb0" + mark.encode(), b"\x91" * 5000 + b"\xc0")
+    return [
+        ("deep", deep),
+        ("missing", packed("missing", lambda f: f.pop("task_id"))),
+        ("extra", packed("extra", lambda f: f.update(evil=1))),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_malformed_jobs_on_a_stream_connection_are_answered_once_and_the_others_kept(
+    kind: str, short_tmp: str
+) -> None:
+    """Audit item 3 (re-check): over tcp: and unix:, each malformed job is answered crash once,
+    the connection stays, and the client's other job is run."""
+    with Lab() as lab:
+        agents = lab.endpoints("agents", ("tcp",))
+        if kind == "unix":
+            path = os.path.join(short_tmp, "c.sock")
+            clients = Endpoints([f"unix:{path}"], {"unix": f"unix:path={path}"})
+        else:
+            clients = lab.endpoints("clients", ("tcp",))
+        backend = lab.backend(clients, agents)
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        s = raw_stream(clients.connect[kind])
+        bad = malformed_jobs()
+        s.sendall(
+            frame(ClientHello("raw").dump())
+            + frame(new_job("good", inputdata={"@mock_delay": 0.3}).dump())
+            + b"".join(frame(payload) for _, payload in bad)
+        )
+        answers: List[Any] = []
+        read_frames(s, lambda m: answers.append(m) or (type(m) is BackendJobDone and m.job_id == "good"), 30)
+        done = [m for m in answers if type(m) is BackendJobDone]
+        assert sorted(m.job_id for m in done) == ["deep", "extra", "good", "missing"], done  # each once
+        for m in done:
+            assert m.result[0] == ("success" if m.job_id == "good" else "crash"), m
+        assert backend.alive
+        s.close()

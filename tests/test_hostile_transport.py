@@ -789,3 +789,47 @@ def test_malformed_jobs_on_a_stream_connection_are_answered_once_and_the_others_
             assert m.result[0] == ("success" if m.job_id == "good" else "crash"), m
         assert backend.alive
         s.close()
+
+
+def test_partial_frames_of_hellod_stream_connections_share_one_budget() -> None:
+    """30 connections say hello (free on plain tcp:), then each announces a 60 MiB frame and
+    sends 8 MiB of it, in turns.  Their partial frames share --max-partial-bytes (64 MiB here):
+    the connections that would go over it are closed with a log line, the backend's peak stays
+    near the budget, and an honest client is served.  On main each connection could hold up to
+    --max-frame: the same run grew the backend by about 240 MiB (and 30 x 60 MiB if sent whole)."""
+    with Lab() as lab:
+        clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
+        backend = lab.backend(
+            clients, agents, "--max-frame", str(64 * MiB), "--max-inputdata", str(64 * MiB),
+            "--max-partial-bytes", str(64 * MiB),
+        )  # fmt: skip
+        endpoint = clients.connect["tcp"]
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        honest = lab.client("honest", endpoint)
+        lab.wait(honest.ready(), 30, "the honest client's hello to be answered")
+        baseline = backend.memory()["VmHWM"]
+
+        flood = [raw_tcp(endpoint) for _ in range(30)]
+        for i, s in enumerate(flood):
+            s.sendall(frame(ClientHello(f"flood{i}").dump()) + struct.pack(">I", 60 * MiB))
+        for s in flood:
+            read_frames(s, lambda m: True, 10)  # hello answered: accepted
+        chunk = b"\0" * MiB
+        open_ = list(flood)
+        for _ in range(8):
+            for s in list(open_):
+                try:
+                    s.sendall(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    open_.remove(s)
+        lab.wait(lambda: backend.count("(limits.max_partial_bytes)") > 0, 10, "the budget to be logged")
+        grown = backend.memory()["VmHWM"] - baseline
+        assert grown < 64 * MiB + 40 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
+        closed = sum(closed_by_peer(s, 0.2) for s in flood)
+        assert closed >= 20, closed  # 64 MiB hold 8 such frames at most
+        [job] = honest.submit(["honest-1"])
+        lab.wait(honest.answered([job]), 30, "the honest job's result")
+        assert honest.results[job][0]["type"] == "success", honest.results[job]
+        for s in flood:
+            s.close()

@@ -39,6 +39,7 @@ DEFAULT_MAX_PENDING = 100
 DEFAULT_ZMQ_MAX_PENDING = 8
 #: Room for a job's fields besides its inputdata, in a client's largest frame (``Limits.client_max_frame``).
 CLIENT_FRAME_MARGIN = 1 << 20
+DEFAULT_MAX_PARTIAL_BYTES = 256 * 1024 * 1024
 DEFAULT_ZMQ_SEND_HWM = 1_000_000
 
 
@@ -74,6 +75,9 @@ class Limits:
     #: Largest frame from a client (a job: the backend's largest inputdata
     #: and a margin); None: ``max_frame``.  See :meth:`for_clients`.
     client_max_frame: Optional[int] = None
+    #: Most bytes of frames received in part, over every connection of a
+    #: stream transport's listeners (one that would exceed it is closed).
+    max_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES
 
     def for_clients(self) -> "Limits":
         """These limits for an endpoint of clients: frames no larger than the largest job accepted."""

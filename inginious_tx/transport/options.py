@@ -15,6 +15,7 @@ from . import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HELLO_FRAME,
     CLIENT_FRAME_MARGIN,
+    DEFAULT_MAX_PARTIAL_BYTES,
     DEFAULT_MAX_PENDING,
     DEFAULT_ZMQ_MAX_PENDING,
     DEFAULT_ZMQ_SEND_HWM,
@@ -72,6 +73,14 @@ LISTENER_OPTIONS: List[List[Any]] = [
         at_least_one,
     ],
     [
+        "max-partial-bytes",
+        None,
+        DEFAULT_MAX_PARTIAL_BYTES,
+        "Most bytes of messages received in part over all stream connections (tcp:, unix:, ssl:); "
+        "a connection whose message would take them over is closed.",
+        at_least_one,
+    ],
+    [
         "zmq-max-pending",
         None,
         DEFAULT_ZMQ_MAX_PENDING,
@@ -100,5 +109,6 @@ def limits_from(options: Mapping[str, Any]) -> Limits:
         max_pending=options["max-pending"],
         zmq_send_hwm=options["zmq-send-hwm"],
         zmq_max_pending=options["zmq-max-pending"],
+        max_partial_bytes=options["max-partial-bytes"],
         client_max_frame=inputdata + CLIENT_FRAME_MARGIN if inputdata is not None else None,
     )

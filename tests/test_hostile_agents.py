@@ -162,8 +162,8 @@ async def test_default_backend_has_no_agent_endpoint_and_runs_jobs_unprivileged(
     port = _free_port()
     endpoint = f"zmq:tcp://127.0.0.1:{port}"
     twistd = _Collect()
-    argv = [str(BIN / "twistd")] if (BIN / "twistd").exists() else [
-        sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]  # fmt: skip
+    run_twistd = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+    argv = [str(BIN / "twistd")] if (BIN / "twistd").exists() else [sys.executable, "-c", run_twistd]
     argv += ["-n", "--pidfile=", "inginious-backend", "--clients", endpoint, "--tasks", tasks_dir]
     process = reactor.spawnProcess(twistd, argv[0], argv, env=child_env(), path=short_tmp)
     await within(twistd.started, 10)
@@ -251,7 +251,9 @@ async def test_docker_agent_caps_a_1tb_request_and_refuses_the_network(
     tasks_dir: str, tmp_path: Path, closers: list, until: Any, within: Any
 ) -> None:
     backend = _docker_backend(tasks_dir, str(tmp_path / "work"))
-    closers.append(lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    closers.append(
+        lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id))
+    )
     client = await _grader(closers, within, until, backend, JobMaxima(max_hard_time=3, max_memory=256))
 
     refused = await within(client.new_job("hostile", "sleep", {}, mem_limit=10**6, enable_network=True), 30)
@@ -298,9 +300,12 @@ async def test_every_kind_refuses_run_cmd_and_caps_limits(within: Any) -> None:
     assert maxima.capped(longer).hard_time_limit == 20  # 3 x 9 s would pass the maximum: set explicitly
     assert "run_cmd" in (maxima.refusal(BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 1, None, 1,
                                                       False, "id")) or "")  # fmt: skip
-    assert JobMaxima(allow_run_cmd=True, allow_network=True).refusal(
-        BackendNewJob((b"c", "j"), "c", "t", {}, "default", True, 1, None, 1, False, "id")
-    ) is None
+    assert (
+        JobMaxima(allow_run_cmd=True, allow_network=True).refusal(
+            BackendNewJob((b"c", "j"), "c", "t", {}, "default", True, 1, None, 1, False, "id")
+        )
+        is None
+    )
     with pytest.raises(ValueError):
         JobMaxima(max_memory=0)
     # and through a real Agent
@@ -335,7 +340,9 @@ async def test_docker_deep_folders_and_a_3gb_file_leave_nothing(
     _root_only()
     work = os.path.join(short_tmp, "work")
     backend = _docker_backend(tasks_dir, work, job_disk_mb=64)
-    closers.append(lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    closers.append(
+        lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id))
+    )
     client = await _grader(closers, within, until, backend, JobMaxima(max_memory=512))
     before = os.statvfs(short_tmp)
     deep = await within(client.new_job("hostile", "deep", {}, mem_limit=256), 60)

@@ -90,6 +90,23 @@ def test_default_limits_bound_strangers() -> None:
     assert limits.max_pending * limits.max_hello_frame <= 16 * 1024 * 1024
 
 
+def test_client_endpoints_take_frames_no_larger_than_the_largest_job() -> None:
+    from inginious_tx.backend.tap import Options
+
+    options = Options()
+    options.parseOptions([])
+    limits = options["limits"]
+    clients = limits.for_clients()
+    assert clients.max_frame == 16 * MiB + MiB < limits.max_frame == 64 * MiB
+    assert clients.max_send_buffer == limits.max_send_buffer  # results to clients may still be large
+    # The ZeroMQ worst case before hello, on a client endpoint: 136 MiB with the defaults.
+    assert limits.zmq_max_pending * clients.max_frame == 136 * MiB
+    assert limits.max_partial_bytes == 256 * MiB
+    options = Options()
+    options.parseOptions(["--max-inputdata", "none"])
+    assert options["limits"].for_clients() == options["limits"]
+
+
 # ---------------------------------------------------------------------------
 # Finding 1: ZeroMQ session hijack with a copied routing id (plain and CurveZMQ)
 # ---------------------------------------------------------------------------

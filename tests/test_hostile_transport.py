@@ -743,7 +743,9 @@ def test_zmq_strangers_hold_at_most_zmq_max_pending_jobs_by_default() -> None:
             return len(through)
 
         assert flood(64 * MiB - 100, 4) == 0
-        assert flood(17 * MiB - 100, 13) <= 8
+        # At most 8 are let in; a refused one may still get its bytes into the kernel's buffers
+        # before the backend shuts it down (what ZeroMQ holds is what the peak below measures).
+        assert flood(17 * MiB - 100, 13) <= 12
         grown = backend.memory()["VmHWM"] - baseline
         assert grown < 8 * 17 * MiB + 16 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
         lab.wait(lambda: backend.count("refused", "(limits.zmq_max_pending)") > 0, 10, "the refusal to be logged")

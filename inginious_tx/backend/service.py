@@ -33,6 +33,7 @@ from .._ready import ReadyResult
 from ..interfaces import IListener, IMessageSink, ISchedulingPolicy
 from ..transport import Limits
 from .core import Backend, BackendSettings
+from .memory import MemoryTrimmer
 from .policies import DEFAULT_POLICY, load_policy
 from .roles import check_separate_credentials
 
@@ -99,6 +100,7 @@ class BackendService(Service):
         self._listen = listen or transport.listen
         self._fatal = fatal
         self.backend = Backend(reactor, policy, settings)
+        self.backend.add_observer(MemoryTrimmer(reactor, self.backend))  # memory back to the system after departures
         #: Every listener that is up, clients' first (once all of them are).
         self.listeners: List[IListener] = []
         #: Every listener of the current start that came up and is not stopped.
@@ -123,13 +125,18 @@ class BackendService(Service):
         up: List[IListener] = []
         self._up = up
         self._attempts = [
-            maybeDeferred(self._listen, self._reactor, ep, sink, self.limits).addCallback(self._came_up, up)
+            maybeDeferred(self._listen, self._reactor, ep, sink, self._limits_for(sink, client_sink))
+            .addCallback(self._came_up, up)
             for ep, sink in wanted
         ]
         gathered = gatherResults(self._attempts, consumeErrors=True)
         gathered.addCallbacks(self._listening, self._not_listening)
         gathered.addErrback(self._failed)
         gathered.addBoth(self._ready.fire)
+
+    def _limits_for(self, sink: Any, client_sink: Any) -> Limits:
+        """A client endpoint's frames are bounded by the largest job accepted (transport.Limits.for_clients)."""
+        return self.limits.for_clients() if sink is client_sink else self.limits
 
     def _came_up(self, listener: IListener, up: List[IListener]) -> IListener:
         # Whatever comes up is stopped by stopService, or once every attempt

@@ -379,8 +379,12 @@ def secure_listener(
 
 def user_key(user_id: Optional[str]) -> Optional[bytes]:
     """The CurveZMQ public key (z85) in a User-Id given by :class:`ZapHandler`, if there is one."""
+    # "curve:KEY:TOKEN": the key is 40 z85 characters, and ":" is one of them;
+    # the token (hex) has none, so split at the last ":".
     if user_id and user_id.startswith("curve:"):
-        return user_id.split(":")[1].encode()
+        key, sep, _ = user_id[len("curve:") :].rpartition(":")
+        if sep and len(key) == 40:
+            return key.encode()
     return None
 
 

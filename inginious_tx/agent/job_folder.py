@@ -183,13 +183,15 @@ def prepare_job(
     *,
     disk_mb: int = 0,
     owner: Optional[Tuple[int, int]] = None,
+    private: bool = False,
 ) -> JobFolder:
     """Make a fresh job folder for ``job`` under ``work_root`` (blocking).
 
     ``disk_mb`` > 0: mount a tmpfs of that size on the folder first (the
     agent must be root; OSError if the kernel refuses).  ``owner``: hand the
     folder to that ``(uid, gid)`` (:func:`hand_over`), the user the job runs
-    as when the agent is root.
+    as when the agent is root.  ``private``: the folder's root is left mode
+    0700 (to ``owner``): other users, other jobs included, cannot enter it.
 
     Raises :class:`TaskError` when the ids are invalid or the task does not
     exist (or has no ``run`` and the job no ``run_cmd``); nothing is left
@@ -210,7 +212,7 @@ def prepare_job(
     try:
         os.chmod(root, 0o755)
         if disk_mb > 0:
-            mount_job_disk(root, disk_mb)
+            mount_job_disk(root, disk_mb, mode=0o700 if private else 0o755)
         folder = JobFolder(root, job, disk_mb if disk_mb > 0 else 0)
         shutil.copytree(src, folder.task_dir, symlinks=True)
         os.makedirs(folder.student_dir, exist_ok=True)
@@ -228,6 +230,8 @@ def prepare_job(
         _write_input(folder.input_dir, root, job.inputdata)
         if owner is not None:
             hand_over(folder, *owner)
+        if private:
+            os.chmod(root, 0o700)
     except BaseException:
         remove_job_path(root)
         raise

@@ -95,6 +95,15 @@ __all__ = ["LocalBackend"]
 #: Beside each job folder: the agent's private copies of run_student's standard inputs.
 STDIN_SUFFIX = ".stdin"
 
+#: First uid (and gid) of the per-job users of a root agent (option ``job_uid_base``).
+DEFAULT_UID_BASE = 64000
+#: How many uid pairs it may use at least (option ``job_uid_count``; never fewer than its slots).
+DEFAULT_UID_COUNT = 64
+#: Private folders of a job, in its job folder, bound on these host paths in its mount namespace.
+PRIVATE_DIRS = {"/tmp": ".tmp", "/var/tmp": ".var-tmp", "/dev/shm": ".shm"}
+#: The same for its run_student commands (another user: other folders).
+STUDENT_PRIVATE_DIRS = {"/tmp": ".student-tmp", "/var/tmp": ".student-var-tmp", "/dev/shm": ".student-shm"}
+
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox.py")
 _TRUE = ("1", "true", "yes", "on")
 _seq = itertools.count(1)
@@ -230,6 +239,11 @@ class _LocalJob:
     up: Deferred = field(default_factory=Deferred)
     #: serves the job's run_student calls while it runs
     students: Any = None
+    #: index of the job's uid pair (per-job users), None when jobs share a user
+    slot: Optional[int] = None
+    #: (uid, gid) of the job's grader and of its run_student commands (None: the agent's user)
+    user: Optional[Tuple[int, int]] = None
+    student_user: Optional[Tuple[int, int]] = None
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -265,11 +279,32 @@ class LocalBackend:
         self._kill_grace = _option(opts, "kill_grace", 2.0, float)
         self._poll_interval = _option(opts, "poll_interval", 0.25, float)
         self._keep_jobs = str(opts.get("keep_jobs", "")).lower() in _TRUE
-        #: who jobs run as (None: the agent's own user, which is not root)
-        self.job_user = job_user(opts.get("user"))
-        #: the user run_student's commands run as (root agents only; see .run_student_local)
-        default_student = "{}:{}".format(*DEFAULT_STUDENT_USER) if os.geteuid() == 0 else None
-        self.student_user = job_user(opts.get("student_user") or default_student)
+        # who jobs run as: per job (a uid pair per running job) unless the operator names one user
+        self._uid_base = _option(opts, "job_uid_base", DEFAULT_UID_BASE, int)
+        self._uid_count = _option(opts, "job_uid_count", max(DEFAULT_UID_COUNT, config.slots), int)
+        self._shared_user = job_user(opts.get("user")) if opts.get("user") not in (None, "") else None
+        self._shared_student = (
+            job_user(opts.get("student_user")) if opts.get("student_user") not in (None, "") else None
+        )
+        self._per_job = os.geteuid() == 0 and self._shared_user is None
+        if self._per_job:
+            if self._uid_base < 1 or self._uid_count < 1 or self._uid_base + 2 * self._uid_count > 2**31:
+                raise ValueError("job_uid_base must be a positive uid and job_uid_count at least 1")
+            self._warn_taken_uids()
+        elif os.geteuid() == 0:
+            self.log.warn(
+                "local backend: every job runs as the one user {user} (option user): jobs can reach each "
+                "other's processes and files; leave user unset for a uid per job",
+                user=self._shared_user,
+            )
+        self._slots_used: set = set()
+        #: who a job runs as when jobs share a user, else the first job uid (None: the agent's own user)
+        self.job_user = self._shared_user if not self._per_job else self._pair(0)[0]
+        if os.geteuid() != 0:
+            self.job_user = None
+        #: the user run_student's commands run as when shared (root agents; see .run_student_local)
+        default_student = DEFAULT_STUDENT_USER if os.geteuid() == 0 else None
+        self.student_user = self._shared_student or (self._pair(0)[1] if self._per_job else default_student)
         self._disk_mb = _option(opts, "job_disk_mb", DEFAULT_DISK_MB, int)
         if self._disk_mb < 0:
             raise ValueError("job_disk_mb is a size in MB (0: no tmpfs)")
@@ -293,6 +328,44 @@ class LocalBackend:
         # job folders and cgroups block: our own threads (one per slot, and spares)
         self._threads = BackendThreads(reactor, "local-backend", max(2, config.slots + 2))
 
+    # -- job users ------------------------------------------------------------
+
+    def _pair(self, slot: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """The (grader, student) users of the job in ``slot``: uid = gid, two consecutive ids."""
+        uid = self._uid_base + 2 * slot
+        return (uid, uid), (uid + 1, uid + 1)
+
+    def _warn_taken_uids(self) -> None:
+        last = self._uid_base + 2 * self._uid_count - 1
+        taken = [e.pw_name for e in pwd.getpwall() if self._uid_base <= e.pw_uid <= last]
+        if taken:
+            self.log.warn(
+                "local backend: the job uids {first}-{last} include existing users ({names}): "
+                "reserve that range for jobs or set job_uid_base",
+                first=self._uid_base, last=last, names=", ".join(taken[:5]),
+            )  # fmt: skip
+
+    def _take_users(self, state: _LocalJob) -> Optional[str]:
+        """Give the job its users; an error text when none is free."""
+        if os.geteuid() != 0:
+            return None
+        if not self._per_job:
+            state.user, state.student_user = self._shared_user, self.student_user
+            return None
+        free = next((i for i in range(self._uid_count) if i not in self._slots_used), None)
+        if free is None:
+            return f"no free job user: all {self._uid_count} job uids are taken (option job_uid_count)"
+        self._slots_used.add(free)
+        state.slot = free
+        state.user, student = self._pair(free)
+        state.student_user = self._shared_student or student
+        return None
+
+    def _release_users(self, state: _LocalJob) -> None:
+        if state.slot is not None:
+            self._slots_used.discard(state.slot)
+            state.slot = None
+
     # -- IAgentBackend --------------------------------------------------------
 
     def environments(self) -> Deferred:
@@ -304,6 +377,9 @@ class LocalBackend:
         if job.environment not in self._environments:
             return succeed(JobResult.crash(f"environment {job.environment!r} is not offered by this agent"))
         state = _LocalJob(job, f"job-{next(_seq)}")
+        refused = self._take_users(state)
+        if refused is not None:
+            return succeed(JobResult.crash(refused))
         self._jobs[job.job_id] = state
         d = self._thread(self._thd_prepare, state)
         d.addCallback(lambda _: self._start(state))
@@ -325,7 +401,7 @@ class LocalBackend:
                 d.callback(None)
             else:
                 env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
-                d.callback(LocalSandbox(folder, env, self.job_user))
+                d.callback(LocalSandbox(folder, env, state.user))
             return started
 
         state.up.addCallback(up)
@@ -369,13 +445,22 @@ class LocalBackend:
 
     def _thd_prepare(self, state: _LocalJob) -> None:
         support = self._thd_support()
-        state.folder = prepare_job(
-            self._tasks_dir, state.job, self._work_root, disk_mb=self._disk_mb, owner=self.job_user
-        )
-        exchange = make_exchange(state.folder)
-        if self.job_user:
-            os.chown(exchange, *self.job_user)
-        os.mkdir(state.folder.root + STDIN_SUFFIX, 0o700)
+        state.folder = folder = prepare_job(
+            self._tasks_dir, state.job, self._work_root, disk_mb=self._disk_mb, owner=state.user,
+            private=state.user is not None,
+        )  # fmt: skip
+        exchange = make_exchange(folder)
+        if state.user:
+            os.chown(exchange, *state.user)
+            # the job's /tmp, /var/tmp and /dev/shm: on its own (bounded) disk, gone with it
+            for owner, names in ((state.user, PRIVATE_DIRS), (state.student_user, STUDENT_PRIVATE_DIRS)):
+                for name in names.values():
+                    path = os.path.join(folder.root, name)
+                    os.mkdir(path, 0o700)
+                    os.chmod(path, 0o1777 if owner is None else 0o700)
+                    if owner is not None:
+                        os.chown(path, *owner)
+        os.mkdir(folder.root + STDIN_SUFFIX, 0o700)
         if support is not None and support.places:
             mem = state.job.mem_limit << 20 if state.job.mem_limit > 0 else None
             state.cgroup = support.create(state.name, mem, self._max_processes)
@@ -406,9 +491,10 @@ class LocalBackend:
             "fsize": self._max_file_size,
             # without a memory cgroup, only a safety cap: the limit is checked on resident memory
             "data": (job.mem_limit << 22) if job.mem_limit > 0 and not has("memory") else 0,
-            "nproc": self._max_processes if not has("pids") and (os.getuid() != 0 or self.job_user) else 0,
-            "user": list(self.job_user) if self.job_user else None,
+            "nproc": self._max_processes if not has("pids") and (os.getuid() != 0 or state.user) else 0,
+            "user": list(state.user) if state.user else None,
             "job_root": folder.root,
+            "private_dirs": {k: os.path.join(folder.root, v) for k, v in PRIVATE_DIRS.items()} if state.user else {},
         }
         env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
         env[RUN_STUDENT_ENV] = os.path.join(folder.root, EXCHANGE)
@@ -417,7 +503,7 @@ class LocalBackend:
         # watching before the grader starts: its first request cannot be missed
         state.students = StudentService(
             self._reactor, env[RUN_STUDENT_ENV], folder.root + STDIN_SUFFIX, job,
-            LocalStudentLauncher(self, state, self.student_user), self._thread,
+            LocalStudentLauncher(self, state, state.student_user), self._thread,
         )  # fmt: skip
         state.students.start()
         self._reactor.spawnProcess(
@@ -607,6 +693,7 @@ class LocalBackend:
         def finished(_: Any) -> Any:
             if self._jobs.get(state.job.job_id) is state:
                 del self._jobs[state.job.job_id]
+            self._release_users(state)
             state.done.callback(None)
             return result
 

@@ -76,7 +76,7 @@ class LocalStudentLauncher:
         return DeferredList(list(self._waits), consumeErrors=True) if self._waits else succeed(None)
 
     async def _launch(self, request: StudentRequest) -> StudentOutcome:
-        from .local import SANDBOX, SandboxProtocol
+        from .local import SANDBOX, STUDENT_PRIVATE_DIRS, SandboxProtocol
 
         b, state = self._backend, self._state
         folder = state.folder
@@ -108,6 +108,9 @@ class LocalStudentLauncher:
             "stdin": request.stdin_path,
             "cwd": request.cwd if request.cwd == folder.task_dir or request.cwd.startswith(student) else student,
             "user": list(self._user) if self._user else None,
+            "private_dirs": (
+                {k: os.path.join(folder.root, v) for k, v in STUDENT_PRIVATE_DIRS.items()} if self._user else {}
+            ),
             "share_net_of": state.proto.transport.pid if request.share_network else None,
             "env": {
                 "PATH": os.environ.get("PATH") or DEFAULT_PATH,

@@ -3,26 +3,43 @@
 **A sandbox for trusted code and for development, not a security boundary.**
 Use the Docker backend for untrusted student code.  What it does, per job:
 
-- *User*: when the agent is root, the job runs as an unprivileged user:
-  ``nobody`` unless the option ``user`` names another (``NAME``, ``UID`` or
-  ``UID:GID``), with no supplementary groups and ``no_new_privs`` (setuid
-  programs do not give it root back).  Otherwise as the agent's own user.
+- *User*: when the agent is root, each running job has **a uid of its own**:
+  the job in slot *i* (the lowest free one) runs as uid and gid
+  ``job_uid_base + 2i`` (default base 64000) and its run_student commands
+  as ``job_uid_base + 2i + 1``; ``job_uid_count`` pairs at most (default
+  the larger of 64 and the agent's slots: 64000-64127); reserve that range
+  (the agent logs existing users in it).  No supplementary groups,
+  ``no_new_privs`` (setuid programs do not give root back).  The option
+  ``user`` (``NAME``, ``UID`` or ``UID:GID``; the backend's ``--job-user``)
+  instead runs *every* job as that one user (and run_student as
+  ``student_user``, default ``4243:4243``): jobs then share a uid and can
+  reach each other (the agent warns).  Without root, jobs run as the
+  agent's own user.
 - *Files*: the job runs in a fresh private copy of the task (see
-  :mod:`inginious_tx.agent.task`), handed to that user and removed
-  afterwards.  When the agent is root the job folder is a tmpfs of
-  ``job_disk_mb`` MB (default 256; 0: none): at the bound the job's writes
-  fail and the job is answered ``overflow``; nothing it wrote outlives it
-  (:mod:`inginious_tx.agent.job_disk`).  Without root the folder is on the
-  agent's disk (bounded per file by ``RLIMIT_FSIZE`` only; the agent says so
-  once in its log).  The job is **not** confined to its folder: it sees the
-  host's filesystem with its user's rights.
+  :mod:`inginious_tx.agent.task`), handed to the job's user, mode 0700
+  (other jobs cannot enter it), and removed afterwards.  When the agent is
+  root the job folder is a tmpfs of ``job_disk_mb`` MB (default 256; 0:
+  none): at the bound the job's writes fail and the job is answered
+  ``overflow``; nothing it wrote outlives it
+  (:mod:`inginious_tx.agent.job_disk`).  In a mount (and IPC) namespace of
+  its own, the job's ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are folders of
+  its job folder (``.tmp``, ``.var-tmp``, ``.shm``; run_student's commands
+  have their own): within the bound, gone with the job; System V IPC
+  objects go with its IPC namespace.  Without root the folder is on the
+  agent's disk (bounded per file by ``RLIMIT_FSIZE`` only; the agent says
+  so once in its log) and ``/tmp`` is the host's.  The job is **not**
+  confined to its folder: it sees the rest of the host's filesystem with
+  its user's rights (other world-writable folders, e.g. ``/run/lock``,
+  included).
 - *Processes*: a new session, and a new PID namespace when the agent may make
   one (root, or unprivileged user namespaces).  When ``run`` ends, on a
   timeout and on a kill, every process the job started is killed and reaped,
   including background and ``setsid`` ones: by the kernel with a PID
   namespace, by the sandbox as child subreaper otherwise, and through the
-  job's control group when there is one.  The host's processes stay visible
-  in ``/proc``.
+  job's control group when there is one.  With root, ``/proc`` is the PID
+  namespace's own: the job sees only its own processes; without root the
+  host's processes stay visible in ``/proc`` (and a uid shared with other
+  jobs lets it read their environment there).
 - *Network*: cut off (a new network namespace with only loopback) unless the
   job has ``enable_network``.  If the agent can make no network namespace,
   such jobs get a ``crash`` result saying so, unless the option
@@ -42,13 +59,14 @@ Use the Docker backend for untrusted student code.  What it does, per job:
   without one, ``RLIMIT_NPROC`` (per user, and not enforced for root).
 - *Files size*: ``RLIMIT_FSIZE`` of ``max_file_size_mb`` (default 1024).
 
-Options (``--option KEY=VALUE``): ``work_dir``, ``user``, ``job_disk_mb``, ``network_isolation``
+Options (``--option KEY=VALUE``): ``work_dir``, ``job_uid_base``, ``job_uid_count``, ``user``,
+``job_disk_mb``, ``network_isolation``
 (``required``/``best-effort``), ``pid_namespace`` (``auto``/``off``),
 ``cgroups`` (``auto``/``off``), ``max_processes``, ``max_file_size_mb``,
 ``max_time`` (s, when a job has no time limit), ``kill_grace`` (s),
 ``poll_interval`` (s), ``keep_jobs`` (keep job folders, for debugging),
-``student_user`` (the user run_student's commands run as when the agent is
-root, default ``4243:4243``; see :mod:`.run_student_local`).
+``student_user`` (one user for every job's run_student commands, instead of
+each job's second uid; see :mod:`.run_student_local`).
 
 Environments are names only (``--environment NAME``, default ``default``):
 they all run on this host.
@@ -457,7 +475,7 @@ class LocalBackend:
                 for name in names.values():
                     path = os.path.join(folder.root, name)
                     os.mkdir(path, 0o700)
-                    os.chmod(path, 0o1777 if owner is None else 0o700)
+                    os.chmod(path, 0o1777)  # as a /tmp is (only its user reaches it: the job folder is 0700)
                     if owner is not None:
                         os.chown(path, *owner)
         os.mkdir(folder.root + STDIN_SUFFIX, 0o700)

@@ -6,8 +6,13 @@ backends behind a real :class:`Agent` and backend over TCP, real Docker.
 
 - an impostor agent finds no agent endpoint on the default backend, and one
   that says hello on the client endpoint gets no job;
-- job code runs as ``nobody`` (not root) on a root backend, with its limits
-  capped and ``run_cmd``/network refused;
+- job code runs as a uid of its own (not root) on a root backend, with its
+  limits capped and ``run_cmd``/network refused;
+- a root local agent's job writing 300 MB in ``/tmp``, ``/var/tmp`` and
+  ``/dev/shm`` fills only its own bounded disk and leaves nothing on the
+  host; a job scanning ``/proc`` for another running job finds nothing and
+  cannot read or write its folder; concurrent jobs, and a job and its
+  run_student commands, have different uids and ``/tmp``;
 - a job asking for 1 TB of memory, the network and a 2^31-1 s wall time gets
   the operator's maxima (inspected on the container during the job);
 - a 1,200-deep folder chain with a file at the bottom in ``tmp/`` and in
@@ -83,6 +88,14 @@ tag=$(getinput tag)
 for d in /tmp /var/tmp /dev/shm; do echo mark > "$d/$tag" || exit 1; done
 for d in /tmp /var/tmp /dev/shm; do dd if=/dev/zero of="$d/$tag.big" bs=1M count=100 2>/dev/null; done
 feedback-msg -m "uid=$(id -u)"
+feedback-result success
+""",
+    # a grader and its student: each its own user and /tmp
+    "tmpshare": """\
+echo secret > /tmp/grader-file
+out=$(run_student sh -c 'id -u; cat /tmp/grader-file 2>/dev/null || echo hidden; echo x > /tmp/student-file && echo wrote' 2>&1)
+[ -e /tmp/student-file ] && leak=yes || leak=no
+feedback-msg -m "grader=$(id -u) student=$(echo $out) leak=$leak"
 feedback-result success
 """,
     # a job that waits (for the test's go) with a secret in its input
@@ -607,6 +620,24 @@ async def test_local_jobs_cannot_see_or_reach_each_other(
     victim_uid = done.text.split("uid=")[1].strip()
     assert victim_uid == str(st.st_uid) and fields["uid"] != victim_uid  # a uid per running job
     assert done.grade == 100.0 and "victim uid=" in done.text  # untouched by the other job
+    assert os.listdir(work) == [] and _job_mounts(work) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_student_has_its_own_user_and_tmp(
+    tasks_dir: str, short_tmp: str, closers: list, until: Any, within: Any
+) -> None:
+    """run_student's command runs as the job's second uid, with a /tmp of its own: it neither
+    reads the grader's /tmp nor leaves anything in it."""
+    _root_only()
+    work = os.path.join(short_tmp, "work")
+    closers.append(lambda: [os.unlink(p) for p in ("/tmp/grader-file", "/tmp/student-file") if os.path.lexists(p)])
+    backend = _local_grader_backend(tasks_dir, work)
+    client = await _grader(closers, within, until, backend, JobMaxima())
+    result = await within(client.new_job("hostile", "tmpshare", {}), 30)
+    assert result.result == "success", result
+    assert result.text.strip() == "grader=64000 student=64001 hidden wrote leak=no", result.text
+    assert not os.path.exists("/tmp/grader-file") and not os.path.exists("/tmp/student-file")
     assert os.listdir(work) == [] and _job_mounts(work) == []
 
 

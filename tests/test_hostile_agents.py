@@ -665,3 +665,65 @@ def test_local_job_users_are_per_job_and_configurable() -> None:
     one, two = _LocalJob(job, "a"), _LocalJob(job, "b")
     shared._take_users(one), shared._take_users(two)
     assert one.user == two.user == (1234, 5678) and one.student_user == (4243, 4243)
+
+
+# -- an agent killed outright: the next one on the host removes what it left ----------------
+
+
+@pytest.mark.parametrize("kind", ["local", "docker"])
+@pytest_twisted.ensureDeferred
+async def test_what_a_killed_agent_left_is_removed_by_the_next(
+    kind: str, tasks_dir: str, short_tmp: str, closers: list, until: Any, within: Any
+) -> None:
+    """SIGKILL an agent (a real twistd process) during a job: its job tmpfs stays mounted (and its
+    container stays, Docker); a new agent of the kind, on the same work folder, removes them at start."""
+    from inginious_tx.agent._leftovers import LABEL_OWNER, owner_token
+
+    _root_only()
+    if kind == "docker":
+        require_docker()
+    reactor = _reactor()
+    work = os.path.join(short_tmp, "work")
+    service = BackendService(reactor, ["tcp:0:interface=127.0.0.1"], ["tcp:0:interface=127.0.0.1"], shutdown_grace=0)
+    service.startService()
+    closers.append(service.stopService)
+    clients, agents = await within(service.ready)
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+            "inginious-agent", "--backend", agents.connect_endpoint, "--kind", kind, "--tasks", tasks_dir,
+            "--slots", "1", "--option", f"work_dir={work}"]  # fmt: skip
+    if kind == "docker":
+        argv += ["--environment", f"default={TEST_IMAGE}"]
+    proto = _Collect()
+    process = reactor.spawnProcess(proto, sys.executable, argv, env=child_env(), path=short_tmp)
+    closers.append(lambda: process.pid is not None and process.signalProcess("KILL"))
+    await until(lambda: service.backend.agents, 30, "the agent")
+    owner = owner_token(process.pid)
+    left: List[str] = []
+
+    def labelled() -> List[str]:
+        return containers_labelled(LABEL_OWNER, owner) if kind == "docker" else []
+
+    closers.append(lambda: threads.deferToThread(remove_containers, labelled()))
+    client = connect_client(reactor, clients.connect_endpoint, "student")
+    closers.append(client.stop)
+    client.new_job("hostile", "sleep", {}).addErrback(lambda _: None)
+
+    def running() -> bool:
+        left[:] = _job_mounts(work)
+        return bool(left) and (kind == "local" or bool(labelled()))
+
+    await until(running, 30, "the job to run")
+    process.signalProcess("KILL")
+    await within(proto.done, 10)
+    assert _job_mounts(work) == left and left, "the killed agent's job tmpfs should still be there"
+    if kind == "docker":
+        assert await threads.deferToThread(labelled), "the killed agent's container should still be there"
+
+    options = {"work_dir": work}
+    config = (AgentConfig(tasks_dir, [f"default={TEST_IMAGE}"], 1, options) if kind == "docker"
+              else AgentConfig(tasks_dir, ["default"], 1, options))  # fmt: skip
+    backend: Any = (DockerBackend if kind == "docker" else LocalBackend)(reactor, config)
+    closers.append(backend.close)
+    await within(backend.environments(), 30)  # at start: the sweep
+    await until(lambda: os.listdir(work) == [] and _job_mounts(work) == [], 20, "the leftovers to go")
+    assert await threads.deferToThread(labelled) == []

@@ -97,6 +97,7 @@ from zope.interface import implementer
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
 from ._cgroup import CgroupSupport, JobCgroup, JobStats
+from ._leftovers import sweep_temp, sweep_work_dir
 from ._threads import BackendThreads
 from .debug import ISSHDebugBackend
 from .feedback import OutputLimits, collect_result
@@ -343,6 +344,8 @@ class LocalBackend:
         self._support_lock = threading.Lock()
         self._jobs: Dict[BackendJobId, _LocalJob] = {}
         self._warned: set = set()
+        self._claimed = False
+        self._claim_lock = threading.Lock()
         # job folders and cgroups block: our own threads (one per slot, and spares)
         self._threads = BackendThreads(reactor, "local-backend", max(2, config.slots + 2))
 
@@ -387,6 +390,10 @@ class LocalBackend:
     # -- IAgentBackend --------------------------------------------------------
 
     def environments(self) -> Deferred:
+        if not self._claimed:  # at start: what a killed agent left goes now, not with the first job
+            self._thread(self._thd_claim).addErrback(
+                lambda f: self.log.failure("local backend: cannot clean what a previous agent left", f)
+            )
         return succeed({k: dict(v) for k, v in self._environments.items()})
 
     def run(self, job: BackendNewJob) -> Deferred:
@@ -461,11 +468,24 @@ class LocalBackend:
                     self.log.info("cgroup probe: {problem}", problem=problem)
             return self._support
 
+    def _thd_claim(self) -> None:
+        """Once, before the first job: remove what agents killed on this host left in our work
+        folder and in the default ones (see ._leftovers)."""
+        with self._claim_lock:
+            if self._claimed:
+                return
+            self._claimed = True
+            left = sweep_temp("inginious-tx-local-", keep=self._work_root)
+            left += [os.path.join(self._work_root, n) for n in sweep_work_dir(self._work_root)]
+            for path in left:
+                self.log.info("local backend: removed {path}, left by an agent that was killed", path=path)
+
     def _thd_prepare(self, state: _LocalJob) -> None:
+        self._thd_claim()
         support = self._thd_support()
         state.folder = folder = prepare_job(
             self._tasks_dir, state.job, self._work_root, disk_mb=self._disk_mb, owner=state.user,
-            private=state.user is not None,
+            private=state.user is not None, marked=True,
         )  # fmt: skip
         exchange = make_exchange(folder)
         if state.user:
@@ -478,7 +498,6 @@ class LocalBackend:
                     os.chmod(path, 0o1777)  # as a /tmp is (only its user reaches it: the job folder is 0700)
                     if owner is not None:
                         os.chown(path, *owner)
-        os.mkdir(folder.root + STDIN_SUFFIX, 0o700)
         if support is not None and support.places:
             mem = state.job.mem_limit << 20 if state.job.mem_limit > 0 else None
             state.cgroup = support.create(state.name, mem, self._max_processes)

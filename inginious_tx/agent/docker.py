@@ -9,6 +9,10 @@ runs as a non-root user in ``/job/task`` with no network (unless the job asks
 for it), no capabilities, a read-only root filesystem, a memory limit with no
 extra swap and a pids limit.  CPU time is watched through the engine's
 statistics and wall time by a reactor timer; both end the job as ``timeout``.
+Every container carries the label ``org.inginious-tx.owner`` (this agent
+process, for good): at start the agent removes the containers and job
+folders that Docker agents of this host killed outright left
+(:mod:`._leftovers`).
 
 Every call to the Docker SDK blocks, so each one runs in this backend's own
 thread pool (methods prefixed ``_thd_``); the reactor thread never waits on

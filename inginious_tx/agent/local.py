@@ -68,6 +68,10 @@ Options (``--option KEY=VALUE``): ``work_dir``, ``job_uid_base``, ``job_uid_coun
 ``student_user`` (one user for every job's run_student commands, instead of
 each job's second uid; see :mod:`.run_student_local`).
 
+At start (its first ``environments()``, before its first job) the agent
+removes the job folders that local agents of this host killed outright left
+in its work folder and in the default ones (:mod:`._leftovers`).
+
 Environments are names only (``--environment NAME``, default ``default``):
 they all run on this host.
 """

@@ -93,7 +93,8 @@ feedback-result success
     # a grader and its student: each its own user and /tmp
     "tmpshare": """\
 echo secret > /tmp/grader-file
-out=$(run_student sh -c 'id -u; cat /tmp/grader-file 2>/dev/null || echo hidden; echo x > /tmp/student-file && echo wrote' 2>&1)
+out=$(run_student sh -c 'id -u; cat /tmp/grader-file 2>/dev/null || echo hidden
+echo x > /tmp/student-file && echo wrote' 2>&1)
 [ -e /tmp/student-file ] && leak=yes || leak=no
 feedback-msg -m "grader=$(id -u) student=$(echo $out) leak=$leak"
 feedback-result success
@@ -209,8 +210,8 @@ async def test_default_backend_has_no_agent_endpoint_and_runs_jobs_unprivileged(
     port = _free_port()
     endpoint = f"zmq:tcp://127.0.0.1:{port}"
     twistd = _Collect()
-    argv = [str(BIN / "twistd")] if (BIN / "twistd").exists() else [
-        sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]  # fmt: skip
+    run_twistd = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+    argv = [str(BIN / "twistd")] if (BIN / "twistd").exists() else [sys.executable, "-c", run_twistd]
     argv += ["-n", "--pidfile=", "inginious-backend", "--clients", endpoint, "--tasks", tasks_dir]
     process = reactor.spawnProcess(twistd, argv[0], argv, env=child_env(), path=short_tmp)
     await within(twistd.started, 10)
@@ -298,7 +299,9 @@ async def test_docker_agent_caps_a_1tb_request_and_refuses_the_network(
     tasks_dir: str, tmp_path: Path, closers: list, until: Any, within: Any
 ) -> None:
     backend = _docker_backend(tasks_dir, str(tmp_path / "work"))
-    closers.append(lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    closers.append(
+        lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id))
+    )
     client = await _grader(closers, within, until, backend, JobMaxima(max_hard_time=3, max_memory=256))
 
     refused = await within(client.new_job("hostile", "sleep", {}, mem_limit=10**6, enable_network=True), 30)
@@ -345,9 +348,12 @@ async def test_every_kind_refuses_run_cmd_and_caps_limits(within: Any) -> None:
     assert maxima.capped(longer).hard_time_limit == 20  # 3 x 9 s would pass the maximum: set explicitly
     assert "run_cmd" in (maxima.refusal(BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 1, None, 1,
                                                       False, "id")) or "")  # fmt: skip
-    assert JobMaxima(allow_run_cmd=True, allow_network=True).refusal(
-        BackendNewJob((b"c", "j"), "c", "t", {}, "default", True, 1, None, 1, False, "id")
-    ) is None
+    assert (
+        JobMaxima(allow_run_cmd=True, allow_network=True).refusal(
+            BackendNewJob((b"c", "j"), "c", "t", {}, "default", True, 1, None, 1, False, "id")
+        )
+        is None
+    )
     with pytest.raises(ValueError):
         JobMaxima(max_memory=0)
     # and through a real Agent
@@ -382,7 +388,9 @@ async def test_docker_deep_folders_and_a_3gb_file_leave_nothing(
     _root_only()
     work = os.path.join(short_tmp, "work")
     backend = _docker_backend(tasks_dir, work, job_disk_mb=64)
-    closers.append(lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    closers.append(
+        lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id))
+    )
     client = await _grader(closers, within, until, backend, JobMaxima(max_memory=512))
     before = os.statvfs(short_tmp)
     deep = await within(client.new_job("hostile", "deep", {}, mem_limit=256), 60)
@@ -649,20 +657,20 @@ def test_local_job_users_are_per_job_and_configurable() -> None:
 
     job = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 1, None, 1, False, None)
     backend = LocalBackend(_reactor(), AgentConfig("/nonexistent", ["default"], 2, {"job_uid_base": "70000"}))
-    states = [_LocalJob(job, f"j{i}") for i in range(3)]
+    states = [_LocalJob(job, name=f"j{i}") for i in range(3)]
     for state in states:
         assert backend._take_users(state) is None
     assert [s.user for s in states] == [(70000, 70000), (70002, 70002), (70004, 70004)]
     assert [s.student_user for s in states] == [(70001, 70001), (70003, 70003), (70005, 70005)]
     backend._release_users(states[1])
-    again = _LocalJob(job, "j3")
+    again = _LocalJob(job, name="j3")
     backend._take_users(again)
     assert again.user == (70002, 70002)  # the lowest free pair
     few = LocalBackend(_reactor(), AgentConfig("/nonexistent", ["default"], 1, {"job_uid_count": "1"}))
-    assert few._take_users(_LocalJob(job, "a")) is None
-    assert "no free job user" in (few._take_users(_LocalJob(job, "b")) or "")
+    assert few._take_users(_LocalJob(job, name="a")) is None
+    assert "no free job user" in (few._take_users(_LocalJob(job, name="b")) or "")
     shared = LocalBackend(_reactor(), AgentConfig("/nonexistent", ["default"], 2, {"user": "1234:5678"}))
-    one, two = _LocalJob(job, "a"), _LocalJob(job, "b")
+    one, two = _LocalJob(job, name="a"), _LocalJob(job, name="b")
     shared._take_users(one), shared._take_users(two)
     assert one.user == two.user == (1234, 5678) and one.student_user == (4243, 4243)
 

@@ -21,15 +21,17 @@ import pytest
 import pytest_twisted
 import zmq
 import zmq.auth
+from faults_support import Endpoints, Lab, closed_by_peer, frame, free_port, raw_tcp, read_frames
+from subprocess_env import child_env
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.mock import MockBackend
 from inginious_tx.agent.result import AgentConfig
-from inginious_tx.embedded import InProcessTransport
 from inginious_tx.backend.service import BackendService
 from inginious_tx.backend.testing import agent_hello, new_job
+from inginious_tx.embedded import InProcessTransport
 from inginious_tx.interfaces import IPeer
 from inginious_tx.messages import (
     AgentJobDone,
@@ -47,9 +49,6 @@ from inginious_tx.messages import (
 from inginious_tx.testing import MemoryTransport, RecordingSink
 from inginious_tx.transport import Limits
 from inginious_tx.transport.zmq import ZmqTransport
-from faults_support import Endpoints, Lab, closed_by_peer, frame, free_port, raw_tcp, read_frames
-from subprocess_env import child_env
-
 
 # ---------------------------------------------------------------------------
 # Contract 1: IPeer.accepted()
@@ -70,7 +69,6 @@ def test_every_in_process_peer_provides_accepted() -> None:
         p.accepted()
         p.accepted()  # idempotent
         assert p.hello_accepted
-
 
 
 def test_the_embedded_link_provides_accepted() -> None:
@@ -205,7 +203,9 @@ async def test_a_copied_client_routing_id_takes_nothing_over(
     service, clients, _ = await backend_and_agent(closers, until, within, keys)
     alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
     alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
-    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+    await until(
+        lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start"
+    )
 
     mallory = RawPeer(raw_context, clients, b"alice-session", keys, "mallory")
     mallory.send(ClientHello("alice"), ClientKillJob("alice-job"), ClientGetQueue(), ClientHello("alice"))
@@ -236,7 +236,9 @@ async def test_a_routing_id_reused_after_its_peer_left_is_a_new_session(
     service, clients, _ = await backend_and_agent(closers, until, within, keys)
     alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
     alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
-    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+    await until(
+        lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start"
+    )
     alice.close()
 
     tries: List[RawPeer] = []
@@ -624,7 +626,9 @@ def test_never_hello_zmq_connections_are_closed_and_what_they_sent_freed() -> No
         assert closed_by_peer(extra, 1.5)  # closed as soon as made: before the hello deadline
         assert all(closed_by_peer(s, 15) for s in strangers)
         assert time.monotonic() - started >= 1.0
-        lab.wait(lambda: backend.memory()["VmRSS"] < baseline + 24 * MiB, 10, "the backend to free the partial messages")
+        lab.wait(
+            lambda: backend.memory()["VmRSS"] < baseline + 24 * MiB, 10, "the backend to free the partial messages"
+        )
         lab.wait(lambda: backend.count("refused", "(limits.max_pending)") > 0, 10, "the refusal to be logged")
 
         [job] = honest.submit(["honest-1"])

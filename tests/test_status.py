@@ -198,10 +198,8 @@ async def _get(url: str, accept: str = "") -> Tuple[int, Dict[str, str], bytes]:
     return response.code, headers, body
 
 
-@pytest_twisted.ensureDeferred
-async def test_status_pages_over_http(closers: list, until: Any, within: Any) -> None:
-    from twisted.internet import reactor
-
+async def running_backend(reactor: Any, closers: list, within: Any) -> Tuple[BackendService, str, str]:
+    """A backend on loopback TCP (stopped by ``closers``), with its client and agent endpoints."""
     backend_service = BackendService(
         reactor,
         ["tcp:0:interface=127.0.0.1"],
@@ -212,6 +210,14 @@ async def test_status_pages_over_http(closers: list, until: Any, within: Any) ->
     backend_service.startService()
     closers.append(backend_service.stopService)
     c_ep, a_ep = [listener.connect_endpoint for listener in await within(backend_service.ready)]
+    return backend_service, c_ep, a_ep
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_pages_over_http(closers: list, until: Any, within: Any) -> None:
+    from twisted.internet import reactor
+
+    backend_service, c_ep, a_ep = await running_backend(reactor, closers, within)
     status = StatusService(reactor, backend_service.backend, "tcp:0")
     verifyObject(IService, status)
     status.startService()

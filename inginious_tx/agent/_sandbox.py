@@ -273,6 +273,19 @@ def exec_command(argv, cfg):
     os._exit(127)
 
 
+def kill_on_term(kill, target):
+    """From now on, SIGTERM (blocked until here) kills ``target`` with ``kill(target, SIGKILL)``."""
+
+    def on_term(signum, frame):
+        try:
+            kill(target, signal.SIGKILL)
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def supervise(argv, cfg, reaper):
     """Run the command; when it ends, end whatever it left; report its status."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no gap before the handler
@@ -284,14 +297,7 @@ def supervise(argv, cfg, reaper):
     except OSError:
         pass
 
-    def on_term(signum, frame):
-        try:
-            os.killpg(task, signal.SIGKILL)
-        except OSError:
-            pass
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    kill_on_term(os.killpg, task)
     report(event="running", task_pgid=task if not cfg.get("in_pidns") else None)
     while True:
         try:
@@ -363,14 +369,7 @@ def main():
         supervise(argv, cfg, reaper=False)
         os._exit(0)
 
-    def on_term(signum, frame):
-        try:
-            os.kill(init, signal.SIGKILL)
-        except OSError:
-            pass
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    kill_on_term(os.kill, init)
     while True:
         try:
             os.waitpid(init, 0)

@@ -54,24 +54,26 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from threading import Lock
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .._reactor import CommonReactor
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
+from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_work_dir
+from ._running import JobRun
 from ._threads import BackendThreads
 from .compat import inginious_mounts
 from .debug import ISSHDebugBackend
 from .feedback import OutputLimits, collect_result
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
-from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_work_dir
 from .job_folder import JobFolder, TaskError, helpers_dir, prepare_job, remove_job_path
 from .result import AgentConfig, JobResult
 from .run_student import ENV_VAR as RUN_STUDENT_ENV
@@ -200,19 +202,12 @@ def _flag(value: Any) -> bool:
 
 
 @dataclass
-class _Run:
-    """The backend's record of one job while it runs."""
+class _Run(JobRun):
+    """The backend's record of one job while it runs (``up`` fires with the container id)."""
 
-    job: BackendNewJob
     container_id: Optional[str] = None
     #: why the backend stopped the job: (result type, text); None if it was not stopped
     stopped: Optional[Tuple[str, str]] = None
-    timers: List[IDelayedCall] = field(default_factory=list)
-    done: Deferred = field(default_factory=Deferred)
-    #: fires with the container id once it runs, or None if the job ends before (ssh debug)
-    up: Deferred = field(default_factory=Deferred)
-    #: serves the job's run_student calls while it runs
-    students: Any = None
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -222,7 +217,7 @@ class DockerBackend:
     name = "docker"
     log = Logger()
 
-    def __init__(self, reactor: Any, config: AgentConfig) -> None:
+    def __init__(self, reactor: CommonReactor, config: AgentConfig) -> None:
         self._reactor = reactor
         self._config = config
         opts = dict(config.options or {})
@@ -264,7 +259,7 @@ class DockerBackend:
         self._client: Any = None
         self._client_lock = Lock()
         # enough threads for every slot's waiting plus the odd extra call
-        self._threads = BackendThreads(reactor, "docker-backend", max(2, 2 * config.slots + 2))
+        self._threads = BackendThreads(IReactorFromThreads(reactor), "docker-backend", max(2, 2 * config.slots + 2))
         self._closed = False
         #: what agents killed on this host left (containers, job folders) is removed once, at start
         self._swept = False
@@ -401,11 +396,8 @@ class DockerBackend:
 
         def finished(result: JobResult) -> JobResult:
             self._runs.pop(key, None)  # type: ignore[arg-type]
-            for timer in run.timers:
-                if timer.active():
-                    timer.cancel()
-            if not run.up.called:
-                run.up.callback(None)
+            run.cancel_calls()
+            run.never_up()
             run.done.callback(None)
             return result
 
@@ -551,7 +543,7 @@ class DockerBackend:
         if hard <= 0:
             hard = _DEFAULT_HARD_LIMIT
         text = f"The job ran for more than {hard} seconds (wall-clock time limit)."
-        run.timers.append(self._reactor.callLater(hard, self._stop, run, ("timeout", text)))
+        run.calls.append(self._reactor.callLater(hard, self._stop, run, ("timeout", text)))
 
     async def _supervise(self, run: _Run, folder: JobFolder) -> int:
         """Wait for the container in short slices; between them, check the CPU time and disk used."""

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..messages import BackendNewJob
-from .filetree import chown_tree, remove_tree
 from ._leftovers import STDIN_SUFFIX, mark_job
+from .filetree import chown_tree, remove_tree
 from .job_disk import mount_job_disk, unmount_job_disk
 
 __all__ = [

@@ -87,21 +87,23 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._reactor import CommonReactor
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
 from ._cgroup import CgroupSupport, JobCgroup, JobStats
 from ._leftovers import sweep_temp, sweep_work_dir
+from ._running import JobRun
 from ._threads import BackendThreads
 from .debug import ISSHDebugBackend
 from .feedback import OutputLimits, collect_result
@@ -192,7 +194,7 @@ def _session_usage(sid: int) -> Tuple[int, float]:
 class SandboxProtocol(ProcessProtocol):
     """Collects stdout/stderr (capped) and the sandbox's reports on fd 3."""
 
-    def __init__(self, reactor: Any, max_out: int, max_err: int) -> None:
+    def __init__(self, reactor: IReactorTime, max_out: int, max_err: int) -> None:
         self._reactor = reactor
         self._caps = {1: max_out + 1, 2: max_err + 1}
         self.output: Dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
@@ -244,9 +246,10 @@ class SandboxProtocol(ProcessProtocol):
 
 
 @dataclass
-class _LocalJob:
-    job: BackendNewJob
-    name: str
+class _LocalJob(JobRun):
+    """The backend's record of one job while it runs (``up`` fires with True)."""
+
+    name: str = ""
     folder: Optional[JobFolder] = None
     cgroup: Optional[JobCgroup] = None
     proto: Optional[SandboxProtocol] = None
@@ -254,14 +257,8 @@ class _LocalJob:
     outcome: Optional[Tuple[str, str]] = None
     ended: bool = False
     polling: bool = False
-    calls: List[IDelayedCall] = field(default_factory=list)
     monitor: Optional[LoopingCall] = None
     stats: JobStats = field(default_factory=JobStats)
-    done: Deferred = field(default_factory=Deferred)
-    #: fires with True once the job's process runs, or None if the job ends before (ssh debug)
-    up: Deferred = field(default_factory=Deferred)
-    #: serves the job's run_student calls while it runs
-    students: Any = None
     #: index of the job's uid pair (per-job users), None when jobs share a user
     slot: Optional[int] = None
     #: (uid, gid) of the job's grader and of its run_student commands (None: the agent's user)
@@ -276,7 +273,7 @@ class LocalBackend:
     name = "local"
     log = Logger()
 
-    def __init__(self, reactor: Any, config: AgentConfig) -> None:
+    def __init__(self, reactor: CommonReactor, config: AgentConfig) -> None:
         if not config.tasks_dir:
             raise ValueError("the local backend needs a tasks folder (--tasks)")
         for value in config.environments:
@@ -351,7 +348,7 @@ class LocalBackend:
         self._claimed = False
         self._claim_lock = threading.Lock()
         # job folders and cgroups block: our own threads (one per slot, and spares)
-        self._threads = BackendThreads(reactor, "local-backend", max(2, config.slots + 2))
+        self._threads = BackendThreads(IReactorFromThreads(reactor), "local-backend", max(2, config.slots + 2))
 
     # -- job users ------------------------------------------------------------
 
@@ -405,7 +402,7 @@ class LocalBackend:
             raise ValueError(f"job {job.job_id!r} is already running")
         if job.environment not in self._environments:
             return succeed(JobResult.crash(f"environment {job.environment!r} is not offered by this agent"))
-        state = _LocalJob(job, f"job-{next(_seq)}")
+        state = _LocalJob(job, name=f"job-{next(_seq)}")
         refused = self._take_users(state)
         if refused is not None:
             return succeed(JobResult.crash(refused))
@@ -569,9 +566,7 @@ class LocalBackend:
 
     def _ended(self, state: _LocalJob) -> None:
         state.ended = True
-        for call in state.calls:
-            if call.active():
-                call.cancel()
+        state.cancel_calls()
         if state.monitor is not None and state.monitor.running:
             state.monitor.stop()
 
@@ -714,8 +709,7 @@ class LocalBackend:
     def _cleanup(self, result: Any, state: _LocalJob) -> Deferred:
         """Whatever happened: no process, no cgroup, no folder left."""
         self._ended(state)
-        if not state.up.called:
-            state.up.callback(None)
+        state.never_up()
 
         def thd_cleanup() -> None:
             if state.cgroup is not None:

@@ -32,13 +32,11 @@ import signal
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from .job_folder import DEFAULT_PATH
-from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, IStudentLauncher, StudentOutcome, StudentRequest
+from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, LauncherBase, StudentOutcome, StudentRequest
 
 __all__ = ["LocalStudentLauncher", "DEFAULT_STUDENT_USER"]
 
@@ -47,35 +45,21 @@ HIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_student_hide.p
 DEFAULT_STUDENT_USER = (4243, 4243)
 
 
-@implementer(IStudentLauncher)
-class LocalStudentLauncher:
+class LocalStudentLauncher(LauncherBase):
     """Runs one local job's run_student calls."""
 
     log = Logger()
 
     def __init__(self, backend: Any, state: Any, user: Optional[Tuple[int, int]]) -> None:
+        super().__init__()
         self._backend = backend
         self._state = state
         self._user = user
         self._live: Dict[str, Any] = {}
-        self._waits: List[Deferred] = []
-        self._stopping = False
 
-    def launch(self, request: StudentRequest) -> Deferred:
-        d: Deferred = ensureDeferred(self._launch(request))
-        self._waits.append(d)
-
-        def forget(result: Any) -> Any:
-            self._waits.remove(d)
-            return result
-
-        return d.addBoth(forget)
-
-    def stop(self) -> Deferred:
-        self._stopping = True
+    def _end_all(self) -> None:
         for proto in list(self._live.values()):
             _signal(proto, "TERM")
-        return DeferredList(list(self._waits), consumeErrors=True) if self._waits else succeed(None)
 
     async def _launch(self, request: StudentRequest) -> StudentOutcome:
         from .local import SANDBOX, STUDENT_PRIVATE_DIRS, SandboxProtocol

@@ -13,7 +13,7 @@ several backends (tests, embedding applications) do not collide.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, Optional, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -39,6 +39,12 @@ def _histogram(name: str, doc: str, buckets: list, total: float) -> HistogramMet
     return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=total)
 
 
+def _counters(*rows: Tuple[str, str, float]) -> Iterator[CounterMetricFamily]:
+    """One counter a row of (name without the prefix, help text, value)."""
+    for name, doc, value in rows:
+        yield CounterMetricFamily(PREFIX + name, doc, value)
+
+
 class BackendCollector(Collector):
     """Reads a :class:`Backend` at scrape time (on the reactor thread).
 
@@ -56,13 +62,13 @@ class BackendCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         backend = self._backend
         stats = backend.stats
-        yield CounterMetricFamily(
-            PREFIX + "jobs_submitted", "Jobs sent by registered clients (refused ones included).", stats.submitted
-        )
-        yield CounterMetricFamily(
-            PREFIX + "jobs_refused",
-            "Jobs answered 'crash' at once without being queued (queue full, duplicate id, shutting down).",
-            stats.refused,
+        yield from _counters(
+            ("jobs_submitted", "Jobs sent by registered clients (refused ones included).", stats.submitted),
+            (
+                "jobs_refused",
+                "Jobs answered 'crash' at once without being queued (queue full, duplicate id, shutting down).",
+                stats.refused,
+            ),
         )
         finished = CounterMetricFamily(
             PREFIX + "jobs_finished",
@@ -138,18 +144,18 @@ class BackendCollector(Collector):
         for env, n in sorted({**dict.fromkeys(counts, 0), **recorder.started}.items()):
             started.add_metric([env], n)
         yield started
-        yield CounterMetricFamily(
-            PREFIX + "jobs_requeued", "Jobs queued again because their agent was lost.", recorder.requeued
-        )
-        yield CounterMetricFamily(
-            PREFIX + "agent_registrations",
-            "Agents that registered (seen once a second by the status service).",
-            recorder.agent_registrations,
-        )
-        yield CounterMetricFamily(
-            PREFIX + "agent_removals",
-            "Agents that were removed (seen once a second by the status service).",
-            recorder.agent_removals,
+        yield from _counters(
+            ("jobs_requeued", "Jobs queued again because their agent was lost.", recorder.requeued),
+            (
+                "agent_registrations",
+                "Agents that registered (seen once a second by the status service).",
+                recorder.agent_registrations,
+            ),
+            (
+                "agent_removals",
+                "Agents that were removed (seen once a second by the status service).",
+                recorder.agent_removals,
+            ),
         )
 
 

@@ -21,13 +21,14 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from .. import transport
+from .._reactor import CommonReactor
 from .._ready import ReadyResult
 from ..interfaces import IListener, IMessageSink, ISchedulingPolicy
 from ..transport import Limits
@@ -42,7 +43,7 @@ _DEFAULT_LIMITS = Limits()
 
 #: ``listen(reactor, endpoint, sink, limits) -> Deferred[IListener]``, like
 #: :func:`inginious_tx.transport.listen` (the default).
-ListenFunction = Callable[[IReactorTime, str, IMessageSink, Limits], Deferred]
+ListenFunction = Callable[[CommonReactor, str, IMessageSink, Limits], Deferred]
 
 
 def stop_reactor(reactor: IReactorCore) -> None:
@@ -73,7 +74,7 @@ class BackendService(Service):
 
     def __init__(
         self,
-        reactor: IReactorTime,
+        reactor: CommonReactor,
         client_endpoints: Sequence[str],
         agent_endpoints: Sequence[str],
         policy: Union[str, ISchedulingPolicy] = DEFAULT_POLICY,

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -37,6 +37,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from .. import __version__
+from .._reactor import CommonReactor
 from .._ready import ReadyResult
 from .adapter import label
 from .charts import PALETTE, RESULT_COLORS, format_number, heatmap, legend, line_chart
@@ -346,7 +347,7 @@ class _Page(Resource):
     # each page defines it
     render_GET: Callable[[Any], bytes]
 
-    def __init__(self, backend: Backend, clock: Any, recorder: Optional[StatusRecorder] = None) -> None:
+    def __init__(self, backend: Backend, clock: IReactorTime, recorder: Optional[StatusRecorder] = None) -> None:
         super().__init__()
         self._backend = backend
         self._clock = clock
@@ -549,7 +550,7 @@ class _Root(Resource):
 
 
 def status_resource(
-    backend: Backend, clock: Any, registry: Any = None, recorder: Optional[StatusRecorder] = None
+    backend: Backend, clock: IReactorTime, registry: Any = None, recorder: Optional[StatusRecorder] = None
 ) -> Resource:
     """The resource tree: ``/``, ``/status.json``, ``/metrics``; with a
     ``recorder`` also ``/history.json`` and ``/events``, and charts on ``/``.
@@ -593,7 +594,7 @@ class StatusService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: CommonReactor,
         backend: Backend,
         endpoint: str,
         registry: Any = None,

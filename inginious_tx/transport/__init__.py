@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
+from .._reactor import CommonReactor
 from ..interfaces import IConnection, IMessageSink, ITransport
 from ..plugin import TRANSPORTS, PluginError, available
 
@@ -104,12 +105,12 @@ def transport_for(endpoint: str) -> Any:
     )
 
 
-def listen(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
+def listen(reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
     """Listen on ``endpoint`` with whichever transport handles it."""
     return transport_for(endpoint).listen(reactor, endpoint, sink, limits)
 
 
-def connect(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> IConnection:
+def connect(reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> IConnection:
     """Connect to ``endpoint`` with whichever transport handles it."""
     return transport_for(endpoint).connect(reactor, endpoint, sink, limits)
 

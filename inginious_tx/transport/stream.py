@@ -40,6 +40,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from .._reactor import CommonReactor
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
 from ..messages import MessageError, load_any
 from . import Limits, tls
@@ -552,7 +553,7 @@ class StreamConnection:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: CommonReactor,
         endpoint: str,
         sink: IMessageSink,
         limits: Limits,
@@ -637,14 +638,16 @@ class StreamTransport:
     def handles(self, endpoint: str) -> bool:
         return isinstance(endpoint, str) and endpoint.startswith(PREFIXES)
 
-    def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS) -> Deferred:
+    def listen(
+        self, reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS
+    ) -> Deferred:
         endpoint = listening_endpoint(endpoint)
         listener = StreamListener(endpoint, sink, limits, reactor)
         d = maybeDeferred(lambda: tls.server_endpoint(reactor, endpoint).listen(_ServerFactory(listener)))
         return d.addCallback(listener._listening)
 
     def connect(
-        self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS
+        self, reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS
     ) -> StreamConnection:
         policy = self._retry_policy or default_retry_policy()
         return StreamConnection(reactor, endpoint, sink, limits, policy)

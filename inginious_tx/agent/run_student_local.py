@@ -9,10 +9,12 @@ the request's memory limit, ``RLIMIT_CPU``), then :mod:`._student_hide`:
   student's mount namespace, except this job's ``task/student``, bound back at
   its own path: ``feedback/``, ``archive/``, ``input/``, the grader's files,
   the exchange folder and other jobs are not there at all;
-- ``/proc`` shows the namespace's processes only;
-- when the agent is root the command runs as the **student's user**
-  (``student_user`` option, default ``4243:4243``), not the grader's: it
-  cannot signal the grader's processes or write what the grader owns;
+- ``/proc`` shows the namespace's processes only; ``/tmp``, ``/var/tmp`` and
+  ``/dev/shm`` are the student's own folders on the job's disk;
+- when the agent is root the command runs as the **student's user**: the
+  job's second uid (see :mod:`.local`), or one user for every job with the
+  ``student_user`` option; never the grader's: it cannot signal the
+  grader's processes or write what the grader owns;
   without root it runs as the agent's user (the hiding still holds, through
   a user namespace; where the kernel refuses that, the call fails with 254
   rather than run unprotected).
@@ -60,7 +62,7 @@ class LocalStudentLauncher(LauncherBase):
             _signal(proto, "TERM")
 
     async def _launch(self, request: StudentRequest) -> StudentOutcome:
-        from .local import SANDBOX, SandboxProtocol
+        from .local import SANDBOX, STUDENT_PRIVATE_DIRS, SandboxProtocol
 
         b, state = self._backend, self._state
         folder = state.folder
@@ -92,6 +94,9 @@ class LocalStudentLauncher(LauncherBase):
             "stdin": request.stdin_path,
             "cwd": request.cwd if request.cwd == folder.task_dir or request.cwd.startswith(student) else student,
             "user": list(self._user) if self._user else None,
+            "private_dirs": (
+                {k: os.path.join(folder.root, v) for k, v in STUDENT_PRIVATE_DIRS.items()} if self._user else {}
+            ),
             "share_net_of": state.proto.transport.pid if request.share_network else None,
             "env": {
                 "PATH": os.environ.get("PATH") or DEFAULT_PATH,

@@ -148,8 +148,8 @@ class Options(usage.Options):
             "job-user",
             None,
             None,
-            "User the embedded agent runs jobs as when the backend runs as root (NAME, UID or UID:GID) "
-            "[default: nobody]",
+            "One user the embedded agent runs every job as when the backend runs as root (NAME, UID or "
+            "UID:GID, e.g. nobody) [default: a uid per running job, 64000 + 2 x slot]",
         ],
         [
             "client-idle-timeout",
@@ -175,9 +175,9 @@ class Options(usage.Options):
             "agents need separate credentials (see docs/security.rst).\n"
             "Without --agents, an embedded local agent (--embedded-slots, --tasks) runs in the backend's process "
             "over the bundled example course, so that jobs can be submitted at once, and no agent endpoint is "
-            "opened; it runs jobs as --job-user (nobody) when the backend is root, and with the agent's safe "
-            "maxima (no network, no run_cmd, capped time and memory). Production backends name their agent "
-            "endpoints with --agents and run their agents apart.\n"
+            "opened; it runs each job as a uid of its own (or --job-user) when the backend is root, and with "
+            "the agent's safe maxima (no network, no run_cmd, capped time and memory). Production backends "
+            "name their agent endpoints with --agents and run their agents apart.\n"
             f"Scheduling policies installed ({GROUP} entry points): {', '.join(available_policies())}."
         )
 

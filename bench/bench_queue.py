@@ -278,7 +278,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     header = f"{'waiting':>9} | " + " | ".join(f"{k:>13}" for k in SNAPSHOTS)
     print(header)
     print("-" * len(header))
-    for size, r in zip(sizes, rows):
+    for size, r in zip(sizes, rows, strict=True):
         print(f"{size:>9} | " + " | ".join(f"{r[k] / 1000:13.1f}" for k in SNAPSHOTS), flush=True)
     flat = True
     for k in KINDS:

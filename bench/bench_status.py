@@ -158,7 +158,7 @@ def main() -> None:
     registry = backend_registry(backend, recorder)
 
     def page() -> bytes:
-        snap = status_snapshot(backend, clock.seconds(), recorder.waiting_per_environment())
+        snap = status_snapshot(backend, clock.seconds(), recorder=recorder)
         return render_html(snap, recorder.history.view(3600)).encode()
 
     if args.html:  # before the timings: they take samples without moving the clock
@@ -182,7 +182,7 @@ def main() -> None:
         "GET / (page, 1 h of charts)": timed(page, args.repeat),
         "GET /status.json": timed(
             lambda: json.dumps(
-                status_snapshot(backend, clock.seconds(), recorder.waiting_per_environment()), indent=1
+                status_snapshot(backend, clock.seconds(), recorder=recorder), indent=1
             ).encode(),
             args.repeat,
         ),

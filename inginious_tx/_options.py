@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import sys
+from typing import Callable, Iterable, NoReturn, Optional
 
-__all__ = ["at_least_one", "count", "positive_float", "limit"]
+__all__ = ["at_least_one", "count", "positive_float", "limit", "plugin_listing", "print_and_exit"]
 
 
 def at_least_one(value: str) -> int:
@@ -39,3 +40,27 @@ def limit(value: str) -> Optional[int]:
 
 
 limit.coerceDoc = "A number >= 0, or 'none' for no limit."  # type: ignore[attr-defined]
+
+
+def plugin_listing(names: Iterable[str], load: Callable[[str], object], default: str) -> str:
+    """One line per installed plugin: its name and the first line of its docstring.
+
+    A plugin that fails to load is listed with the reason, so that ``--list-*``
+    shows what is broken instead of failing.
+    """
+    lines = []
+    for name in names:
+        try:
+            doc = (getattr(load(name), "__doc__", None) or "").strip().splitlines()
+            summary = doc[0] if doc else ""
+        except Exception as e:
+            summary = f"(unavailable: {e})"
+        lines.append(f"{name}{' (default)' if name == default else ''}: {summary}\n")
+    return "".join(lines)
+
+
+def print_and_exit(text: str) -> NoReturn:
+    """End option parsing after a ``--list-*`` flag: print ``text``, exit 0."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    raise SystemExit(0)

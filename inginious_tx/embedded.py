@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
+from ._reactor import CommonReactor
 from .agent.core import Agent
 from .agent.local import LocalBackend, job_user
 from .agent.result import AgentConfig
@@ -121,7 +122,7 @@ class EmbeddedAgent(Agent):
 
 
 def embedded_agent(
-    reactor: IReactorTime,
+    reactor: CommonReactor,
     agent_sink: IMessageSink,
     tasks_dir: str,
     slots: int = DEFAULT_EMBEDDED_SLOTS,

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:  # the messages and transport packages import this module
+    from ._reactor import CommonReactor
     from .messages import BackendJobId, BackendNewJob, MessageError
     from .transport import Limits
 
@@ -137,14 +138,16 @@ class ITransport(Interface):
     def handles(endpoint: str) -> bool:
         """True if this transport understands the endpoint string."""
 
-    def listen(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits) -> Deferred[IListener]:
+    def listen(reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits) -> Deferred[IListener]:
         """Listen on ``endpoint``; deliver to ``sink`` (an :class:`IMessageSink`).
 
         ``limits`` is a :class:`inginious_tx.transport.Limits`.
-        Returns a Deferred firing with an :class:`IListener`.
+        Returns a Deferred firing with an :class:`IListener`.  ``reactor``
+        gives the timers and what the endpoint needs: TCP, processes and file
+        descriptors are in ``CommonReactor``; UNIX or SSL endpoints adapt it.
         """
 
-    def connect(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits) -> IConnection:
+    def connect(reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits) -> IConnection:
         """Connect to ``endpoint``; returns an :class:`IConnection` at once."""
 
 

@@ -91,6 +91,18 @@ def remove_containers(ids: List[str]) -> None:
         client.close()
 
 
+def assert_left_clean(instance_id: str, work: Optional[str] = None) -> None:
+    """After a Docker backend closed: none of its containers remains (any is removed, then the
+    test fails), nor a job folder under ``work`` (blocking)."""
+    from inginious_tx.agent.docker import LABEL_AGENT
+
+    leftovers = containers_labelled(LABEL_AGENT, instance_id)
+    remove_containers(leftovers)
+    assert leftovers == [], "a container was left behind"
+    if work is not None:
+        assert not os.path.exists(work) or os.listdir(work) == [], "a job folder was left behind"
+
+
 def bridge_gateway() -> Optional[str]:
     """The host's address on Docker's default bridge, or None if there is no bridge network (blocking)."""
     import docker

@@ -36,9 +36,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
+import wire_vectors
+from host_tools import missing_setup
 
 __all__ = [
     "VENVS",
@@ -54,6 +56,8 @@ __all__ = [
     "OurProcess",
     "OurPrograms",
     "twistd_argv",
+    "inginious_fixture",
+    "ours_fixture",
 ]
 
 #: Where .ci/setup-inginious.sh puts each release (same variables as the script).
@@ -78,10 +82,7 @@ def require_inginious(dialect: str) -> str:
     python = inginious_python(dialect)
     if python is not None:
         return python
-    problem = f"no INGInious {dialect} virtualenv at {VENVS[dialect]} (run .ci/setup-inginious.sh)"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {problem}", pytrace=False)
-    pytest.skip(problem)
+    missing_setup(f"no INGInious {dialect} virtualenv at {VENVS[dialect]} (run .ci/setup-inginious.sh)")
 
 
 def free_port() -> int:
@@ -109,13 +110,7 @@ def to_json(value: Any) -> Any:
 
 def from_json(value: Any) -> Any:
     """The inverse of :func:`to_json` (lists come back as lists)."""
-    if isinstance(value, dict):
-        if set(value) == {"$bytes_hex"}:
-            return bytes.fromhex(value["$bytes_hex"])
-        return {k: from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    return value
+    return wire_vectors.from_json(value, list)
 
 
 class PeerProcess:
@@ -362,3 +357,22 @@ class OurPrograms:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+# The fixtures of the interoperability tests: each test module imports them
+# (under these names, so that its tests' ``inginious`` and ``ours`` arguments
+# shadow nothing).
+
+
+@pytest.fixture(name="inginious")
+def inginious_fixture() -> Iterator[InginiousPeers]:
+    """Real INGInious peers (backend, agent, client) started on demand, stopped after the test."""
+    with InginiousPeers() as peers:
+        yield peers
+
+
+@pytest.fixture(name="ours")
+def ours_fixture() -> Iterator[OurPrograms]:
+    """Our programs (twistd backend and agent, the client CLI), stopped after the test."""
+    with OurPrograms() as programs:
+        yield programs

@@ -19,13 +19,13 @@ import pytest
 import pytest_twisted
 from docker_support import (
     TEST_IMAGE,
+    assert_left_clean,
     bridge_gateway,
     containers_labelled,
     docker_problem,
     make_task,
     new_job,
     processes_in_container,
-    remove_containers,
     require_docker,
     running_container,
 )
@@ -101,10 +101,7 @@ def backend(tasks_dir: str, tmp_path: Any) -> Any:
     b = _make_backend(tasks_dir, work)
     yield b
     pytest_twisted.blockon(b.close())
-    leftovers = containers_labelled(LABEL_AGENT, b.instance_id)
-    remove_containers(leftovers)
-    assert leftovers == [], "a container was left behind"
-    assert not os.path.exists(work) or os.listdir(work) == [], "a job folder was left behind"
+    assert_left_clean(b.instance_id, work)
 
 
 async def _run(backend: DockerBackend, job: BackendNewJob, timeout: float = 30) -> JobResult:
@@ -563,9 +560,7 @@ def proxied(tasks_dir: str, short_tmp: str) -> Any:
     yield b, proxy
     pytest_twisted.blockon(ensureDeferred(proxy.stop()))
     pytest_twisted.blockon(b.close())
-    leftovers = containers_labelled(LABEL_AGENT, b.instance_id)
-    remove_containers(leftovers)
-    assert leftovers == [], "a container was left behind"
+    assert_left_clean(b.instance_id)
 
 
 @pytest_twisted.ensureDeferred

@@ -22,12 +22,11 @@ import pytest
 import pytest_twisted
 from docker_support import (
     TEST_IMAGE,
-    containers_labelled,
+    assert_left_clean,
     docker_client,
     make_task,
     new_job,
     processes_in_container,
-    remove_containers,
     require_docker,
     running_container,
 )
@@ -83,10 +82,7 @@ def _backend(tasks_dir: str, work: str, runtime: str, **options: Any) -> DockerB
 
 
 def _check_clean(b: DockerBackend, work: str) -> None:
-    leftovers = containers_labelled(LABEL_AGENT, b.instance_id)
-    remove_containers(leftovers)
-    assert leftovers == [], "a container was left behind"
-    assert not os.path.exists(work) or os.listdir(work) == [], "a job folder was left behind"
+    assert_left_clean(b.instance_id, work)
 
 
 def _close_and_check(b: DockerBackend, work: str) -> None:

@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from host_tools import require_program, require_wget
 from twisted.internet.defer import gatherResults
+from zope.interface import directlyProvides, providedBy
 from zope.interface.verify import verifyClass, verifyObject
 
 from inginious_tx.agent.local import LocalBackend
@@ -340,6 +341,7 @@ class _NoSharedPool:
 
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
+        directlyProvides(self, providedBy(reactor))  # what it wraps, it provides
 
     def getThreadPool(self) -> Any:
         raise AssertionError("the local backend used the reactor's shared thread pool")

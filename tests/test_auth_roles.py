@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from test_auth_curve import Keys
 from test_auth_tls import Pki
-from test_cli_integration import COMMAND_TIMEOUT, cli, free_port, spawn_twistd
+from test_cli_integration import cli, free_port, spawn_twistd, stop_daemons
 from twisted.python import usage
 from zope.interface import implementer
 
@@ -167,7 +167,6 @@ async def test_a_client_saying_agent_hello_is_no_agent_and_the_reverse(
 @pytest_twisted.ensureDeferred
 async def test_twistd_backend_and_agent_and_the_command_with_credentials(short_tmp: str) -> None:
     """Clients over TLS with certificates, the agent over CurveZMQ; the command gets its result."""
-    from twisted.internet import reactor
 
     os.makedirs(f"{short_tmp}/tls")
     os.makedirs(f"{short_tmp}/curve")
@@ -195,10 +194,6 @@ async def test_twistd_backend_and_agent_and_the_command_with_credentials(short_t
         run = await cli("environments", "--backend", bare, "--connect-timeout", "1")
         assert run.status == 69, run.err
     finally:
-        for daemon in daemons:
-            if not daemon.done.called:
-                daemon.process.signalProcess("TERM")  # type: ignore[attr-defined]
-        for daemon in daemons:
-            await daemon.done.addTimeout(COMMAND_TIMEOUT, reactor)
+        await stop_daemons(daemons)
     backend_log = b"".join(daemons[0].out).decode()
     assert "TLS failed" in backend_log

@@ -1077,6 +1077,20 @@ def test_packed_size_is_the_msgpack_length():
 # -- policies' incremental ordered() ------------------------------------------------------------
 
 
+class _RandomJob:
+    """A waiting job for the policy tests, its environment, priority, course and limit drawn from ``rnd``."""
+
+    def __init__(self, i: int, rnd: Any, random_retries: bool = False) -> None:
+        self.key = ("c", str(i))
+        self.environment = ("docker", f"e{rnd.randrange(3)}")
+        self.priority = rnd.randrange(3)
+        self.course_id = f"course{rnd.randrange(4)}"
+        self.time_limit = rnd.choice((0, 10, 60))
+        self.submitted_at = i * 0.5
+        self.sequence = i
+        self.retries = rnd.choice((0, 0, 0, 1)) if random_retries else 0
+
+
 @pytest.mark.parametrize("name", ["priority", "fair", "shortest-first"])
 def test_incremental_ordered_matches_a_full_sort(name):
     """ordered() keeps sorted runs between calls; it must equal the order a full sort gives."""
@@ -1084,16 +1098,8 @@ def test_incremental_ordered_matches_a_full_sort(name):
 
     from inginious_tx.backend.policies import load_policy
 
-    class J:
-        def __init__(self, i: int, rnd: random.Random) -> None:
-            self.key = ("c", str(i))
-            self.environment = ("docker", f"e{rnd.randrange(3)}")
-            self.priority = rnd.randrange(3)
-            self.course_id = f"course{rnd.randrange(4)}"
-            self.time_limit = rnd.choice((0, 10, 60))
-            self.submitted_at = i * 0.5
-            self.sequence = i
-            self.retries = rnd.choice((0, 0, 0, 1))
+    def J(i: int, rnd: random.Random) -> _RandomJob:
+        return _RandomJob(i, rnd, random_retries=True)
 
     rnd = random.Random(7)
     policy = load_policy(name)
@@ -1129,16 +1135,7 @@ def test_ordered_in_steps_while_the_queue_changes(name):
 
     from inginious_tx.backend.policies import load_policy
 
-    class J:
-        def __init__(self, i: int, rnd: random.Random) -> None:
-            self.key = ("c", str(i))
-            self.environment = ("docker", f"e{rnd.randrange(3)}")
-            self.priority = rnd.randrange(3)
-            self.course_id = f"course{rnd.randrange(4)}"
-            self.time_limit = rnd.choice((0, 10, 60))
-            self.submitted_at = i * 0.5
-            self.sequence = i
-            self.retries = 0
+    J = _RandomJob
 
     def reference(policy: Any) -> List[Any]:
         entries = [e for heap in policy._heaps.values() for e in heap if e[-1] is not None]

@@ -7,9 +7,9 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, Optional
 
 import pytest
-from test_backend_core import Remote, World, new_jobs
+from test_backend_core import Remote, World
 
-from inginious_tx.backend.testing import agent_hello, job_done, new_job
+from inginious_tx.backend.testing import job_done, new_job
 from inginious_tx.messages import v06, v09
 
 LIMITS = {"limits": {"time": 20, "hard_time": 50, "memory": 300}, "run_cmd": "", "network_grading": False}
@@ -53,7 +53,9 @@ def client09(world: World, name: str = "frontend") -> Remote:
     return c
 
 
-def agent09(world: World, name: str = "agent09", slots: int = 1, envs: Optional[Dict[str, Iterable[str]]] = None) -> Remote:
+def agent09(
+    world: World, name: str = "agent09", slots: int = 1, envs: Optional[Dict[str, Iterable[str]]] = None
+) -> Remote:
     a = Remote(world, "mem:agents", name, auto_pong=False)
     world.pump()
     a.send(hello09(name, slots, envs if envs is not None else {"docker": ["default"]}))
@@ -140,7 +142,10 @@ def test_the_queue_in_both_dialects(world):
     old.send(v06.ClientGetQueue())
     [queue06] = old.of_type(v06.BackendGetQueue)
     assert queue06.jobs_running == (("r", False, "a9", "course/task", "frontend", 0, 20),)
-    assert queue06.jobs_waiting == (("w", False, "course/task", "frontend", -1), ("w6", True, "course/task", "test", 40))
+    assert queue06.jobs_waiting == (
+        ("w", False, "course/task", "frontend", -1),
+        ("w6", True, "course/task", "test", 40),
+    )
     del a
 
 

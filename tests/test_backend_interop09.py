@@ -9,23 +9,10 @@ with a 0.9 agent), and both dialects share one backend at once.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
-from inginious_support import InginiousPeers, OurPrograms, zmq_address
+from inginious_support import InginiousPeers, OurPrograms, inginious_fixture, ours_fixture, zmq_address  # noqa: F401
 from test_interop_inginious import LIMITS, exercise, has_default
-
-
-@pytest.fixture
-def inginious() -> Iterator[InginiousPeers]:
-    with InginiousPeers() as peers:
-        yield peers
-
-
-@pytest.fixture
-def ours() -> Iterator[OurPrograms]:
-    with OurPrograms() as programs:
-        yield programs
 
 
 def backend(ours: OurPrograms) -> Any:

@@ -8,7 +8,7 @@ every message a peer receives is in its own dialect."""
 from __future__ import annotations
 
 import itertools
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Set
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -36,7 +36,9 @@ def submit_message(dialect: str, job_id: str, env: str, priority: int) -> Any:
 def hello_message(dialect: str, slots: int, envs: List[str]) -> Any:
     if dialect == "0.6":
         return agent_hello("a", slots, envs)
-    return v09.AgentHello("a", slots, {"docker": {e: {"id": e, "created": 0, "ports": [], "runtime": "runc"} for e in envs}})
+    return v09.AgentHello(
+        "a", slots, {"docker": {e: {"id": e, "created": 0, "ports": [], "runtime": "runc"} for e in envs}}
+    )
 
 
 def done_message(dialect: str, key: Key, result: str) -> Any:

@@ -61,6 +61,16 @@ def test_help_documents_every_exit_status(capsys: pytest.CaptureFixture) -> None
     assert "zmq:tcp://127.0.0.1:2000" in out
 
 
+def test_top_level_help_names_both_dialects(capsys: pytest.CaptureFixture) -> None:
+    """The command speaks 0.6 and 0.9, and says that a stock 0.9 backend needs --dialect 0.9."""
+    with pytest.raises(SystemExit) as e:
+        parse(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "0.6" in out and "0.9" in out and "--dialect 0.9" in out
+    assert "INGInious 0.6 compatible" not in out
+
+
 def test_inputs_merge_files_and_pairs(tmp_path: Path) -> None:
     (tmp_path / "a.json").write_text(json.dumps({"q1": "a", "q2": "keep"}))
     (tmp_path / "b.json").write_text(json.dumps({"q1": "b"}))

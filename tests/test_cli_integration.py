@@ -366,9 +366,19 @@ def spawn_twistd(*args: str) -> _Collect:
     return proto
 
 
+async def stop_daemons(daemons: List[_Collect]) -> None:
+    """SIGTERM every daemon still running, then wait (boundedly) until each has exited."""
+    from twisted.internet import reactor
+
+    for daemon in daemons:
+        if not daemon.done.called:
+            daemon.process.signalProcess("TERM")  # type: ignore[attr-defined]
+    for daemon in daemons:
+        await daemon.done.addTimeout(COMMAND_TIMEOUT, reactor)
+
+
 @pytest_twisted.ensureDeferred
 async def test_twistd_backend_and_mock_agent_processes(short_tmp: str) -> None:
-    from twisted.internet import reactor
 
     clients, agents = f"zmq:ipc://{short_tmp}/clients", f"zmq:ipc://{short_tmp}/agents"
     daemons = [
@@ -383,8 +393,4 @@ async def test_twistd_backend_and_mock_agent_processes(short_tmp: str) -> None:
         run = await cli("environments", "--backend", clients)
         assert (run.status, run.out) == (0, "default\n")
     finally:
-        for daemon in daemons:
-            if not daemon.done.called:
-                daemon.process.signalProcess("TERM")  # type: ignore[attr-defined]
-        for daemon in daemons:
-            await daemon.done.addTimeout(COMMAND_TIMEOUT, reactor)
+        await stop_daemons(daemons)

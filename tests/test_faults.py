@@ -14,7 +14,6 @@ restarts the engine (with the command line it had) before it returns.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Iterator
 
 import pytest
@@ -32,6 +31,7 @@ from faults_support import (
     garbage,
     kill_storm,
 )
+from host_tools import missing_setup
 
 #: How much the backend's resident memory may grow while it is fed garbage.
 MEMORY_BOUND_MB = 150
@@ -127,7 +127,9 @@ def test_vanished_clients_lose_their_jobs_and_nobody_else_notices(lab: Lab) -> N
     tcp, zmq = figures.notes["departures"]
     assert tcp.startswith("client 'vt' left (connection closed") and "192 waiting jobs dropped" in tcp, why
     # ZeroMQ: its silence, or a send that found its connection gone (which ends its session), tells.
-    assert zmq.startswith(("client 'vz' left (no message for", "client 'vz' left (connection closed (its connection")), why
+    assert zmq.startswith(
+        ("client 'vz' left (no message for", "client 'vz' left (connection closed (its connection")
+    ), why
     assert "184 waiting jobs dropped" in zmq, why
     assert figures.notes["queue_after"] == (0, 0), why
 
@@ -161,10 +163,7 @@ def test_docker_engine_stopped_and_started_under_a_running_agent(lab: Lab) -> No
 
     require_docker()
     if dockerd_pid() is None:
-        reason = "the Docker engine is not a local dockerd process that this test can stop and start"
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {reason}", pytrace=False)
-        pytest.skip(reason)
+        missing_setup("the Docker engine is not a local dockerd process that this test can stop and start")
     figures: Any = docker_outage(lab, TEST_IMAGE, jobs=3)
     why = explain(figures, lab)
     notes = figures.notes

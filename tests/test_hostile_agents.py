@@ -6,8 +6,13 @@ backends behind a real :class:`Agent` and backend over TCP, real Docker.
 
 - an impostor agent finds no agent endpoint on the default backend, and one
   that says hello on the client endpoint gets no job;
-- job code runs as ``nobody`` (not root) on a root backend, with its limits
-  capped and ``run_cmd``/network refused;
+- job code runs as a uid of its own (not root) on a root backend, with its
+  limits capped and ``run_cmd``/network refused;
+- a root local agent's job writing 300 MB in ``/tmp``, ``/var/tmp`` and
+  ``/dev/shm`` fills only its own bounded disk and leaves nothing on the
+  host; a job scanning ``/proc`` for another running job finds nothing and
+  cannot read or write its folder; concurrent jobs, and a job and its
+  run_student commands, have different uids and ``/tmp``;
 - a job asking for 1 TB of memory, the network and a 2^31-1 s wall time gets
   the operator's maxima (inspected on the container during the job);
 - a 1,200-deep folder chain with a file at the bottom in ``tmp/`` and in
@@ -75,6 +80,49 @@ feedback-result success
 """,
     "sleep": """\
 sleep 60
+feedback-result success
+""",
+    # 100 MB each in the host's shared temporary folders, with a marker the test looks for
+    "tmpwrite": """\
+tag=$(getinput tag)
+for d in /tmp /var/tmp /dev/shm; do echo mark > "$d/$tag" || exit 1; done
+for d in /tmp /var/tmp /dev/shm; do dd if=/dev/zero of="$d/$tag.big" bs=1M count=100 2>/dev/null; done
+feedback-msg -m "uid=$(id -u)"
+feedback-result success
+""",
+    # a grader and its student: each its own user and /tmp
+    "tmpshare": """\
+echo secret > /tmp/grader-file
+out=$(run_student sh -c 'id -u; cat /tmp/grader-file 2>/dev/null || echo hidden
+echo x > /tmp/student-file && echo wrote' 2>&1)
+[ -e /tmp/student-file ] && leak=yes || leak=no
+feedback-msg -m "grader=$(id -u) student=$(echo $out) leak=$leak"
+feedback-result success
+""",
+    # a job that waits (for the test's go) with a secret in its input
+    "victim": """\
+touch "$INGINIOUS_JOB/tmp/started"
+while [ ! -e "$INGINIOUS_JOB/tmp/go" ]; do sleep 0.05; done
+feedback-msg -m "victim uid=$(id -u)"
+feedback-result success
+""",
+    # another job scanning /proc for a job's environment, then reading and writing its folder
+    "snoop": """\
+me=$INGINIOUS_JOB
+victim=$(getinput victim)
+seen=0; procs=0; read=no; wrote=no; killed=no
+for e in /proc/[0-9]*/environ; do
+  procs=$((procs+1))
+  j=$(tr '\\0' '\\n' < "$e" 2>/dev/null | sed -n 's/^INGINIOUS_JOB=//p')
+  if [ -n "$j" ] && [ "$j" != "$me" ]; then
+    seen=$((seen+1)); victim=$j
+    p=${e%/environ}; kill -0 "${p#/proc/}" 2>/dev/null && killed=yes
+  fi
+done
+cat "$victim/input.json" > /dev/null 2>&1 && read=yes
+echo 100 > "$victim/feedback/grade" 2>/dev/null && wrote=yes
+ls "$victim/tmp" > /dev/null 2>&1 && read=yes
+feedback-msg -m "uid=$(id -u) seen=$seen read=$read wrote=$wrote signal=$killed procs=$procs"
 feedback-result success
 """,
 }
@@ -162,8 +210,8 @@ async def test_default_backend_has_no_agent_endpoint_and_runs_jobs_unprivileged(
     port = _free_port()
     endpoint = f"zmq:tcp://127.0.0.1:{port}"
     twistd = _Collect()
-    argv = [str(BIN / "twistd")] if (BIN / "twistd").exists() else [
-        sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]  # fmt: skip
+    run_twistd = "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
+    argv = [str(BIN / "twistd")] if (BIN / "twistd").exists() else [sys.executable, "-c", run_twistd]
     argv += ["-n", "--pidfile=", "inginious-backend", "--clients", endpoint, "--tasks", tasks_dir]
     process = reactor.spawnProcess(twistd, argv[0], argv, env=child_env(), path=short_tmp)
     await within(twistd.started, 10)
@@ -192,7 +240,7 @@ async def test_default_backend_has_no_agent_endpoint_and_runs_jobs_unprivileged(
     who = await within(client.new_job("hostile", "whoami", {}, time_limit=0, mem_limit=10**6), 30)
     assert who.result == "success", who
     # job code is not root; the limits it asked for (none, 1 TB) were capped to the agent's maxima
-    assert who.text.strip() == "uid=65534 time=300 mem=1024 net=0", who.text
+    assert who.text.strip() == "uid=64000 time=300 mem=1024 net=0", who.text  # the first job uid
     assert impostor.busy == 0 and not impostor._jobs  # the impostor never got a job
 
     cmd = await within(client.new_job("hostile", "whoami", {}, run_cmd="id > /tmp/pwned"), 30)
@@ -251,7 +299,9 @@ async def test_docker_agent_caps_a_1tb_request_and_refuses_the_network(
     tasks_dir: str, tmp_path: Path, closers: list, until: Any, within: Any
 ) -> None:
     backend = _docker_backend(tasks_dir, str(tmp_path / "work"))
-    closers.append(lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    closers.append(
+        lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id))
+    )
     client = await _grader(closers, within, until, backend, JobMaxima(max_hard_time=3, max_memory=256))
 
     refused = await within(client.new_job("hostile", "sleep", {}, mem_limit=10**6, enable_network=True), 30)
@@ -298,9 +348,12 @@ async def test_every_kind_refuses_run_cmd_and_caps_limits(within: Any) -> None:
     assert maxima.capped(longer).hard_time_limit == 20  # 3 x 9 s would pass the maximum: set explicitly
     assert "run_cmd" in (maxima.refusal(BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 1, None, 1,
                                                       False, "id")) or "")  # fmt: skip
-    assert JobMaxima(allow_run_cmd=True, allow_network=True).refusal(
-        BackendNewJob((b"c", "j"), "c", "t", {}, "default", True, 1, None, 1, False, "id")
-    ) is None
+    assert (
+        JobMaxima(allow_run_cmd=True, allow_network=True).refusal(
+            BackendNewJob((b"c", "j"), "c", "t", {}, "default", True, 1, None, 1, False, "id")
+        )
+        is None
+    )
     with pytest.raises(ValueError):
         JobMaxima(max_memory=0)
     # and through a real Agent
@@ -335,7 +388,9 @@ async def test_docker_deep_folders_and_a_3gb_file_leave_nothing(
     _root_only()
     work = os.path.join(short_tmp, "work")
     backend = _docker_backend(tasks_dir, work, job_disk_mb=64)
-    closers.append(lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    closers.append(
+        lambda: threads.deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id))
+    )
     client = await _grader(closers, within, until, backend, JobMaxima(max_memory=512))
     before = os.statvfs(short_tmp)
     deep = await within(client.new_job("hostile", "deep", {}, mem_limit=256), 60)
@@ -490,3 +545,193 @@ def test_job_user_of_a_root_agent() -> None:
     assert job_user("1234:5678") == (1234, 5678) and job_user("nobody:99") == (nobody.pw_uid, 99)
     with pytest.raises(ValueError, match="unknown user"):
         job_user("no-such-user-here")
+
+
+# -- jobs of a root local agent are apart from the host and from each other ----------------
+
+SHARED_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def _local_grader_backend(tasks_dir: str, work: str, **options: Any) -> LocalBackend:
+    opts: Dict[str, Any] = {"work_dir": work, "poll_interval": "0.1"}
+    opts.update(options)
+    return LocalBackend(_reactor(), AgentConfig(tasks_dir, ["default"], 2, opts))
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_job_temporary_folders_are_its_own_and_bounded(
+    tasks_dir: str, short_tmp: str, closers: list, until: Any, within: Any
+) -> None:
+    """300 MB in /tmp, /var/tmp and /dev/shm: on the job's 64 MB disk (overflow), nothing left on the host."""
+    _root_only()
+    work = os.path.join(short_tmp, "work")
+    tag = f"itx-hostile-{os.getpid()}-{os.path.basename(short_tmp)}"
+    leftovers = [os.path.join(d, tag + suffix) for d in SHARED_TMP for suffix in ("", ".big")]
+
+    def clean() -> None:
+        for path in leftovers:
+            if os.path.lexists(path):
+                os.unlink(path)
+
+    closers.append(clean)
+    free = {d: os.statvfs(d) for d in SHARED_TMP}
+    backend = _local_grader_backend(tasks_dir, work, job_disk_mb="64")
+    client = await _grader(closers, within, until, backend, JobMaxima())
+    result = await within(client.new_job("hostile", "tmpwrite", {"tag": tag}), 60)
+    assert [p for p in leftovers if os.path.lexists(p)] == [], "the job's files outlived it on the host"
+    assert result.result == "overflow" and "disk space of 64 MB" in result.text, result
+    for d in SHARED_TMP:  # the host's folders did not take the writes
+        after = os.statvfs(d)
+        assert (free[d].f_bavail - after.f_bavail) * after.f_frsize < 64 << 20, d
+    assert os.listdir(work) == [] and _job_mounts(work) == []
+
+
+@pytest.mark.parametrize("where", ["/tmp", "/run"], ids=["work-in-tmp", "work-elsewhere"])
+@pytest_twisted.ensureDeferred
+async def test_local_jobs_cannot_see_or_reach_each_other(
+    where: str, tasks_dir: str, closers: list, until: Any, within: Any
+) -> None:
+    """A job scanning /proc for another running job's environment finds nothing, cannot read or
+    write its folder (told its path), and runs as another uid.  The work folder is reachable by
+    anyone (as the default one in /tmp): only the job's own isolation stands in the way."""
+    _root_only()
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="itx-", dir=where)
+    closers.append(lambda: shutil.rmtree(top, ignore_errors=True))
+    os.chmod(top, 0o755)
+    work = os.path.join(top, "work")
+    backend = _local_grader_backend(tasks_dir, work)
+    client = await _grader(closers, within, until, backend, JobMaxima())
+    victim = client.new_job("hostile", "victim", {"secret": "s3cret"})
+    roots: List[str] = []
+
+    def started() -> bool:
+        roots[:] = [os.path.join(work, n) for n in os.listdir(work) if not n.endswith(".stdin")] if os.path.isdir(
+            work) else []  # fmt: skip
+        return len(roots) == 1 and os.path.exists(os.path.join(roots[0], "tmp", "started"))
+
+    await until(started, 20, "the victim job to run")
+    victim_root = roots[0]
+    try:
+        st = os.stat(victim_root)
+        snoop = await within(client.new_job("hostile", "snoop", {"victim": victim_root}), 30)
+    finally:
+        Path(victim_root, "tmp", "go").touch()
+    done = await within(victim, 30)
+    assert snoop.result == "success" and done.result == "success", (snoop, done)
+    fields = dict(item.split("=", 1) for item in snoop.text.split())
+    assert (fields["seen"], fields["read"], fields["wrote"], fields["signal"]) == ("0", "no", "no", "no"), snoop.text
+    assert int(fields["procs"]) < 10, "the job sees the host's processes"
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid != 0, "the job folder is open to others"
+    victim_uid = done.text.split("uid=")[1].strip()
+    assert victim_uid == str(st.st_uid) and fields["uid"] != victim_uid  # a uid per running job
+    assert done.grade == 100.0 and "victim uid=" in done.text  # untouched by the other job
+    assert os.listdir(work) == [] and _job_mounts(work) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_student_has_its_own_user_and_tmp(
+    tasks_dir: str, short_tmp: str, closers: list, until: Any, within: Any
+) -> None:
+    """run_student's command runs as the job's second uid, with a /tmp of its own: it neither
+    reads the grader's /tmp nor leaves anything in it."""
+    _root_only()
+    work = os.path.join(short_tmp, "work")
+    closers.append(lambda: [os.unlink(p) for p in ("/tmp/grader-file", "/tmp/student-file") if os.path.lexists(p)])
+    backend = _local_grader_backend(tasks_dir, work)
+    client = await _grader(closers, within, until, backend, JobMaxima())
+    result = await within(client.new_job("hostile", "tmpshare", {}), 30)
+    assert result.result == "success", result
+    assert result.text.strip() == "grader=64000 student=64001 hidden wrote leak=no", result.text
+    assert not os.path.exists("/tmp/grader-file") and not os.path.exists("/tmp/student-file")
+    assert os.listdir(work) == [] and _job_mounts(work) == []
+
+
+def test_local_job_users_are_per_job_and_configurable() -> None:
+    """A root agent gives each running job a (grader, student) uid pair from job_uid_base;
+    the option user makes every job share one user (the operator's choice)."""
+    _root_only()
+    from inginious_tx.agent.local import _LocalJob
+
+    job = BackendNewJob((b"c", "j"), "c", "t", {}, "default", False, 1, None, 1, False, None)
+    backend = LocalBackend(_reactor(), AgentConfig("/nonexistent", ["default"], 2, {"job_uid_base": "70000"}))
+    states = [_LocalJob(job, name=f"j{i}") for i in range(3)]
+    for state in states:
+        assert backend._take_users(state) is None
+    assert [s.user for s in states] == [(70000, 70000), (70002, 70002), (70004, 70004)]
+    assert [s.student_user for s in states] == [(70001, 70001), (70003, 70003), (70005, 70005)]
+    backend._release_users(states[1])
+    again = _LocalJob(job, name="j3")
+    backend._take_users(again)
+    assert again.user == (70002, 70002)  # the lowest free pair
+    few = LocalBackend(_reactor(), AgentConfig("/nonexistent", ["default"], 1, {"job_uid_count": "1"}))
+    assert few._take_users(_LocalJob(job, name="a")) is None
+    assert "no free job user" in (few._take_users(_LocalJob(job, name="b")) or "")
+    shared = LocalBackend(_reactor(), AgentConfig("/nonexistent", ["default"], 2, {"user": "1234:5678"}))
+    one, two = _LocalJob(job, name="a"), _LocalJob(job, name="b")
+    shared._take_users(one), shared._take_users(two)
+    assert one.user == two.user == (1234, 5678) and one.student_user == (4243, 4243)
+
+
+# -- an agent killed outright: the next one on the host removes what it left ----------------
+
+
+@pytest.mark.parametrize("kind", ["local", "docker"])
+@pytest_twisted.ensureDeferred
+async def test_what_a_killed_agent_left_is_removed_by_the_next(
+    kind: str, tasks_dir: str, short_tmp: str, closers: list, until: Any, within: Any
+) -> None:
+    """SIGKILL an agent (a real twistd process) during a job: its job tmpfs stays mounted (and its
+    container stays, Docker); a new agent of the kind, on the same work folder, removes them at start."""
+    from inginious_tx.agent._leftovers import LABEL_OWNER, owner_token
+
+    _root_only()
+    if kind == "docker":
+        require_docker()
+    reactor = _reactor()
+    work = os.path.join(short_tmp, "work")
+    service = BackendService(reactor, ["tcp:0:interface=127.0.0.1"], ["tcp:0:interface=127.0.0.1"], shutdown_grace=0)
+    service.startService()
+    closers.append(service.stopService)
+    clients, agents = await within(service.ready)
+    argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
+            "inginious-agent", "--backend", agents.connect_endpoint, "--kind", kind, "--tasks", tasks_dir,
+            "--slots", "1", "--option", f"work_dir={work}"]  # fmt: skip
+    if kind == "docker":
+        argv += ["--environment", f"default={TEST_IMAGE}"]
+    proto = _Collect()
+    process = reactor.spawnProcess(proto, sys.executable, argv, env=child_env(), path=short_tmp)
+    closers.append(lambda: process.pid is not None and process.signalProcess("KILL"))
+    await until(lambda: service.backend.agents, 30, "the agent")
+    owner = owner_token(process.pid)
+    left: List[str] = []
+
+    def labelled() -> List[str]:
+        return containers_labelled(LABEL_OWNER, owner) if kind == "docker" else []
+
+    closers.append(lambda: threads.deferToThread(remove_containers, labelled()))
+    client = connect_client(reactor, clients.connect_endpoint, "student")
+    closers.append(client.stop)
+    client.new_job("hostile", "sleep", {}).addErrback(lambda _: None)
+
+    def running() -> bool:
+        left[:] = _job_mounts(work)
+        return bool(left) and (kind == "local" or bool(labelled()))
+
+    await until(running, 30, "the job to run")
+    process.signalProcess("KILL")
+    await within(proto.done, 10)
+    assert _job_mounts(work) == left and left, "the killed agent's job tmpfs should still be there"
+    if kind == "docker":
+        assert await threads.deferToThread(labelled), "the killed agent's container should still be there"
+
+    options = {"work_dir": work}
+    config = (AgentConfig(tasks_dir, [f"default={TEST_IMAGE}"], 1, options) if kind == "docker"
+              else AgentConfig(tasks_dir, ["default"], 1, options))  # fmt: skip
+    backend: Any = (DockerBackend if kind == "docker" else LocalBackend)(reactor, config)
+    closers.append(backend.close)
+    await within(backend.environments(), 30)  # at start: the sweep
+    await until(lambda: os.listdir(work) == [] and _job_mounts(work) == [], 20, "the leftovers to go")
+    assert await threads.deferToThread(labelled) == []

@@ -14,22 +14,24 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import msgpack
 import pytest
 import pytest_twisted
 import zmq
 import zmq.auth
+from faults_support import Endpoints, Lab, closed_by_peer, frame, free_port, raw_tcp, read_frames
+from subprocess_env import child_env
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.mock import MockBackend
 from inginious_tx.agent.result import AgentConfig
-from inginious_tx.embedded import InProcessTransport
 from inginious_tx.backend.service import BackendService
 from inginious_tx.backend.testing import agent_hello, new_job
+from inginious_tx.embedded import InProcessTransport
 from inginious_tx.interfaces import IPeer
 from inginious_tx.messages import (
     AgentJobDone,
@@ -47,9 +49,6 @@ from inginious_tx.messages import (
 from inginious_tx.testing import MemoryTransport, RecordingSink
 from inginious_tx.transport import Limits
 from inginious_tx.transport.zmq import ZmqTransport
-from faults_support import Endpoints, Lab, closed_by_peer, frame, free_port, raw_tcp, read_frames
-from subprocess_env import child_env
-
 
 # ---------------------------------------------------------------------------
 # Contract 1: IPeer.accepted()
@@ -72,7 +71,6 @@ def test_every_in_process_peer_provides_accepted() -> None:
         assert p.hello_accepted
 
 
-
 def test_the_embedded_link_provides_accepted() -> None:
     clock = Clock()
     backend_side, agent_side = RecordingSink(), RecordingSink()
@@ -90,6 +88,23 @@ def test_default_limits_bound_strangers() -> None:
     assert limits.max_hello_frame == 64 * 1024
     assert limits.hello_timeout == 10.0
     assert limits.max_pending * limits.max_hello_frame <= 16 * 1024 * 1024
+
+
+def test_client_endpoints_take_frames_no_larger_than_the_largest_job() -> None:
+    from inginious_tx.backend.tap import Options
+
+    options = Options()
+    options.parseOptions([])
+    limits = options["limits"]
+    clients = limits.for_clients()
+    assert clients.max_frame == 16 * MiB + MiB < limits.max_frame == 64 * MiB
+    assert clients.max_send_buffer == limits.max_send_buffer  # results to clients may still be large
+    # The ZeroMQ worst case before hello, on a client endpoint: 136 MiB with the defaults.
+    assert limits.zmq_max_pending * clients.max_frame == 136 * MiB
+    assert limits.max_partial_bytes == 256 * MiB
+    options = Options()
+    options.parseOptions(["--max-inputdata", "none"])
+    assert options["limits"].for_clients() == options["limits"]
 
 
 # ---------------------------------------------------------------------------
@@ -205,7 +220,9 @@ async def test_a_copied_client_routing_id_takes_nothing_over(
     service, clients, _ = await backend_and_agent(closers, until, within, keys)
     alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
     alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
-    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+    await until(
+        lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start"
+    )
 
     mallory = RawPeer(raw_context, clients, b"alice-session", keys, "mallory")
     mallory.send(ClientHello("alice"), ClientKillJob("alice-job"), ClientGetQueue(), ClientHello("alice"))
@@ -236,7 +253,9 @@ async def test_a_routing_id_reused_after_its_peer_left_is_a_new_session(
     service, clients, _ = await backend_and_agent(closers, until, within, keys)
     alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
     alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
-    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+    await until(
+        lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start"
+    )
     alice.close()
 
     tries: List[RawPeer] = []
@@ -265,6 +284,30 @@ async def test_a_routing_id_reused_after_its_peer_left_is_a_new_session(
     # alice's session ended with her connection: no client is registered, her job is gone from the agent.
     await until(lambda: not service.backend.clients and not service.backend.agents[0].running)
     assert mallory.about("alice-job") == []
+
+
+@pytest.mark.parametrize("secured", [False, True], ids=["plain", "curve"])
+@pytest_twisted.ensureDeferred
+async def test_a_silent_impostor_on_a_departed_clients_routing_id_receives_nothing(
+    secured: bool, short_tmp: str, raw_context: Any, closers: list, until: Any, within: Any
+) -> None:
+    """Alice leaves with a job running; once her connection is gone, mallory (another allowed
+    key with CurveZMQ) connects with alice's routing id and says nothing.  Alice's session ends
+    when her connection closes (the socket monitor), so her result goes to no one.  On main the
+    session lived on until a send failed, and alice's result was sent to mallory."""
+    keys = Keys(short_tmp) if secured else None
+    service, clients, _ = await backend_and_agent(closers, until, within, keys)
+    alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
+    alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
+    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+    alice.close()
+    await until(lambda: clients.connections == 0, what="alice's connection to close")
+    mallory = RawPeer(raw_context, clients, b"alice-session", keys, "mallory")
+    closers.append(mallory.close)
+    await until(lambda: clients.connections == 1, what="mallory to connect")
+    # Her session is over: no client registered, her job killed (not run to its end).
+    await until(lambda: not service.backend.clients and not service.backend.agents[0].running)
+    assert not mallory.socket.poll(500), f"mallory received {mallory.poll()}"
 
 
 @pytest.mark.parametrize("secured", [False, True], ids=["plain", "curve"])
@@ -435,12 +478,12 @@ async def test_zmq_frames_over_the_hello_limit_from_strangers_are_dropped(
 
 @pytest_twisted.ensureDeferred
 async def test_zmq_strangers_are_bounded(raw_context: Any, closers: list, until: Any, within: Any) -> None:
-    """300 connections that never say hello: only max_pending are kept (the others are closed
+    """300 connections that never say hello: only zmq_max_pending are kept (the others are closed
     as soon as made), so the listener holds at most that many sessions (on main: all 300, forever)."""
     from twisted.internet import reactor
 
     sink = HelloSink()
-    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(max_pending=50))
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(zmq_max_pending=50))
     closers.append(listener.stop)
     honest = RawPeer(raw_context, listener)
     honest.send(ClientHello("honest"))
@@ -596,14 +639,14 @@ def test_never_hello_zmq_connections_are_closed_and_what_they_sent_freed() -> No
     """ZeroMQ reads a message whole before the backend sees it: 30 strangers each sending
     4 MiB of a 60 MiB message made a backend hold 120 MiB for as long as they liked (on main,
     still held 12 s later).  Now their connections are shut down after --hello-timeout, which
-    frees it; one beyond --max-pending is closed at once; an honest ZeroMQ client is served
+    frees it; one beyond --zmq-max-pending is closed at once; an honest ZeroMQ client is served
     all along."""
     with Lab() as lab:
         port = free_port()
         clients = Endpoints([f"zmq:tcp://127.0.0.1:{port}"], {"zmq": f"zmq:tcp://127.0.0.1:{port}"})
         agents = lab.endpoints("agents", ("tcp",))
         backend = lab.backend(
-            clients, agents, "--max-frame", str(64 * MiB), "--hello-timeout", "2", "--max-pending", "30"
+            clients, agents, "--max-frame", str(64 * MiB), "--hello-timeout", "2", "--max-inputdata", str(64 * MiB), "--zmq-max-pending", "30"
         )
         lab.agent("a1", agents.connect["tcp"])
         lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
@@ -624,8 +667,10 @@ def test_never_hello_zmq_connections_are_closed_and_what_they_sent_freed() -> No
         assert closed_by_peer(extra, 1.5)  # closed as soon as made: before the hello deadline
         assert all(closed_by_peer(s, 15) for s in strangers)
         assert time.monotonic() - started >= 1.0
-        lab.wait(lambda: backend.memory()["VmRSS"] < baseline + 24 * MiB, 10, "the backend to free the partial messages")
-        lab.wait(lambda: backend.count("refused", "(limits.max_pending)") > 0, 10, "the refusal to be logged")
+        lab.wait(
+            lambda: backend.memory()["VmRSS"] < baseline + 24 * MiB, 10, "the backend to free the partial messages"
+        )
+        lab.wait(lambda: backend.count("refused", "(limits.zmq_max_pending)") > 0, 10, "the refusal to be logged")
 
         [job] = honest.submit(["honest-1"])
         lab.wait(honest.answered([job]), 30, "the honest job's result")
@@ -647,3 +692,167 @@ async def test_a_lone_zmq_stranger_is_closed_at_its_hello_deadline(closers: list
     closers.append(stranger.close)
     await until(lambda: listener.timed_out == 1, what="the stranger's deadline")
     assert closed_by_peer(stranger, 5)
+
+
+def test_a_curve_key_with_a_colon_is_named_in_full() -> None:
+    """The z85 alphabet has ':'; on main such a key was cut at it (and shown as '(?)')."""
+    from inginious_tx.transport.curve import user_key
+
+    key = b"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7"
+    assert len(key) == 40 and b":" in key
+    assert user_key("curve:" + key.decode() + ":" + "ab" * 16) == key
+    assert user_key("null:" + "ab" * 16) is None
+    assert user_key(None) is None
+
+
+def test_zmq_strangers_hold_at_most_zmq_max_pending_jobs_by_default() -> None:
+    """The audit's flood with the backend's default bounds (64 MiB frames, 16 MiB inputdata):
+    30 raw ZMTP strangers each announcing a message of 64 MiB - 100 bytes are cut off at the
+    header (a client's frames are bounded by the largest job, --max-inputdata + 1 MiB); 30 more
+    announcing 17 MiB - 100 bytes and sending 13 MiB of it: only --zmq-max-pending (8) are let in.
+    On main the first flood grew the backend from 58 MB to 1.9 GB for --hello-timeout (10 s)."""
+    with Lab() as lab:
+        port = free_port()
+        clients = Endpoints([f"zmq:tcp://127.0.0.1:{port}"], {"zmq": f"zmq:tcp://127.0.0.1:{port}"})
+        agents = lab.endpoints("agents", ("tcp",))
+        backend = lab.backend(clients, agents, "--max-frame", str(64 * MiB))
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        honest = lab.client("honest", clients.connect["zmq"])
+        lab.wait(honest.ready(), 30, "the honest client's hello to be answered")
+        baseline = backend.memory()["VmHWM"]
+
+        def flood(size: int, send: int) -> int:
+            """Strangers that got all of ``send`` MiB through."""
+            through = []
+            for _ in range(30):
+                try:
+                    s = zmtp_stranger(port)
+                except (OSError, AssertionError):  # refused during the greeting
+                    continue
+                try:
+                    s.recv(256)
+                    s.sendall(b"\x02" + struct.pack(">Q", size))
+                    for _ in range(send):
+                        s.sendall(b"\0" * MiB)
+                    through.append(s)
+                except OSError:
+                    s.close()
+            for s in through:
+                s.close()
+            return len(through)
+
+        assert flood(64 * MiB - 100, 4) == 0
+        # At most 8 are let in; a refused one may still get its bytes into the kernel's buffers
+        # before the backend shuts it down (what ZeroMQ holds is what the peak below measures).
+        assert flood(17 * MiB - 100, 13) <= 12
+        grown = backend.memory()["VmHWM"] - baseline
+        assert grown < 8 * 17 * MiB + 16 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
+        lab.wait(lambda: backend.count("refused", "(limits.zmq_max_pending)") > 0, 10, "the refusal to be logged")
+        [job] = honest.submit(["honest-1"])
+        lab.wait(honest.answered([job]), 30, "the honest job's result")
+        assert honest.results[job][0]["type"] == "success", honest.results[job]
+
+
+def raw_stream(connect: str) -> socket.socket:
+    """A plain socket to a stream endpoint string (``tcp:host=...:port=N`` or ``unix:path=...``)."""
+    if connect.startswith("unix:"):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.connect(connect.split("path=", 1)[1] if "path=" in connect else connect[len("unix:") :])
+        return s
+    return raw_tcp(connect)
+
+
+def malformed_jobs() -> List[Tuple[str, bytes]]:
+    """(job id, payload): a job nested 5,000 deep, one missing a field, one with an extra field."""
+    def packed(job_id: str, change: Any) -> bytes:
+        fields = msgpack.unpackb(new_job(job_id).dump(), raw=False)
+        change(fields)
+        return msgpack.packb(fields, use_bin_type=True)
+
+    mark = "NESTED-HERE-1234"  # 16 characters: packed as 0xb0 + the text
+    deep = packed("deep", lambda f: f.update(inputdata={"x": mark}))
+    deep = deep.replace(b"\xb0" + mark.encode(), b"\x91" * 5000 + b"\xc0")
+    return [
+        ("deep", deep),
+        ("missing", packed("missing", lambda f: f.pop("task_id"))),
+        ("extra", packed("extra", lambda f: f.update(evil=1))),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_malformed_jobs_on_a_stream_connection_are_answered_once_and_the_others_kept(
+    kind: str, short_tmp: str
+) -> None:
+    """Audit item 3 (re-check): over tcp: and unix:, each malformed job is answered crash once,
+    the connection stays, and the client's other job is run."""
+    with Lab() as lab:
+        agents = lab.endpoints("agents", ("tcp",))
+        if kind == "unix":
+            path = os.path.join(short_tmp, "c.sock")
+            clients = Endpoints([f"unix:{path}"], {"unix": f"unix:path={path}"})
+        else:
+            clients = lab.endpoints("clients", ("tcp",))
+        backend = lab.backend(clients, agents)
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        s = raw_stream(clients.connect[kind])
+        bad = malformed_jobs()
+        s.sendall(
+            frame(ClientHello("raw").dump())
+            + frame(new_job("good", inputdata={"@mock_delay": 0.3}).dump())
+            + b"".join(frame(payload) for _, payload in bad)
+        )
+        answers: List[Any] = []
+        read_frames(s, lambda m: answers.append(m) or (type(m) is BackendJobDone and m.job_id == "good"), 30)
+        done = [m for m in answers if type(m) is BackendJobDone]
+        assert sorted(m.job_id for m in done) == ["deep", "extra", "good", "missing"], done  # each once
+        for m in done:
+            assert m.result[0] == ("success" if m.job_id == "good" else "crash"), m
+        assert backend.alive
+        s.close()
+
+
+def test_partial_frames_of_hellod_stream_connections_share_one_budget() -> None:
+    """30 connections say hello (free on plain tcp:), then each announces a 60 MiB frame and
+    sends 8 MiB of it, in turns.  Their partial frames share --max-partial-bytes (64 MiB here):
+    the connections that would go over it are closed with a log line, the backend's peak stays
+    near the budget, and an honest client is served.  On main each connection could hold up to
+    --max-frame: the same run grew the backend by about 240 MiB (and 30 x 60 MiB if sent whole)."""
+    with Lab() as lab:
+        clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
+        backend = lab.backend(
+            clients, agents, "--max-frame", str(64 * MiB), "--max-inputdata", str(64 * MiB),
+            "--max-partial-bytes", str(64 * MiB),
+        )  # fmt: skip
+        endpoint = clients.connect["tcp"]
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        honest = lab.client("honest", endpoint)
+        lab.wait(honest.ready(), 30, "the honest client's hello to be answered")
+        baseline = backend.memory()["VmHWM"]
+
+        flood = [raw_tcp(endpoint) for _ in range(30)]
+        for i, s in enumerate(flood):
+            s.sendall(frame(ClientHello(f"flood{i}").dump()) + struct.pack(">I", 60 * MiB))
+        for s in flood:
+            read_frames(s, lambda m: True, 10)  # hello answered: accepted
+        chunk = b"\0" * MiB
+        open_ = list(flood)
+        for _ in range(8):
+            for s in list(open_):
+                try:
+                    s.sendall(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    open_.remove(s)
+        lab.wait(lambda: backend.count("(limits.max_partial_bytes)") > 0, 10, "the budget to be logged")
+        grown = backend.memory()["VmHWM"] - baseline
+        assert grown < 64 * MiB + 40 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
+        closed = sum(closed_by_peer(s, 0.2) for s in flood)
+        assert closed >= 20, closed  # 64 MiB hold 8 such frames at most
+        [job] = honest.submit(["honest-1"])
+        lab.wait(honest.answered([job]), 30, "the honest job's result")
+        assert honest.results[job][0]["type"] == "success", honest.results[job]
+        for s in flood:
+            s.close()

@@ -8,23 +8,10 @@ Every message the real peers exchange is also decoded by our codec
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pytest
-from inginious_support import InginiousPeers, OurPrograms, zmq_address
-
-
-@pytest.fixture
-def inginious() -> Iterator[InginiousPeers]:
-    with InginiousPeers() as peers:
-        yield peers
-
-
-@pytest.fixture
-def ours() -> Iterator[OurPrograms]:
-    with OurPrograms() as programs:
-        yield programs
-
+from inginious_support import InginiousPeers, OurPrograms, inginious_fixture, ours_fixture, zmq_address  # noqa: F401
 
 LIMITS = {"limits": {"time": 10, "hard_time": 30, "memory": 100}, "run_cmd": "", "network_grading": False}
 ENV = {"0.6": "default", "0.9": "docker/default"}

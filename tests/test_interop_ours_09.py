@@ -11,28 +11,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
 import pytest_twisted
-from inginious_support import InginiousPeers, OurPrograms, zmq_address
+from inginious_support import InginiousPeers, OurPrograms, inginious_fixture, ours_fixture, zmq_address  # noqa: F401
 from twisted.internet import reactor
 
 from inginious_tx.client import Client
 
 LIMITS = {"limits": {"time": 10, "hard_time": 30, "memory": 100}, "run_cmd": "", "network_grading": False}
-
-
-@pytest.fixture
-def inginious() -> Iterator[InginiousPeers]:
-    with InginiousPeers() as peers:
-        yield peers
-
-
-@pytest.fixture
-def ours() -> Iterator[OurPrograms]:
-    with OurPrograms() as programs:
-        yield programs
 
 
 def our_agent(ours: OurPrograms, agents: str, *extra: str) -> Any:

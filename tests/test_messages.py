@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
+from wire_vectors import from_json, vectors
 
 from inginious_tx import messages as M
 from inginious_tx.messages import MessageError, MessageMeta
 
-VECTORS = json.loads((Path(__file__).parent / "data" / "wire-vectors-0.6.json").read_text())
-
-
-def from_json(value: Any) -> Any:
-    """The JSON writing of the vectors back to Python values (bytes, tuples)."""
-    if isinstance(value, dict):
-        if set(value) == {"$bytes_hex"}:
-            return bytes.fromhex(value["$bytes_hex"])
-        return {k: from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(from_json(v) for v in value)
-    return value
+VECTORS = vectors("0.6")
 
 
 def test_every_seed_type_is_exported_with_its_msgtype():
@@ -104,8 +92,11 @@ def test_decode_errors_name_type_and_field():
         MessageMeta.load(b"\x83\xa5extra\x01" + hello[1:])
     assert e.value.field == "extra"
     with pytest.raises(M.WrongFieldType) as e:
-        MessageMeta.load(M.AgentJobDone((b"a", "b"), ("x", "y"), 1.0, {}, {"k": 1}, {}, "", None, None, None)
-                         .dump().replace(b"\xa1k", b"\x07"))
+        MessageMeta.load(
+            M.AgentJobDone((b"a", "b"), ("x", "y"), 1.0, {}, {"k": 1}, {}, "", None, None, None)
+            .dump()
+            .replace(b"\xa1k", b"\x07")
+        )
     assert (e.value.msgtype, e.value.field) == ("agent_job_done", "tests")
     with pytest.raises(M.UnknownMessageType) as e:
         MessageMeta.load(b"\x81\xa4type\xa3zzz")

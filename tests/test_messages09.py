@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import linecache
 import traceback
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import msgpack
 import pytest
+from wire_vectors import from_json, vectors
 
 from inginious_tx import messages as M
 from inginious_tx.messages import (
@@ -26,19 +25,8 @@ from inginious_tx.messages import (
     v09,
 )
 
-VECTORS = json.loads((Path(__file__).parent / "data" / "wire-vectors-0.9.json").read_text())
-VECTORS_06 = json.loads((Path(__file__).parent / "data" / "wire-vectors-0.6.json").read_text())
-
-
-def from_json(value: Any) -> Any:
-    """The JSON writing of the vectors back to Python values (bytes, tuples)."""
-    if isinstance(value, dict):
-        if set(value) == {"$bytes_hex"}:
-            return bytes.fromhex(value["$bytes_hex"])
-        return {k: from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return tuple(from_json(v) for v in value)
-    return value
+VECTORS = vectors("0.9")
+VECTORS_06 = vectors("0.6")
 
 
 def packed(d: Dict[str, Any]) -> bytes:

@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 from hypothesis import given
 from hypothesis import strategies as st
-from test_messages_fuzz import FUZZ, any_value, message_of, strategy_for
+from test_messages_fuzz import FUZZ, any_value, message_of, mutated, some_fields
 
 from inginious_tx.messages import MessageError, MessageMeta, load_any, v09
 
@@ -50,27 +50,7 @@ def test_random_bytes(data):
 @FUZZ
 @given(any_message09, st.data())
 def test_mutated_encodings(message, data):
-    raw = bytearray(message.dump())
-    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
-        op = data.draw(st.sampled_from(["flip", "insert", "delete", "truncate", "nest"]))
-        if not raw and op != "insert":
-            op = "insert"
-        if op == "flip":
-            i = data.draw(st.integers(0, len(raw) - 1))
-            raw[i] = data.draw(st.integers(0, 255))
-        elif op == "insert":
-            i = data.draw(st.integers(0, len(raw)))
-            raw[i:i] = data.draw(st.binary(min_size=1, max_size=4))
-        elif op == "nest":
-            # A run of one-item arrays: deeper than msgpack's own stack.
-            i = data.draw(st.integers(0, len(raw)))
-            raw[i:i] = b"\x91" * data.draw(st.integers(1, 3000))
-        elif op == "delete":
-            i = data.draw(st.integers(0, len(raw) - 1))
-            del raw[i]
-        else:
-            raw = raw[: data.draw(st.integers(0, len(raw)))]
-    load_or_error(bytes(raw))
+    load_or_error(mutated(message.dump(), data, ("flip", "insert", "delete", "truncate", "nest")))
 
 
 @FUZZ
@@ -84,15 +64,7 @@ def test_mutated_encodings(message, data):
 def test_structured_maps_with_real_types(msgtype, junk, data):
     """Maps that name a real 0.9 type and carry valid, missing, extra or wrong fields."""
     cls = MessageMeta.registries["0.9"][msgtype]
-    fields = {}
-    for f in cls.fields:
-        choice = data.draw(st.sampled_from(["valid", "valid", "valid", "missing", "random"]))
-        if choice == "valid":
-            fields[f] = data.draw(strategy_for(cls.field_types[f]))
-        elif choice == "random":
-            fields[f] = data.draw(any_value)
-    if data.draw(st.booleans()):
-        fields.update(junk)
+    fields = some_fields(cls, junk, data)
     fields["@type"] = msgtype
     if data.draw(st.integers(0, 9)) == 0:
         fields["type"] = data.draw(any_value)

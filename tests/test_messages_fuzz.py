@@ -4,7 +4,7 @@ every message type survives a round trip."""
 from __future__ import annotations
 
 import typing
-from typing import Any
+from typing import Any, Dict, Sequence
 
 import msgpack
 from hypothesis import HealthCheck, given, settings
@@ -62,6 +62,45 @@ def message_of(cls: type) -> st.SearchStrategy:
     return st.fixed_dictionaries({f: strategy_for(cls.field_types[f]) for f in cls.fields}).map(lambda kw: cls(**kw))
 
 
+def mutated(encoding: bytes, data: Any, ops: Sequence[str] = ("flip", "insert", "delete", "truncate")) -> bytes:
+    """``encoding`` after one to four random edits, each one of ``ops`` (``nest``:
+    a run of one-item arrays, deeper than msgpack's own stack)."""
+    raw = bytearray(encoding)
+    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
+        op = data.draw(st.sampled_from(list(ops)))
+        if not raw and op != "insert":
+            op = "insert"
+        if op == "flip":
+            i = data.draw(st.integers(0, len(raw) - 1))
+            raw[i] = data.draw(st.integers(0, 255))
+        elif op == "insert":
+            i = data.draw(st.integers(0, len(raw)))
+            raw[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+        elif op == "nest":
+            i = data.draw(st.integers(0, len(raw)))
+            raw[i:i] = b"\x91" * data.draw(st.integers(1, 3000))
+        elif op == "delete":
+            i = data.draw(st.integers(0, len(raw) - 1))
+            del raw[i]
+        else:
+            raw = raw[: data.draw(st.integers(0, len(raw)))]
+    return bytes(raw)
+
+
+def some_fields(cls: Any, junk: Dict[Any, Any], data: Any) -> Dict[Any, Any]:
+    """The fields of ``cls``, each valid, missing or random; sometimes ``junk`` too."""
+    fields: Dict[Any, Any] = {}
+    for f in cls.fields:
+        choice = data.draw(st.sampled_from(["valid", "valid", "valid", "missing", "random"]))
+        if choice == "valid":
+            fields[f] = data.draw(strategy_for(cls.field_types[f]))
+        elif choice == "random":
+            fields[f] = data.draw(any_value)
+    if data.draw(st.booleans()):
+        fields.update(junk)
+    return fields
+
+
 any_message = st.one_of(*[message_of(cls) for cls in M.ALL_MESSAGES])
 
 
@@ -98,23 +137,7 @@ def test_random_bytes(data):
 @FUZZ
 @given(any_message, st.data())
 def test_mutated_encodings(message, data):
-    raw = bytearray(message.dump())
-    for _ in range(data.draw(st.integers(min_value=1, max_value=4))):
-        op = data.draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))
-        if not raw and op != "insert":
-            op = "insert"
-        if op == "flip":
-            i = data.draw(st.integers(0, len(raw) - 1))
-            raw[i] = data.draw(st.integers(0, 255))
-        elif op == "insert":
-            i = data.draw(st.integers(0, len(raw)))
-            raw[i:i] = data.draw(st.binary(min_size=1, max_size=4))
-        elif op == "delete":
-            i = data.draw(st.integers(0, len(raw) - 1))
-            del raw[i]
-        else:
-            raw = raw[: data.draw(st.integers(0, len(raw)))]
-    load_or_error(bytes(raw))
+    load_or_error(mutated(message.dump(), data))
 
 
 @FUZZ
@@ -128,15 +151,7 @@ def test_mutated_encodings(message, data):
 def test_structured_maps_with_real_types(msgtype, junk, data):
     """Maps that name a real type and carry valid, missing, extra or wrong fields."""
     cls = MessageMeta.registry[msgtype]
-    fields = {}
-    for f in cls.fields:
-        choice = data.draw(st.sampled_from(["valid", "valid", "valid", "missing", "random"]))
-        if choice == "valid":
-            fields[f] = data.draw(strategy_for(cls.field_types[f]))
-        elif choice == "random":
-            fields[f] = data.draw(any_value)
-    if data.draw(st.booleans()):
-        fields.update(junk)
+    fields = some_fields(cls, junk, data)
     fields["type"] = msgtype
     packed = msgpack.packb(fields, use_bin_type=True)
     message = load_or_error(packed)

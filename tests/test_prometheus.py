@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Set
 from urllib.parse import quote
 
-import pytest
 import pytest_twisted
+from host_tools import missing_setup
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from subprocess_env import REPO
@@ -43,9 +43,7 @@ METRIC = re.compile(r"\binginious_[a-zA-Z0-9_]+")
 def _binary(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing: .ci/setup-prometheus.sh should have installed it")
-        pytest.skip(f"{name} is not installed (apt-get install prometheus, or run .ci/setup-prometheus.sh)")
+        missing_setup(f"{name} is not installed (apt-get install prometheus, or run .ci/setup-prometheus.sh)")
     return path
 
 
@@ -214,6 +212,10 @@ async def test_prometheus_scrapes_a_twistd_backend_with_agents_at_work(
         "inginious_jobs_submitted_total": 8,
         'inginious_jobs_waiting{environment="nobody"}': 2,
         'inginious_jobs_waiting{environment="default"}': 0,
+        'inginious_jobs_waiting{environment_type="docker",environment_name="nobody"}': 2,
+        'inginious_peers{role="agent",dialect="0.6"}': 2,
+        'inginious_agent_info{agent="holder",dialect="0.6"}': 1,
+        'inginious_clients_active{dialect="0.6"}': 1,
         "inginious_jobs_running": 1,
         "inginious_agents_connected": 2,
         "inginious_agent_slots": 3,

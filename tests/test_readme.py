@@ -35,3 +35,18 @@ def test_readme_test_command_pins_the_test_tools() -> None:
 
 def test_readme_runs_the_backend_in_one_command() -> None:
     assert "python -m pip install . && twistd -n inginious-backend" in _commands((REPO / "README.md").read_text())
+
+
+def test_readme_says_both_dialects_and_warns_about_the_default() -> None:
+    """Both dialects, and the warning: a 0.6 message stops a stock 0.9 backend."""
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert "0.9" in text.split("## Quick start")[0]
+    assert "--dialect 0.9" in text and "KeyError: '@type'" in text
+
+
+def test_dialect_docs_warn_about_the_default() -> None:
+    """docs/cli.rst and docs/inginious09.rst carry the same warning."""
+    for page in ("cli.rst", "inginious09.rst"):
+        text = " ".join((REPO / "docs" / page).read_text().split())
+        warning = text.split(".. warning::", 1)[1][:700]
+        assert "``--dialect 0.9``" in warning and "KeyError: '@type'" in warning and "stops" in warning, page

@@ -14,11 +14,11 @@ from typing import Any, Dict, List
 
 import pytest
 import pytest_twisted
-from docker_support import TEST_IMAGE, containers_labelled, make_task, new_job, remove_containers
+from docker_support import TEST_IMAGE, assert_left_clean, make_task, new_job
 from test_agent_docker_runtimes import require_runtime
 from twisted.internet.defer import gatherResults
 
-from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
+from inginious_tx.agent.docker import DockerBackend
 from inginious_tx.agent.local import LocalBackend
 from inginious_tx.agent.result import AgentConfig, JobResult
 from inginious_tx.agent.run_student import limits_for
@@ -104,9 +104,7 @@ def backend(request: Any, tasks_dir: str, tmp_path: Any) -> Any:
         b = DockerBackend(_reactor(), AgentConfig(tasks_dir, envs, 4, opts))
         yield b
         pytest_twisted.blockon(b.close())
-        leftovers = containers_labelled(LABEL_AGENT, b.instance_id)
-        remove_containers(leftovers)
-        assert leftovers == [], "a container was left behind"
+        assert_left_clean(b.instance_id)
     assert not os.path.exists(work) or os.listdir(work) == [], "a job folder was left behind"
 
 

@@ -118,3 +118,18 @@ def test_run_student_helper_misuse(tmp_path: Any) -> None:
     assert r.returncode == 254 and b"--memory takes a positive number" in r.stderr
     r = subprocess.run(["sh", helper], env=env, capture_output=True, timeout=10)
     assert r.returncode == 254 and b"usage: run_student" in r.stderr
+
+
+def test_both_launchers_provide_the_interface_through_their_shared_base() -> None:
+    from zope.interface.verify import verifyObject
+
+    from inginious_tx.agent.run_student import IStudentLauncher
+    from inginious_tx.agent.run_student_docker import DockerStudentLauncher
+    from inginious_tx.agent.run_student_local import LocalStudentLauncher
+
+    local = LocalStudentLauncher(None, None, None)
+    docker = DockerStudentLauncher(None, None, None, "image", "/job")  # type: ignore[arg-type]
+    for launcher in (local, docker):
+        assert verifyObject(IStudentLauncher, launcher)
+        # nothing launched: stop() fires at once
+        assert launcher.stop().called

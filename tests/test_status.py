@@ -46,7 +46,13 @@ def samples(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
 
 
 def value(parsed: Dict, name: str, **labels: str) -> float:
-    return parsed[(name, tuple(sorted(labels.items())))]
+    """The one sample ``name`` whose labels include ``labels`` (series may carry more labels)."""
+    exact = parsed.get((name, tuple(sorted(labels.items()))))
+    if exact is not None:
+        return exact
+    hits = [v for (n, have), v in parsed.items() if n == name and set(labels.items()) <= set(have)]
+    assert len(hits) == 1, (name, labels, hits)
+    return hits[0]
 
 
 # -- unit: endpoints, snapshot, metrics ------------------------------------------------
@@ -165,7 +171,15 @@ def test_snapshot_lists_agents_running_jobs_and_queues() -> None:
     snap = status_snapshot(backend, clock.seconds())
     json.dumps(snap)  # all JSON-able
     assert snap["agents"] == [
-        {"name": HOSTILE, "address": "agent-peer", "slots": 1, "busy_slots": 1, "environments": ["c", "py"]}
+        {
+            "name": HOSTILE,
+            "address": "agent-peer",
+            "dialect": "0.6",
+            "slots": 1,
+            "busy_slots": 1,
+            "environments": ["c", "py"],
+            "environment_ids": ["docker/c", "docker/py"],
+        }
     ]
     assert snap["queue"] == {"<b>odd</b>": 1, "c": 0, "py": 1}
     [row] = snap["running"]
@@ -198,10 +212,8 @@ async def _get(url: str, accept: str = "") -> Tuple[int, Dict[str, str], bytes]:
     return response.code, headers, body
 
 
-@pytest_twisted.ensureDeferred
-async def test_status_pages_over_http(closers: list, until: Any, within: Any) -> None:
-    from twisted.internet import reactor
-
+async def running_backend(reactor: Any, closers: list, within: Any) -> Tuple[BackendService, str, str]:
+    """A backend on loopback TCP (stopped by ``closers``), with its client and agent endpoints."""
     backend_service = BackendService(
         reactor,
         ["tcp:0:interface=127.0.0.1"],
@@ -212,6 +224,14 @@ async def test_status_pages_over_http(closers: list, until: Any, within: Any) ->
     backend_service.startService()
     closers.append(backend_service.stopService)
     c_ep, a_ep = [listener.connect_endpoint for listener in await within(backend_service.ready)]
+    return backend_service, c_ep, a_ep
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_pages_over_http(closers: list, until: Any, within: Any) -> None:
+    from twisted.internet import reactor
+
+    backend_service, c_ep, a_ep = await running_backend(reactor, closers, within)
     status = StatusService(reactor, backend_service.backend, "tcp:0")
     verifyObject(IService, status)
     status.startService()

@@ -16,7 +16,7 @@ from twisted.python import usage
 from zope.interface.verify import verifyObject
 
 from inginious_tx.backend.core import Backend, BackendSettings
-from inginious_tx.backend.joblog import JobEventLogger
+from inginious_tx.backend.joblog import JOB_KEYS, JobEventLogger
 from inginious_tx.backend.policies import FairPolicy
 from inginious_tx.backend.tap import Options
 from inginious_tx.backend.testing import FakePeer, agent_hello, job_done, new_job
@@ -53,6 +53,10 @@ def test_one_event_per_job_transition_with_its_keys() -> None:
     ]
     assert all(e["log_namespace"] == "inginious_tx.jobs" for e in events)
     assert "queue full" in events[1]["reason"]
+    for event in events:  # a fixed, small set of flat keys
+        assert tuple(event)[: len(JOB_KEYS)] == JOB_KEYS and set(event) <= {*JOB_KEYS, "reason", "retries"}, event
+        assert len(json.dumps(event, separators=(",", ":"))) < 400, event
+    assert events[0]["environment_type"] == "docker"
 
 
 def test_an_unwritable_json_log_is_a_usage_error(tmp_path: Path) -> None:
@@ -85,12 +89,24 @@ async def test_a_twistd_backend_writes_json_lines(tmp_path: Path, closers: list,
     for item in (worker, client):
         closers.append(item.connection.stop)
     await until(lambda: client.environments == ("default",), timeout=30, what="backend and agent up")
+    client.send(new_job("before", course_id="demo"))
+    await until(lambda: "before" in client.results and log.exists() and '"before"' in log.read_text(), what="a result")
+    # log rotation: the file is moved away, SIGHUP, the backend writes to a new file at the path
+    rotated = tmp_path / "backend.json.1"
+    log.rename(rotated)
+    backend.process.signalProcess("HUP")  # type: ignore[attr-defined]
+    await until(lambda: log.exists() and "reopened" in log.read_text(), what="the JSON log reopened")
     client.send(new_job("ok", course_id="demo"))
     client.send(new_job("lonely", environment="nobody"))
     await until(lambda: "ok" in client.results, what="a result")
     await stop()  # SIGTERM: the waiting job is answered crash, logged too
 
+    old_events = [json.loads(line) for line in rotated.read_text().splitlines()]
+    assert {e["job_id"] for e in old_events if e.get("log_namespace") == "inginious_tx.jobs"} == {"before"}
     lines = log.read_text().splitlines()
+    job_lines = [line for line in lines if '"inginious_tx.jobs"' in line]
+    assert job_lines and max(map(len, job_lines)) < 400, job_lines  # compact: no log_flattened, no log_format
+    assert all("log_flattened" not in line and "log_format" not in line for line in job_lines)
     events = [json.loads(line) for line in lines]  # every line is one JSON object
     jobs = [e for e in events if e.get("log_namespace") == "inginious_tx.jobs"]
     by_job = {(e["job_id"], e["job_event"]): e for e in jobs}
@@ -112,7 +128,8 @@ async def test_a_twistd_backend_writes_json_lines(tmp_path: Path, closers: list,
     )
     # the rest of the log is there too, and the job events stay out of the text log
     assert any(
-        "agent 'worker' registered" in (e.get("log_format") or "").replace("{name!r}", "'worker'") for e in events
+        "agent 'worker' registered" in (e.get("log_format") or "").replace("{name!r}", "'worker'")
+        for e in old_events + events
     )
     text = (tmp_path / "backend.log").read_text()
     assert "registered" in text and "job 'ok'" not in text

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 import pytest_twisted
 from test_backend_integration import NetAgent, NetClient
-from test_status import HOSTILE, fetch
+from test_status import HOSTILE, fetch, running_backend
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock
@@ -26,7 +26,6 @@ from zope.interface.verify import verifyObject
 from inginious_tx.backend.charts import heatmap, line_chart, nice_ceiling
 from inginious_tx.backend.core import TIME_BUCKETS, Backend, BackendSettings
 from inginious_tx.backend.policies import FairPolicy
-from inginious_tx.backend.service import BackendService
 from inginious_tx.backend.status import StatusService, render_html, status_snapshot
 from inginious_tx.backend.testing import FakePeer, agent_hello, job_done, new_job
 from inginious_tx.backend.timeseries import ABSENT, OTHER, Series, SeriesGroup, StatusRecorder, percentile
@@ -263,16 +262,7 @@ async def test_live_page_history_and_event_stream_over_http(
 
     from inginious_tx.backend import status as status_module
 
-    backend_service = BackendService(
-        reactor,
-        ["tcp:0:interface=127.0.0.1"],
-        ["tcp:0:interface=127.0.0.1"],
-        settings=BackendSettings(ping_interval=0.05),
-        shutdown_grace=0,
-    )
-    backend_service.startService()
-    closers.append(backend_service.stopService)
-    c_ep, a_ep = [listener.connect_endpoint for listener in await within(backend_service.ready)]
+    backend_service, c_ep, a_ep = await running_backend(reactor, closers, within)
     status = StatusService(reactor, backend_service.backend, "tcp:0", history=60, sample_interval=0.05)
     status.startService()
     closers.append(status.stopService)

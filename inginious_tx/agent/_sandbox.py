@@ -28,6 +28,7 @@ import struct
 import sys
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
@@ -39,6 +40,7 @@ SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 MS_NOSUID = 2
 MS_NODEV = 4
+MS_NOEXEC = 8
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -133,11 +135,15 @@ def mount(source, target, fstype, flags, data):
 
 
 def reachable(path, uid, gid):
-    """True if ``uid:gid`` may search every folder from / down to ``path``."""
+    """None if ``uid:gid`` may search every folder from / down to ``path``, else the first
+    folder that is closed to it or missing."""
     current = "/"
     for part in [""] + [p for p in path.split("/") if p]:
         current = os.path.join(current, part)
-        st = os.stat(current)
+        try:
+            st = os.stat(current)
+        except FileNotFoundError:
+            return current
         if st.st_uid == uid:
             bit = 0o100
         elif st.st_gid == gid:
@@ -149,24 +155,63 @@ def reachable(path, uid, gid):
     return None
 
 
-def expose_job(job_root, uid, gid):
-    """Make ``job_root`` reachable at its own path for ``uid:gid``, in a mount namespace of ours.
+def open_dir(path):
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
-    Where a folder above it is closed to that user, a small tmpfs covers that
-    folder in our namespace only, holding just the path down to the job folder,
-    bound there: the job sees its folder, not its neighbours.
+
+def isolate_job(cfg, uid, gid):
+    """A mount (and IPC) namespace of the job's own, for ``uid:gid``.
+
+    - ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are bind mounts of folders in the
+      job folder (``private_dirs``): what the job writes there is on its bounded
+      disk and goes with it;
+    - ``/proc`` is the job's PID namespace's own (when it has one): no other
+      process of the host is there;
+    - the job folder is reachable at its own path: where a folder above it is
+      closed to the job's user (or hidden by the binds above), a small tmpfs
+      holding only the path down to it covers that folder, the job folder
+      bound at the end: the job sees its folder, not its neighbours.
     """
-    blocked = reachable(job_root, uid, gid)
-    if blocked is None:
-        return
-    if not unshare(CLONE_NEWNS):
+    job_root = cfg["job_root"]
+    if not unshare(CLONE_NEWNS | CLONE_NEWIPC):
         raise OSError(ctypes.get_errno(), "cannot make a mount namespace for the job")
     mount(None, "/", None, MS_REC | MS_PRIVATE, None)
-    keep = os.open(job_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # in our namespace
-    mount(b"tmpfs", blocked, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k")
-    os.makedirs(job_root, mode=0o755, exist_ok=True)
-    mount(f"/proc/self/fd/{keep}".encode(), job_root, None, MS_BIND, None)
+    # opened in our namespace (a bind source must be), before any bind hides them
+    keep = open_dir(job_root)
+    binds = []
+    for target, source in sorted(cfg.get("private_dirs", {}).items()):
+        if os.path.isdir(target) and not os.path.islink(target):
+            binds.append((target, open_dir(source)))
+    for target, fd in binds:
+        mount(f"/proc/self/fd/{fd}".encode(), target, None, MS_BIND, None)
+        os.close(fd)
+    if cfg.get("in_pidns"):
+        mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
+    try:
+        same = os.path.samestat(os.stat(job_root), os.fstat(keep))
+    except OSError:
+        same = False
+    blocked = reachable(job_root, uid, gid)
+    if not same or blocked is not None:
+        if blocked is not None and os.path.exists(blocked):
+            mount(b"tmpfs", blocked, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k")
+        old = os.umask(0o022)
+        os.makedirs(job_root, mode=0o755, exist_ok=True)
+        os.umask(old)
+        mount(f"/proc/self/fd/{keep}".encode(), job_root, None, MS_BIND, None)
     os.close(keep)
+
+
+#: The job's private folders in its job folder (as :data:`.local.PRIVATE_DIRS`).
+PRIVATE_DIRS = {"/tmp": ".tmp", "/var/tmp": ".var-tmp", "/dev/shm": ".shm"}
+
+
+def expose_job(job_root, uid, gid):
+    """:func:`isolate_job` for a process that joins a job (the SSH debug shell): the job's
+    folder and its private ``/tmp``, ``/var/tmp`` and ``/dev/shm``."""
+    private = {t: os.path.join(job_root, n) for t, n in PRIVATE_DIRS.items()}
+    isolate_job({"job_root": job_root, "private_dirs": {t: p for t, p in private.items() if os.path.isdir(p)}},
+                uid, gid)  # fmt: skip
 
 
 def exec_command(argv, cfg):
@@ -202,7 +247,7 @@ def exec_command(argv, cfg):
         if user:
             # an agent running as root: the job gets an unprivileged user, for good
             uid, gid = user
-            expose_job(cfg["job_root"], uid, gid)
+            isolate_job(cfg, uid, gid)
             cwd = os.getcwd()
             os.chdir(cwd)  # the same folder, seen through the job's mounts
             os.setgroups([])
@@ -228,6 +273,19 @@ def exec_command(argv, cfg):
     os._exit(127)
 
 
+def kill_on_term(kill, target):
+    """From now on, SIGTERM (blocked until here) kills ``target`` with ``kill(target, SIGKILL)``."""
+
+    def on_term(signum, frame):
+        try:
+            kill(target, signal.SIGKILL)
+        except OSError:
+            pass
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def supervise(argv, cfg, reaper):
     """Run the command; when it ends, end whatever it left; report its status."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # no gap before the handler
@@ -239,14 +297,7 @@ def supervise(argv, cfg, reaper):
     except OSError:
         pass
 
-    def on_term(signum, frame):
-        try:
-            os.killpg(task, signal.SIGKILL)
-        except OSError:
-            pass
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    kill_on_term(os.killpg, task)
     report(event="running", task_pgid=task if not cfg.get("in_pidns") else None)
     while True:
         try:
@@ -318,14 +369,7 @@ def main():
         supervise(argv, cfg, reaper=False)
         os._exit(0)
 
-    def on_term(signum, frame):
-        try:
-            os.kill(init, signal.SIGKILL)
-        except OSError:
-            pass
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    kill_on_term(os.kill, init)
     while True:
         try:
             os.waitpid(init, 0)

@@ -4,7 +4,9 @@ Run as ``python -I -S _student_hide.py CONFIG_JSON COMMAND...`` by the local
 backend's sandbox (:mod:`._sandbox`), already in its own PID namespace,
 control group and (unless shared) network namespace.  It:
 
-1. makes a mount namespace where the agent's work folder (every job folder,
+1. makes a mount (and IPC) namespace where ``/tmp``, ``/var/tmp`` and
+   ``/dev/shm`` are the student's own folders in the job folder
+   (``private_dirs``), the agent's work folder (every job folder,
    the agent's private stdin copies) is covered by an empty tmpfs holding
    only this job's ``task/student``, bound back at its own path, and
    ``/proc`` shows only the namespace's processes;
@@ -23,6 +25,7 @@ import sys
 import warnings  # noqa: F401  (os.execvp imports it: done before the user change, which loses the stdlib)
 
 CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -73,18 +76,34 @@ def main():
             fail(f"cannot reach the grader's network: {e.strerror}")
         check(_libc.setns(fd, CLONE_NEWNET), "join the grader's network")
         os.close(fd)
-    check(_libc.unshare(CLONE_NEWNS), "make a mount namespace")
+    user = cfg.get("user")
+    check(_libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "make a mount namespace")
     mount(None, "/", None, MS_REC | MS_PRIVATE, None)
+    binds = []  # opened in our namespace (a bind source must be), before any bind hides them
+    for target, source in sorted(cfg.get("private_dirs", {}).items()):
+        if not os.path.isdir(target) or os.path.islink(target):
+            continue
+        try:
+            fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            fail(f"cannot open the student's {target}: {e.strerror}")
+        if user and os.fstat(fd).st_uid != user[0]:
+            fail(f"the student's {target} is not the student's")  # the grader replaced it
+        binds.append((target, fd))
     keep = os.open(student, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         stdin = os.open(cfg["stdin"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
         fail(f"cannot open the standard input: {e.strerror}")
-    user = cfg.get("user")
-    closed = blocked(os.path.dirname(cover), *user) if user else None
-    if closed is not None and closed != "/":
-        cover = closed  # a folder above the work folder is closed to the student: cover it instead
-    mount(b"tmpfs", cover, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k")
+    # the student's own /tmp, /var/tmp, /dev/shm: on the job's bounded disk, gone with it
+    for target, fd in binds:
+        mount(f"/proc/self/fd/{fd}".encode(), target, None, MS_BIND, None)
+        os.close(fd)
+    if os.path.isdir(cover):  # else already hidden (the work folder was in /tmp)
+        closed = blocked(os.path.dirname(cover), *user) if user else None
+        if closed is not None and closed != "/":
+            cover = closed  # a folder above the work folder is closed to the student: cover it instead
+        mount(b"tmpfs", cover, b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=0755,size=64k")
     os.umask(0o022)  # the path down to student/ must be searchable by the student's user
     os.makedirs(student, mode=0o755, exist_ok=True)
     mount(f"/proc/self/fd/{keep}".encode(), student, None, MS_BIND, None)

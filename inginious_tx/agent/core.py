@@ -13,11 +13,12 @@ from typing import Any, Dict, List, Optional
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._reactor import CommonReactor
 from ..dispatch import Dispatcher
 from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer, ITransport
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
@@ -70,7 +71,7 @@ class Agent(Service):
 
     def __init__(
         self,
-        reactor: IReactorTime,
+        reactor: CommonReactor,
         backend: IAgentBackend,
         name: str,
         slots: int,

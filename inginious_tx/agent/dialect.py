@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from .._edge import DialectEdge
 from ..interfaces import IMessageSink, IPeer
 from ..messages import DIALECTS, v06, v09
 from ..messages.convert import limits_from_parameters
@@ -49,38 +49,18 @@ def _job_state(inputdata: Any) -> str:
 
 
 @implementer(IMessageSink)
-class Edge06:
+class Edge06(DialectEdge):
     """The 0.6 edge: messages pass unchanged; a 0.9 message is a logged protocol error."""
 
-    log = Logger()
+    dialect = "0.6"
+    speaker = "an agent"
 
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self._warned = False
-
-    def peer_connected(self, peer: IPeer) -> None:
-        self._inner.peer_connected(peer)
-
-    def peer_disconnected(self, peer: IPeer, reason: str) -> None:
-        self._inner.peer_disconnected(peer, reason)
-
-    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
-        forward = getattr(self._inner, "message_rejected", None)
-        if forward is not None:
-            forward(peer, error, payload)
+    def hint(self, other: str) -> str:
+        return " (is it an INGInious 0.7+ backend? start the agent with --dialect 0.9)"
 
     def message_received(self, peer: IPeer, message: Any) -> None:
-        if message.dialect != "0.6":
-            self.log.error(
-                "protocol error: {peer} sent a {dialect} message ({msgtype}) to an agent speaking 0.6{hint}",
-                peer=peer.description,
-                dialect=message.dialect,
-                msgtype=message.msgtype,
-                hint="" if self._warned else " (is it an INGInious 0.7+ backend? start the agent with --dialect 0.9)",
-            )
-            self._warned = True
-            return
-        self._inner.message_received(peer, message)
+        if self.speaks(peer, message):
+            self._inner.message_received(peer, message)
 
 
 @implementer(IPeer)
@@ -123,7 +103,7 @@ class _Peer09:
 
 
 @implementer(IMessageSink)
-class Edge09:
+class Edge09(DialectEdge):
     """The 0.9 edge in front of an agent (see the module docstring).
 
     ``inner`` is the agent's 0.6 sink (its dispatcher); ``holds(job_id)``
@@ -131,18 +111,21 @@ class Edge09:
     is the type every environment is announced under.
     """
 
-    log = Logger()
+    dialect = "0.9"
+    speaker = "an agent"
 
     def __init__(self, inner: Any, holds: Callable[[Any], bool], environment_type: str) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._holds = holds
         self.environment_type = environment_type
         self._peers: Dict[IPeer, _Peer09] = {}
         #: ``@state`` of every job handed to the agent and not answered yet.
         self._states: Dict[str, str] = {}
-        self._warned = False
 
-    def _wrap(self, peer: IPeer) -> _Peer09:
+    def hint(self, other: str) -> str:
+        return " (is it an INGInious 0.6 backend? start the agent with --dialect 0.6)"
+
+    def wrap(self, peer: IPeer) -> _Peer09:
         wrapped = self._peers.get(peer)
         if wrapped is None:
             wrapped = self._peers[peer] = _Peer09(peer, self)
@@ -150,30 +133,14 @@ class Edge09:
 
     # -- from the transport --------------------------------------------------
 
-    def peer_connected(self, peer: IPeer) -> None:
-        self._inner.peer_connected(self._wrap(peer))
-
     def peer_disconnected(self, peer: IPeer, reason: str) -> None:
         wrapped = self._peers.pop(peer, None) or _Peer09(peer, self)
         self._inner.peer_disconnected(wrapped, reason)
 
-    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
-        forward = getattr(self._inner, "message_rejected", None)
-        if forward is not None:
-            forward(self._wrap(peer), error, payload)
-
     def message_received(self, peer: IPeer, message: Any) -> None:
-        if message.dialect != "0.9":
-            self.log.error(
-                "protocol error: {peer} sent a {dialect} message ({msgtype}) to an agent speaking 0.9{hint}",
-                peer=peer.description,
-                dialect=message.dialect,
-                msgtype=message.msgtype,
-                hint="" if self._warned else " (is it an INGInious 0.6 backend? start the agent with --dialect 0.6)",
-            )
-            self._warned = True
+        if not self.speaks(peer, message):
             return
-        wrapped = self._wrap(peer)
+        wrapped = self.wrap(peer)
         handler = getattr(self, "_in_" + message.msgtype, None)
         if handler is None:
             # Backend-to-client or agent-to-backend messages: let the

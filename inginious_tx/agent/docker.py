@@ -9,6 +9,10 @@ runs as a non-root user in ``/job/task`` with no network (unless the job asks
 for it), no capabilities, a read-only root filesystem, a memory limit with no
 extra swap and a pids limit.  CPU time is watched through the engine's
 statistics and wall time by a reactor timer; both end the job as ``timeout``.
+Every container carries the label ``org.inginious-tx.owner`` (this agent
+process, for good): at start the agent removes the containers and job
+folders that Docker agents of this host killed outright left
+(:mod:`._leftovers`).
 
 Every call to the Docker SDK blocks, so each one runs in this backend's own
 thread pool (methods prefixed ``_thd_``); the reactor thread never waits on
@@ -50,18 +54,21 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from threading import Lock
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple, TypeVar
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .._reactor import CommonReactor
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
+from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_work_dir
+from ._running import JobRun
 from ._threads import BackendThreads
 from .compat import inginious_mounts
 from .debug import ISSHDebugBackend
@@ -195,19 +202,12 @@ def _flag(value: Any) -> bool:
 
 
 @dataclass
-class _Run:
-    """The backend's record of one job while it runs."""
+class _Run(JobRun):
+    """The backend's record of one job while it runs (``up`` fires with the container id)."""
 
-    job: BackendNewJob
     container_id: Optional[str] = None
     #: why the backend stopped the job: (result type, text); None if it was not stopped
     stopped: Optional[Tuple[str, str]] = None
-    timers: List[IDelayedCall] = field(default_factory=list)
-    done: Deferred = field(default_factory=Deferred)
-    #: fires with the container id once it runs, or None if the job ends before (ssh debug)
-    up: Deferred = field(default_factory=Deferred)
-    #: serves the job's run_student calls while it runs
-    students: Any = None
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -217,7 +217,7 @@ class DockerBackend:
     name = "docker"
     log = Logger()
 
-    def __init__(self, reactor: Any, config: AgentConfig) -> None:
+    def __init__(self, reactor: CommonReactor, config: AgentConfig) -> None:
         self._reactor = reactor
         self._config = config
         opts = dict(config.options or {})
@@ -250,6 +250,8 @@ class DockerBackend:
         self._own_work_dir = self._work_dir is None
         #: unique per backend instance: every container carries it as a label
         self.instance_id: str = uuid.uuid4().hex
+        #: this process, for good: a later agent removes our containers if we are killed
+        self._owner = owner_token()
         self._runs: Dict[Tuple[bytes, str], _Run] = {}
         #: containers whose removal failed (engine away): retried later
         self._orphans: Set[str] = set()
@@ -257,8 +259,10 @@ class DockerBackend:
         self._client: Any = None
         self._client_lock = Lock()
         # enough threads for every slot's waiting plus the odd extra call
-        self._threads = BackendThreads(reactor, "docker-backend", max(2, 2 * config.slots + 2))
+        self._threads = BackendThreads(IReactorFromThreads(reactor), "docker-backend", max(2, 2 * config.slots + 2))
         self._closed = False
+        #: what agents killed on this host left (containers, job folders) is removed once, at start
+        self._swept = False
 
     # -- threads ---------------------------------------------------------
 
@@ -333,6 +337,13 @@ class DockerBackend:
             )
         if self._orphans:
             self._remove_orphans()
+        if not self._swept:
+            self._swept = True
+            try:
+                for what in await self._call(self._thd_guard, self._thd_sweep):
+                    self.log.info("docker backend: removed {what}, left by an agent that was killed", what=what)
+            except Exception:
+                self.log.failure("docker backend: cannot clean what a previous agent left")
         wanted = {r for n, r in self._runtimes.items() if r is not None and n in found}
         if wanted:
             known = set(await self._call(self._thd_guard, thd_known_runtimes))
@@ -346,6 +357,19 @@ class DockerBackend:
                 )
                 del found[name]
         return found
+
+    def _thd_sweep(self, client: Any) -> List[str]:
+        """Remove the containers and job folders of Docker agents of this host that were killed
+        (see :mod:`._leftovers`); what was removed."""
+        removed = []
+        for info in client.api.containers(all=True, filters={"label": LABEL_OWNER}):
+            if is_stale(str((info.get("Labels") or {}).get(LABEL_OWNER, ""))):
+                self._thd_remove(client, info["Id"])
+                removed.append(f"container {info['Id'][:12]}")
+        removed += sweep_temp("inginious-tx-docker-", keep=self._work_dir)
+        if self._work_dir is not None:
+            removed += [os.path.join(self._work_dir, n) for n in sweep_work_dir(self._work_dir)]
+        return removed
 
     def _thd_images(self, client: Any) -> Tuple[Dict[str, Dict[str, Any]], List[Tuple[str, str]]]:
         docker = docker_sdk()
@@ -372,11 +396,8 @@ class DockerBackend:
 
         def finished(result: JobResult) -> JobResult:
             self._runs.pop(key, None)  # type: ignore[arg-type]
-            for timer in run.timers:
-                if timer.active():
-                    timer.cancel()
-            if not run.up.called:
-                run.up.callback(None)
+            run.cancel_calls()
+            run.never_up()
             run.done.callback(None)
             return result
 
@@ -451,14 +472,16 @@ class DockerBackend:
             if self._work_dir is None:
                 self._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
         owner = self._chown_to if os.geteuid() == 0 else None
-        folder = prepare_job(self._config.tasks_dir or "", job, self._work_dir, disk_mb=self._disk_mb, owner=owner)
+        folder = prepare_job(
+            self._config.tasks_dir or "", job, self._work_dir, disk_mb=self._disk_mb, owner=owner, marked=True
+        )
         try:
             exchange = make_exchange(folder)
             if owner is not None:
                 os.chown(exchange, *owner)
-            os.mkdir(folder.root + STDIN_SUFFIX, 0o700)
         except BaseException:
             remove_job_path(folder.root)
+            remove_job_path(folder.root + STDIN_SUFFIX)
             raise
         return folder
 
@@ -470,6 +493,7 @@ class DockerBackend:
         log_bytes = self._limits.max_stdout + self._limits.max_stderr
         labels = dict(self._extra_labels)
         labels[LABEL_AGENT] = self.instance_id
+        labels[LABEL_OWNER] = self._owner
         labels[LABEL_JOB] = f"{job.job_id[0].hex()}/{job.job_id[1]}"
         runtime = self._runtimes.get(job.environment)
         pids = self._pids_policies.get(runtime or "", PidsPolicy(True)).container_options(
@@ -519,7 +543,7 @@ class DockerBackend:
         if hard <= 0:
             hard = _DEFAULT_HARD_LIMIT
         text = f"The job ran for more than {hard} seconds (wall-clock time limit)."
-        run.timers.append(self._reactor.callLater(hard, self._stop, run, ("timeout", text)))
+        run.calls.append(self._reactor.callLater(hard, self._stop, run, ("timeout", text)))
 
     async def _supervise(self, run: _Run, folder: JobFolder) -> int:
         """Wait for the container in short slices; between them, check the CPU time and disk used."""

@@ -51,13 +51,13 @@ def can_mount() -> bool:
     return os.geteuid() == 0
 
 
-def mount_job_disk(path: str, size_mb: int, uid: int = 0, gid: int = 0) -> None:
-    """Mount a ``size_mb`` tmpfs on the (empty) folder ``path``, its root owned by ``uid:gid``.
+def mount_job_disk(path: str, size_mb: int, uid: int = 0, gid: int = 0, mode: int = 0o755) -> None:
+    """Mount a ``size_mb`` tmpfs on the (empty) folder ``path``, its root owned by ``uid:gid`` with ``mode``.
 
     Raises OSError if the kernel refuses.
     """
     inodes = max(1024, size_mb * 64)  # enough for small files, no inode exhaustion of the host
-    options = f"size={int(size_mb)}m,nr_inodes={inodes},mode=0755,uid={uid},gid={gid}".encode()
+    options = f"size={int(size_mb)}m,nr_inodes={inodes},mode={mode:04o},uid={uid},gid={gid}".encode()
     if _c().mount(b"tmpfs", os.fsencode(path), b"tmpfs", _MS_NOSUID | _MS_NODEV, options) != 0:
         err = ctypes.get_errno()
         raise OSError(

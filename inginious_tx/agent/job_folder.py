@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..messages import BackendNewJob
+from ._leftovers import STDIN_SUFFIX, mark_job
 from .filetree import chown_tree, remove_tree
 from .job_disk import mount_job_disk, unmount_job_disk
 
@@ -183,13 +184,19 @@ def prepare_job(
     *,
     disk_mb: int = 0,
     owner: Optional[Tuple[int, int]] = None,
+    private: bool = False,
+    marked: bool = False,
 ) -> JobFolder:
     """Make a fresh job folder for ``job`` under ``work_root`` (blocking).
 
     ``disk_mb`` > 0: mount a tmpfs of that size on the folder first (the
     agent must be root; OSError if the kernel refuses).  ``owner``: hand the
     folder to that ``(uid, gid)`` (:func:`hand_over`), the user the job runs
-    as when the agent is root.
+    as when the agent is root.  ``private``: the folder's root is left mode
+    0700 (to ``owner``): other users, other jobs included, cannot enter it.
+    ``marked``: first make the agent's own ``ROOT.stdin`` folder beside it,
+    holding the agent's token (:func:`._leftovers.mark_job`), before anything
+    is mounted: if the agent is killed, the next one knows it may remove both.
 
     Raises :class:`TaskError` when the ids are invalid or the task does not
     exist (or has no ``run`` and the job no ``run_cmd``); nothing is left
@@ -208,9 +215,12 @@ def prepare_job(
     os.makedirs(work_root, mode=0o711, exist_ok=True)
     root = tempfile.mkdtemp(prefix="job-", dir=work_root)
     try:
+        if marked:
+            os.mkdir(root + STDIN_SUFFIX, 0o700)
+            mark_job(root)
         os.chmod(root, 0o755)
         if disk_mb > 0:
-            mount_job_disk(root, disk_mb)
+            mount_job_disk(root, disk_mb, mode=0o700 if private else 0o755)
         folder = JobFolder(root, job, disk_mb if disk_mb > 0 else 0)
         shutil.copytree(src, folder.task_dir, symlinks=True)
         os.makedirs(folder.student_dir, exist_ok=True)
@@ -228,8 +238,12 @@ def prepare_job(
         _write_input(folder.input_dir, root, job.inputdata)
         if owner is not None:
             hand_over(folder, *owner)
+        if private:
+            os.chmod(root, 0o700)
     except BaseException:
         remove_job_path(root)
+        if marked:
+            remove_tree(root + STDIN_SUFFIX)
         raise
     return folder
 

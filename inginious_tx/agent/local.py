@@ -3,26 +3,43 @@
 **A sandbox for trusted code and for development, not a security boundary.**
 Use the Docker backend for untrusted student code.  What it does, per job:
 
-- *User*: when the agent is root, the job runs as an unprivileged user:
-  ``nobody`` unless the option ``user`` names another (``NAME``, ``UID`` or
-  ``UID:GID``), with no supplementary groups and ``no_new_privs`` (setuid
-  programs do not give it root back).  Otherwise as the agent's own user.
+- *User*: when the agent is root, each running job has **a uid of its own**:
+  the job in slot *i* (the lowest free one) runs as uid and gid
+  ``job_uid_base + 2i`` (default base 64000) and its run_student commands
+  as ``job_uid_base + 2i + 1``; ``job_uid_count`` pairs at most (default
+  the larger of 64 and the agent's slots: 64000-64127); reserve that range
+  (the agent logs existing users in it).  No supplementary groups,
+  ``no_new_privs`` (setuid programs do not give root back).  The option
+  ``user`` (``NAME``, ``UID`` or ``UID:GID``; the backend's ``--job-user``)
+  instead runs *every* job as that one user (and run_student as
+  ``student_user``, default ``4243:4243``): jobs then share a uid and can
+  reach each other (the agent warns).  Without root, jobs run as the
+  agent's own user.
 - *Files*: the job runs in a fresh private copy of the task (see
-  :mod:`inginious_tx.agent.task`), handed to that user and removed
-  afterwards.  When the agent is root the job folder is a tmpfs of
-  ``job_disk_mb`` MB (default 256; 0: none): at the bound the job's writes
-  fail and the job is answered ``overflow``; nothing it wrote outlives it
-  (:mod:`inginious_tx.agent.job_disk`).  Without root the folder is on the
-  agent's disk (bounded per file by ``RLIMIT_FSIZE`` only; the agent says so
-  once in its log).  The job is **not** confined to its folder: it sees the
-  host's filesystem with its user's rights.
+  :mod:`inginious_tx.agent.task`), handed to the job's user, mode 0700
+  (other jobs cannot enter it), and removed afterwards.  When the agent is
+  root the job folder is a tmpfs of ``job_disk_mb`` MB (default 256; 0:
+  none): at the bound the job's writes fail and the job is answered
+  ``overflow``; nothing it wrote outlives it
+  (:mod:`inginious_tx.agent.job_disk`).  In a mount (and IPC) namespace of
+  its own, the job's ``/tmp``, ``/var/tmp`` and ``/dev/shm`` are folders of
+  its job folder (``.tmp``, ``.var-tmp``, ``.shm``; run_student's commands
+  have their own): within the bound, gone with the job; System V IPC
+  objects go with its IPC namespace.  Without root the folder is on the
+  agent's disk (bounded per file by ``RLIMIT_FSIZE`` only; the agent says
+  so once in its log) and ``/tmp`` is the host's.  The job is **not**
+  confined to its folder: it sees the rest of the host's filesystem with
+  its user's rights (other world-writable folders, e.g. ``/run/lock``,
+  included).
 - *Processes*: a new session, and a new PID namespace when the agent may make
   one (root, or unprivileged user namespaces).  When ``run`` ends, on a
   timeout and on a kill, every process the job started is killed and reaped,
   including background and ``setsid`` ones: by the kernel with a PID
   namespace, by the sandbox as child subreaper otherwise, and through the
-  job's control group when there is one.  The host's processes stay visible
-  in ``/proc``.
+  job's control group when there is one.  With root, ``/proc`` is the PID
+  namespace's own: the job sees only its own processes; without root the
+  host's processes stay visible in ``/proc`` (and a uid shared with other
+  jobs lets it read their environment there).
 - *Network*: cut off (a new network namespace with only loopback) unless the
   job has ``enable_network``.  If the agent can make no network namespace,
   such jobs get a ``crash`` result saying so, unless the option
@@ -42,13 +59,18 @@ Use the Docker backend for untrusted student code.  What it does, per job:
   without one, ``RLIMIT_NPROC`` (per user, and not enforced for root).
 - *Files size*: ``RLIMIT_FSIZE`` of ``max_file_size_mb`` (default 1024).
 
-Options (``--option KEY=VALUE``): ``work_dir``, ``user``, ``job_disk_mb``, ``network_isolation``
+Options (``--option KEY=VALUE``): ``work_dir``, ``job_uid_base``, ``job_uid_count``, ``user``,
+``job_disk_mb``, ``network_isolation``
 (``required``/``best-effort``), ``pid_namespace`` (``auto``/``off``),
 ``cgroups`` (``auto``/``off``), ``max_processes``, ``max_file_size_mb``,
 ``max_time`` (s, when a job has no time limit), ``kill_grace`` (s),
 ``poll_interval`` (s), ``keep_jobs`` (keep job folders, for debugging),
-``student_user`` (the user run_student's commands run as when the agent is
-root, default ``4243:4243``; see :mod:`.run_student_local`).
+``student_user`` (one user for every job's run_student commands, instead of
+each job's second uid; see :mod:`.run_student_local`).
+
+At start (its first ``environments()``, before its first job) the agent
+removes the job folders that local agents of this host killed outright left
+in its work folder and in the default ones (:mod:`._leftovers`).
 
 Environments are names only (``--environment NAME``, default ``default``):
 they all run on this host.
@@ -65,20 +87,23 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._reactor import CommonReactor
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
 from ._cgroup import CgroupSupport, JobCgroup, JobStats
+from ._leftovers import sweep_temp, sweep_work_dir
+from ._running import JobRun
 from ._threads import BackendThreads
 from .debug import ISSHDebugBackend
 from .feedback import OutputLimits, collect_result
@@ -94,6 +119,15 @@ __all__ = ["LocalBackend"]
 
 #: Beside each job folder: the agent's private copies of run_student's standard inputs.
 STDIN_SUFFIX = ".stdin"
+
+#: First uid (and gid) of the per-job users of a root agent (option ``job_uid_base``).
+DEFAULT_UID_BASE = 64000
+#: How many uid pairs it may use at least (option ``job_uid_count``; never fewer than its slots).
+DEFAULT_UID_COUNT = 64
+#: Private folders of a job, in its job folder, bound on these host paths in its mount namespace.
+PRIVATE_DIRS = {"/tmp": ".tmp", "/var/tmp": ".var-tmp", "/dev/shm": ".shm"}
+#: The same for its run_student commands (another user: other folders).
+STUDENT_PRIVATE_DIRS = {"/tmp": ".student-tmp", "/var/tmp": ".student-var-tmp", "/dev/shm": ".student-shm"}
 
 SANDBOX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox.py")
 _TRUE = ("1", "true", "yes", "on")
@@ -160,7 +194,7 @@ def _session_usage(sid: int) -> Tuple[int, float]:
 class SandboxProtocol(ProcessProtocol):
     """Collects stdout/stderr (capped) and the sandbox's reports on fd 3."""
 
-    def __init__(self, reactor: Any, max_out: int, max_err: int) -> None:
+    def __init__(self, reactor: IReactorTime, max_out: int, max_err: int) -> None:
         self._reactor = reactor
         self._caps = {1: max_out + 1, 2: max_err + 1}
         self.output: Dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
@@ -212,9 +246,10 @@ class SandboxProtocol(ProcessProtocol):
 
 
 @dataclass
-class _LocalJob:
-    job: BackendNewJob
-    name: str
+class _LocalJob(JobRun):
+    """The backend's record of one job while it runs (``up`` fires with True)."""
+
+    name: str = ""
     folder: Optional[JobFolder] = None
     cgroup: Optional[JobCgroup] = None
     proto: Optional[SandboxProtocol] = None
@@ -222,14 +257,13 @@ class _LocalJob:
     outcome: Optional[Tuple[str, str]] = None
     ended: bool = False
     polling: bool = False
-    calls: List[IDelayedCall] = field(default_factory=list)
     monitor: Optional[LoopingCall] = None
     stats: JobStats = field(default_factory=JobStats)
-    done: Deferred = field(default_factory=Deferred)
-    #: fires with True once the job's process runs, or None if the job ends before (ssh debug)
-    up: Deferred = field(default_factory=Deferred)
-    #: serves the job's run_student calls while it runs
-    students: Any = None
+    #: index of the job's uid pair (per-job users), None when jobs share a user
+    slot: Optional[int] = None
+    #: (uid, gid) of the job's grader and of its run_student commands (None: the agent's user)
+    user: Optional[Tuple[int, int]] = None
+    student_user: Optional[Tuple[int, int]] = None
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -239,7 +273,7 @@ class LocalBackend:
     name = "local"
     log = Logger()
 
-    def __init__(self, reactor: Any, config: AgentConfig) -> None:
+    def __init__(self, reactor: CommonReactor, config: AgentConfig) -> None:
         if not config.tasks_dir:
             raise ValueError("the local backend needs a tasks folder (--tasks)")
         for value in config.environments:
@@ -265,11 +299,32 @@ class LocalBackend:
         self._kill_grace = _option(opts, "kill_grace", 2.0, float)
         self._poll_interval = _option(opts, "poll_interval", 0.25, float)
         self._keep_jobs = str(opts.get("keep_jobs", "")).lower() in _TRUE
-        #: who jobs run as (None: the agent's own user, which is not root)
-        self.job_user = job_user(opts.get("user"))
-        #: the user run_student's commands run as (root agents only; see .run_student_local)
-        default_student = "{}:{}".format(*DEFAULT_STUDENT_USER) if os.geteuid() == 0 else None
-        self.student_user = job_user(opts.get("student_user") or default_student)
+        # who jobs run as: per job (a uid pair per running job) unless the operator names one user
+        self._uid_base = _option(opts, "job_uid_base", DEFAULT_UID_BASE, int)
+        self._uid_count = _option(opts, "job_uid_count", max(DEFAULT_UID_COUNT, config.slots), int)
+        self._shared_user = job_user(opts.get("user")) if opts.get("user") not in (None, "") else None
+        self._shared_student = (
+            job_user(opts.get("student_user")) if opts.get("student_user") not in (None, "") else None
+        )
+        self._per_job = os.geteuid() == 0 and self._shared_user is None
+        if self._per_job:
+            if self._uid_base < 1 or self._uid_count < 1 or self._uid_base + 2 * self._uid_count > 2**31:
+                raise ValueError("job_uid_base must be a positive uid and job_uid_count at least 1")
+            self._warn_taken_uids()
+        elif os.geteuid() == 0:
+            self.log.warn(
+                "local backend: every job runs as the one user {user} (option user): jobs can reach each "
+                "other's processes and files; leave user unset for a uid per job",
+                user=self._shared_user,
+            )
+        self._slots_used: set = set()
+        #: who a job runs as when jobs share a user, else the first job uid (None: the agent's own user)
+        self.job_user = self._shared_user if not self._per_job else self._pair(0)[0]
+        if os.geteuid() != 0:
+            self.job_user = None
+        #: the user run_student's commands run as when shared (root agents; see .run_student_local)
+        default_student = DEFAULT_STUDENT_USER if os.geteuid() == 0 else None
+        self.student_user = self._shared_student or (self._pair(0)[1] if self._per_job else default_student)
         self._disk_mb = _option(opts, "job_disk_mb", DEFAULT_DISK_MB, int)
         if self._disk_mb < 0:
             raise ValueError("job_disk_mb is a size in MB (0: no tmpfs)")
@@ -290,12 +345,56 @@ class LocalBackend:
         self._support_lock = threading.Lock()
         self._jobs: Dict[BackendJobId, _LocalJob] = {}
         self._warned: set = set()
+        self._claimed = False
+        self._claim_lock = threading.Lock()
         # job folders and cgroups block: our own threads (one per slot, and spares)
-        self._threads = BackendThreads(reactor, "local-backend", max(2, config.slots + 2))
+        self._threads = BackendThreads(IReactorFromThreads(reactor), "local-backend", max(2, config.slots + 2))
+
+    # -- job users ------------------------------------------------------------
+
+    def _pair(self, slot: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+        """The (grader, student) users of the job in ``slot``: uid = gid, two consecutive ids."""
+        uid = self._uid_base + 2 * slot
+        return (uid, uid), (uid + 1, uid + 1)
+
+    def _warn_taken_uids(self) -> None:
+        last = self._uid_base + 2 * self._uid_count - 1
+        taken = [e.pw_name for e in pwd.getpwall() if self._uid_base <= e.pw_uid <= last]
+        if taken:
+            self.log.warn(
+                "local backend: the job uids {first}-{last} include existing users ({names}): "
+                "reserve that range for jobs or set job_uid_base",
+                first=self._uid_base, last=last, names=", ".join(taken[:5]),
+            )  # fmt: skip
+
+    def _take_users(self, state: _LocalJob) -> Optional[str]:
+        """Give the job its users; an error text when none is free."""
+        if os.geteuid() != 0:
+            return None
+        if not self._per_job:
+            state.user, state.student_user = self._shared_user, self.student_user
+            return None
+        free = next((i for i in range(self._uid_count) if i not in self._slots_used), None)
+        if free is None:
+            return f"no free job user: all {self._uid_count} job uids are taken (option job_uid_count)"
+        self._slots_used.add(free)
+        state.slot = free
+        state.user, student = self._pair(free)
+        state.student_user = self._shared_student or student
+        return None
+
+    def _release_users(self, state: _LocalJob) -> None:
+        if state.slot is not None:
+            self._slots_used.discard(state.slot)
+            state.slot = None
 
     # -- IAgentBackend --------------------------------------------------------
 
     def environments(self) -> Deferred:
+        if not self._claimed:  # at start: what a killed agent left goes now, not with the first job
+            self._thread(self._thd_claim).addErrback(
+                lambda f: self.log.failure("local backend: cannot clean what a previous agent left", f)
+            )
         return succeed({k: dict(v) for k, v in self._environments.items()})
 
     def run(self, job: BackendNewJob) -> Deferred:
@@ -303,7 +402,10 @@ class LocalBackend:
             raise ValueError(f"job {job.job_id!r} is already running")
         if job.environment not in self._environments:
             return succeed(JobResult.crash(f"environment {job.environment!r} is not offered by this agent"))
-        state = _LocalJob(job, f"job-{next(_seq)}")
+        state = _LocalJob(job, name=f"job-{next(_seq)}")
+        refused = self._take_users(state)
+        if refused is not None:
+            return succeed(JobResult.crash(refused))
         self._jobs[job.job_id] = state
         d = self._thread(self._thd_prepare, state)
         d.addCallback(lambda _: self._start(state))
@@ -325,7 +427,7 @@ class LocalBackend:
                 d.callback(None)
             else:
                 env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
-                d.callback(LocalSandbox(folder, env, self.job_user))
+                d.callback(LocalSandbox(folder, env, state.user))
             return started
 
         state.up.addCallback(up)
@@ -367,15 +469,36 @@ class LocalBackend:
                     self.log.info("cgroup probe: {problem}", problem=problem)
             return self._support
 
+    def _thd_claim(self) -> None:
+        """Once, before the first job: remove what agents killed on this host left in our work
+        folder and in the default ones (see ._leftovers)."""
+        with self._claim_lock:
+            if self._claimed:
+                return
+            self._claimed = True
+            left = sweep_temp("inginious-tx-local-", keep=self._work_root)
+            left += [os.path.join(self._work_root, n) for n in sweep_work_dir(self._work_root)]
+            for path in left:
+                self.log.info("local backend: removed {path}, left by an agent that was killed", path=path)
+
     def _thd_prepare(self, state: _LocalJob) -> None:
+        self._thd_claim()
         support = self._thd_support()
-        state.folder = prepare_job(
-            self._tasks_dir, state.job, self._work_root, disk_mb=self._disk_mb, owner=self.job_user
-        )
-        exchange = make_exchange(state.folder)
-        if self.job_user:
-            os.chown(exchange, *self.job_user)
-        os.mkdir(state.folder.root + STDIN_SUFFIX, 0o700)
+        state.folder = folder = prepare_job(
+            self._tasks_dir, state.job, self._work_root, disk_mb=self._disk_mb, owner=state.user,
+            private=state.user is not None, marked=True,
+        )  # fmt: skip
+        exchange = make_exchange(folder)
+        if state.user:
+            os.chown(exchange, *state.user)
+            # the job's /tmp, /var/tmp and /dev/shm: on its own (bounded) disk, gone with it
+            for owner, names in ((state.user, PRIVATE_DIRS), (state.student_user, STUDENT_PRIVATE_DIRS)):
+                for name in names.values():
+                    path = os.path.join(folder.root, name)
+                    os.mkdir(path, 0o700)
+                    os.chmod(path, 0o1777)  # as a /tmp is (only its user reaches it: the job folder is 0700)
+                    if owner is not None:
+                        os.chown(path, *owner)
         if support is not None and support.places:
             mem = state.job.mem_limit << 20 if state.job.mem_limit > 0 else None
             state.cgroup = support.create(state.name, mem, self._max_processes)
@@ -406,9 +529,10 @@ class LocalBackend:
             "fsize": self._max_file_size,
             # without a memory cgroup, only a safety cap: the limit is checked on resident memory
             "data": (job.mem_limit << 22) if job.mem_limit > 0 and not has("memory") else 0,
-            "nproc": self._max_processes if not has("pids") and (os.getuid() != 0 or self.job_user) else 0,
-            "user": list(self.job_user) if self.job_user else None,
+            "nproc": self._max_processes if not has("pids") and (os.getuid() != 0 or state.user) else 0,
+            "user": list(state.user) if state.user else None,
             "job_root": folder.root,
+            "private_dirs": {k: os.path.join(folder.root, v) for k, v in PRIVATE_DIRS.items()} if state.user else {},
         }
         env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
         env[RUN_STUDENT_ENV] = os.path.join(folder.root, EXCHANGE)
@@ -417,7 +541,7 @@ class LocalBackend:
         # watching before the grader starts: its first request cannot be missed
         state.students = StudentService(
             self._reactor, env[RUN_STUDENT_ENV], folder.root + STDIN_SUFFIX, job,
-            LocalStudentLauncher(self, state, self.student_user), self._thread,
+            LocalStudentLauncher(self, state, state.student_user), self._thread,
         )  # fmt: skip
         state.students.start()
         self._reactor.spawnProcess(
@@ -442,9 +566,7 @@ class LocalBackend:
 
     def _ended(self, state: _LocalJob) -> None:
         state.ended = True
-        for call in state.calls:
-            if call.active():
-                call.cancel()
+        state.cancel_calls()
         if state.monitor is not None and state.monitor.running:
             state.monitor.stop()
 
@@ -587,8 +709,7 @@ class LocalBackend:
     def _cleanup(self, result: Any, state: _LocalJob) -> Deferred:
         """Whatever happened: no process, no cgroup, no folder left."""
         self._ended(state)
-        if not state.up.called:
-            state.up.callback(None)
+        state.never_up()
 
         def thd_cleanup() -> None:
             if state.cgroup is not None:
@@ -607,6 +728,7 @@ class LocalBackend:
         def finished(_: Any) -> Any:
             if self._jobs.get(state.job.job_id) is state:
                 del self._jobs[state.job.job_id]
+            self._release_users(state)
             state.done.callback(None)
             return result
 

@@ -48,11 +48,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
+from .._reactor import CommonReactor
 from ..messages import BackendNewJob
 from .job_folder import JobFolder
 
@@ -68,6 +69,7 @@ __all__ = [
     "StudentRequest",
     "StudentOutcome",
     "IStudentLauncher",
+    "LauncherBase",
     "StudentService",
     "make_exchange",
     "limits_for",
@@ -128,6 +130,41 @@ class IStudentLauncher(Interface):
 
     def stop() -> Deferred:
         """End whatever runs now (the job is ending)."""
+
+
+@implementer(IStudentLauncher)
+class LauncherBase:
+    """What every :class:`IStudentLauncher` shares: it tracks the calls in
+    progress, so that :meth:`stop` fires only once each has answered.
+
+    Subclasses write ``_launch`` (a coroutine to a :class:`StudentOutcome`)
+    and ``_end_all`` (end what runs now, without waiting).
+    """
+
+    def __init__(self) -> None:
+        self._waits: List[Deferred] = []
+        self._stopping = False
+
+    def launch(self, request: StudentRequest) -> Deferred:
+        d: Deferred = ensureDeferred(self._launch(request))
+        self._waits.append(d)
+
+        def forget(result: Any) -> Any:
+            self._waits.remove(d)
+            return result
+
+        return d.addBoth(forget)
+
+    def stop(self) -> Deferred:
+        self._stopping = True
+        self._end_all()
+        return DeferredList(list(self._waits), consumeErrors=True) if self._waits else succeed(None)
+
+    async def _launch(self, request: StudentRequest) -> StudentOutcome:
+        raise NotImplementedError
+
+    def _end_all(self) -> None:
+        raise NotImplementedError
 
 
 def make_exchange(folder: JobFolder) -> str:
@@ -340,7 +377,7 @@ class StudentService:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: CommonReactor,
         exchange: str,
         private_dir: str,
         job: BackendNewJob,

@@ -30,12 +30,10 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from .job_folder import DEFAULT_PATH, JobFolder
-from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, IStudentLauncher, StudentOutcome, StudentRequest
+from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, LauncherBase, StudentOutcome, StudentRequest
 
 __all__ = ["DockerStudentLauncher", "LABEL_STUDENT", "STDIN_MOUNT"]
 
@@ -45,13 +43,13 @@ STDIN_MOUNT = "/inginious/stdin"
 _MIN_MEM_MB = 8
 
 
-@implementer(IStudentLauncher)
-class DockerStudentLauncher:
+class DockerStudentLauncher(LauncherBase):
     """Runs one job's run_student calls in sibling containers."""
 
     log = Logger()
 
     def __init__(self, backend: Any, run: Any, folder: JobFolder, image: str, job_mount: str) -> None:
+        super().__init__()
         self._backend = backend
         self._run = run
         self._folder = folder
@@ -59,25 +57,11 @@ class DockerStudentLauncher:
         self._student = f"{job_mount}/task/student"
         #: containers of the calls in progress
         self._live: Dict[str, Optional[str]] = {}
-        self._stopping = False
-        self._waits: List[Deferred] = []
 
-    def launch(self, request: StudentRequest) -> Deferred:
-        d: Deferred = ensureDeferred(self._launch(request))
-        self._waits.append(d)
-
-        def forget(result: Any) -> Any:
-            self._waits.remove(d)
-            return result
-
-        return d.addBoth(forget)
-
-    def stop(self) -> Deferred:
-        self._stopping = True
+    def _end_all(self) -> None:
         b = self._backend
         for cid in [c for c in self._live.values() if c]:
             b._call(b._thd_guard, b._thd_kill, cid).addErrback(lambda f: None)
-        return DeferredList(list(self._waits), consumeErrors=True) if self._waits else succeed(None)
 
     def _config(self, request: StudentRequest) -> Dict[str, Any]:
         from .docker import docker_sdk

@@ -9,10 +9,12 @@ the request's memory limit, ``RLIMIT_CPU``), then :mod:`._student_hide`:
   student's mount namespace, except this job's ``task/student``, bound back at
   its own path: ``feedback/``, ``archive/``, ``input/``, the grader's files,
   the exchange folder and other jobs are not there at all;
-- ``/proc`` shows the namespace's processes only;
-- when the agent is root the command runs as the **student's user**
-  (``student_user`` option, default ``4243:4243``), not the grader's: it
-  cannot signal the grader's processes or write what the grader owns;
+- ``/proc`` shows the namespace's processes only; ``/tmp``, ``/var/tmp`` and
+  ``/dev/shm`` are the student's own folders on the job's disk;
+- when the agent is root the command runs as the **student's user**: the
+  job's second uid (see :mod:`.local`), or one user for every job with the
+  ``student_user`` option; never the grader's: it cannot signal the
+  grader's processes or write what the grader owns;
   without root it runs as the agent's user (the hiding still holds, through
   a user namespace; where the kernel refuses that, the call fails with 254
   rather than run unprotected).
@@ -30,13 +32,11 @@ import signal
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from .job_folder import DEFAULT_PATH
-from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, IStudentLauncher, StudentOutcome, StudentRequest
+from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, LauncherBase, StudentOutcome, StudentRequest
 
 __all__ = ["LocalStudentLauncher", "DEFAULT_STUDENT_USER"]
 
@@ -45,38 +45,24 @@ HIDE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_student_hide.p
 DEFAULT_STUDENT_USER = (4243, 4243)
 
 
-@implementer(IStudentLauncher)
-class LocalStudentLauncher:
+class LocalStudentLauncher(LauncherBase):
     """Runs one local job's run_student calls."""
 
     log = Logger()
 
     def __init__(self, backend: Any, state: Any, user: Optional[Tuple[int, int]]) -> None:
+        super().__init__()
         self._backend = backend
         self._state = state
         self._user = user
         self._live: Dict[str, Any] = {}
-        self._waits: List[Deferred] = []
-        self._stopping = False
 
-    def launch(self, request: StudentRequest) -> Deferred:
-        d: Deferred = ensureDeferred(self._launch(request))
-        self._waits.append(d)
-
-        def forget(result: Any) -> Any:
-            self._waits.remove(d)
-            return result
-
-        return d.addBoth(forget)
-
-    def stop(self) -> Deferred:
-        self._stopping = True
+    def _end_all(self) -> None:
         for proto in list(self._live.values()):
             _signal(proto, "TERM")
-        return DeferredList(list(self._waits), consumeErrors=True) if self._waits else succeed(None)
 
     async def _launch(self, request: StudentRequest) -> StudentOutcome:
-        from .local import SANDBOX, SandboxProtocol
+        from .local import SANDBOX, STUDENT_PRIVATE_DIRS, SandboxProtocol
 
         b, state = self._backend, self._state
         folder = state.folder
@@ -108,6 +94,9 @@ class LocalStudentLauncher:
             "stdin": request.stdin_path,
             "cwd": request.cwd if request.cwd == folder.task_dir or request.cwd.startswith(student) else student,
             "user": list(self._user) if self._user else None,
+            "private_dirs": (
+                {k: os.path.join(folder.root, v) for k, v in STUDENT_PRIVATE_DIRS.items()} if self._user else {}
+            ),
             "share_net_of": state.proto.transport.pid if request.share_network else None,
             "env": {
                 "PATH": os.environ.get("PATH") or DEFAULT_PATH,

@@ -52,6 +52,7 @@ from twisted.logger import Logger
 from twisted.python.components import registerAdapter
 from zope.interface import implementer
 
+from .._reactor import CommonReactor
 from ..messages import BackendJobId, BackendNewJob
 from .debug import IDebugSandbox, ISSHDebugBackend, ShellCommand
 
@@ -261,7 +262,7 @@ class SSHDebugServer(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: CommonReactor,
         keys_dir: str,
         port: int = 0,
         interface: str = "127.0.0.1",
@@ -293,7 +294,8 @@ class SSHDebugServer(Service):
         factory = _Factory(load_host_key(self.keys_dir))
         portal = Portal(_Realm(self), [_JobChecker(self)])
         factory.portal = portal  # type: ignore[attr-defined]
-        self._listening = self._reactor.listenTCP(self._port_number, factory, interface=self.interface)
+        # An SSHFactory is a Factory, which listenTCP takes; Twisted's annotation asks for a ServerFactory.
+        self._listening = self._reactor.listenTCP(self._port_number, factory, interface=self.interface)  # type: ignore[arg-type]
         self.log.info(
             "ssh debug server on {interface}:{port}, announced as {host}",
             interface=self.interface,

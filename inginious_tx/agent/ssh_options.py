@@ -6,6 +6,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from .._options import positive_float
+from .._reactor import CommonReactor
 
 __all__ = ["SSH_OPTIONS", "ssh_server", "DEFAULT_KEYS_DIR"]
 
@@ -53,7 +54,7 @@ SSH_OPTIONS: List[List[Any]] = [
 ]
 
 
-def ssh_server(reactor: Any, options: Dict[str, Any]) -> Optional[Any]:
+def ssh_server(reactor: CommonReactor, options: Dict[str, Any]) -> Optional[Any]:
     """The agent's :class:`~inginious_tx.agent.ssh.SSHDebugServer`, or None without ``--ssh-port``."""
     if options.get("ssh-port") is None:
         return None

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 from dataclasses import replace
 from typing import Any, Dict, List
 
 from twisted.python import usage
 
-from .._options import at_least_one, positive_float
+from .._options import at_least_one, plugin_listing, positive_float, print_and_exit
 from ..plugin import AGENT_BACKENDS, PluginError, available, load
 from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
 from .feedback import OutputLimits
@@ -45,15 +44,7 @@ def kinds() -> List[str]:
 
 def kind_listing() -> str:
     """One line per installed agent backend: its name and the first line of its docstring."""
-    lines = []
-    for name in kinds():
-        try:
-            doc = (load(GROUP, name).__doc__ or "").strip().splitlines()
-            summary = doc[0] if doc else ""
-        except Exception as e:
-            summary = f"(unavailable: {e})"
-        lines.append(f"{name}{' (default)' if name == DEFAULT_KIND else ''}: {summary}\n")
-    return "".join(lines)
+    return plugin_listing(kinds(), lambda name: load(GROUP, name), DEFAULT_KIND)
 
 
 class Options(usage.Options):
@@ -182,9 +173,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["list-kinds"]:
-            sys.stdout.write(kind_listing())
-            sys.stdout.flush()
-            raise SystemExit(0)
+            print_and_exit(kind_listing())
         if not self["backend"]:
             raise usage.UsageError("--backend ENDPOINT is required (e.g. zmq:tcp://127.0.0.1:2001)")
         try:

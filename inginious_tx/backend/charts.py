@@ -192,7 +192,7 @@ def _segments(points: Sequence[Optional[float]]) -> List[List[int]]:
 
 #: Fill of a heat-map cell by busy fraction (0, up to 25, 50, 75, 100 %).
 _HEAT = ("#eef3f8", "#c6dbef", "#6baed6", "#2171b5", "#08306b")
-_HEAT_LABELS = ("idle", "\u2264 25 %", "\u2264 50 %", "\u2264 75 %", "\u2264 100 %")
+_HEAT_LABELS = ("idle", "\u2264 25 % busy", "\u2264 50 % busy", "\u2264 75 % busy", "\u2264 100 % busy")
 
 
 def _heat(busy: float, slots: int) -> int:
@@ -240,7 +240,7 @@ def heatmap(title: str, rows: Sequence[Tuple[str, int, Sequence[Optional[float]]
     for k, (fill, text) in enumerate(zip(_HEAT, _HEAT_LABELS, strict=True)):
         x = label_w + k * 80
         parts.append(f'<rect x="{x}" y="{base}" width="10" height="10" fill="{fill}" stroke="#aaa"/>')
-        parts.append(f'<text x="{x + 14}" y="{base + 9}" font-size="10">{text} busy</text>')
+        parts.append(f'<text x="{x + 14}" y="{base + 9}" font-size="10">{text}</text>')
     minutes = seconds / 60
     parts.append(
         f'<text x="{label_w}" y="{height - 2}" font-size="10">-{minutes:.0f} min</text>'

@@ -13,16 +13,26 @@ several backends (tests, embedding applications) do not collide.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Dict, Iterator, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from .adapter import label
 from .core import TIME_BUCKETS, Backend
+from .timeseries import ACTIVE_SECONDS, environment_of, known_environments
 
 if TYPE_CHECKING:
     from .timeseries import StatusRecorder
+
+#: Labels of every per-environment series: ``environment`` as it always was (a
+#: ``docker`` environment by its bare name, others as ``type/name``), then the
+#: type and the name apart.
+ENV_LABELS = ["environment", "environment_type", "environment_name"]
+
+
+def _env_labels(env: Tuple[str, str]) -> List[str]:
+    return [label(env), env[0], env[1]]
 
 __all__ = ["BackendCollector", "backend_registry", "PREFIX"]
 
@@ -37,6 +47,12 @@ def _histogram(name: str, doc: str, buckets: list, total: float) -> HistogramMet
         count += n
         cumulative.append(("+Inf" if bound == float("inf") else repr(float(bound)), count))
     return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=total)
+
+
+def _counters(*rows: Tuple[str, str, float]) -> Iterator[CounterMetricFamily]:
+    """One counter a row of (name without the prefix, help text, value)."""
+    for name, doc, value in rows:
+        yield CounterMetricFamily(PREFIX + name, doc, value)
 
 
 class BackendCollector(Collector):
@@ -56,13 +72,13 @@ class BackendCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         backend = self._backend
         stats = backend.stats
-        yield CounterMetricFamily(
-            PREFIX + "jobs_submitted", "Jobs sent by registered clients (refused ones included).", stats.submitted
-        )
-        yield CounterMetricFamily(
-            PREFIX + "jobs_refused",
-            "Jobs answered 'crash' at once without being queued (queue full, duplicate id, shutting down).",
-            stats.refused,
+        yield from _counters(
+            ("jobs_submitted", "Jobs sent by registered clients (refused ones included).", stats.submitted),
+            (
+                "jobs_refused",
+                "Jobs answered 'crash' at once without being queued (queue full, duplicate id, shutting down).",
+                stats.refused,
+            ),
         )
         finished = CounterMetricFamily(
             PREFIX + "jobs_finished",
@@ -88,36 +104,64 @@ class BackendCollector(Collector):
         yield GaugeMetricFamily(PREFIX + "agents_connected", "Registered agents.", len(agents))
         slots = sum(a.slots for a in agents)
         yield GaugeMetricFamily(PREFIX + "agent_slots", "Job slots of the registered agents.", slots)
-        yield GaugeMetricFamily(PREFIX + "clients_connected", "Registered clients.", len(backend.clients))
-        waiting = GaugeMetricFamily(PREFIX + "jobs_waiting", "Jobs waiting, per environment.", labels=["environment"])
+        yield GaugeMetricFamily(
+            PREFIX + "clients_connected",
+            "Registered clients, also those that left without a word (ZeroMQ does not tell) until "
+            "--client-idle-timeout forgets them: see inginious_clients_active.",
+            len(backend.clients),
+        )
+        peers = GaugeMetricFamily(
+            PREFIX + "peers", "Registered agents and clients, by role and protocol dialect.", labels=["role", "dialect"]
+        )
+        by_dialect: Dict[Tuple[str, str], int] = {}
+        for role, states in (("agent", agents), ("client", backend.clients)):
+            for state in states:
+                key = (role, str(getattr(state.dialect, "name", "unknown")))
+                by_dialect[key] = by_dialect.get(key, 0) + 1
+        for (role, dialect), n in sorted(by_dialect.items()):
+            peers.add_metric([role, dialect], n)
+        yield peers
+        info = GaugeMetricFamily(
+            PREFIX + "agent_info", "1 per registered agent, with its protocol dialect.", labels=["agent", "dialect"]
+        )
+        for name, dialect in sorted({(a.name, str(getattr(a.dialect, "name", "unknown"))) for a in agents}):
+            info.add_metric([name, dialect], 1)
+        yield info
         recorder = self._recorder
-        counts = dict.fromkeys(backend.environments, 0)
-        counts.update(backend.waiting_per_environment() if recorder is None else recorder.waiting_per_environment())
-        for env, n in sorted(counts.items()):
-            waiting.add_metric([env], n)
+        known = known_environments(backend)
+        by_env: Dict[Tuple[str, str], int] = dict.fromkeys(known.values(), 0)
+        if recorder is None:
+            for text, n in backend.waiting_per_environment().items():
+                env = environment_of(text, known)
+                by_env[env] = by_env.get(env, 0) + n
+        else:
+            by_env.update(recorder.waiting_by_environment())
+        waiting = GaugeMetricFamily(PREFIX + "jobs_waiting", "Jobs waiting, per environment.", labels=ENV_LABELS)
+        for env, n in sorted(by_env.items()):
+            waiting.add_metric(_env_labels(env), n)
         yield waiting
         yield GaugeMetricFamily(PREFIX + "jobs_running", "Jobs running on agents.", backend.running_count)
-        offered: Dict[str, int] = dict.fromkeys(backend.environments, 0)
-        env_slots: Dict[str, int] = dict.fromkeys(backend.environments, 0)
+        offered: Dict[Tuple[str, str], int] = dict.fromkeys(known.values(), 0)
+        env_slots: Dict[Tuple[str, str], int] = dict.fromkeys(known.values(), 0)
         per_agent: Dict[str, list] = {}
         for agent in agents:
-            for env in map(label, agent.environments):
+            for env in agent.environments:
                 offered[env] = offered.get(env, 0) + 1
                 env_slots[env] = env_slots.get(env, 0) + agent.slots
             row = per_agent.setdefault(agent.name, [0, 0])
             row[0] += len(agent.running)
             row[1] += agent.slots
         family = GaugeMetricFamily(
-            PREFIX + "environment_agents", "Registered agents offering each environment.", labels=["environment"]
+            PREFIX + "environment_agents", "Registered agents offering each environment.", labels=ENV_LABELS
         )
         for env, n in sorted(offered.items()):
-            family.add_metric([env], n)
+            family.add_metric(_env_labels(env), n)
         yield family
         family = GaugeMetricFamily(
-            PREFIX + "environment_slots", "Job slots of the agents offering each environment.", labels=["environment"]
+            PREFIX + "environment_slots", "Job slots of the agents offering each environment.", labels=ENV_LABELS
         )
         for env, n in sorted(env_slots.items()):
-            family.add_metric([env], n)
+            family.add_metric(_env_labels(env), n)
         yield family
         busy = GaugeMetricFamily(
             PREFIX + "agent_busy_slots", "Busy job slots of each agent (by name).", labels=["agent"]
@@ -133,23 +177,38 @@ class BackendCollector(Collector):
         started = CounterMetricFamily(
             PREFIX + "jobs_started",
             "Jobs handed to an agent, per environment (since the status service started).",
-            labels=["environment"],
+            labels=ENV_LABELS,
         )
-        for env, n in sorted({**dict.fromkeys(counts, 0), **recorder.started}.items()):
-            started.add_metric([env], n)
+        for env, n in sorted({**dict.fromkeys(by_env, 0), **recorder.started_by_environment}.items()):
+            started.add_metric(_env_labels(env), n)
         yield started
-        yield CounterMetricFamily(
-            PREFIX + "jobs_requeued", "Jobs queued again because their agent was lost.", recorder.requeued
+        active = GaugeMetricFamily(
+            PREFIX + "clients_active",
+            f"Registered clients heard from in the last {ACTIVE_SECONDS:.0f} s or with a job, by protocol dialect.",
+            labels=["dialect"],
         )
-        yield CounterMetricFamily(
-            PREFIX + "agent_registrations",
-            "Agents that registered (seen once a second by the status service).",
-            recorder.agent_registrations,
-        )
-        yield CounterMetricFamily(
-            PREFIX + "agent_removals",
-            "Agents that were removed (seen once a second by the status service).",
-            recorder.agent_removals,
+        counts: Dict[str, int] = {}
+        activity = recorder.client_activity()
+        for client in backend.clients:
+            dialect = str(getattr(client.dialect, "name", "unknown"))
+            idle = activity.get(client)
+            hit = bool(client.jobs) or (idle is not None and idle <= ACTIVE_SECONDS)
+            counts[dialect] = counts.get(dialect, 0) + hit
+        for dialect, n in sorted(counts.items()):
+            active.add_metric([dialect], n)
+        yield active
+        yield from _counters(
+            ("jobs_requeued", "Jobs queued again because their agent was lost.", recorder.requeued),
+            (
+                "agent_registrations",
+                "Agents that registered (seen once a second by the status service).",
+                recorder.agent_registrations,
+            ),
+            (
+                "agent_removals",
+                "Agents that were removed (seen once a second by the status service).",
+                recorder.agent_removals,
+            ),
         )
 
 

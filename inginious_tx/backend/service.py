@@ -21,17 +21,19 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.error import ReactorNotRunning
-from twisted.internet.interfaces import IReactorCore, IReactorTime
+from twisted.internet.interfaces import IReactorCore
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from .. import transport
+from .._reactor import CommonReactor
 from .._ready import ReadyResult
 from ..interfaces import IListener, IMessageSink, ISchedulingPolicy
 from ..transport import Limits
 from .core import Backend, BackendSettings
+from .memory import MemoryTrimmer
 from .policies import DEFAULT_POLICY, load_policy
 from .roles import check_separate_credentials
 
@@ -42,7 +44,7 @@ _DEFAULT_LIMITS = Limits()
 
 #: ``listen(reactor, endpoint, sink, limits) -> Deferred[IListener]``, like
 #: :func:`inginious_tx.transport.listen` (the default).
-ListenFunction = Callable[[IReactorTime, str, IMessageSink, Limits], Deferred]
+ListenFunction = Callable[[CommonReactor, str, IMessageSink, Limits], Deferred]
 
 
 def stop_reactor(reactor: IReactorCore) -> None:
@@ -73,7 +75,7 @@ class BackendService(Service):
 
     def __init__(
         self,
-        reactor: IReactorTime,
+        reactor: CommonReactor,
         client_endpoints: Sequence[str],
         agent_endpoints: Sequence[str],
         policy: Union[str, ISchedulingPolicy] = DEFAULT_POLICY,
@@ -98,6 +100,7 @@ class BackendService(Service):
         self._listen = listen or transport.listen
         self._fatal = fatal
         self.backend = Backend(reactor, policy, settings)
+        self.backend.add_observer(MemoryTrimmer(reactor, self.backend))  # memory back to the system after departures
         #: Every listener that is up, clients' first (once all of them are).
         self.listeners: List[IListener] = []
         #: Every listener of the current start that came up and is not stopped.
@@ -122,13 +125,18 @@ class BackendService(Service):
         up: List[IListener] = []
         self._up = up
         self._attempts = [
-            maybeDeferred(self._listen, self._reactor, ep, sink, self.limits).addCallback(self._came_up, up)
+            maybeDeferred(self._listen, self._reactor, ep, sink, self._limits_for(sink, client_sink))
+            .addCallback(self._came_up, up)
             for ep, sink in wanted
         ]
         gathered = gatherResults(self._attempts, consumeErrors=True)
         gathered.addCallbacks(self._listening, self._not_listening)
         gathered.addErrback(self._failed)
         gathered.addBoth(self._ready.fire)
+
+    def _limits_for(self, sink: Any, client_sink: Any) -> Limits:
+        """A client endpoint's frames are bounded by the largest job accepted (transport.Limits.for_clients)."""
+        return self.limits.for_clients() if sink is client_sink else self.limits
 
     def _came_up(self, listener: IListener, up: List[IListener]) -> IListener:
         # Whatever comes up is stopped by stopService, or once every attempt

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
@@ -37,12 +37,20 @@ from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
 
 from .. import __version__
+from .._reactor import CommonReactor
 from .._ready import ReadyResult
 from .adapter import label
 from .charts import PALETTE, RESULT_COLORS, format_number, heatmap, legend, line_chart
 from .core import Backend
 from .service import stop_reactor
-from .timeseries import HISTORY_SECONDS, StatusRecorder
+from .timeseries import (
+    ACTIVE_SECONDS,
+    HISTORY_SECONDS,
+    StatusRecorder,
+    environment_of,
+    known_environments,
+    qualified,
+)
 
 __all__ = [
     "StatusService",
@@ -70,8 +78,16 @@ def status_endpoint(description: str) -> str:
     return text
 
 
+def _dialect(peer_state: Any) -> str:
+    """The name of a registered peer's dialect ("0.6", "0.9")."""
+    return str(getattr(peer_state.dialect, "name", "unknown"))
+
+
 def status_snapshot(
-    backend: Backend, now: Optional[float] = None, waiting: Optional[Dict[str, int]] = None
+    backend: Backend,
+    now: Optional[float] = None,
+    waiting: Optional[Dict[str, int]] = None,
+    recorder: Optional[StatusRecorder] = None,
 ) -> Dict[str, Any]:
     """What ``/status.json`` shows: plain JSON-able data.
 
@@ -79,8 +95,19 @@ def status_snapshot(
     entry for every offered environment and every environment a job waits for
     (``waiting``: those counts if already known, e.g. from a
     :class:`~inginious_tx.backend.timeseries.StatusRecorder`; else the
-    backend counts them, O(jobs)).  ``load`` has the waiting and running jobs
-    per course and per client (the ``fair`` policy's view).
+    backend counts them, O(jobs)), by label (a ``docker`` environment by its
+    bare name, as 0.6 names it); ``environments`` lists the same with their
+    ``type`` and ``name`` apart, and ``id`` (``type/name``, what the page
+    shows).  Agents and clients carry their ``dialect``.  ``load`` has the
+    waiting and running jobs per course and per client (the ``fair``
+    policy's view).
+
+    ``totals.clients`` counts registered clients, which include clients that
+    left without a word (ZeroMQ does not tell) until ``client_idle_timeout``
+    (1 h by default) forgets them; with a ``recorder``,
+    ``totals.clients_active`` counts those heard from in the last
+    ``totals.active_seconds`` seconds or with a job (else None), and each
+    client row has its ``idle_seconds``.
     """
     if now is None:
         now = time.time()
@@ -88,13 +115,16 @@ def status_snapshot(
     running: List[Dict[str, Any]] = []
     agent_rows = []
     for agent in agents:
+        envs = sorted(agent.environments)
         agent_rows.append(
             {
                 "name": agent.name,
                 "address": agent.peer.description,
+                "dialect": _dialect(agent),
                 "slots": agent.slots,
                 "busy_slots": len(agent.running),
-                "environments": sorted(label(env) for env in agent.environments),
+                "environments": sorted(label(env) for env in envs),
+                "environment_ids": [qualified(env) for env in envs],
             }
         )
         for job in agent.running.values():
@@ -106,13 +136,62 @@ def status_snapshot(
                     "course_id": job.course_id,
                     "task_id": job.task_id,
                     "environment": label(job.environment),
+                    "environment_type": job.environment[0],
+                    "environment_id": qualified(job.environment),
                     "started_at": job.started_at,
                     "running_for": max(0.0, now - job.started_at),
                 }
             )
     running.sort(key=lambda row: row["started_at"])
+    if waiting is None and recorder is not None:
+        waiting = recorder.waiting_per_environment()
     queue = dict.fromkeys(backend.environments, 0)
     queue.update(backend.waiting_per_environment() if waiting is None else waiting)
+    # the same counts by (type, name): exact from the recorder, else through the offered environments
+    known = known_environments(backend)
+    by_env: Dict[Tuple[str, str], int] = dict.fromkeys(known.values(), 0)
+    if recorder is not None:
+        by_env.update(recorder.waiting_by_environment())
+    else:
+        for text, n in queue.items():
+            env = environment_of(text, known)
+            by_env[env] = by_env.get(env, 0) + n
+    offered: Dict[Tuple[str, str], List[int]] = {}
+    for agent in agents:
+        for env in agent.environments:
+            row = offered.setdefault(env, [0, 0])
+            row[0] += 1
+            row[1] += agent.slots
+    environments = [
+        {
+            "id": qualified(env),
+            "type": env[0],
+            "name": env[1],
+            "label": label(env),
+            "waiting": n,
+            "agents": offered.get(env, [0, 0])[0],
+            "slots": offered.get(env, [0, 0])[1],
+        }
+        for env, n in sorted(by_env.items())
+    ]
+    activity = recorder.client_activity(now) if recorder is not None else {}
+    client_rows = []
+    active = 0
+    for client in backend.clients:
+        idle = activity.get(client)
+        is_active = bool(client.jobs) or (idle is not None and idle <= ACTIVE_SECONDS)
+        active += is_active
+        client_rows.append(
+            {
+                "name": client.name,
+                "address": client.peer.description,
+                "dialect": _dialect(client),
+                "jobs": len(client.jobs),
+                "idle_seconds": idle,
+                "active": is_active if recorder is not None else None,
+            }
+        )
+    client_rows.sort(key=lambda row: (row["idle_seconds"] is None, row["idle_seconds"] or 0, row["name"]))
     stats = backend.stats
     return {
         "version": __version__,
@@ -120,6 +199,8 @@ def status_snapshot(
         "policy": getattr(backend.policy, "name", type(backend.policy).__name__),
         "agents": agent_rows,
         "queue": dict(sorted(queue.items())),
+        "environments": environments,
+        "clients": client_rows,
         "running": running,
         "load": {
             "courses": {k: list(v) for k, v in sorted(backend.load_by_course().items())},
@@ -128,6 +209,8 @@ def status_snapshot(
         "totals": {
             "agents": len(agents),
             "clients": len(backend.clients),
+            "clients_active": active if recorder is not None else None,
+            "active_seconds": ACTIVE_SECONDS,
             "slots": sum(a.slots for a in agents),
             "busy_slots": sum(len(a.running) for a in agents),
             "waiting": backend.waiting_count,
@@ -175,6 +258,10 @@ def _more(n: int, what: str) -> str:
     return f'<p class="more">and {n} more {escape(what)} (see status.json)</p>' if n else ""
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _last(points: Any) -> Optional[float]:
     for v in reversed(points):
         if v is not None:
@@ -182,12 +269,19 @@ def _last(points: Any) -> Optional[float]:
     return None
 
 
-def render_charts(view: Dict[str, Any]) -> str:
-    """The six charts of the page from a :meth:`History.view`, with their legends."""
+def render_charts(view: Dict[str, Any], names: Optional[Dict[str, str]] = None) -> str:
+    """The six charts of the page from a :meth:`History.view`, with their legends.
+
+    ``names``: how to show an environment label (e.g. ``docker/default`` for
+    ``default``); labels not in it are shown as they are.
+    """
+    names = names or {}
     seconds = view["seconds"]
     blocks = []
     # queue depth per environment, and the total
-    lines = [(env, PALETTE[i % (len(PALETTE) - 1)], pts) for i, (env, pts) in enumerate(view["queue"].items())]
+    lines = [
+        (names.get(env, env), PALETTE[i % (len(PALETTE) - 1)], pts) for i, (env, pts) in enumerate(view["queue"].items())
+    ]
     lines.append(("all environments", "#555555", view["waiting"]))
     blocks.append(
         (
@@ -260,17 +354,43 @@ def render_html(
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot["time"]))
     agent_list = snapshot["agents"]
     agents = _table(
-        ["agent", "address", "busy / slots", "environments"],
+        ["agent", "dialect", "address", "busy / slots", "environments"],
         [
-            [a["name"], a["address"], f"{a['busy_slots']} / {a['slots']}", ", ".join(a["environments"])]
+            [
+                a["name"],
+                a.get("dialect", "?"),
+                a["address"],
+                f"{a['busy_slots']} / {a['slots']}",
+                ", ".join(a.get("environment_ids", a["environments"])),
+            ]
             for a in agent_list[:PAGE_ROWS]
         ],
         "No agent is connected.",
     ) + _more(len(agent_list) - PAGE_ROWS if len(agent_list) > PAGE_ROWS else 0, "agents")
-    queue_rows = sorted(snapshot["queue"].items(), key=lambda kv: (-kv[1], kv[0]))
-    queue = _table(["environment", "waiting"], [[k, v] for k, v in queue_rows[:PAGE_ROWS]], "No environment.") + _more(
-        max(0, len(queue_rows) - PAGE_ROWS), "environments"
-    )
+    if "environments" in snapshot:
+        env_rows = sorted(snapshot["environments"], key=lambda e: (-e["waiting"], e["type"], e["name"]))
+        rows = [[e["type"], e["name"], e["waiting"], e["agents"]] for e in env_rows[:PAGE_ROWS]]
+        headers = ["type", "name", "waiting", "agents"]
+    else:
+        env_rows = sorted(snapshot["queue"].items(), key=lambda kv: (-kv[1], kv[0]))
+        rows = [[k, v] for k, v in env_rows[:PAGE_ROWS]]
+        headers = ["environment", "waiting"]
+    queue = _table(headers, rows, "No environment.") + _more(max(0, len(env_rows) - PAGE_ROWS), "environments")
+    client_list = snapshot.get("clients", [])
+    clients = _table(
+        ["client", "dialect", "address", "jobs", "last heard"],
+        [
+            [
+                c["name"],
+                c["dialect"],
+                c["address"],
+                c["jobs"],
+                "-" if c["idle_seconds"] is None else f"{c['idle_seconds']:.0f} s ago",
+            ]
+            for c in client_list[:PAGE_ROWS]
+        ],
+        "No client is registered.",
+    ) + _more(max(0, len(client_list) - PAGE_ROWS), "clients")
     running_list = snapshot["running"]
     running = _table(
         ["job", "client", "agent", "task", "environment", "running for"],
@@ -280,7 +400,7 @@ def render_html(
                 r["client"] or "(gone)",
                 r["agent"],
                 f"{r['course_id']}/{r['task_id']}",
-                r["environment"],
+                r.get("environment_id", r["environment"]),
                 f"{r['running_for']:.1f} s",
             ]
             for r in running_list[:PAGE_ROWS]
@@ -304,13 +424,30 @@ def render_html(
         for w in WINDOWS
     )
     if refresh:
-        reload_note = f'reloads every {refresh} s (<a href="?window={window}&amp;refresh=0">stop</a>)'
+        reload_note = f'reloads every {refresh} s: <a href="?window={window}&amp;refresh=0">stop reloading</a>'
         meta = f'<meta http-equiv="refresh" content="{refresh}">'
     else:
         again = f"?window={window}&amp;refresh={DEFAULT_REFRESH}"
-        reload_note = f'not reloading (<a href="{again}">reload every {DEFAULT_REFRESH} s</a>)'
+        reload_note = f'not reloading: <a href="{again}">reload every {DEFAULT_REFRESH} s</a>'
         meta = ""
-    charts = f'<div class="charts">{render_charts(view)}</div>' if view is not None else ""
+    names = {e["label"]: e["id"] for e in snapshot.get("environments", [])}
+    charts = f'<div class="charts">{render_charts(view, names)}</div>' if view is not None else ""
+    if totals.get("clients_active") is not None:
+        client_note = (
+            f'<b>{totals["clients_active"]}</b> clients active (heard from in the last '
+            f'{totals["active_seconds"]:.0f} s, or with a job) of <b>{totals["clients"]}</b> registered'
+        )
+    else:
+        client_note = f'<b>{totals["clients"]}</b> clients registered'
+    by_dialect: Dict[str, List[int]] = {}
+    for a in agent_list:
+        by_dialect.setdefault(a.get("dialect", "?"), [0, 0])[0] += 1
+    for c in client_list:
+        by_dialect.setdefault(c["dialect"], [0, 0])[1] += 1
+    dialects = "; ".join(
+        f"dialect {d}: {_count(n_a, 'agent')}, {_count(n_c, 'client')}" for d, (n_a, n_c) in sorted(by_dialect.items())
+    )
+    dialect_note = f" ({escape(dialects)})" if dialects else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">{meta}
 <title>inginious-tx backend</title>
@@ -318,13 +455,14 @@ def render_html(
 <body><h1>inginious-tx backend</h1>
 <p class="summary">{escape(when)}, policy {escape(str(snapshot["policy"]))}, version {escape(str(snapshot["version"]))}.
 <b>{totals["agents"]}</b> agents, <b>{totals["busy_slots"]} / {totals["slots"]}</b> slots busy,
-<b>{totals["clients"]}</b> clients, <b>{totals["waiting"]}</b> jobs waiting, <b>{totals["running"]}</b> running;
+{client_note}{dialect_note}, <b>{totals["waiting"]}</b> jobs waiting, <b>{totals["running"]}</b> running;
 {totals["submitted"]} submitted, {totals["refused"]} refused; finished: {escape(finished)}.</p>
 <nav>{links} &middot; {reload_note} &middot; <a href="status.json">status.json</a>
 <a href="history.json?window={window}">history.json</a> <a href="events">events</a> <a href="metrics">metrics</a></nav>
 {charts}
 <div class="tables">{"".join(load_tables)}<div><h2>Waiting jobs per environment</h2>{queue}</div></div>
 <h2>Agents</h2>{agents}
+<h2>Clients (most recently heard first)</h2>{clients}
 <h2>Running jobs (longest first)</h2>{running}
 </body></html>
 """
@@ -346,15 +484,14 @@ class _Page(Resource):
     # each page defines it
     render_GET: Callable[[Any], bytes]
 
-    def __init__(self, backend: Backend, clock: Any, recorder: Optional[StatusRecorder] = None) -> None:
+    def __init__(self, backend: Backend, clock: IReactorTime, recorder: Optional[StatusRecorder] = None) -> None:
         super().__init__()
         self._backend = backend
         self._clock = clock
         self._recorder = recorder
 
     def _snapshot(self) -> Dict[str, Any]:
-        waiting = self._recorder.waiting_per_environment() if self._recorder is not None else None
-        return status_snapshot(self._backend, self._clock.seconds(), waiting)
+        return status_snapshot(self._backend, self._clock.seconds(), recorder=self._recorder)
 
     def _window(self, request: Any) -> int:
         if self._recorder is None:
@@ -549,7 +686,7 @@ class _Root(Resource):
 
 
 def status_resource(
-    backend: Backend, clock: Any, registry: Any = None, recorder: Optional[StatusRecorder] = None
+    backend: Backend, clock: IReactorTime, registry: Any = None, recorder: Optional[StatusRecorder] = None
 ) -> Resource:
     """The resource tree: ``/``, ``/status.json``, ``/metrics``; with a
     ``recorder`` also ``/history.json`` and ``/events``, and charts on ``/``.
@@ -593,7 +730,7 @@ class StatusService(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: CommonReactor,
         backend: Backend,
         endpoint: str,
         registry: Any = None,

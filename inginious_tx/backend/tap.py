@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from typing import Any, List
 
 from twisted.python import usage
 
-from .._options import at_least_one, count, limit, positive_float
+from .._options import at_least_one, count, limit, plugin_listing, positive_float, print_and_exit
 from ..transport import DEFAULT_MAX_FRAME
 from ..transport.options import LISTENER_OPTIONS, limits_from
 from .core import BackendSettings
@@ -128,7 +127,8 @@ class Options(usage.Options):
             None,
             None,
             "Also write the log to this file ('-': standard output) as JSON lines, one object per event, "
-            "with an event per job transition (job id, client, agent, environment, result). [default: none]",
+            "with an event per job transition (job id, client, agent, environment, result); "
+            "SIGHUP reopens the file (log rotation). [default: none]",
         ],
         [
             "embedded-slots",
@@ -148,8 +148,8 @@ class Options(usage.Options):
             "job-user",
             None,
             None,
-            "User the embedded agent runs jobs as when the backend runs as root (NAME, UID or UID:GID) "
-            "[default: nobody]",
+            "One user the embedded agent runs every job as when the backend runs as root (NAME, UID or "
+            "UID:GID, e.g. nobody) [default: a uid per running job, 64000 + 2 x slot]",
         ],
         [
             "client-idle-timeout",
@@ -175,9 +175,9 @@ class Options(usage.Options):
             "agents need separate credentials (see docs/security.rst).\n"
             "Without --agents, an embedded local agent (--embedded-slots, --tasks) runs in the backend's process "
             "over the bundled example course, so that jobs can be submitted at once, and no agent endpoint is "
-            "opened; it runs jobs as --job-user (nobody) when the backend is root, and with the agent's safe "
-            "maxima (no network, no run_cmd, capped time and memory). Production backends name their agent "
-            "endpoints with --agents and run their agents apart.\n"
+            "opened; it runs each job as a uid of its own (or --job-user) when the backend is root, and with "
+            "the agent's safe maxima (no network, no run_cmd, capped time and memory). Production backends "
+            "name their agent endpoints with --agents and run their agents apart.\n"
             f"Scheduling policies installed ({GROUP} entry points): {', '.join(available_policies())}."
         )
 
@@ -186,7 +186,7 @@ class Options(usage.Options):
         self["clients"].append(endpoint)
 
     def opt_agents(self, endpoint: str) -> None:
-        """Endpoint where agents connect (e.g. zmq:tcp://127.0.0.1:2001); repeatable [default: none, an embedded agent]"""
+        """Endpoint agents connect to (e.g. zmq:tcp://127.0.0.1:2001); repeatable [default: none: an embedded agent]"""
         self["agents"].append(endpoint)
 
     opt_c = opt_clients
@@ -194,9 +194,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         if self["list-policies"]:
-            sys.stdout.write(policy_listing())
-            sys.stdout.flush()
-            raise SystemExit(0)
+            print_and_exit(policy_listing())
         if not self["clients"]:
             self["clients"] = [DEFAULT_CLIENTS]
         self["embedded"] = not self["agents"]  # then no agent endpoint at all: nothing for an impostor
@@ -266,16 +264,7 @@ class Options(usage.Options):
 
 def policy_listing() -> str:
     """One line per installed policy: its name and the first line of its docstring."""
-    lines: List[str] = []
-    for name in available_policies():
-        try:
-            doc = (load_policy(name).__doc__ or "").strip().splitlines()
-            summary = doc[0] if doc else ""
-        except Exception as e:
-            summary = f"(broken: {e})"
-        marker = " (default)" if name == DEFAULT_POLICY else ""
-        lines.append(f"{name}{marker}: {summary}\n")
-    return "".join(lines)
+    return plugin_listing(available_policies(), load_policy, DEFAULT_POLICY)
 
 
 def makeService(options: Any) -> Any:

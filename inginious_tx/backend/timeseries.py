@@ -20,6 +20,7 @@ what a page costs does not grow with the number of samples.
 from __future__ import annotations
 
 import math
+import re
 from array import array
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
@@ -29,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..interfaces import IJobObserver
-from .adapter import label
+from .adapter import DOCKER, label
 from .core import TIME_BUCKETS, Backend
 
 __all__ = [
@@ -43,6 +44,10 @@ __all__ = [
     "MAX_AGENT_SERIES",
     "OTHER",
     "POINTS",
+    "ACTIVE_SECONDS",
+    "qualified",
+    "environment_of",
+    "known_environments",
 ]
 
 #: Samples kept by default: one hour at one a second.
@@ -61,7 +66,45 @@ PERCENTILES: Tuple[Tuple[str, float], ...] = (("p50", 0.5), ("p90", 0.9), ("p99"
 ABSENT = 0xFFFF
 _NB = len(TIME_BUCKETS) + 1
 
+#: A client heard from within this many seconds (or with a job) is "active".
+ACTIVE_SECONDS = 60.0
+
 Sample = Dict[str, Any]
+Environment = Tuple[str, str]
+_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def qualified(environment: Environment) -> str:
+    """``type/name`` for every type (``docker/default``), as people are shown it.
+
+    (:func:`~inginious_tx.backend.adapter.label` keeps 0.6's bare name for the
+    ``docker`` type: it stays the ``environment`` of metrics and status.json's
+    ``queue``, for compatibility.)
+    """
+    return f"{environment[0]}/{environment[1]}"
+
+
+def environment_of(text: str, known: Dict[str, Environment]) -> Environment:
+    """The ``(type, name)`` behind a label: from ``known`` (label -> environment) if
+    there; else, best effort, ``type/name`` when it starts with a word and a
+    slash, else a ``docker`` name (a label alone cannot tell a docker name with
+    a slash from another type: :class:`StatusRecorder` keeps the exact pairs)."""
+    env = known.get(text)
+    if env is not None:
+        return env
+    kind, slash, name = text.partition("/")
+    if slash and _TYPE.fullmatch(kind) and kind != DOCKER:
+        return (kind, name)
+    return (DOCKER, text)
+
+
+def known_environments(backend: Backend) -> Dict[str, Environment]:
+    """label -> ``(type, name)`` of every environment a registered agent offers."""
+    known: Dict[str, Environment] = {}
+    for kind, names in backend.offered_environments.items():
+        for name in names:
+            known[label((kind, name))] = (kind, name)
+    return known
 
 
 class Series:
@@ -327,10 +370,12 @@ class StatusRecorder:
         self._listeners: List[Callable[[Sample], None]] = []
         #: the newest sample (None before the first)
         self.latest: Optional[Sample] = None
-        #: jobs waiting per environment, kept by the job events
-        self._waiting_env: Dict[str, int] = {}
-        #: jobs handed to an agent, per environment, since the recorder started
-        self.started: Dict[str, int] = {}
+        #: jobs waiting per ``(type, name)``, kept by the job events
+        self._waiting_env: Dict[Environment, int] = {}
+        #: jobs handed to an agent, per ``(type, name)``, since the recorder started
+        self.started_by_environment: Dict[Environment, int] = {}
+        #: client state -> [its ``last_tick`` when last seen changing, when that was]
+        self._heard: Dict[Any, List[float]] = {}
         #: jobs queued again because their agent was lost
         self.requeued = 0
         #: agents registered and removed (seen at samples: an agent that comes
@@ -366,9 +411,21 @@ class StatusRecorder:
     def running(self) -> bool:
         return self._loop is not None
 
+    @property
+    def started(self) -> Dict[str, int]:
+        """Jobs handed to an agent per environment label, since the recorder started."""
+        out: Dict[str, int] = {}
+        for env, n in self.started_by_environment.items():
+            out[label(env)] = out.get(label(env), 0) + n
+        return out
+
     def _observe(self) -> None:
         """Count what waits now (once, O(jobs)), then follow the job events."""
-        self._waiting_env = dict(self._backend.waiting_per_environment())
+        known = known_environments(self._backend)
+        self._waiting_env = {}
+        for text, n in self._backend.waiting_per_environment().items():
+            env = environment_of(text, known)
+            self._waiting_env[env] = self._waiting_env.get(env, 0) + n
         self._backend.add_observer(self)
         self._observing = True
 
@@ -377,7 +434,7 @@ class StatusRecorder:
     # job_requeued until job_started, or until job_finished with no agent
     # (it ended before running: killed, dropped, refused by the policy).
 
-    def _waits(self, env: str, delta: int) -> None:
+    def _waits(self, env: Environment, delta: int) -> None:
         n = self._waiting_env.get(env, 0) + delta
         if n > 0:
             self._waiting_env[env] = n
@@ -385,31 +442,70 @@ class StatusRecorder:
             self._waiting_env.pop(env, None)
 
     def job_queued(self, job: Any) -> None:
-        self._waits(label(job.environment), 1)
+        self._waits(tuple(job.environment), 1)
 
     def job_refused(self, client_name: str, job_id: str, reason: str) -> None:
         pass
 
     def job_started(self, job: Any, agent_name: str) -> None:
-        env = label(job.environment)
+        env = tuple(job.environment)
         self._waits(env, -1)
-        self.started[env] = self.started.get(env, 0) + 1
+        self.started_by_environment[env] = self.started_by_environment.get(env, 0) + 1
 
     def job_requeued(self, job: Any, agent_name: str, reason: str) -> None:
         self.requeued += 1
-        self._waits(label(job.environment), 1)
+        self._waits(tuple(job.environment), 1)
 
     def job_finished(self, job: Any, kind: str, agent_name: Optional[str]) -> None:
         if agent_name is None:
-            self._waits(label(job.environment), -1)
+            self._waits(tuple(job.environment), -1)
 
     # -- reading ---------------------------------------------------------------------
 
     def waiting_per_environment(self) -> Dict[str, int]:
-        """Jobs waiting per environment (O(environments), unlike the backend's own)."""
+        """Jobs waiting per environment label (O(environments), unlike the backend's own)."""
         if not self._observing:
             return self._backend.waiting_per_environment()
+        out: Dict[str, int] = {}
+        for env, n in self._waiting_env.items():
+            out[label(env)] = out.get(label(env), 0) + n
+        return out
+
+    def waiting_by_environment(self) -> Dict[Environment, int]:
+        """Jobs waiting per ``(type, name)``."""
+        if not self._observing:
+            known = known_environments(self._backend)
+            out: Dict[Environment, int] = {}
+            for text, n in self._backend.waiting_per_environment().items():
+                env = environment_of(text, known)
+                out[env] = out.get(env, 0) + n
+            return out
         return dict(self._waiting_env)
+
+    def client_activity(self, now: Optional[float] = None) -> Dict[Any, float]:
+        """Registered client state -> seconds since it was last heard from, as far as
+        the samples tell (to about a sample interval plus the backend's ping interval;
+        a client already registered when the recorder started counts as heard then)."""
+        if now is None:
+            now = self._clock.seconds()
+        return {client: max(0.0, now - heard[1]) for client, heard in self._heard.items()}
+
+    def _listen_to_clients(self, now: float) -> None:
+        """Note which clients sent something since the last sample (their
+        ``last_tick`` moved): O(clients) a sample."""
+        heard = self._heard
+        clients = self._backend.clients
+        for client in clients:
+            seen = heard.get(client)
+            if seen is None:
+                heard[client] = [client.last_tick, now]
+            elif seen[0] != client.last_tick:
+                seen[0] = client.last_tick
+                seen[1] = now
+        if len(heard) > len(clients):
+            present = set(clients)
+            for client in [c for c in heard if c not in present]:
+                del heard[client]
 
     def add_listener(self, listener: Callable[[Sample], None]) -> None:
         self._listeners.append(listener)
@@ -461,6 +557,7 @@ class StatusRecorder:
             "wait_buckets": list(stats.wait_buckets),
             "run_buckets": list(stats.run_buckets),
         }
+        self._listen_to_clients(sample["time"])
         self.history.record(sample)
         self.latest = sample
         for listener in list(self._listeners):

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the command)."""
     parser = _Parser(
         prog="inginious-tx",
-        description="Talk to an INGInious 0.6 compatible grading backend (inginious-tx or INGInious itself).",
+        description="Talk to an INGInious grading backend (inginious-tx, or INGInious itself) in the 0.6 or the 0.9 "
+        "dialect. The default is 0.6: pass --dialect 0.9 to talk to a stock INGInious 0.7 to 0.9.x backend, which "
+        "stops on a 0.6 message.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=_exit_codes_text(),
     )

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults
-from twisted.internet.interfaces import IDelayedCall, IReactorCore, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorCore
 from twisted.python.failure import Failure
 
+from .._reactor import CommonReactor
 from ..client import BackendUnavailable, Client, ClientJobResult, EnvironmentUnavailable
 from .exit_codes import (
     EXIT_INTERRUPTED,
@@ -38,7 +39,7 @@ from .progress import Progress
 __all__ = ["main", "CommandError", "Report"]
 
 #: One command's conversation with the backend, run under the reactor.
-Command = Callable[[IReactorTime, "_Run"], Coroutine[Any, Any, None]]
+Command = Callable[[CommonReactor, "_Run"], Coroutine[Any, Any, None]]
 
 
 class CommandError(Exception):
@@ -58,7 +59,7 @@ class Report:
     status: int = EXIT_SUCCESS
 
 
-def _connect(reactor: IReactorTime, args: argparse.Namespace) -> Client:
+def _connect(reactor: CommonReactor, args: argparse.Namespace) -> Client:
     from ..plugin import PluginError
     from ..transport import UnknownEndpoint
 
@@ -98,7 +99,7 @@ async def _ready(client: Client, args: argparse.Namespace, environment: Optional
 class _Run:
     """One command under the reactor: its client, its deadline, Ctrl-C."""
 
-    def __init__(self, reactor: IReactorTime, report: Report) -> None:
+    def __init__(self, reactor: CommonReactor, report: Report) -> None:
         self.reactor = reactor
         self.report = report
         self.client: Optional[Client] = None
@@ -157,7 +158,7 @@ class _Run:
 
 
 async def run_submit(
-    reactor: IReactorTime, args: argparse.Namespace, inputs: List[Dict[str, Any]], report: Report, run: _Run
+    reactor: CommonReactor, args: argparse.Namespace, inputs: List[Dict[str, Any]], report: Report, run: _Run
 ) -> None:
     client = run.client = _connect(reactor, args)
     await _ready(client, args, args.environment)
@@ -228,7 +229,7 @@ async def run_submit(
         report.stderr.append(f"inginious-tx: {lost[0].text} ({args.backend}; {len(lost)} job(s) without a result)")
 
 
-async def run_queue(reactor: IReactorTime, args: argparse.Namespace, report: Report, run: _Run) -> None:
+async def run_queue(reactor: CommonReactor, args: argparse.Namespace, report: Report, run: _Run) -> None:
     client = run.client = _connect(reactor, args)
     await _ready(client, args)
     try:
@@ -243,7 +244,7 @@ async def run_queue(reactor: IReactorTime, args: argparse.Namespace, report: Rep
         report.stdout.append(format_queue(snapshot))
 
 
-async def run_environments(reactor: IReactorTime, args: argparse.Namespace, report: Report, run: _Run) -> None:
+async def run_environments(reactor: CommonReactor, args: argparse.Namespace, report: Report, run: _Run) -> None:
     client = run.client = _connect(reactor, args)
     environments = await _ready(client, args)
     if args.dialect == "0.9":
@@ -258,7 +259,7 @@ async def run_environments(reactor: IReactorTime, args: argparse.Namespace, repo
         report.stderr.append("inginious-tx: no agent offers any environment right now")
 
 
-def _reactor_main(reactor: IReactorTime, command: Command, report: Report) -> Deferred:
+def _reactor_main(reactor: CommonReactor, command: Command, report: Report) -> Deferred:
     run = _Run(reactor, report)
     IReactorCore(reactor).addSystemEventTrigger("before", "shutdown", run.interrupted)
     work = ensureDeferred(run.execute(command(reactor, run)))
@@ -300,15 +301,15 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
 
     if args.command == "submit":
 
-        def command(reactor: IReactorTime, run: _Run) -> Coroutine[Any, Any, None]:
+        def command(reactor: CommonReactor, run: _Run) -> Coroutine[Any, Any, None]:
             return run_submit(reactor, args, inputs, report, run)
     elif args.command == "queue":
 
-        def command(reactor: IReactorTime, run: _Run) -> Coroutine[Any, Any, None]:
+        def command(reactor: CommonReactor, run: _Run) -> Coroutine[Any, Any, None]:
             return run_queue(reactor, args, report, run)
     else:
 
-        def command(reactor: IReactorTime, run: _Run) -> Coroutine[Any, Any, None]:
+        def command(reactor: CommonReactor, run: _Run) -> Coroutine[Any, Any, None]:
             return run_environments(reactor, args, report, run)
 
     _start_logging(args.verbose)

@@ -26,12 +26,13 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple, Union
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .. import transport as _transport
+from .._reactor import CommonReactor
 from ..dispatch import Dispatcher
 from ..interfaces import IClientHandler, IConnection, IPeer, ITransport
 from ..messages import (
@@ -103,8 +104,8 @@ class _Waiter:
 class Client(Service):
     """A link to a grading backend; submit jobs, kill them, look at the queue.
 
-    ``reactor`` provides at least ``IReactorTime`` (and whatever the transport
-    needs); ``endpoint`` is a transport endpoint string such as
+    ``reactor`` is typed :class:`~inginious_tx._reactor.CommonReactor` (timers,
+    TCP; UNIX or SSL when the endpoint names them); ``endpoint`` is a transport endpoint string such as
     ``zmq:tcp://127.0.0.1:2000`` or ``tcp:127.0.0.1:2000``.  ``transport`` (an
     ``ITransport``) replaces the lookup by endpoint string, e.g. with
     :class:`inginious_tx.testing.MemoryTransport` in tests.
@@ -128,7 +129,7 @@ class Client(Service):
 
     def __init__(
         self,
-        reactor: IReactorTime,
+        reactor: CommonReactor,
         endpoint: str,
         name: str = "inginious-tx",
         *,
@@ -646,6 +647,6 @@ class Client(Service):
             waiter.deferred.errback(BackendUnavailable(text))
 
 
-def connect_client(reactor: IReactorTime, endpoint: str, name: str = "inginious-tx", **options: Any) -> Client:
+def connect_client(reactor: CommonReactor, endpoint: str, name: str = "inginious-tx", **options: Any) -> Client:
     """A started :class:`Client` (options as for :class:`Client`)."""
     return Client(reactor, endpoint, name, **options).start()

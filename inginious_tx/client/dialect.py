@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from .._edge import DialectEdge
 from ..interfaces import IMessageSink, IPeer
 from ..messages import DIALECTS, v09
 
@@ -31,37 +31,15 @@ HANDLERS_09 = {
 }
 
 
-class _Sink:
-    log = Logger()
-    dialect = ""
+class _Sink(DialectEdge):
+    speaker = "a client"
 
     def __init__(self, client: Any, inner: Any) -> None:
+        super().__init__(inner)
         self._client = client
-        self._inner = inner
-        self._warned = False
 
-    def peer_connected(self, peer: IPeer) -> None:
-        self._inner.peer_connected(peer)
-
-    def peer_disconnected(self, peer: IPeer, reason: str) -> None:
-        self._inner.peer_disconnected(peer, reason)
-
-    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
-        forward = getattr(self._inner, "message_rejected", None)
-        if forward is not None:
-            forward(peer, error, payload)
-
-    def _wrong_dialect(self, peer: IPeer, message: Any) -> None:
-        other = message.dialect
-        self.log.error(
-            "protocol error: {peer} sent a {other} message ({msgtype}) to a client speaking {mine}{hint}",
-            peer=peer.description,
-            other=other,
-            msgtype=message.msgtype,
-            mine=self.dialect,
-            hint="" if self._warned else f" (does the backend speak {other}? use dialect {other})",
-        )
-        self._warned = True
+    def hint(self, other: str) -> str:
+        return f" (does the backend speak {other}? use dialect {other})"
 
 
 @implementer(IMessageSink)
@@ -71,10 +49,8 @@ class Sink06(_Sink):
     dialect = "0.6"
 
     def message_received(self, peer: IPeer, message: Any) -> None:
-        if message.dialect != "0.6":
-            self._wrong_dialect(peer, message)
-            return
-        self._inner.message_received(peer, message)
+        if self.speaks(peer, message):
+            self._inner.message_received(peer, message)
 
 
 @implementer(IMessageSink)
@@ -90,8 +66,7 @@ class Sink09(_Sink):
         }
 
     def message_received(self, peer: IPeer, message: Any) -> None:
-        if message.dialect != "0.9":
-            self._wrong_dialect(peer, message)
+        if not self.speaks(peer, message):
             return
         method = self._table.get(type(message))
         if method is None:

@@ -16,42 +16,14 @@ from ._meta import (
     WrongFieldType,
     load_any,
 )
-from ._types import (
-    AgentHello,
-    AgentJobDone,
-    AgentJobSSHDebug,
-    AgentJobStarted,
-    BackendGetQueue,
-    BackendJobDone,
-    BackendJobId,
-    BackendJobSSHDebug,
-    BackendJobStarted,
-    BackendKillJob,
-    BackendNewJob,
-    BackendUpdateContainers,
-    ClientGetQueue,
-    ClientHello,
-    ClientJobId,
-    ClientKillJob,
-    ClientNewJob,
-    Ping,
-    Pong,
-    SPResult,
-    Unknown,
-)
 
-#: Every message class defined here, in the seed's order.
-ALL_MESSAGES = (
-    ClientHello, ClientNewJob, ClientKillJob, ClientGetQueue,
-    BackendUpdateContainers, BackendJobStarted, BackendJobDone, BackendJobSSHDebug, BackendGetQueue,
-    BackendNewJob, BackendKillJob,
-    AgentHello, AgentJobStarted, AgentJobDone, AgentJobSSHDebug,
-    Ping, Pong, Unknown,
-)  # fmt: skip
+# The 0.6 names, as they always were: listed once, in _types.__all__.
+from ._types import *  # noqa: F403
+from ._types import MESSAGES as ALL_MESSAGES
+from ._types import __all__ as _TYPES
 
 load = MessageMeta.load
 
-# After the types: the dialect modules name them.
 from . import v06, v09  # noqa: E402
 from ._dialect import DIALECTS, Dialect, get_dialect  # noqa: E402
 
@@ -59,12 +31,5 @@ __all__ = [
     "ALL_MESSAGES", "load", "load_any", "Dialect", "DIALECTS", "get_dialect", "v06", "v09",
     "MessageMeta", "MessageError", "MalformedMessage", "UnknownMessageType",
     "FieldError", "MissingField", "ExtraField", "WrongFieldType",
-    "BackendJobId", "ClientJobId", "SPResult",
-    # the message classes, as in ALL_MESSAGES (written out: type checkers read __all__ as text)
-    "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue",
-    "BackendUpdateContainers", "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue",
-    "BackendNewJob", "BackendKillJob",
-    "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug",
-    "Ping", "Pong", "Unknown",
+    *_TYPES,
 ]  # fmt: skip
-assert __all__[-len(ALL_MESSAGES) :] == [cls.__name__ for cls in ALL_MESSAGES]

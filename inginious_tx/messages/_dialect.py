@@ -50,25 +50,10 @@ class Dialect:
         return (get_dialect, (self.name,))
 
 
-_V06_MESSAGES = (
-    _types.ClientHello, _types.ClientNewJob, _types.ClientKillJob, _types.ClientGetQueue,
-    _types.BackendUpdateContainers, _types.BackendJobStarted, _types.BackendJobDone,
-    _types.BackendJobSSHDebug, _types.BackendGetQueue, _types.BackendNewJob, _types.BackendKillJob,
-    _types.AgentHello, _types.AgentJobStarted, _types.AgentJobDone, _types.AgentJobSSHDebug,
-    _types.Ping, _types.Pong, _types.Unknown,
-)  # fmt: skip
-_V09_MESSAGES = (
-    _types09.ClientHello, _types09.ClientNewJob, _types09.ClientKillJob, _types09.ClientGetQueue,
-    _types09.BackendUpdateEnvironments, _types09.BackendJobStarted, _types09.BackendJobDone,
-    _types09.BackendJobSSHDebug, _types09.BackendGetQueue, _types09.BackendNewJob, _types09.BackendKillJob,
-    _types09.AgentHello, _types09.AgentJobStarted, _types09.AgentJobDone, _types09.AgentJobSSHDebug,
-    _types09.Ping, _types09.Pong, _types09.Unknown,
-)  # fmt: skip
-
 #: The INGInious 0.6 dialect (snake_case ``"type"``).
-V06 = Dialect("0.6", _V06_MESSAGES)
+V06 = Dialect("0.6", _types.MESSAGES)
 #: The INGInious 0.7 to 0.9.x dialect (class name in ``"@type"``).
-V09 = Dialect("0.9", _V09_MESSAGES)
+V09 = Dialect("0.9", _types09.MESSAGES)
 #: Every dialect by name.
 DIALECTS: Mapping[str, Dialect] = MappingProxyType({"0.6": V06, "0.9": V09})
 

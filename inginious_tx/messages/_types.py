@@ -275,3 +275,22 @@ class Unknown(metaclass=MessageMeta, msgtype="unknown"):
 
     def __init__(self) -> None:
         pass
+
+
+#: Every message class of the dialect, in the seed's order.
+MESSAGES = (
+    ClientHello, ClientNewJob, ClientKillJob, ClientGetQueue,
+    BackendUpdateContainers, BackendJobStarted, BackendJobDone, BackendJobSSHDebug, BackendGetQueue,
+    BackendNewJob, BackendKillJob,
+    AgentHello, AgentJobStarted, AgentJobDone, AgentJobSSHDebug,
+    Ping, Pong, Unknown,
+)  # fmt: skip
+
+#: The names :mod:`inginious_tx.messages.v06` (and the package) re-export.
+__all__ = [
+    "BackendJobId", "ClientJobId", "SPResult",
+    "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateContainers",
+    "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",
+    "BackendKillJob", "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug", "Ping", "Pong",
+    "Unknown",
+]  # fmt: skip

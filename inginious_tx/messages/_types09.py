@@ -277,3 +277,22 @@ class Unknown(metaclass=MessageMeta, dialect="0.9"):
 
     def __init__(self) -> None:
         pass
+
+
+#: Every message class of the dialect, in the order of ``PROTOCOL-0.9.md``.
+MESSAGES = (
+    ClientHello, ClientNewJob, ClientKillJob, ClientGetQueue,
+    BackendUpdateEnvironments, BackendJobStarted, BackendJobDone, BackendJobSSHDebug, BackendGetQueue,
+    BackendNewJob, BackendKillJob,
+    AgentHello, AgentJobStarted, AgentJobDone, AgentJobSSHDebug,
+    Ping, Pong, Unknown,
+)  # fmt: skip
+
+#: The names :mod:`inginious_tx.messages.v09` re-exports.
+__all__ = [
+    "JobId", "SPResult",
+    "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateEnvironments",
+    "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",
+    "BackendKillJob", "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug", "Ping", "Pong",
+    "Unknown",
+]  # fmt: skip

@@ -2,37 +2,11 @@
 :class:`Dialect`.  See ``PROTOCOL-0.9.md``."""
 
 from ._dialect import V09 as DIALECT
-from ._types09 import (
-    AgentHello,
-    AgentJobDone,
-    AgentJobSSHDebug,
-    AgentJobStarted,
-    BackendGetQueue,
-    BackendJobDone,
-    BackendJobSSHDebug,
-    BackendJobStarted,
-    BackendKillJob,
-    BackendNewJob,
-    BackendUpdateEnvironments,
-    ClientGetQueue,
-    ClientHello,
-    ClientKillJob,
-    ClientNewJob,
-    JobId,
-    Ping,
-    Pong,
-    SPResult,
-    Unknown,
-)
+from ._types09 import *  # noqa: F403  (the names are listed once, in _types09.__all__)
+from ._types09 import __all__ as _TYPES
 
 #: Every message class of the dialect.
 ALL_MESSAGES = DIALECT.messages
 load = DIALECT.load
 
-__all__ = [
-    "DIALECT", "ALL_MESSAGES", "load", "JobId", "SPResult",
-    "ClientHello", "ClientNewJob", "ClientKillJob", "ClientGetQueue", "BackendUpdateEnvironments",
-    "BackendJobStarted", "BackendJobDone", "BackendJobSSHDebug", "BackendGetQueue", "BackendNewJob",
-    "BackendKillJob", "AgentHello", "AgentJobStarted", "AgentJobDone", "AgentJobSSHDebug", "Ping", "Pong",
-    "Unknown",
-]  # fmt: skip
+__all__ = ["DIALECT", "ALL_MESSAGES", "load", *_TYPES]

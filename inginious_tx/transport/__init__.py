@@ -8,12 +8,13 @@ transport; a third-party plugin registered under the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
+from .._reactor import CommonReactor
 from ..interfaces import IConnection, IMessageSink, ITransport
 from ..plugin import TRANSPORTS, PluginError, available
 
@@ -35,6 +36,11 @@ DEFAULT_MAX_HELLO_FRAME = 64 * 1024
 DEFAULT_HELLO_TIMEOUT = 10.0
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_MAX_PENDING = 100
+#: ZeroMQ strangers cost a whole message each (see ``Limits.zmq_max_pending``): fewer of them.
+DEFAULT_ZMQ_MAX_PENDING = 8
+#: Room for a job's fields besides its inputdata, in a client's largest frame (``Limits.client_max_frame``).
+CLIENT_FRAME_MARGIN = 1 << 20
+DEFAULT_MAX_PARTIAL_BYTES = 256 * 1024 * 1024
 DEFAULT_ZMQ_SEND_HWM = 1_000_000
 
 
@@ -62,6 +68,23 @@ class Limits:
     #: (its session ends, its connection is closed).
     #: ZeroMQ counts messages, not bytes: each may be up to ``max_frame``.
     zmq_send_hwm: int = DEFAULT_ZMQ_SEND_HWM
+    #: Most connections of one ZeroMQ listener whose hello is not accepted
+    #: yet (instead of ``max_pending``).  ZeroMQ reads a message whole before
+    #: we see it and cannot limit strangers' frames apart, so each of them
+    #: may hold up to ``max_frame`` bytes until its hello deadline.
+    zmq_max_pending: int = DEFAULT_ZMQ_MAX_PENDING
+    #: Largest frame from a client (a job: the backend's largest inputdata
+    #: and a margin); None: ``max_frame``.  See :meth:`for_clients`.
+    client_max_frame: Optional[int] = None
+    #: Most bytes of frames received in part, over every connection of a
+    #: stream transport's listeners (one that would exceed it is closed).
+    max_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES
+
+    def for_clients(self) -> "Limits":
+        """These limits for an endpoint of clients: frames no larger than the largest job accepted."""
+        if self.client_max_frame is None or self.client_max_frame >= self.max_frame:
+            return self
+        return replace(self, max_frame=self.client_max_frame)
 
 
 #: The limits used when none are given.
@@ -104,12 +127,12 @@ def transport_for(endpoint: str) -> Any:
     )
 
 
-def listen(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
+def listen(reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
     """Listen on ``endpoint`` with whichever transport handles it."""
     return transport_for(endpoint).listen(reactor, endpoint, sink, limits)
 
 
-def connect(reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> IConnection:
+def connect(reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> IConnection:
     """Connect to ``endpoint`` with whichever transport handles it."""
     return transport_for(endpoint).connect(reactor, endpoint, sink, limits)
 

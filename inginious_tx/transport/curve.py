@@ -43,6 +43,8 @@ from twisted.logger import Logger
 from zmq.utils import z85
 from zope.interface import implementer
 
+from .._reactor import CommonReactor
+
 __all__ = [
     "CurveServer",
     "CurveClient",
@@ -140,28 +142,37 @@ def _allowed(folder: str) -> Dict[bytes, str]:
     return keys
 
 
+#: What each role's own parameter is for, and the value it names.
+_FOR = {SERVER: "connecting", ALLOWED: "listening"}
+_VALUE = {SERVER: "FILE", ALLOWED: "DIR"}
+
+
+def _checked(endpoint: str, needs: str, refuses: str, role: str) -> Tuple[str, Dict[str, str]]:
+    """Split ``endpoint``; with CurveZMQ parameters, they must hold our secret and
+    ``needs`` (the role's own parameter), never ``refuses`` (the other role's)."""
+    base, params = split_endpoint(endpoint)
+    if params:
+        if refuses in params:
+            raise ValueError(f"{endpoint!r}: {refuses} is for {_FOR[refuses]} endpoints ({role}s take {needs})")
+        if SECRET not in params or needs not in params:
+            raise ValueError(f"{endpoint!r}: a CurveZMQ {role} needs both {SECRET}=FILE and {needs}={_VALUE[needs]}")
+    return base, params
+
+
 def server_settings(endpoint: str) -> Tuple[str, Optional[CurveServer]]:
     """The endpoint without its query, and the listener's CurveZMQ settings if it has any."""
-    base, params = split_endpoint(endpoint)
+    base, params = _checked(endpoint, ALLOWED, SERVER, "listener")
     if not params:
         return base, None
-    if SERVER in params:
-        raise ValueError(f"{endpoint!r}: {SERVER} is for connecting endpoints (listeners take {ALLOWED})")
-    if SECRET not in params or ALLOWED not in params:
-        raise ValueError(f"{endpoint!r}: a CurveZMQ listener needs both {SECRET}=FILE and {ALLOWED}=DIR")
     public, secret = _load(params[SECRET], need_secret=True)
     return base, CurveServer(public, secret, _allowed(params[ALLOWED]), params[ALLOWED])  # type: ignore[arg-type]
 
 
 def client_settings(endpoint: str) -> Tuple[str, Optional[CurveClient]]:
     """The endpoint without its query, and the connection's CurveZMQ settings if it has any."""
-    base, params = split_endpoint(endpoint)
+    base, params = _checked(endpoint, SERVER, ALLOWED, "connection")
     if not params:
         return base, None
-    if ALLOWED in params:
-        raise ValueError(f"{endpoint!r}: {ALLOWED} is for listening endpoints (connections take {SERVER})")
-    if SECRET not in params or SERVER not in params:
-        raise ValueError(f"{endpoint!r}: a CurveZMQ connection needs both {SECRET}=FILE and {SERVER}=FILE")
     public, secret = _load(params[SECRET], need_secret=True)
     server, _ = _load(params[SERVER], need_secret=False)
     return base, CurveClient(public, secret, server)  # type: ignore[arg-type]
@@ -236,7 +247,7 @@ class ZapHandler:
     least one listener of the context does.
     """
 
-    def __init__(self, reactor: Any, context: zmq.Context) -> None:
+    def __init__(self, reactor: CommonReactor, context: zmq.Context) -> None:
         self._reactor = reactor
         self._context = context
         socket = context.socket(zmq.REP)
@@ -331,7 +342,7 @@ _handlers: Dict[zmq.Context, ZapHandler] = {}
 
 
 def guard_listener(
-    reactor: Any, context: zmq.Context, socket: zmq.Socket, settings: Optional[CurveServer], description: str
+    reactor: CommonReactor, context: zmq.Context, socket: zmq.Socket, settings: Optional[CurveServer], description: str
 ) -> Callable[[], None]:
     """Put ``socket`` (a ROUTER, not bound yet) under the context's ZAP handler.
 
@@ -360,7 +371,7 @@ def guard_listener(
 
 
 def secure_listener(
-    reactor: Any, context: zmq.Context, socket: zmq.Socket, settings: CurveServer, description: str
+    reactor: CommonReactor, context: zmq.Context, socket: zmq.Socket, settings: CurveServer, description: str
 ) -> Callable[[], None]:
     """Make ``socket`` (not bound yet) a CurveZMQ server that lets only allowed keys in (see :func:`guard_listener`)."""
     return guard_listener(reactor, context, socket, settings, description)
@@ -368,8 +379,12 @@ def secure_listener(
 
 def user_key(user_id: Optional[str]) -> Optional[bytes]:
     """The CurveZMQ public key (z85) in a User-Id given by :class:`ZapHandler`, if there is one."""
+    # "curve:KEY:TOKEN": the key is 40 z85 characters, and ":" is one of them;
+    # the token (hex) has none, so split at the last ":".
     if user_id and user_id.startswith("curve:"):
-        return user_id.split(":")[1].encode()
+        key, sep, _ = user_id[len("curve:") :].rpartition(":")
+        if sep and len(key) == 40:
+            return key.encode()
     return None
 
 

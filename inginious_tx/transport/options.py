@@ -14,7 +14,10 @@ from . import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HELLO_FRAME,
+    CLIENT_FRAME_MARGIN,
+    DEFAULT_MAX_PARTIAL_BYTES,
     DEFAULT_MAX_PENDING,
+    DEFAULT_ZMQ_MAX_PENDING,
     DEFAULT_ZMQ_SEND_HWM,
     Limits,
 )
@@ -65,17 +68,38 @@ LISTENER_OPTIONS: List[List[Any]] = [
         "max-pending",
         None,
         DEFAULT_MAX_PENDING,
-        "Most connections of one endpoint that have not said an accepted hello yet; further ones are "
+        "Most connections of one stream endpoint that have not said an accepted hello yet; further ones are "
         "closed as soon as made.",
+        at_least_one,
+    ],
+    [
+        "max-partial-bytes",
+        None,
+        DEFAULT_MAX_PARTIAL_BYTES,
+        "Most bytes of messages received in part over all stream connections (tcp:, unix:, ssl:); "
+        "a connection whose message would take them over is closed.",
+        at_least_one,
+    ],
+    [
+        "zmq-max-pending",
+        None,
+        DEFAULT_ZMQ_MAX_PENDING,
+        "Most connections of one ZeroMQ endpoint that have not said an accepted hello yet (each may hold "
+        "a message up to the endpoint's largest frame); further ones are closed as soon as made.",
         at_least_one,
     ],
 ]
 
 
 def limits_from(options: Mapping[str, Any]) -> Limits:
-    """The :class:`Limits` of parsed options (``max-frame`` and the :data:`LISTENER_OPTIONS`)."""
+    """The :class:`Limits` of parsed options (``max-frame`` and the :data:`LISTENER_OPTIONS`).
+
+    With a ``max-inputdata`` option (the backend's), a client's frames are
+    bounded by it and :data:`CLIENT_FRAME_MARGIN` (see :meth:`Limits.for_clients`).
+    """
     max_frame = options["max-frame"]
     send_buffer = options["max-send-buffer"]
+    inputdata = options.get("max-inputdata")
     return Limits(
         max_frame=max_frame,
         max_send_buffer=send_buffer if send_buffer is not None else max(4 * max_frame, 1 << 20),
@@ -84,4 +108,7 @@ def limits_from(options: Mapping[str, Any]) -> Limits:
         max_connections=options["max-connections"],
         max_pending=options["max-pending"],
         zmq_send_hwm=options["zmq-send-hwm"],
+        zmq_max_pending=options["zmq-max-pending"],
+        max_partial_bytes=options["max-partial-bytes"],
+        client_max_frame=inputdata + CLIENT_FRAME_MARGIN if inputdata is not None else None,
     )

@@ -20,6 +20,14 @@ most ``limits.max_hello_frame`` bytes, it must be accepted within
 connections (``limits.max_connections`` in all) are kept: further ones are
 closed as soon as they are made.  So what strangers can make the backend
 hold is bounded by ``max_pending * max_hello_frame`` bytes, whoever they are.
+
+Peers that said hello may send frames up to ``limits.max_frame``; the bytes
+of frames received in part are counted across every connection of the
+listeners that share a :class:`PartialFrameBudget` (those of one transport
+with the same ``limits.max_partial_bytes``): a connection whose partial
+frame would take the total over it is aborted with a log line, so many
+connections each sending a large frame slowly cannot add up to
+``max_connections * max_frame``.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
+from .._reactor import CommonReactor
 from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
 from ..messages import MessageError, load_any
 from . import Limits, tls
@@ -62,6 +71,7 @@ __all__ = [
     "StreamPeer",
     "StreamServerPeer",
     "MessageProtocol",
+    "PartialFrameBudget",
     "default_retry_policy",
 ]
 
@@ -105,6 +115,28 @@ def listening_endpoint(endpoint: str) -> str:
         loopback=loopback.replace("\\", ""),
     )
     return f"{endpoint}:interface={loopback}"
+
+
+class PartialFrameBudget:
+    """The bytes of incoming frames received in part, summed over many connections, and their bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        #: Bytes of partial frames held now.
+        self.used = 0
+        #: Connections aborted for going over the limit (tests, metrics).
+        self.exceeded = 0
+
+    def take(self, n: int) -> bool:
+        """Count ``n`` more bytes, or False (and count nothing) if that would exceed the limit."""
+        if self.used + n > self.limit:
+            self.exceeded += 1
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
 
 
 def _reason(failure: Any) -> str:
@@ -185,6 +217,9 @@ class MessageProtocol(Int32StringReceiver):
         self._chunks: List[bytes] = []
         self._chunks_len = 0
         self._needed = 0
+        #: Where the bytes of a partial frame are counted (listening side), and how many are.
+        self.budget: Optional[PartialFrameBudget] = None
+        self._charged = 0
 
     # -- connection ------------------------------------------------------------
 
@@ -200,6 +235,8 @@ class MessageProtocol(Int32StringReceiver):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.closing = True
+        self._release()
+        self._chunks = []
         text = self.close_reason or _reason(reason)
         refused = tls.tls_failure(reason)
         if refused is not None:  # a peer without acceptable credentials, or a server we do not trust
@@ -241,9 +278,32 @@ class MessageProtocol(Int32StringReceiver):
             log.failure("{peer}: error while reading", peer=self._describe())
             self.abort("internal error while reading")
 
+    def _charge(self, n: int) -> bool:
+        """Count ``n`` more bytes of a partial frame; abort and return False if over the budget."""
+        budget = self.budget
+        if budget is None:
+            return True
+        if not budget.take(n):
+            self.abort(
+                f"a partial frame of {self._chunks_len + n} bytes (of {self._needed}) would take the bytes held in "
+                f"partial frames over {budget.limit} (limits.max_partial_bytes)"
+            )
+            return False
+        self._charged += n
+        return True
+
+    def _release(self) -> None:
+        if self._charged:
+            assert self.budget is not None
+            self.budget.give(self._charged)
+            self._charged = 0
+
     def _parse(self, data: bytes) -> None:
         if self._chunks:
             # In the middle of a large frame: only join once it is complete.
+            if not self._charge(len(data)):
+                self._chunks = []
+                return
             self._chunks.append(data)
             self._chunks_len += len(data)
             if self._chunks_len < self._needed:
@@ -251,6 +311,7 @@ class MessageProtocol(Int32StringReceiver):
             data = b"".join(self._chunks)
             self._chunks = []
             self._chunks_len = 0
+            self._release()
         elif self._rest:
             data = self._rest + data
             self._rest = b""
@@ -265,9 +326,12 @@ class MessageProtocol(Int32StringReceiver):
             end = offset + 4 + length
             if end > size:
                 rest = data[offset:]
+                self._needed = 4 + length
+                self._chunks_len = 0
+                if not self._charge(len(rest)):
+                    return
                 self._chunks = [rest]
                 self._chunks_len = len(rest)
-                self._needed = 4 + length
                 return
             self.stringReceived(data[offset + 4 : end])
             if self.closing:
@@ -382,6 +446,7 @@ class _ServerFactory(Factory):
             return _Refused()
         protocol = MessageProtocol(listener, listener._limits, accepted=False)
         protocol.answers_rejects = True
+        protocol.budget = listener.budget
         return protocol
 
 
@@ -390,7 +455,12 @@ class StreamListener:
     """A listening port; aborts its connections when stopped."""
 
     def __init__(
-        self, endpoint: str, sink: IMessageSink, limits: Limits, reactor: Optional[IReactorTime] = None
+        self,
+        endpoint: str,
+        sink: IMessageSink,
+        limits: Limits,
+        reactor: Optional[IReactorTime] = None,
+        budget: Optional[PartialFrameBudget] = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _global
@@ -403,6 +473,8 @@ class StreamListener:
         self._sink = sink
         self._limits = limits
         self._port: Any = None
+        #: Bytes of partial frames, shared with the transport's other listeners of the same bound.
+        self.budget = budget if budget is not None else PartialFrameBudget(limits.max_partial_bytes)
         self.protocols: Set[MessageProtocol] = set()
         #: Connections whose hello is not accepted yet -> their hello deadline.
         self.pending: Dict[MessageProtocol, IDelayedCall] = {}
@@ -552,7 +624,7 @@ class StreamConnection:
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: CommonReactor,
         endpoint: str,
         sink: IMessageSink,
         limits: Limits,
@@ -633,18 +705,25 @@ class StreamTransport:
 
     def __init__(self, retry_policy: Optional[Callable[[int], float]] = None) -> None:
         self._retry_policy = retry_policy
+        #: limits.max_partial_bytes -> the budget its listeners share
+        self._budgets: Dict[int, PartialFrameBudget] = {}
 
     def handles(self, endpoint: str) -> bool:
         return isinstance(endpoint, str) and endpoint.startswith(PREFIXES)
 
-    def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS) -> Deferred:
+    def listen(
+        self, reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS
+    ) -> Deferred:
         endpoint = listening_endpoint(endpoint)
-        listener = StreamListener(endpoint, sink, limits, reactor)
+        budget = self._budgets.get(limits.max_partial_bytes)
+        if budget is None:
+            budget = self._budgets[limits.max_partial_bytes] = PartialFrameBudget(limits.max_partial_bytes)
+        listener = StreamListener(endpoint, sink, limits, reactor, budget)
         d = maybeDeferred(lambda: tls.server_endpoint(reactor, endpoint).listen(_ServerFactory(listener)))
         return d.addCallback(listener._listening)
 
     def connect(
-        self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS
+        self, reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS
     ) -> StreamConnection:
         policy = self._retry_policy or default_retry_policy()
         return StreamConnection(reactor, endpoint, sink, limits, policy)

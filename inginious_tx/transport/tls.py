@@ -45,6 +45,8 @@ from twisted.internet.interfaces import IStreamClientEndpoint, IStreamServerEndp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._reactor import CommonReactor
+
 __all__ = [
     "CA_PARAMETER",
     "split_endpoint",
@@ -165,7 +167,7 @@ def _int(kwargs: Dict[str, str], key: str, default: int) -> int:
         raise ValueError(f"{key}={kwargs[key]!r} is not a whole number") from None
 
 
-def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
+def server_endpoint(reactor: CommonReactor, description: str) -> IStreamServerEndpoint:
     """The listening endpoint for ``description`` (any Twisted endpoint string)."""
     if not verifies_peers(description):
         if description.startswith("ssl:"):
@@ -200,7 +202,7 @@ def server_endpoint(reactor: Any, description: str) -> IStreamServerEndpoint:
     )
 
 
-def client_endpoint(reactor: Any, description: str) -> IStreamClientEndpoint:
+def client_endpoint(reactor: CommonReactor, description: str) -> IStreamClientEndpoint:
     """The connecting endpoint for ``description`` (any Twisted endpoint string)."""
     if not verifies_peers(description):
         if description.startswith("ssl:") and "caCertsDir" not in split_endpoint(description)[1]:

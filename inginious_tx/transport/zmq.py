@@ -20,7 +20,7 @@ Other departures are not seen (heartbeats decide them).
 
 Strangers: the listener follows its connections through its socket monitor
 (:class:`_ConnectionWatch`).  A connection beyond ``Limits.max_connections``,
-or beyond ``Limits.max_pending`` connections whose hello is not accepted
+or beyond ``Limits.zmq_max_pending`` connections whose hello is not accepted
 yet, is shut down as soon as it is made; one that gets no hello accepted
 (:meth:`ZmqPeer.accepted`) within ``Limits.hello_timeout`` is shut down
 then, which makes ZeroMQ drop it and whatever it was receiving.  Until then
@@ -124,6 +124,8 @@ def _seed_routing_ids() -> None:
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.NOBLOCK | zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
 _send = zmq.backend.Socket.send
 _get = zmq.backend.Socket.get
@@ -280,10 +282,19 @@ class _ConnectionWatch:
     makes ZeroMQ drop the connection, and whatever it was receiving.
     """
 
-    def __init__(self, reactor: Any, socket: zmq.Socket, limits: Limits, description: str) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        socket: zmq.Socket,
+        limits: Limits,
+        description: str,
+        on_closed: Optional[Callable[[int, float], None]] = None,
+    ) -> None:
         self._reactor = reactor
         self._socket = socket
         self._limits = limits
+        #: Called with (descriptor, when it was opened) when a connection closes.
+        self._on_closed = on_closed
         self._hello_timeout = limits.hello_timeout
         self._description = description
         self.monitor: Optional[zmq.Socket] = socket.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
@@ -343,8 +354,8 @@ class _ConnectionWatch:
         limits = self._limits
         if len(self.opened) >= limits.max_connections:
             return f"{len(self.opened)} connections are open (limits.max_connections)"
-        if len(self.pending) >= limits.max_pending:
-            return f"{len(self.pending)} connections have not said hello yet (limits.max_pending)"
+        if len(self.pending) >= limits.zmq_max_pending:
+            return f"{len(self.pending)} connections have not said hello yet (limits.zmq_max_pending)"
         return None
 
     def _refuse(self, fd: int, reason: str) -> None:
@@ -369,7 +380,15 @@ class _ConnectionWatch:
         if deadline is not None and deadline.active():
             deadline.cancel()
         self.accepted.discard(fd)
-        self.opened.pop(fd, None)
+        opened = self.opened.pop(fd, None)
+        if opened is not None and self._on_closed is not None:
+            self._on_closed(fd, opened)
+
+    def poll(self) -> None:
+        """Handle pending monitor events, cheaply when there are none (before a send)."""
+        monitor = self.monitor
+        if monitor is not None and int(_get(monitor, _EVENTS)) & _POLLIN:
+            self.doRead()
 
     def _expire(self, fd: int) -> None:
         self.doRead()  # it may have closed meanwhile (and its descriptor been reused)
@@ -484,6 +503,8 @@ class ZmqListener:
         self._peers: Dict[bytes, ZmqPeer] = {}
         #: routing id -> session whose hello is not accepted yet, oldest first
         self._strangers: Dict[bytes, ZmqPeer] = {}
+        #: connection's file descriptor -> the sessions heard on it
+        self._by_fd: Dict[int, Set[ZmqPeer]] = {}
         #: Frames dropped for coming from a stranger and being over ``limits.max_hello_frame``.
         self.dropped_large = 0
         self._dropped_logged_at = -DROP_LOG_INTERVAL
@@ -499,7 +520,7 @@ class ZmqListener:
         self._release_curve: Optional[Callable[[], None]] = None
         self._watch: Optional[_ConnectionWatch] = None
         try:
-            self._watch = _ConnectionWatch(reactor, sock, limits, endpoint)
+            self._watch = _ConnectionWatch(reactor, sock, limits, endpoint, self._connection_closed)
             # Always under the ZAP handler: it lets only allowed CurveZMQ keys
             # in, and gives every connection a User-Id that sessions are bound to.
             self._release_curve = curve.guard_listener(reactor, context, sock, curve_settings, endpoint)
@@ -609,21 +630,23 @@ class ZmqListener:
         except (zmq.ZMQError, TypeError, ValueError):
             pass
         self._peers[routing_id] = peer
+        if peer.fd >= 0:
+            self._by_fd.setdefault(peer.fd, set()).add(peer)
         self._admit_stranger(peer)
         self._sink.peer_connected(peer)
         return peer
 
     def _admit_stranger(self, peer: ZmqPeer) -> None:
-        """Keep at most ``limits.max_pending`` sessions without an accepted hello, none older than
+        """Keep at most ``limits.zmq_max_pending`` sessions without an accepted hello, none older than
         ``limits.hello_timeout``: a peer cycling routing ids must not make us hold a session for each."""
         strangers = self._strangers
         limits = self._limits
         too_old = self._reactor.seconds() - limits.hello_timeout
         while strangers:
             oldest = next(iter(strangers.values()))
-            if len(strangers) < limits.max_pending and oldest.since > too_old:
+            if len(strangers) < limits.zmq_max_pending and oldest.since > too_old:
                 break
-            self._ended(oldest, "no accepted hello in time (limits.hello_timeout, limits.max_pending)")
+            self._ended(oldest, "no accepted hello in time (limits.hello_timeout, limits.zmq_max_pending)")
         strangers[peer._routing_id] = peer
 
     def _drop_large(self, peer: Optional[ZmqPeer], frame: Any, size: int) -> None:
@@ -668,12 +691,27 @@ class ZmqListener:
         except Exception:
             log.failure("{listener}: handler failed on a rejected frame", listener=self.description)
 
+    def _connection_closed(self, fd: int, opened: float) -> None:
+        """The monitor saw the connection on ``fd`` close: its sessions are over, at once, so
+        that a later connection reusing their routing id cannot receive what was meant for them."""
+        for peer in list(self._by_fd.pop(fd, ())):
+            if peer.since >= opened and not peer.forgotten:
+                self._forget(peer, "its connection closed")
+                self._reactor.callLater(0, self._tell_gone, peer, "its connection closed")
+
     def _send_to(self, peer: ZmqPeer, data: bytes) -> None:
         conn = self._conn
         sock = conn.socket
         if sock is None:
             log.debug("{listener} is stopped: dropped a message", listener=self.description)
             return
+        watch = self._watch
+        if watch is not None and peer.fd >= 0:
+            # A departure the monitor has reported but we have not read yet
+            # must end the session before anything is sent to its routing id.
+            watch.poll()
+            if peer.forgotten:
+                return
         try:
             _send(sock, peer._routing_id, _SNDMORE_NOBLOCK)
             _send(sock, data, _NOBLOCK)
@@ -723,6 +761,11 @@ class ZmqListener:
             log.info("{peer} forgotten: {reason}", peer=peer.description, reason=reason)
         if self._strangers.get(routing_id) is peer:
             del self._strangers[routing_id]
+        on_fd = self._by_fd.get(peer.fd)
+        if on_fd is not None:
+            on_fd.discard(peer)
+            if not on_fd:
+                del self._by_fd[peer.fd]
         peer.forgotten = True
 
     def stop(self) -> Deferred:
@@ -730,6 +773,7 @@ class ZmqListener:
             peer.forgotten = True
         self._peers.clear()
         self._strangers.clear()
+        self._by_fd.clear()
         if self._watch is not None:
             self._watch.stop()
             self._watch = None

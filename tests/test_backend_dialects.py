@@ -361,3 +361,62 @@ def test_a_malformed_09_job_is_answered_once_in_09(world):
     sink.message_rejected(front.backend_peer, info.value, payload)
     world.pump()
     assert front.take() == [] and world.backend.waiting_count == 1
+
+
+def test_the_collector_is_paused_while_a_sliced_snapshot_is_built_and_only_then(world):
+    """A build's temporaries live across slices: the collector must not promote them
+    (a full collection at 100,000 waiting jobs stalls the reactor for hundreds of ms)."""
+    import gc
+
+    snapshot = world.backend._snapshot
+    snapshot.small, snapshot.slice_jobs = 5, 4
+    recording = _Recording(snapshot._policy)
+    snapshot._policy = recording
+    old = world.client("old")
+    for i in range(30):
+        old.send(new_job(f"o{i}", environment="nowhere"))
+    old.take()
+    try:
+        assert gc.isenabled()
+        old.send(v06.ClientGetQueue())
+        world.clock.advance(0)  # every slice, as a reactor would run them
+        world.pump()
+        [answer] = old.take()
+        assert len(answer.jobs_waiting) == 30
+        # paused at every step of the build, back on once it is made
+        assert len(recording.states) > 3 and not any(recording.states), recording.states
+        assert gc.isenabled()
+        # A build that fails half-way gives the collector back too.
+        world.tick()
+        recording.explode = True
+        old.send(v06.ClientGetQueue())
+        world.clock.advance(0)
+        assert recording.states[-1] is False and gc.isenabled()
+    finally:
+        gc.enable()
+
+
+class _Recording:
+    """A policy that notes, at each step of its stepped ordering, whether the collector runs."""
+
+    def __init__(self, policy):
+        self._policy = policy
+        self.states = []
+        self.explode = False
+
+    def __getattr__(self, name):
+        return getattr(self._policy, name)
+
+    def ordered_steps(self, chunk):
+        import gc
+
+        inner = self._policy.ordered_steps(chunk)
+        while True:
+            self.states.append(gc.isenabled())
+            if self.explode:
+                raise RuntimeError("boom")
+            try:
+                next(inner)
+            except StopIteration as done:
+                return done.value
+            yield

@@ -23,6 +23,7 @@ So a big queue's waiting part may be up to ``max_age`` old, plus the build.
 
 from __future__ import annotations
 
+import gc
 from itertools import accumulate
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -118,6 +119,25 @@ class QueueSnapshot:
         self._clock.callLater(0, self._step)
 
     def _build(self, version: int, sliced: bool) -> Iterator[None]:
+        """:meth:`_build_steps`, with the cyclic garbage collector paused while a sliced build is under way.
+
+        A build's temporaries (the order, a policy's sort keys) live across
+        many slices, so the collector would promote them to its oldest
+        generation, and soon run a full collection that walks every waiting
+        job: 200-500 ms of stalled reactor at 100,000 waiting jobs (measured
+        with the fair policy).  They hold no cycles: reference counting frees
+        them when the build ends, and the collector runs again from there.
+        """
+        paused = sliced and gc.isenabled()
+        if paused:
+            gc.disable()
+        try:
+            yield from self._build_steps(version, sliced)
+        finally:
+            if paused:
+                gc.enable()
+
+    def _build_steps(self, version: int, sliced: bool) -> Iterator[None]:
         """Take the order, then each dialect's rows, ``slice_jobs`` at a time (yield: a pause)."""
         started = self._clock.seconds()
         steps = getattr(self._policy, "ordered_steps", None)

@@ -299,7 +299,9 @@ async def test_a_silent_impostor_on_a_departed_clients_routing_id_receives_nothi
     service, clients, _ = await backend_and_agent(closers, until, within, keys)
     alice = RawPeer(raw_context, clients, b"alice-session", keys, "alice")
     alice.send(ClientHello("alice"), new_job("alice-job", inputdata={"@mock_delay": 1.0}))
-    await until(lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start")
+    await until(
+        lambda: any(type(m) is BackendJobStarted for m in alice.about("alice-job")), what="alice's job to start"
+    )
     alice.close()
     await until(lambda: clients.connections == 0, what="alice's connection to close")
     mallory = RawPeer(raw_context, clients, b"alice-session", keys, "mallory")
@@ -646,7 +648,16 @@ def test_never_hello_zmq_connections_are_closed_and_what_they_sent_freed() -> No
         clients = Endpoints([f"zmq:tcp://127.0.0.1:{port}"], {"zmq": f"zmq:tcp://127.0.0.1:{port}"})
         agents = lab.endpoints("agents", ("tcp",))
         backend = lab.backend(
-            clients, agents, "--max-frame", str(64 * MiB), "--hello-timeout", "2", "--max-inputdata", str(64 * MiB), "--zmq-max-pending", "30"
+            clients,
+            agents,
+            "--max-frame",
+            str(64 * MiB),
+            "--hello-timeout",
+            "2",
+            "--max-inputdata",
+            str(64 * MiB),
+            "--zmq-max-pending",
+            "30"
         )
         lab.agent("a1", agents.connect["tcp"])
         lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")

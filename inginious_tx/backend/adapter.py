@@ -10,9 +10,8 @@ handler objects) turns a decoded message into one call of the core.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-
 from operator import attrgetter
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import msgpack
 

@@ -17,7 +17,7 @@ from zope.interface import implementer
 
 from ..interfaces import IBackendAgentHandler, IBackendClientHandler, IPeer, IRejectionObserver
 from ..messages import v06, v09
-from .adapter import DOCKER, cached_rows, DialectAdapter, Encoded, optional_int, queue_bytes, relay, waiting_row
+from .adapter import DOCKER, DialectAdapter, Encoded, cached_rows, optional_int, queue_bytes, relay, waiting_row
 from .sizes import packed_size, rejected_job
 
 if TYPE_CHECKING:

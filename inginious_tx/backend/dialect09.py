@@ -21,9 +21,9 @@ from ..interfaces import IPeer, IRejectionObserver
 from ..messages import v06, v09
 from .adapter import (
     DOCKER,
-    cached_rows,
     DialectAdapter,
     Encoded,
+    cached_rows,
     optional_int,
     queue_bytes,
     relay,

@@ -71,6 +71,10 @@ from .stats import BackendStats
 __all__ = ["Backend"]
 
 
+#: The settings of a backend that is given none.
+_DEFAULTS = BackendSettings()
+
+
 class Backend:
     """The grading backend's core: clients, agents, jobs, slots.
 
@@ -82,7 +86,7 @@ class Backend:
 
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, policy: ISchedulingPolicy, settings: BackendSettings = BackendSettings()):
+    def __init__(self, clock: IReactorTime, policy: ISchedulingPolicy, settings: BackendSettings = _DEFAULTS):
         self._clock = clock
         self._policy = policy
         self.settings = settings
@@ -434,7 +438,8 @@ class Backend:
             return
         key = (peer.address, job_id)
         global09 = dialect is self._d09
-        if job_id in client.jobs or key in self._jobs or (global09 and (job_id in self._ids09 or job_id in self._global_ids)):
+        taken09 = global09 and (job_id in self._ids09 or job_id in self._global_ids)
+        if job_id in client.jobs or key in self._jobs or taken09:
             self.log.warn(
                 "client {name!r} used the job id {job_id!r} of a job that is still queued or running: refused",
                 name=client.name,
@@ -457,7 +462,8 @@ class Backend:
             if refusal is not None:
                 self._refuse(client, job_id, refusal, message.inputdata)
                 return
-        job = Job(key, client, message, dialect, environment, time_limit, self._clock.seconds(), next(self._sequence), size)
+        now, sequence = self._clock.seconds(), next(self._sequence)
+        job = Job(key, client, message, dialect, environment, time_limit, now, sequence, size)
         self.stats.accepted += 1
         self._jobs[key] = job
         if global09:

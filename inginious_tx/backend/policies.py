@@ -495,7 +495,7 @@ class FairPolicy(_HeapPolicy):
                         map(mul, map(_second, part), repeat(_ROUND_SCALE)),
                         map(add, map(_third, part), repeat(base)),
                     )
-                    pairs.extend(zip(keys, map(_last, part)))
+                    pairs.extend(zip(keys, map(_last, part), strict=True))
                     done += len(part)
                     if done >= chunk:
                         done = 0

@@ -133,7 +133,7 @@ def rejected_job(error: Exception, payload: bytes) -> Tuple[Optional[str], Any]:
     """
     msgtype = getattr(error, "msgtype", None)
     if hasattr(error, "job_id"):
-        return msgtype, getattr(error, "job_id")
+        return msgtype, error.job_id
     import msgpack
 
     job_id: Any = None

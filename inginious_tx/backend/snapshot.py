@@ -165,7 +165,7 @@ class QueueSnapshot:
             sections[name] = (b"".join(parts), offsets)
         index: Dict[Any, int] = {}
         for start in range(0, len(jobs), step):
-            index.update(zip(jobs[start : start + step], range(start, start + step)))
+            index.update(zip(jobs[start : start + step], range(start, start + step), strict=False))
             if sliced:
                 yield
         self.jobs, self._sections, self._index = jobs, sections, index

@@ -280,7 +280,8 @@ def render_charts(view: Dict[str, Any], names: Optional[Dict[str, str]] = None) 
     blocks = []
     # queue depth per environment, and the total
     lines = [
-        (names.get(env, env), PALETTE[i % (len(PALETTE) - 1)], pts) for i, (env, pts) in enumerate(view["queue"].items())
+        (names.get(env, env), PALETTE[i % (len(PALETTE) - 1)], pts)
+        for i, (env, pts) in enumerate(view["queue"].items())
     ]
     lines.append(("all environments", "#555555", view["waiting"]))
     blocks.append(

@@ -80,7 +80,7 @@ class Limits:
     #: stream transport's listeners (one that would exceed it is closed).
     max_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES
 
-    def for_clients(self) -> "Limits":
+    def for_clients(self) -> Limits:
         """These limits for an endpoint of clients: frames no larger than the largest job accepted."""
         if self.client_max_frame is None or self.client_max_frame >= self.max_frame:
             return self

@@ -11,10 +11,10 @@ from typing import Any, List, Mapping
 
 from .._options import at_least_one, positive_float
 from . import (
+    CLIENT_FRAME_MARGIN,
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_HELLO_FRAME,
-    CLIENT_FRAME_MARGIN,
     DEFAULT_MAX_PARTIAL_BYTES,
     DEFAULT_MAX_PENDING,
     DEFAULT_ZMQ_MAX_PENDING,

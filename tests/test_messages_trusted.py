@@ -40,6 +40,6 @@ def test_relay_checks_unless_every_field_type_matches() -> None:
 
 def test_the_dialects_relay_the_hot_messages_unchecked() -> None:
     for module in (dialect06, dialect09):
-        assert module._started is not module._BackendJobStarted
+        assert module._relays.started is not module._BackendJobStarted
         assert module._new_job is not module._BackendNewJob
-        assert all(build is not module._BackendJobDone for build in module._done.values())
+        assert all(build is not module._BackendJobDone for build in module._relays._done.values())

@@ -220,6 +220,29 @@ def relay(target: Any, source_types: Dict[str, Any]) -> Callable[..., Any]:
 _NO_TYPE = object()
 
 
+class Relays:
+    """How the started notices and results of agents are relayed to clients of one dialect.
+
+    ``module`` is the dialect's message module (:mod:`~inginious_tx.messages.v06`
+    or ``v09``); results may come from agents of either dialect.
+    """
+
+    def __init__(self, module: Any) -> None:
+        from ..messages import v06, v09
+
+        self._job_done = module.BackendJobDone
+        job_id = {"job_id": module.ClientNewJob.field_types["job_id"]}
+        self.started = relay(module.BackendJobStarted, job_id)
+        sources = (v06.AgentJobDone, v09.AgentJobDone)
+        self._done = {source: relay(self._job_done, {**source.field_types, **job_id}) for source in sources}
+
+    def done(self, job_id: str, m: Any) -> Any:
+        """A client's ``BackendJobDone`` for the agent's result ``m``."""
+        return self._done.get(type(m), self._job_done)(
+            job_id, m.result, m.grade, m.problems, m.tests, m.custom, m.state, m.archive, m.stdout, m.stderr
+        )
+
+
 def optional_int(value: Any) -> Optional[int]:
     """``value`` if it is a positive int (a float is rounded up), else None."""
     if type(value) is int and value > 0:

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 from zope.interface import implementer
 
 from ..interfaces import IBackendAgentHandler, IBackendClientHandler, IPeer, IRejectionObserver
-from ..messages import v06, v09
-from .adapter import DOCKER, DialectAdapter, Encoded, cached_rows, optional_int, queue_bytes, relay, waiting_row
-from .sizes import packed_size, rejected_job
+from ..messages import v06
+from .adapter import DOCKER, DialectAdapter, Encoded, Relays, cached_rows, optional_int, queue_bytes, relay, waiting_row
+from .handlers import AgentHandlerBase, ClientHandlerBase
+from .sizes import packed_size
 
 if TYPE_CHECKING:
     from .lifecycle import Backend
@@ -31,11 +32,7 @@ _BackendJobStarted = v06.BackendJobStarted
 # Builders that skip re-checking fields checked when decoded (see adapter.relay):
 # a 0.6 client's job id, an agent's result of either dialect, a 0.6 job's fields
 # (its agent-side id is the core's (address, job id) pair, checked below).
-_JOB_ID = {"job_id": v06.ClientNewJob.field_types["job_id"]}
-_started = relay(_BackendJobStarted, _JOB_ID)
-_done = {
-    source: relay(_BackendJobDone, {**source.field_types, **_JOB_ID}) for source in (v06.AgentJobDone, v09.AgentJobDone)
-}
+_relays = Relays(v06)
 _new_job = relay(_BackendNewJob, {**v06.ClientNewJob.field_types, "job_id": _BackendNewJob.field_types["job_id"]})
 #: The 0.9 docker agent's defaults (PROTOCOL-0.9.md section 3).
 _DEFAULT_TIME, _DEFAULT_MEMORY = 30, 200
@@ -54,12 +51,10 @@ class Dialect06(DialectAdapter):
         return v06.BackendUpdateContainers(offered.get(DOCKER, ()))
 
     def job_started(self, job: Any) -> Any:
-        return _started(job.job_id)
+        return _relays.started(job.job_id)
 
     def job_done(self, job: Any, m: Any) -> Any:
-        return _done.get(type(m), _BackendJobDone)(
-            job.job_id, m.result, m.grade, m.problems, m.tests, m.custom, m.state, m.archive, m.stdout, m.stderr
-        )
+        return _relays.done(job.job_id, m)
 
     def job_result(self, job_id: str, kind: str, text: str, inputdata: Any) -> Any:
         return _BackendJobDone(job_id, (kind, text), 0.0, {}, {}, {}, "", None, "", "")
@@ -141,7 +136,7 @@ class Dialect06(DialectAdapter):
 
 
 @implementer(IBackendClientHandler, IRejectionObserver)
-class ClientHandler06:
+class ClientHandler06(ClientHandlerBase):
     """0.6 client messages -> core calls (methods named by msgtype).
 
     Sizes are measured here (:func:`~.sizes.packed_size`), and a rejected
@@ -150,41 +145,20 @@ class ClientHandler06:
     """
 
     def __init__(self, backend: Backend, dialect: Dialect06) -> None:
-        self._backend = backend
-        self._dialect = dialect
-        self._submit = backend.client_new_job
+        super().__init__(backend, dialect)
         self.peer_connected = backend.client_connected
         self.peer_disconnected = backend.client_disconnected
-
-    def client_hello(self, peer: IPeer, message: v06.ClientHello) -> None:
-        self._backend.client_hello(peer, self._dialect, message.name)
 
     def client_new_job(self, peer: IPeer, m: v06.ClientNewJob) -> None:
         self._submit(peer, self._dialect, m, (DOCKER, m.environment), m.time_limit, packed_size(m.inputdata))
 
-    def client_kill_job(self, peer: IPeer, message: v06.ClientKillJob) -> None:
-        self._backend.client_kill_job(peer, self._dialect, message.job_id)
-
-    def client_get_queue(self, peer: IPeer, message: v06.ClientGetQueue) -> None:
-        self._backend.client_get_queue(peer, self._dialect)
-
-    def ping(self, peer: IPeer, message: v06.Ping) -> None:
-        self._backend.client_ping(peer, self._dialect)
-
-    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
-        msgtype, job_id = rejected_job(error, payload)
-        if msgtype in ("client_new_job", "ClientNewJob"):
-            self._backend.client_job_rejected(peer, self._dialect, job_id, error)
-
 
 @implementer(IBackendAgentHandler)
-class AgentHandler06:
+class AgentHandler06(AgentHandlerBase):
     """0.6 agent messages -> core calls (methods named by msgtype)."""
 
     def __init__(self, backend: Backend, dialect: Dialect06) -> None:
-        self._backend = backend
-        self._dialect = dialect
-        self._done = backend.agent_job_done
+        super().__init__(backend, dialect)
         self.peer_connected = backend.agent_connected
         self.peer_disconnected = backend.agent_disconnected
 
@@ -192,16 +166,5 @@ class AgentHandler06:
         environments = frozenset((DOCKER, name) for name in message.available_containers)
         self._backend.agent_hello(peer, self._dialect, message.friendly_name, message.available_job_slots, environments)
 
-    def agent_job_started(self, peer: IPeer, message: v06.AgentJobStarted) -> None:
-        self._backend.agent_job_started(peer, self._dialect, message)
-
-    def agent_job_done(self, peer: IPeer, message: v06.AgentJobDone) -> None:
-        self._done(peer, self._dialect, message)
-
     def agent_job_ssh_debug(self, peer: IPeer, m: v06.AgentJobSSHDebug) -> None:
         self._backend.agent_job_ssh_debug(peer, self._dialect, m, m.host, m.port, "worker", m.password)
-
-    def pong(self, peer: IPeer, message: v06.Pong) -> None:
-        self._backend.agent_pong(peer, self._dialect)
-
-

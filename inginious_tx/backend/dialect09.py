@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 from zope.interface import implementer
 
 from ..interfaces import IPeer, IRejectionObserver
-from ..messages import v06, v09
+from ..messages import v09
 from .adapter import (
     DOCKER,
     DialectAdapter,
     Encoded,
+    Relays,
     cached_rows,
     optional_int,
     queue_bytes,
@@ -30,7 +31,8 @@ from .adapter import (
     state_of,
     waiting_row,
 )
-from .sizes import packed_size, rejected_job
+from .handlers import AgentHandlerBase, ClientHandlerBase
+from .sizes import packed_size
 
 if TYPE_CHECKING:
     from .lifecycle import Backend
@@ -42,11 +44,7 @@ _BackendNewJob = v09.BackendNewJob
 _BackendJobStarted = v09.BackendJobStarted
 # Builders that skip re-checking fields checked when decoded (see adapter.relay):
 # a 0.9 client's job id, an agent's result of either dialect, a 0.9 job's fields.
-_JOB_ID = {"job_id": v09.ClientNewJob.field_types["job_id"]}
-_started = relay(_BackendJobStarted, _JOB_ID)
-_done = {
-    source: relay(_BackendJobDone, {**source.field_types, **_JOB_ID}) for source in (v06.AgentJobDone, v09.AgentJobDone)
-}
+_relays = Relays(v09)
 _new_job = relay(_BackendNewJob, v09.ClientNewJob.field_types)
 
 
@@ -72,12 +70,10 @@ class Dialect09(DialectAdapter):
         return v09.BackendUpdateEnvironments({kind: list(names) for kind, names in offered.items()})
 
     def job_started(self, job: Any) -> Any:
-        return _started(job.job_id)
+        return _relays.started(job.job_id)
 
     def job_done(self, job: Any, m: Any) -> Any:
-        return _done.get(type(m), _BackendJobDone)(
-            job.job_id, m.result, m.grade, m.problems, m.tests, m.custom, m.state, m.archive, m.stdout, m.stderr
-        )
+        return _relays.done(job.job_id, m)
 
     def job_result(self, job_id: str, kind: str, text: str, inputdata: Any) -> Any:
         return _BackendJobDone(job_id, (kind, text), 0.0, {}, {}, {}, state_of(inputdata), None, "", "")
@@ -147,16 +143,8 @@ class Dialect09(DialectAdapter):
 
 
 @implementer(IRejectionObserver)
-class ClientHandler09:
+class ClientHandler09(ClientHandlerBase):
     """0.9 client messages -> core calls."""
-
-    def __init__(self, backend: Backend, dialect: Dialect09) -> None:
-        self._backend = backend
-        self._dialect = dialect
-        self._submit = backend.client_new_job
-
-    def client_hello(self, peer: IPeer, message: v09.ClientHello) -> None:
-        self._backend.client_hello(peer, self._dialect, message.name)
 
     def client_new_job(self, peer: IPeer, m: v09.ClientNewJob) -> None:
         self._submit(
@@ -168,28 +156,9 @@ class ClientHandler09:
             packed_size(m.inputdata),
         )
 
-    def client_kill_job(self, peer: IPeer, message: v09.ClientKillJob) -> None:
-        self._backend.client_kill_job(peer, self._dialect, message.job_id)
 
-    def client_get_queue(self, peer: IPeer, message: v09.ClientGetQueue) -> None:
-        self._backend.client_get_queue(peer, self._dialect)
-
-    def ping(self, peer: IPeer, message: v09.Ping) -> None:
-        self._backend.client_ping(peer, self._dialect)
-
-    def message_rejected(self, peer: IPeer, error: Exception, payload: bytes) -> None:
-        msgtype, job_id = rejected_job(error, payload)
-        if msgtype in ("client_new_job", "ClientNewJob"):
-            self._backend.client_job_rejected(peer, self._dialect, job_id, error)
-
-
-class AgentHandler09:
+class AgentHandler09(AgentHandlerBase):
     """0.9 agent messages -> core calls."""
-
-    def __init__(self, backend: Backend, dialect: Dialect09) -> None:
-        self._backend = backend
-        self._dialect = dialect
-        self._done = backend.agent_job_done
 
     def agent_hello(self, peer: IPeer, message: v09.AgentHello) -> None:
         environments = frozenset(
@@ -197,14 +166,5 @@ class AgentHandler09:
         )
         self._backend.agent_hello(peer, self._dialect, message.friendly_name, message.available_job_slots, environments)
 
-    def agent_job_started(self, peer: IPeer, message: v09.AgentJobStarted) -> None:
-        self._backend.agent_job_started(peer, self._dialect, message)
-
-    def agent_job_done(self, peer: IPeer, message: v09.AgentJobDone) -> None:
-        self._done(peer, self._dialect, message)
-
     def agent_job_ssh_debug(self, peer: IPeer, m: v09.AgentJobSSHDebug) -> None:
         self._backend.agent_job_ssh_debug(peer, self._dialect, m, m.host, m.port, m.user, m.password)
-
-    def pong(self, peer: IPeer, message: v09.Pong) -> None:
-        self._backend.agent_pong(peer, self._dialect)

@@ -71,6 +71,42 @@ from .stats import BackendStats
 __all__ = ["Backend"]
 
 
+#: Message class name -> handler method, for each role (the same in both dialects).
+_CLIENT_ROUTES = (
+    ("ClientHello", "client_hello"),
+    ("ClientNewJob", "client_new_job"),
+    ("ClientKillJob", "client_kill_job"),
+    ("ClientGetQueue", "client_get_queue"),
+    ("Ping", "ping"),
+)
+_AGENT_ROUTES = (
+    ("AgentHello", "agent_hello"),
+    ("AgentJobStarted", "agent_job_started"),
+    ("AgentJobDone", "agent_job_done"),
+    ("AgentJobSSHDebug", "agent_job_ssh_debug"),
+    ("Pong", "pong"),
+)
+
+
+def _routes(routes: Tuple[Tuple[str, str], ...], handler06: Any, handler09: Any) -> Dict[type, Any]:
+    """Each dialect's message classes -> the bound method of that dialect's handler."""
+    return {
+        getattr(module, name): getattr(handler, method)
+        for module, handler in ((v06, handler06), (v09, handler09))
+        for name, method in routes
+    }
+
+
+def _bump(table: Dict[Any, List[int]], key: Any, index: int, delta: int) -> None:
+    """Add ``delta`` to ``table[key][index]``; an entry back at (0, 0) is removed."""
+    counts = table.get(key)
+    if counts is None:
+        counts = table[key] = [0, 0]
+    counts[index] += delta
+    if not counts[0] and not counts[1]:
+        del table[key]
+
+
 #: The settings of a backend that is given none.
 _DEFAULTS = BackendSettings()
 
@@ -140,21 +176,9 @@ class Backend:
     def client_sink(self) -> EdgeSink:
         """A transport sink for a client endpoint (both dialects)."""
         c06, c09 = self.client_handler, self._client_handler09
-        table: Dict[type, Any] = {
-            v06.ClientHello: c06.client_hello,
-            v06.ClientNewJob: c06.client_new_job,
-            v06.ClientKillJob: c06.client_kill_job,
-            v06.ClientGetQueue: c06.client_get_queue,
-            v06.Ping: c06.ping,
-            v09.ClientHello: c09.client_hello,
-            v09.ClientNewJob: c09.client_new_job,
-            v09.ClientKillJob: c09.client_kill_job,
-            v09.ClientGetQueue: c09.client_get_queue,
-            v09.Ping: c09.ping,
-        }
         return EdgeSink(
             "clients",
-            table,
+            _routes(_CLIENT_ROUTES, c06, c09),
             self.client_connected,
             self.client_disconnected,
             {"0.6": c06, "0.9": c09},
@@ -163,19 +187,7 @@ class Backend:
 
     def agent_sink(self) -> EdgeSink:
         """A transport sink for an agent endpoint (both dialects)."""
-        a06, a09 = self.agent_handler, self._agent_handler09
-        table: Dict[type, Any] = {
-            v06.AgentHello: a06.agent_hello,
-            v06.AgentJobStarted: a06.agent_job_started,
-            v06.AgentJobDone: a06.agent_job_done,
-            v06.AgentJobSSHDebug: a06.agent_job_ssh_debug,
-            v06.Pong: a06.pong,
-            v09.AgentHello: a09.agent_hello,
-            v09.AgentJobStarted: a09.agent_job_started,
-            v09.AgentJobDone: a09.agent_job_done,
-            v09.AgentJobSSHDebug: a09.agent_job_ssh_debug,
-            v09.Pong: a09.pong,
-        }
+        table = _routes(_AGENT_ROUTES, self.agent_handler, self._agent_handler09)
         return EdgeSink("agents", table, self.agent_connected, self.agent_disconnected)
 
     def start(self) -> None:
@@ -234,40 +246,20 @@ class Backend:
         return self._by_client.snapshot()
 
     def _count(self, job: Job, index: int, delta: int) -> None:
-        """Move ``job``'s (waiting, running) counts by ``delta`` (unrolled: it runs 4 times a job)."""
-        table = self._course_counts
-        counts = table.get(job.course_id)
-        if counts is None:
-            counts = table[job.course_id] = [0, 0]
-        counts[index] += delta
-        if not counts[0] and not counts[1]:
-            del table[job.course_id]
-        table = self._client_counts
-        counts = table.get(job.client_name)
-        if counts is None:
-            counts = table[job.client_name] = [0, 0]
-        counts[index] += delta
-        if not counts[0] and not counts[1]:
-            del table[job.client_name]
-        table = self._env_counts
-        counts = table.get(job.environment)
-        if counts is None:
-            counts = table[job.environment] = [0, 0]
-        counts[index] += delta
-        if not counts[0] and not counts[1]:
-            del table[job.environment]
+        """Move ``job``'s (waiting, running) counts by ``delta`` in each table."""
+        _bump(self._course_counts, job.course_id, index, delta)
+        _bump(self._client_counts, job.client_name, index, delta)
+        _bump(self._env_counts, job.environment, index, delta)
 
     def _started(self, job: Job) -> None:
         """Move ``job``'s counts from waiting to running (each entry exists: it counts ``job``)."""
-        counts = self._course_counts[job.course_id]
-        counts[0] -= 1
-        counts[1] += 1
-        counts = self._client_counts[job.client_name]
-        counts[0] -= 1
-        counts[1] += 1
-        counts = self._env_counts[job.environment]
-        counts[0] -= 1
-        counts[1] += 1
+        for counts in (
+            self._course_counts[job.course_id],
+            self._client_counts[job.client_name],
+            self._env_counts[job.environment],
+        ):
+            counts[0] -= 1
+            counts[1] += 1
 
     def _notify(self, event: str, *args: Any) -> None:
         """Call ``event`` on every observer; one that raises is logged and skipped."""

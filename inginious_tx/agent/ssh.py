@@ -35,19 +35,21 @@ import signal
 import struct
 import termios
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import IConchUser, ISession
 from twisted.conch.ssh import connection, keys, session, userauth
 from twisted.conch.ssh import factory as ssh_factory
+from twisted.conch.ssh.transport import SSHServerTransport
 from twisted.cred import credentials
 from twisted.cred import error as cred_error
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.components import registerAdapter
 from zope.interface import implementer
@@ -73,6 +75,12 @@ DEFAULT_MAX_TIME = 1800
 _KEY_FILE = "ssh_host_ed25519_key"
 #: Shells and commands open at once on one job.
 MAX_SESSIONS = 8
+#: Open SSH connections at once (``--ssh-max-connections``): more are closed as they come.
+DEFAULT_MAX_CONNECTIONS = 64
+#: Of those, connections not logged in yet (``--ssh-max-unauthenticated``).
+DEFAULT_MAX_UNAUTHENTICATED = 16
+#: Seconds a connection has to log in before it is closed (``--ssh-login-timeout``).
+DEFAULT_LOGIN_TIMEOUT = 20.0
 
 
 def load_host_key(keys_dir: str) -> keys.Key:
@@ -237,12 +245,77 @@ class _Session:
 registerAdapter(_Session, _JobUser, ISession)
 
 
+class _Transport(SSHServerTransport):
+    """A server connection that counts in its factory's caps and must log in in time."""
+
+    factory: _Factory
+    authenticated = False
+    _deadline: Optional[IDelayedCall] = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._deadline = self.factory.clock.callLater(self.factory.login_timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if not self.authenticated and self.transport is not None:
+            self.transport.abortConnection()
+
+    def setService(self, service: Any) -> None:
+        # the userauth service hands over to ssh-connection once the login succeeded
+        if service.name == b"ssh-connection" and not self.authenticated:
+            self.authenticated = True
+            self.factory.unauthenticated.discard(self)
+            if self._deadline is not None and self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+        super().setService(service)
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.open.discard(self)
+        self.factory.unauthenticated.discard(self)
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+        super().connectionLost(reason)
+
+
 class _Factory(ssh_factory.SSHFactory):
-    def __init__(self, host_key: keys.Key) -> None:
+    protocol = _Transport
+    log = Logger()
+
+    def __init__(
+        self, host_key: keys.Key, clock: IReactorTime, max_connections: int, max_unauthenticated: int,
+        login_timeout: float,
+    ) -> None:  # fmt: skip
         self._key = host_key
         self.publicKeys = {host_key.sshType(): host_key.public()}
         self.privateKeys = {host_key.sshType(): host_key}
         self.services = {b"ssh-userauth": userauth.SSHUserAuthServer, b"ssh-connection": connection.SSHConnection}
+        self.clock = clock
+        self.max_connections = max_connections
+        self.max_unauthenticated = max_unauthenticated
+        self.login_timeout = login_timeout
+        self.open: Set[_Transport] = set()
+        self.unauthenticated: Set[_Transport] = set()
+        self._refused = 0
+
+    def buildProtocol(self, addr: Any) -> Optional[_Transport]:  # type: ignore[override]
+        """None (Twisted closes the socket at once) beyond the caps, else a counted connection."""
+        if len(self.open) >= self.max_connections or len(self.unauthenticated) >= self.max_unauthenticated:
+            self._refused += 1
+            if self._refused in (1, 10, 100) or self._refused % 1000 == 0:
+                self.log.warn(
+                    "ssh debug server: connection refused, {open} open ({unauth} not logged in); "
+                    "{n} refused so far",
+                    open=len(self.open), unauth=len(self.unauthenticated), n=self._refused,
+                )  # fmt: skip
+            return None
+        proto = super().buildProtocol(addr)
+        assert isinstance(proto, _Transport)
+        self.open.add(proto)
+        self.unauthenticated.add(proto)
+        return proto
 
     def getPrimes(self) -> None:
         return None
@@ -255,7 +328,11 @@ class SSHDebugServer(Service):
     ``interface``: the address it listens on; ``host``: the address sent to
     clients (default: ``interface``, or this machine's name when that is
     ``0.0.0.0``); ``keys_dir``: where the host key lives; ``max_time``: the
-    longest wall-clock time of an ssh job.
+    longest wall-clock time of an ssh job; ``max_connections``: open
+    connections at once, ``max_unauthenticated``: of those, not logged in yet
+    (beyond either, a new connection is closed at once, so a flood cannot
+    take the agent's file descriptors); ``login_timeout``: seconds a
+    connection has to log in.
     """
 
     log = Logger()
@@ -268,7 +345,12 @@ class SSHDebugServer(Service):
         interface: str = "127.0.0.1",
         host: Optional[str] = None,
         max_time: float = DEFAULT_MAX_TIME,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_unauthenticated: int = DEFAULT_MAX_UNAUTHENTICATED,
+        login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
     ) -> None:
+        if max_connections < 1 or max_unauthenticated < 1 or login_timeout <= 0:
+            raise ValueError("the ssh connection caps are at least 1 and the login timeout positive")
         self._reactor = reactor
         self.keys_dir = keys_dir
         self._port_number = port
@@ -279,6 +361,10 @@ class SSHDebugServer(Service):
             host = socket.getfqdn() if interface in ("0.0.0.0", "::", "") else interface
         self.host = host
         self.max_time = max_time
+        self.max_connections = max_connections
+        self.max_unauthenticated = min(max_unauthenticated, max_connections)
+        self.login_timeout = login_timeout
+        self._factory: Optional[_Factory] = None
         self._listening: Any = None
         self._jobs: Dict[Tuple[bytes, str], _DebugJob] = {}
 
@@ -291,7 +377,11 @@ class SSHDebugServer(Service):
 
     def startService(self) -> None:
         super().startService()
-        factory = _Factory(load_host_key(self.keys_dir))
+        factory = _Factory(
+            load_host_key(self.keys_dir), self._reactor, self.max_connections, self.max_unauthenticated,
+            self.login_timeout,
+        )  # fmt: skip
+        self._factory = factory
         portal = Portal(_Realm(self), [_JobChecker(self)])
         factory.portal = portal  # type: ignore[attr-defined]
         # An SSHFactory is a Factory, which listenTCP takes; Twisted's annotation asks for a ServerFactory.
@@ -308,9 +398,19 @@ class SSHDebugServer(Service):
         for key in list(self._jobs):
             self._end(key)
         listening, self._listening = self._listening, None
+        if self._factory is not None:
+            for conn in list(self._factory.open):
+                if conn.transport is not None:
+                    conn.transport.loseConnection()
         if listening is not None:
             return listening.stopListening()
         return None
+
+    def connections(self) -> Tuple[int, int]:
+        """(open connections, of which not logged in yet)."""
+        if self._factory is None:
+            return 0, 0
+        return len(self._factory.open), len(self._factory.unauthenticated)
 
     # -- jobs -----------------------------------------------------------------
 

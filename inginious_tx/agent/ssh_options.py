@@ -21,6 +21,13 @@ def _port(value: str) -> int:
     return port
 
 
+def _count(value: str) -> int:
+    count = int(value)
+    if count < 1:
+        raise ValueError(f"not a positive count: {value}")
+    return count
+
+
 SSH_OPTIONS: List[List[Any]] = [
     [
         "ssh-port",
@@ -51,6 +58,28 @@ SSH_OPTIONS: List[List[Any]] = [
         "Longest wall-clock time of a debug='ssh' job, in seconds (its own limit applies when shorter).",
         positive_float,
     ],
+    [
+        "ssh-max-connections",
+        None,
+        64,
+        "Most SSH debug connections open at once; more are closed as they come (a flood cannot take the "
+        "agent's file descriptors).",
+        _count,
+    ],
+    [
+        "ssh-max-unauthenticated",
+        None,
+        16,
+        "Most SSH debug connections open at once that have not logged in yet; more are closed as they come.",
+        _count,
+    ],
+    [
+        "ssh-login-timeout",
+        None,
+        20.0,
+        "Seconds an SSH debug connection has to log in before it is closed.",
+        positive_float,
+    ],
 ]
 
 
@@ -67,4 +96,7 @@ def ssh_server(reactor: CommonReactor, options: Dict[str, Any]) -> Optional[Any]
         interface=options["ssh-interface"],
         host=options["ssh-host"],
         max_time=options["ssh-max-time"],
+        max_connections=options.get("ssh-max-connections", 64),
+        max_unauthenticated=options.get("ssh-max-unauthenticated", 16),
+        login_timeout=options.get("ssh-login-timeout", 20.0),
     )

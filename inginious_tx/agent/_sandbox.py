@@ -4,7 +4,9 @@ Run as ``python -I -S _sandbox.py CONFIG_JSON COMMAND...`` by
 :mod:`inginious_tx.agent.local`, with the job's environment and working
 directory.  It reports to the agent on file descriptor 3, one JSON object a
 line: ``{"event": "started", ...}``, ``{"event": "error", "text": ...}``,
-``{"event": "ended", "exit": code, "signal": n, "cpu": seconds, "maxrss": bytes}``.
+``{"event": "ended", "exit": code, "signal": n, "cpu": seconds, "maxrss": bytes}``,
+and ``{"event": "init", "pid": pid}`` (the PID namespace's init, as the agent
+sees it) when the job has a PID namespace.
 
 Steps: new session; cut the network (a new network namespace with only
 loopback up, through a user namespace when not root); a new PID namespace
@@ -206,12 +208,13 @@ def isolate_job(cfg, uid, gid):
 PRIVATE_DIRS = {"/tmp": ".tmp", "/var/tmp": ".var-tmp", "/dev/shm": ".shm"}
 
 
-def expose_job(job_root, uid, gid):
+def expose_job(job_root, uid, gid, in_pidns=False):
     """:func:`isolate_job` for a process that joins a job (the SSH debug shell): the job's
-    folder and its private ``/tmp``, ``/var/tmp`` and ``/dev/shm``."""
+    folder and its private ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (and, ``in_pidns``,
+    the ``/proc`` of the job's PID namespace, which it has joined)."""
     private = {t: os.path.join(job_root, n) for t, n in PRIVATE_DIRS.items()}
-    isolate_job({"job_root": job_root, "private_dirs": {t: p for t, p in private.items() if os.path.isdir(p)}},
-                uid, gid)  # fmt: skip
+    isolate_job({"job_root": job_root, "in_pidns": in_pidns,
+                 "private_dirs": {t: p for t, p in private.items() if os.path.isdir(p)}}, uid, gid)  # fmt: skip
 
 
 def exec_command(argv, cfg):
@@ -369,6 +372,8 @@ def main():
         supervise(argv, cfg, reaper=False)
         os._exit(0)
 
+    # where an SSH debug shell joins the job's PID and network namespaces (see _ssh_shell.py)
+    report(event="init", pid=init)
     kill_on_term(os.kill, init)
     while True:
         try:

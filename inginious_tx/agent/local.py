@@ -86,8 +86,9 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.error import ProcessExitedAlready
@@ -191,6 +192,52 @@ def _session_usage(sid: int) -> Tuple[int, float]:
     return rss, cpu / ticks
 
 
+def _uids_of(pid: str) -> Tuple[Optional[str], List[int]]:
+    """(state letter, real/effective/saved/fs uids) of a process, or (None, []) when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            text = f.read()
+    except OSError:
+        return None, []
+    state, uids = None, []
+    for line in text.splitlines():
+        if line.startswith("State:"):
+            state = line.split()[1] if len(line.split()) > 1 else None
+        elif line.startswith("Uid:"):
+            uids = [int(x) for x in line.split()[1:]]
+    return state, uids
+
+
+def kill_uids(uids: List[int], rounds: int = 200) -> int:
+    """SIGKILL every process running as one of ``uids`` (any of its uids), until none is left
+    (blocking; zombies are dead already).  How many were killed.
+
+    A job's processes can leave its sandbox (an SSH session without PID
+    namespace, a bug): its uid is given to the next job only after this."""
+    if not uids:
+        return 0
+    wanted = set(uids)
+    killed = 0
+    for _ in range(rounds):
+        found = 0
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            state, ids = _uids_of(name)
+            if state is None or state in ("Z", "X") or not wanted.intersection(ids):
+                continue
+            found += 1
+            try:
+                os.kill(int(name), signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+        if not found:
+            return killed
+        time.sleep(0.01)
+    raise RuntimeError(f"processes of uids {sorted(wanted)} still run after {rounds} rounds of SIGKILL")
+
+
 class SandboxProtocol(ProcessProtocol):
     """Collects stdout/stderr (capped) and the sandbox's reports on fd 3."""
 
@@ -202,6 +249,8 @@ class SandboxProtocol(ProcessProtocol):
         self.reports: Dict[str, Dict[str, Any]] = {}
         self.ended: Deferred = Deferred()
         self.exit_code: Optional[int] = None
+        #: fires (None) once the job runs in its namespaces (its "running" report), or ended
+        self.running: Deferred = Deferred()
         self._close_call: Optional[IDelayedCall] = None
 
     def connectionMade(self) -> None:
@@ -223,6 +272,15 @@ class SandboxProtocol(ProcessProtocol):
                     self.reports[str(msg["event"])] = msg
                 except (ValueError, KeyError, TypeError):
                     pass
+                self._check_running()
+
+    def _check_running(self) -> None:
+        """``running`` fires once the command runs and, with a PID namespace, its init is known."""
+        if self.running.called or "running" not in self.reports:
+            return
+        with_pidns = "pid namespace" in self.reports.get("started", {}).get("isolation", [])
+        if "init" in self.reports or not with_pidns:
+            self.running.callback(None)
 
     def processExited(self, reason: Failure) -> None:
         # Something may still hold our pipes (it should not): stop waiting soon.
@@ -242,6 +300,8 @@ class SandboxProtocol(ProcessProtocol):
         if self._close_call is not None and self._close_call.active():
             self._close_call.cancel()
         self.exit_code = getattr(reason.value, "exitCode", None)
+        if not self.running.called:
+            self.running.callback(None)
         self.ended.callback(None)
 
 
@@ -264,6 +324,8 @@ class _LocalJob(JobRun):
     #: (uid, gid) of the job's grader and of its run_student commands (None: the agent's user)
     user: Optional[Tuple[int, int]] = None
     student_user: Optional[Tuple[int, int]] = None
+    #: processes of its uids could not be killed: the uids stay taken
+    quarantined: bool = False
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -383,8 +445,17 @@ class LocalBackend:
         state.student_user = self._shared_student or student
         return None
 
+    def _own_uids(self, state: _LocalJob) -> List[int]:
+        """The uids only this job used (its uid pair; not a user shared with other jobs)."""
+        if state.slot is None:
+            return []
+        uids = [state.user[0]] if state.user else []
+        if state.student_user and self._shared_student is None:
+            uids.append(state.student_user[0])
+        return uids
+
     def _release_users(self, state: _LocalJob) -> None:
-        if state.slot is not None:
+        if state.slot is not None and not state.quarantined:
             self._slots_used.discard(state.slot)
             state.slot = None
 
@@ -421,17 +492,37 @@ class LocalBackend:
             return succeed(None)
         d: Deferred = Deferred()
 
-        def up(started: Optional[bool]) -> Optional[bool]:
+        def running(_: Any) -> None:
             folder = state.folder
-            if not started or folder is None:
+            if state.ended or folder is None:
+                d.callback(None)
+                return
+            env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
+            cgroups = state.cgroup.procs_files if state.cgroup else []
+            d.callback(LocalSandbox(folder, env, state.user, lambda: self._namespaces(state), cgroups))
+
+        def up(started: Optional[bool]) -> Optional[bool]:
+            if not started or state.folder is None or state.proto is None:
                 d.callback(None)
             else:
-                env = folder.env(base_path=os.environ.get("PATH") or DEFAULT_PATH)
-                d.callback(LocalSandbox(folder, env, state.user))
+                # the shell joins the job's namespaces: wait until they are there
+                state.proto.running.addCallback(running)
             return started
 
         state.up.addCallback(up)
         return d
+
+    @staticmethod
+    def _namespaces(state: _LocalJob) -> Tuple[Optional[int], bool]:
+        """(pid of a process in the job's namespaces, whether it is the job's PID namespace init);
+        (None, False) once the job has ended."""
+        proto = state.proto
+        if state.ended or proto is None or proto.transport is None or proto.transport.pid is None:
+            return None, False
+        init = proto.reports.get("init", {}).get("pid")
+        if init:
+            return int(init), True
+        return int(proto.transport.pid), False
 
     def kill(self, job_id: BackendJobId) -> None:
         state = self._jobs.get(job_id)
@@ -715,6 +806,15 @@ class LocalBackend:
             if state.cgroup is not None:
                 state.cgroup.kill_all()
                 state.cgroup.remove()
+            try:
+                left = kill_uids(self._own_uids(state))
+            except RuntimeError:
+                state.quarantined = True  # its uids are not given to another job
+                raise
+            if left:
+                self.log.warn(
+                    "job {name}: killed {n} processes of its users left after it", name=state.name, n=left
+                )
             if state.folder is not None:
                 remove_job_path(state.folder.root + STDIN_SUFFIX)
             if state.folder is not None and not self._keep_jobs:

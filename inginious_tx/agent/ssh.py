@@ -50,7 +50,9 @@ from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.components import registerAdapter
 from zope.interface import implementer
 
@@ -259,7 +261,8 @@ class _Transport(SSHServerTransport):
     def _too_slow(self) -> None:
         self._deadline = None
         if not self.authenticated and self.transport is not None:
-            self.transport.abortConnection()
+            abort = getattr(self.transport, "abortConnection", self.transport.loseConnection)
+            abort()
 
     def setService(self, service: Any) -> None:
         # the userauth service hands over to ssh-connection once the login succeeded
@@ -271,7 +274,7 @@ class _Transport(SSHServerTransport):
             self._deadline = None
         super().setService(service)
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Optional[Failure] = connectionDone) -> None:
         self.factory.open.discard(self)
         self.factory.unauthenticated.discard(self)
         if self._deadline is not None and self._deadline.active():

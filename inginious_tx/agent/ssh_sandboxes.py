@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from zope.interface import implementer
 
@@ -59,18 +59,29 @@ class DockerSandbox:
 class LocalSandbox:
     """A shell in the job's task folder, with the job's environment, as the job's user.
 
-    When the agent is root, the job folder is made reachable for the job's
-    user as it is for the job, in a mount namespace of the session's own.
-    The session does not enter the job's other namespaces or its control
-    group: it sees what the local backend's jobs see of the host (see
-    :mod:`.local`).
+    When the agent is root, the session joins the job (``_ssh_shell.py``):
+    its network namespace, its PID namespace (it sees only the job's
+    processes, and all it starts dies with the job), its control groups, and
+    the job folder reachable as it is for the job, in a mount namespace of
+    the session's own.  ``namespaces()`` says where the job's namespaces are:
+    ``(pid of a process in them, whether that is a PID namespace's init)``.
+    Without root the session is a plain process of the agent's user.
     """
 
-    def __init__(self, folder: JobFolder, env: Dict[str, str], user: Optional[Tuple[int, int]] = None) -> None:
+    def __init__(
+        self,
+        folder: JobFolder,
+        env: Dict[str, str],
+        user: Optional[Tuple[int, int]] = None,
+        namespaces: Optional[Callable[[], Tuple[Optional[int], bool]]] = None,
+        cgroups: Sequence[str] = (),
+    ) -> None:
         self.folder = folder
         self.env = env
         #: (uid, gid) the job runs as; None: the agent's own
         self.user = user
+        self.namespaces = namespaces
+        self.cgroups = list(cgroups)
 
     def command(self, command: Optional[str], tty: bool, term: str) -> ShellCommand:
         env = dict(self.env)
@@ -83,6 +94,11 @@ class LocalSandbox:
             argv = ([setsid] if setsid else []) + ["/bin/sh", "-c", command]
         if self.user:
             # as root, through a helper that exposes the job folder to the job's user and becomes it
-            cfg = {"user": list(self.user), "job_root": self.folder.root, "cwd": self.folder.task_dir}
+            cfg: Dict[str, Any] = {"user": list(self.user), "job_root": self.folder.root, "cwd": self.folder.task_dir}
+            if self.namespaces is not None:
+                ns_pid, pidns = self.namespaces()
+                if ns_pid is None:
+                    raise RuntimeError("the job's sandbox has ended")
+                cfg.update(ns_pid=ns_pid, pidns=pidns, cgroups=self.cgroups)
             argv = [sys.executable, "-I", "-S", SHELL_HELPER, json.dumps(cfg), *argv]
         return ShellCommand(argv, env, self.folder.task_dir)

@@ -78,11 +78,16 @@ def _job(job_id: str, run_cmd: str, debug: Optional[str] = "ssh", hard: Optional
 class _Rig:
     """An agent with an SSH server, fed through an in-memory backend link."""
 
-    def __init__(self, backend: Any, keys_dir: str, max_time: float = 600, **agent_kwargs: Any) -> None:
+    def __init__(
+        self, backend: Any, keys_dir: str, max_time: float = 600, server_kwargs: Optional[dict] = None,
+        **agent_kwargs: Any,
+    ) -> None:  # fmt: skip
         reactor = _reactor()
         self.backend = backend
         self.agent_kwargs = agent_kwargs
-        self.server = SSHDebugServer(reactor, keys_dir, port=0, interface="127.0.0.1", max_time=max_time)
+        self.server = SSHDebugServer(
+            reactor, keys_dir, port=0, interface="127.0.0.1", max_time=max_time, **(server_kwargs or {})
+        )
         self.mem = MemoryTransport(clock=reactor, autopump=True)
         self.sink = RecordingSink()
         self.agent: Optional[Agent] = None
@@ -312,3 +317,177 @@ def test_command_line_options(tmp_path: Any) -> None:
     )  # fmt: skip
     with pytest.raises(usage.UsageError):
         Options().parseOptions(["--backend", "tcp:127.0.0.1:1", "--ssh-port", "70000"])
+
+
+def _pids_of_uid(uid: int) -> List[int]:
+    """Live (not zombie) processes with ``uid`` among their uids."""
+    from inginious_tx.agent.local import _uids_of
+
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            state, uids = _uids_of(name)
+            if state not in (None, "Z", "X") and uid in uids:
+                found.append(int(name))
+    return found
+
+
+def _local_rig(tmp_path: Any, **server_kwargs: Any) -> _Rig:
+    require_ssh_client()
+    tasks = str(tmp_path / "tasks")
+    make_task(tasks, "course", "task", WAITING)
+    backend = LocalBackend(_reactor(), AgentConfig(tasks, ["default"], 2, {"work_dir": str(tmp_path / "w")}))
+    return _Rig(backend, str(tmp_path / "keys"), server_kwargs=server_kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_local_session_is_inside_the_job(tmp_path: Any, until: Any) -> None:
+    """Audit: a local session's ``nohup setsid`` process outlived its job and, with the next job's
+    uid, rewrote that job's feedback.  The session now lives in the job's PID and network
+    namespaces, and every process of the job's uids is killed when the job ends."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root: the local backend's per-job users need it", pytrace=False)
+        pytest.skip("needs root (per-job users, PID namespaces)")
+    rig = _local_rig(tmp_path)
+    await rig.start(until)
+    try:
+        rig.send(_job("inside", WAITING))
+        await until(lambda: rig.of(AgentJobSSHDebug), 30, "the ssh debug message")
+        dbg = rig.of(AgentJobSSHDebug)[0]
+        uid = rig.backend.job_user[0]  # the first job takes the first slot
+        await until(lambda: _pids_of_uid(uid), 10, "the job's processes, as its own uid")
+        # the session sees the job's processes only, and the job's network (loopback only)
+        r = await deferToThread(ssh, dbg.port, dbg.password, "ls /proc | grep -c '^[0-9]'; cat /proc/net/dev")
+        assert r.returncode == 0, r.stderr
+        count, *net = r.stdout.decode().splitlines()
+        host_procs = len([n for n in os.listdir("/proc") if n.isdigit()])
+        assert int(count) < 20 < host_procs, (count, host_procs)
+        ifaces = sorted(line.split(":")[0].strip() for line in net if ":" in line)
+        with open("/proc/net/dev") as f:
+            host_ifaces = sorted(line.split(":")[0].strip() for line in f if ":" in line)
+        assert ifaces == ["lo"] and host_ifaces != ["lo"], (ifaces, host_ifaces)
+        # a background process that leaves the session, as the audit's survivor did
+        r = await deferToThread(
+            ssh, dbg.port, dbg.password, "nohup setsid sh -c 'sleep 1234' >/dev/null 2>&1 & echo started"
+        )
+        assert r.returncode == 0 and b"started" in r.stdout, r
+        # and one of the job's uid started some other way (here: by the test, as root)
+        other = subprocess.Popen(["sleep", "1235"], user=uid, group=uid, start_new_session=True)
+        await until(lambda: _pids_of_uid(uid) and other.pid in _pids_of_uid(uid), 10, "the strays")
+
+        def sleepers() -> List[str]:
+            found = []
+            for pid in _pids_of_uid(uid):
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as f:
+                        found.append(f.read().replace(b"\0", b" ").decode().strip())
+                except OSError:
+                    pass
+            return [c for c in found if c.startswith("sleep 123")]
+
+        assert sorted(sleepers()) == ["sleep 1234", "sleep 1235"]
+        r = await deferToThread(ssh, dbg.port, dbg.password, "touch student/done")
+        assert r.returncode == 0, r.stderr
+        await until(lambda: rig.of(AgentJobDone), 30, "the job's result")
+        assert rig.of(AgentJobDone)[0].result[0] == "success"
+        await until(lambda: other.poll() is not None, 10, "the stray's end")
+        assert other.returncode == -9
+        assert _pids_of_uid(uid) == [] and sleepers() == []
+    finally:
+        await rig.stop()
+
+
+def _held(port: int, n: int) -> List[Any]:
+    """``n`` raw TCP connections that never log in, each having read the server's banner (blocking)."""
+    import socket
+
+    conns = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert s.recv(100).startswith(b"SSH-2.0-")
+        conns.append(s)
+    return conns
+
+
+def _closed_within(conn: Any, seconds: float) -> bool:
+    """True if the server closes ``conn`` within ``seconds`` (blocking)."""
+    import socket
+
+    conn.settimeout(seconds)
+    try:
+        while True:
+            data = conn.recv(4096)
+            if not data:
+                return True
+    except (socket.timeout, TimeoutError):
+        return False
+    except OSError:
+        return True  # reset
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_caps_and_login_deadline(tmp_path: Any, until: Any) -> None:
+    """Audit: 21,000 idle connections took the agent's file descriptors.  Beyond the caps a
+    connection is closed at once; one that does not log in is closed at the deadline; a real
+    session still works."""
+    import socket
+
+    rig = _local_rig(tmp_path, max_connections=3, max_unauthenticated=2, login_timeout=1.5)
+    await rig.start(until)
+    try:
+        port = rig.server.port
+        started = time.monotonic()
+        held = await deferToThread(_held, port, 2)
+        assert rig.server.connections() == (2, 2)
+        # over the cap of unauthenticated connections: closed at once, before any banner
+        extra = await deferToThread(socket.create_connection, ("127.0.0.1", port), 10)
+        assert await deferToThread(_closed_within, extra, 5)
+        # the idle ones: closed at the login deadline
+        for conn in held:
+            assert await deferToThread(_closed_within, conn, 20)
+        assert time.monotonic() - started >= 1.4
+        await until(lambda: rig.server.connections() == (0, 0), 10, "the count back to 0")
+
+        # a real session while the unauthenticated slots are full: still works
+        rig.send(_job("caps", WAITING))
+        await until(lambda: rig.of(AgentJobSSHDebug), 30, "the ssh debug message")
+        dbg = rig.of(AgentJobSSHDebug)[0]
+        session = deferToThread(ssh, dbg.port, dbg.password, "echo in; sleep 5; echo out")
+        await until(lambda: rig.server.connections() == (1, 0), 20, "the logged-in session")
+        held = await deferToThread(_held, port, 2)
+        assert rig.server.connections() == (3, 2)
+        # over the total cap now
+        extra = await deferToThread(socket.create_connection, ("127.0.0.1", port), 10)
+        assert await deferToThread(_closed_within, extra, 5)
+        r = await session
+        assert r.returncode == 0 and r.stdout.split() == [b"in", b"out"], r
+        for conn in held:
+            conn.close()
+        r = await deferToThread(ssh, dbg.port, dbg.password, "touch student/done")
+        assert r.returncode == 0, r.stderr
+        await until(lambda: rig.of(AgentJobDone), 30, "the job's result")
+        assert rig.of(AgentJobDone)[0].result[0] == "success"
+    finally:
+        await rig.stop()
+
+
+def test_caps_options(tmp_path: Any) -> None:
+    from twisted.python import usage
+
+    from inginious_tx.agent.ssh_options import ssh_server
+    from inginious_tx.agent.tap import Options
+
+    opts = Options()
+    opts.parseOptions(["--backend", "tcp:127.0.0.1:1", "--kind", "mock", "--ssh-port", "0"])
+    server = ssh_server(_reactor(), opts)
+    assert (server.max_connections, server.max_unauthenticated, server.login_timeout) == (64, 16, 20.0)
+    opts = Options()
+    opts.parseOptions(
+        ["--backend", "tcp:127.0.0.1:1", "--kind", "mock", "--ssh-port", "0", "--ssh-max-connections", "5",
+         "--ssh-max-unauthenticated", "2", "--ssh-login-timeout", "3"]
+    )  # fmt: skip
+    server = ssh_server(_reactor(), opts)
+    assert (server.max_connections, server.max_unauthenticated, server.login_timeout) == (5, 2, 3.0)
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(["--backend", "tcp:127.0.0.1:1", "--ssh-port", "0", "--ssh-max-connections", "0"])

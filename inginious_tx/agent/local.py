@@ -36,7 +36,9 @@ Use the Docker backend for untrusted student code.  What it does, per job:
   timeout and on a kill, every process the job started is killed and reaped,
   including background and ``setsid`` ones: by the kernel with a PID
   namespace, by the sandbox as child subreaper otherwise, and through the
-  job's control group when there is one.  With root, ``/proc`` is the PID
+  job's control group when there is one.  With per-job users, every
+  process still running as the job's uids at its end (escaped some other
+  way) is killed before the uids go to another job.  With root, ``/proc`` is the PID
   namespace's own: the job sees only its own processes; without root the
   host's processes stay visible in ``/proc`` (and a uid shared with other
   jobs lets it read their environment there).

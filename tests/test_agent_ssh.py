@@ -412,15 +412,13 @@ def _held(port: int, n: int) -> List[Any]:
 
 def _closed_within(conn: Any, seconds: float) -> bool:
     """True if the server closes ``conn`` within ``seconds`` (blocking)."""
-    import socket
-
     conn.settimeout(seconds)
     try:
         while True:
             data = conn.recv(4096)
             if not data:
                 return True
-    except (socket.timeout, TimeoutError):
+    except TimeoutError:
         return False
     except OSError:
         return True  # reset

@@ -814,9 +814,7 @@ class LocalBackend:
                 state.quarantined = True  # its uids are not given to another job
                 raise
             if left:
-                self.log.warn(
-                    "job {name}: killed {n} processes of its users left after it", name=state.name, n=left
-                )
+                self.log.warn("job {name}: killed {n} processes of its users left after it", name=state.name, n=left)
             if state.folder is not None:
                 remove_job_path(state.folder.root + STDIN_SUFFIX)
             if state.folder is not None and not self._keep_jobs:

@@ -52,8 +52,8 @@ from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.components import registerAdapter
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._reactor import CommonReactor

@@ -910,7 +910,7 @@ def test_hostile_partial_frames_cannot_starve_an_honest_client_and_stalled_ones_
             )
             job_id = f"honest-{round_}"
             honest.sendall(frame(new_job(job_id, inputdata={"answer": "x" * (2 * MiB)}).dump()))
-            done = read_frames(honest, lambda m: type(m) is BackendJobDone and m.job_id == job_id, 30)
+            done = read_frames(honest, lambda m, job_id=job_id: type(m) is BackendJobDone and m.job_id == job_id, 30)
             assert done.result[0] == "success", done.result
         assert backend.has("was the oldest when the bytes held in partial frames reached 33554432")
         assert not backend.has("(limits.max_partial_bytes), and it is the oldest")  # the honest one never was

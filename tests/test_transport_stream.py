@@ -24,7 +24,13 @@ from inginious_tx.interfaces import IConnection, IPeer
 from inginious_tx.messages import AgentJobDone, BackendJobStarted, ClientHello, Ping, Pong
 from inginious_tx.testing import RecordingSink
 from inginious_tx.transport import Limits
-from inginious_tx.transport.stream import StreamListener, StreamTransport, _ServerFactory, listening_endpoint
+from inginious_tx.transport.stream import (
+    IPartialHolder,
+    StreamListener,
+    StreamTransport,
+    _ServerFactory,
+    listening_endpoint,
+)
 
 _LIMITS = Limits()
 
@@ -82,6 +88,8 @@ def test_a_full_partial_frame_budget_closes_the_oldest_partial_frame_not_the_new
     honest.dataReceived(frame(payload)[:60])
     third.dataReceived(struct.pack(">I", 200) + b"\0" * 120)
     assert third_t.disconnecting and not honest_t.disconnecting and listener.budget.used == 60
+    assert third.close_reason.endswith("(limits.max_partial_bytes), and it alone would exceed them")
+    assert verifyObject(IPartialHolder, honest)
 
 
 def test_a_stalled_partial_frame_is_closed_at_its_deadline_and_a_completed_one_is_not() -> None:

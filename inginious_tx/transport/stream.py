@@ -76,6 +76,7 @@ __all__ = [
     "StreamServerPeer",
     "MessageProtocol",
     "PartialFrameBudget",
+    "IPartialHolder",
     "default_retry_policy",
 ]
 
@@ -329,9 +330,10 @@ class MessageProtocol(Int32StringReceiver):
         if budget is None:
             return True
         if not budget.take(self, n):
+            why = "it alone would exceed them" if self._charged + n > budget.limit else "it is the oldest"
             self.abort(
                 f"a partial frame of {self._chunks_len + n} bytes (of {self._needed}) would take the bytes held in "
-                f"partial frames over {budget.limit} (limits.max_partial_bytes), and it is the oldest"
+                f"partial frames over {budget.limit} (limits.max_partial_bytes), and {why}"
             )
             self._drop_partial()
             return False

@@ -232,22 +232,30 @@ feedback-result success
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("kind", ["docker", "local"])
 @pytest_twisted.ensureDeferred
-async def test_forged_requests_cannot_grow_the_agent_s_disk(tmp_path: Any) -> None:
-    """Real Docker agent, real grader: every forged request is answered, the copies stay within the bound."""
+async def test_forged_requests_cannot_grow_the_agent_s_disk(tmp_path: Any, kind: str) -> None:
+    """Real agent, real grader: every forged request is answered, the copies stay within the bound."""
     from test_agent_docker_runtimes import require_runtime
     from twisted.internet import reactor
     from twisted.internet.task import LoopingCall
 
     from inginious_tx.agent.docker import DockerBackend
+    from inginious_tx.agent.local import LocalBackend
     from inginious_tx.agent.result import AgentConfig
 
-    require_runtime("runc")
     tasks = str(tmp_path / "tasks")
     make_task(tasks, "rs", "forge", FORGER)
     work = str(tmp_path / "work")
-    opts: Dict[str, Any] = {"work_dir": work, "poll_interval": 0.2}
-    backend = DockerBackend(reactor, AgentConfig(tasks, [f"default={TEST_IMAGE},runtime=runc"], 2, opts))
+    backend: Any
+    if kind == "local":
+        if os.geteuid() != 0:
+            pytest.skip("run_student under the local backend is tested as root (a separate student user)")
+        backend = LocalBackend(reactor, AgentConfig(tasks, ["default"], 2, {"work_dir": work}))
+    else:
+        require_runtime("runc")
+        opts: Dict[str, Any] = {"work_dir": work, "poll_interval": 0.2}
+        backend = DockerBackend(reactor, AgentConfig(tasks, [f"default={TEST_IMAGE},runtime=runc"], 2, opts))
     peak = [0]
 
     def sample() -> None:
@@ -263,7 +271,7 @@ async def test_forged_requests_cannot_grow_the_agent_s_disk(tmp_path: Any) -> No
     sampler.clock = reactor
     sampler.start(0.02)
     try:
-        job = new_job("rs", "forge", time_limit=60, hard_time_limit=120, mem_limit=128)
+        job = new_job("rs", "forge", time_limit=60, hard_time_limit=120, mem_limit=512)
         result = await backend.run(job).addTimeout(150, reactor)
     finally:
         sampler.stop()

@@ -29,8 +29,10 @@ import os
 import re
 import socket
 import stat
+import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
@@ -44,6 +46,7 @@ from twisted.internet import threads
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
 from inginious_tx.agent.filetree import archive_tree, chown_tree, remove_tree
+from inginious_tx.agent.job_folder import helpers_dir
 from inginious_tx.agent.limits import JobMaxima
 from inginious_tx.agent.local import LocalBackend
 from inginious_tx.agent.mock import MockBackend
@@ -735,3 +738,41 @@ async def test_what_a_killed_agent_left_is_removed_by_the_next(
     await within(backend.environments(), 30)  # at start: the sweep
     await until(lambda: os.listdir(work) == [] and _job_mounts(work) == [], 20, "the leftovers to go")
     assert await threads.deferToThread(labelled) == []
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="handing a job folder to another user needs root")
+def test_a_job_run_as_another_user_reaches_its_helpers_wherever_the_package_is(tmp_path: Path) -> None:
+    """The installed package may be out of the job user's reach (a home folder closed to
+    others, or a checkout under /tmp, which a local job sees privately): the job gets its
+    own copy of the helpers in its folder, and its PATH starts there."""
+    tasks = tmp_path / "tasks"
+    (tasks / "demo" / "pass").mkdir(parents=True)
+    (tasks / "demo" / "pass" / "run").write_text("#!/bin/sh\nfeedback-result success\n")
+    job = BackendNewJob((b"c", "j"), "demo", "pass", {}, "default", False, 5, None, 64, False, None)
+    work = tempfile.mkdtemp(prefix="itx-", dir="/tmp")  # pytest's own tmp_path is closed to other users
+    os.chmod(work, 0o711)
+    folder = prepare_job(str(tasks), job, work + "/work", owner=(64999, 64999), private=True)
+    try:
+        assert folder.helpers is not None and os.path.dirname(folder.helpers) == folder.root
+        path = folder.env()["PATH"].split(":")
+        assert path[0] == folder.helpers
+        for name in ("feedback-result", "getinput", "run_student", "parsetemplate"):
+            st = os.stat(os.path.join(folder.helpers, name))
+            assert st.st_mode & 0o111 and st.st_uid == 64999, name
+        # ...and it really runs as that user, from a folder closed to everybody else
+        out = subprocess.run(
+            ["/bin/sh", "-c", "feedback-result success && cat \"$INGINIOUS_FEEDBACK/result\""],
+            env=folder.env(), cwd=folder.task_dir, user=64999, group=64999, extra_groups=[],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert out.returncode == 0 and out.stdout.strip() == "success", out
+    finally:
+        remove_job(folder)
+        os.rmdir(work + "/work")
+        os.rmdir(work)
+    # a job run as the agent's own user uses the installed helpers
+    folder = prepare_job(str(tasks), job, str(tmp_path / "work"))
+    try:
+        assert folder.helpers is None and folder.env()["PATH"].split(":")[0] == helpers_dir()
+    finally:
+        remove_job(folder)

@@ -867,3 +867,66 @@ def test_partial_frames_of_hellod_stream_connections_share_one_budget() -> None:
         assert honest.results[job][0]["type"] == "success", honest.results[job]
         for s in flood:
             s.close()
+
+
+def hostile_partial_frames(endpoint: str, n: int, announce: int, send: int, name: str) -> List[socket.socket]:
+    """``n`` connections that say hello, announce a frame of ``announce`` bytes and send ``send`` of it."""
+    hostile = [raw_tcp(endpoint) for _ in range(n)]
+    for i, s in enumerate(hostile):
+        s.sendall(frame(ClientHello(f"{name}{i}").dump()))
+        read_frames(s, lambda m: True, 10)  # hello answered: accepted, frames up to the client maximum
+        s.sendall(struct.pack(">I", announce) + b"\0" * send)
+    return hostile
+
+
+def test_hostile_partial_frames_cannot_starve_an_honest_client_and_stalled_ones_are_dropped() -> None:
+    """Audit (MEDIUM, partial_dos.py): connections that said hello fill --max-partial-bytes with
+    frames they never finish.  An honest client's 2 MiB jobs still get through, twice (the budget
+    makes room by closing the oldest partial frames, not the newcomer), the stalled connections
+    are closed after --partial-frame-timeout, and the backend's peak stays near the budget.
+
+    On main the honest client was disconnected ("would take the bytes held in partial frames
+    over ...") and the hostile connections held the budget for as long as they liked."""
+    with Lab() as lab:
+        clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
+        backend = lab.backend(
+            clients, agents, "--max-frame", str(32 * MiB), "--max-inputdata", str(16 * MiB),
+            "--max-partial-bytes", str(32 * MiB), "--partial-frame-timeout", "4",
+        )  # fmt: skip
+        endpoint = clients.connect["tcp"]
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        honest = raw_tcp(endpoint)
+        honest.sendall(frame(ClientHello("honest").dump()))
+        read_frames(honest, lambda m: True, 10)
+        baseline = backend.memory()
+        hostile: List[socket.socket] = []
+        for round_ in range(2):
+            # 4 x 8 MiB of 16 MiB frames: the 32 MiB budget is full.
+            hostile += hostile_partial_frames(endpoint, 4, 16 * MiB, 8 * MiB, f"hostile{round_}-")
+            # Best effort (freed heap may be reused): the eviction logged below shows the budget was full.
+            lab.wait(
+                lambda: backend.memory()["VmRSS"] > baseline["VmRSS"] + 24 * MiB, 5, "the frames to be read", fail=False
+            )
+            job_id = f"honest-{round_}"
+            honest.sendall(frame(new_job(job_id, inputdata={"answer": "x" * (2 * MiB)}).dump()))
+            done = read_frames(honest, lambda m, job_id=job_id: type(m) is BackendJobDone and m.job_id == job_id, 30)
+            assert done.result[0] == "success", done.result
+        assert backend.has("was the oldest when the bytes held in partial frames reached 33554432")
+        assert not backend.has("(limits.max_partial_bytes), and it is the oldest")  # the honest one never was
+        grown = backend.memory()["VmHWM"] - baseline["VmHWM"]
+        assert grown < 32 * MiB + 32 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
+
+        # Every hostile connection is closed: evicted, or its stalled frame timed out.
+        started = time.monotonic()
+        assert all(closed_by_peer(s, 20) for s in hostile)
+        assert backend.has("a frame was not completed within 4 s")
+        assert time.monotonic() - started < 15
+        lab.wait(lambda: backend.memory()["VmRSS"] < baseline["VmRSS"] + 24 * MiB, 20, "the partial frames freed")
+        # The honest connection was never cut and is still served.
+        honest.sendall(frame(new_job("honest-2").dump()))
+        done = read_frames(honest, lambda m: type(m) is BackendJobDone and m.job_id == "honest-2", 30)
+        assert done.result[0] == "success", done.result
+        assert backend.alive
+        for s in [honest, *hostile]:
+            s.close()

@@ -24,7 +24,13 @@ from inginious_tx.interfaces import IConnection, IPeer
 from inginious_tx.messages import AgentJobDone, BackendJobStarted, ClientHello, Ping, Pong
 from inginious_tx.testing import RecordingSink
 from inginious_tx.transport import Limits
-from inginious_tx.transport.stream import StreamListener, StreamTransport, _ServerFactory, listening_endpoint
+from inginious_tx.transport.stream import (
+    IPartialHolder,
+    StreamListener,
+    StreamTransport,
+    _ServerFactory,
+    listening_endpoint,
+)
 
 _LIMITS = Limits()
 
@@ -55,6 +61,51 @@ def server_protocol(limits: Limits = _LIMITS, accepted: bool = True, clock: Any 
     if accepted:
         protocol.peer.accepted()
     return protocol, transport, sink
+
+
+def test_a_full_partial_frame_budget_closes_the_oldest_partial_frame_not_the_newcomer() -> None:
+    """Audit (MEDIUM): a peer filling --max-partial-bytes with frames it never finishes used to get
+    every later large frame refused (its sender disconnected).  Now the oldest partial frame goes."""
+    sink = RecordingSink()
+    listener = StreamListener("tcp:0", sink, Limits(max_partial_bytes=100), Clock())
+    factory = _ServerFactory(listener)
+    peers = []
+    for _ in range(3):
+        protocol, transport = factory.buildProtocol(None), StringTransport()
+        protocol.makeConnection(transport)
+        protocol.peer.accepted()
+        peers.append((protocol, transport))
+    (hostile, hostile_t), (honest, honest_t), (third, third_t) = peers
+    payload = ClientHello("x" * 70).dump()
+    hostile.dataReceived(frame(payload)[:60])
+    honest.dataReceived(frame(payload)[:60])  # 120 > 100: the hostile one, older, is closed
+    assert hostile_t.disconnecting and not honest_t.disconnecting
+    assert listener.budget.used == 60 and listener.budget.evictions == 1
+    honest.dataReceived(frame(payload)[60:])
+    assert [m for _, m in sink.messages] == [ClientHello("x" * 70)]
+    assert listener.budget.used == 0 and listener.budget.holders() == 0
+    # A frame larger than the whole budget closes its own connection, and no other.
+    honest.dataReceived(frame(payload)[:60])
+    third.dataReceived(struct.pack(">I", 200) + b"\0" * 120)
+    assert third_t.disconnecting and not honest_t.disconnecting and listener.budget.used == 60
+    assert third.close_reason.endswith("(limits.max_partial_bytes), and it alone would exceed them")
+    assert verifyObject(IPartialHolder, honest)
+
+
+def test_a_stalled_partial_frame_is_closed_at_its_deadline_and_a_completed_one_is_not() -> None:
+    clock = Clock()
+    protocol, transport, sink = server_protocol(Limits(partial_frame_timeout=5.0), clock=clock)
+    data = frame(ClientHello("y" * 50).dump())
+    protocol.dataReceived(data[:20])
+    clock.advance(4)
+    protocol.dataReceived(data[20:])  # completed in time: its deadline goes
+    assert not clock.getDelayedCalls() and [m for _, m in sink.messages] == [ClientHello("y" * 50)]
+    protocol.dataReceived(data[:20])
+    clock.advance(4.9)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting and protocol.budget.used == 0
+    assert protocol.close_reason.startswith("a frame was not completed within 5 s (20 of ")
 
 
 def test_frames_split_anyhow_arrive_whole_and_in_order() -> None:

@@ -61,6 +61,8 @@ class JobFolder:
     job: BackendNewJob = field(repr=False)
     #: Size in MB of the tmpfs mounted on :attr:`root`; 0 when the folder is on the agent's disk.
     disk_mb: int = 0
+    #: The job's own copy of the helper scripts, when it runs as another user (see :func:`prepare_job`).
+    helpers: Optional[str] = None
 
     @property
     def task_dir(self) -> str:
@@ -107,7 +109,7 @@ class JobFolder:
         :func:`helpers_dir`.  ``base_path`` follows the helpers in ``PATH``.
         """
         root = mount_root if mount_root is not None else self.root
-        helpers = helpers if helpers is not None else helpers_dir()
+        helpers = helpers if helpers is not None else (self.helpers or helpers_dir())
         job = self.job
         return {
             "PATH": f"{helpers}:{base_path}" if base_path else helpers,
@@ -126,6 +128,10 @@ class JobFolder:
             "INGINIOUS_MEM_LIMIT": str(job.mem_limit),
             "INGINIOUS_NETWORK": "1" if job.enable_network else "0",
         }
+
+
+#: Where, in its folder, a job run as another user finds its copy of the helpers.
+HELPERS_COPY = ".helpers"
 
 
 def helpers_dir() -> str:
@@ -221,7 +227,13 @@ def prepare_job(
         os.chmod(root, 0o755)
         if disk_mb > 0:
             mount_job_disk(root, disk_mb, mode=0o700 if private else 0o755)
-        folder = JobFolder(root, job, disk_mb if disk_mb > 0 else 0)
+        # A job run as another user gets its own copy of the helpers: the
+        # installed package may be out of its reach (a home folder closed to
+        # others, or a checkout under /tmp, which the job sees privately).
+        helpers = os.path.join(root, HELPERS_COPY) if owner is not None else None
+        folder = JobFolder(root, job, disk_mb if disk_mb > 0 else 0, helpers)
+        if helpers is not None:
+            shutil.copytree(helpers_dir(), helpers)
         shutil.copytree(src, folder.task_dir, symlinks=True)
         os.makedirs(folder.student_dir, exist_ok=True)
         os.chmod(folder.student_dir, 0o777)

@@ -41,6 +41,7 @@ DEFAULT_ZMQ_MAX_PENDING = 8
 #: Room for a job's fields besides its inputdata, in a client's largest frame (``Limits.client_max_frame``).
 CLIENT_FRAME_MARGIN = 1 << 20
 DEFAULT_MAX_PARTIAL_BYTES = 256 * 1024 * 1024
+DEFAULT_PARTIAL_FRAME_TIMEOUT = 60.0
 DEFAULT_ZMQ_SEND_HWM = 1_000_000
 
 
@@ -77,8 +78,12 @@ class Limits:
     #: and a margin); None: ``max_frame``.  See :meth:`for_clients`.
     client_max_frame: Optional[int] = None
     #: Most bytes of frames received in part, over every connection of a
-    #: stream transport's listeners (one that would exceed it is closed).
+    #: stream transport's listeners.  When a frame would take them over it,
+    #: the connection whose partial frame started first is closed.
     max_partial_bytes: int = DEFAULT_MAX_PARTIAL_BYTES
+    #: Seconds a listener's connection has to complete a frame it started
+    #: sending; a stalled one is closed and its partial frame freed.
+    partial_frame_timeout: float = DEFAULT_PARTIAL_FRAME_TIMEOUT
 
     def for_clients(self) -> Limits:
         """These limits for an endpoint of clients: frames no larger than the largest job accepted."""

@@ -17,6 +17,7 @@ from . import (
     DEFAULT_MAX_HELLO_FRAME,
     DEFAULT_MAX_PARTIAL_BYTES,
     DEFAULT_MAX_PENDING,
+    DEFAULT_PARTIAL_FRAME_TIMEOUT,
     DEFAULT_ZMQ_MAX_PENDING,
     DEFAULT_ZMQ_SEND_HWM,
     Limits,
@@ -77,8 +78,16 @@ LISTENER_OPTIONS: List[List[Any]] = [
         None,
         DEFAULT_MAX_PARTIAL_BYTES,
         "Most bytes of messages received in part over all stream connections (tcp:, unix:, ssl:); "
-        "a connection whose message would take them over is closed.",
+        "when a message would take them over, the connection whose partial message started first is closed.",
         at_least_one,
+    ],
+    [
+        "partial-frame-timeout",
+        None,
+        DEFAULT_PARTIAL_FRAME_TIMEOUT,
+        "Seconds a stream connection has to finish a message it started sending; one that has not is closed "
+        "and what it sent freed.",
+        positive_float,
     ],
     [
         "zmq-max-pending",
@@ -110,5 +119,6 @@ def limits_from(options: Mapping[str, Any]) -> Limits:
         zmq_send_hwm=options["zmq-send-hwm"],
         zmq_max_pending=options["zmq-max-pending"],
         max_partial_bytes=options["max-partial-bytes"],
+        partial_frame_timeout=options["partial-frame-timeout"],
         client_max_frame=inputdata + CLIENT_FRAME_MARGIN if inputdata is not None else None,
     )

@@ -24,10 +24,14 @@ hold is bounded by ``max_pending * max_hello_frame`` bytes, whoever they are.
 Peers that said hello may send frames up to ``limits.max_frame``; the bytes
 of frames received in part are counted across every connection of the
 listeners that share a :class:`PartialFrameBudget` (those of one transport
-with the same ``limits.max_partial_bytes``): a connection whose partial
-frame would take the total over it is aborted with a log line, so many
-connections each sending a large frame slowly cannot add up to
-``max_connections * max_frame``.
+with the same ``limits.max_partial_bytes``), so many connections each
+sending a large frame slowly cannot add up to ``max_connections * max_frame``.
+When a frame would take the total over the budget, the connections whose
+partial frames started first are aborted (with a log line) until it fits:
+a peer that fills the budget and stalls loses its own connections, not the
+next honest frame.  And a listener's connection must complete a frame
+within ``limits.partial_frame_timeout`` seconds of its first byte, so a
+stalled frame is freed even when nobody needs the room.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ __all__ = [
     "StreamServerPeer",
     "MessageProtocol",
     "PartialFrameBudget",
+    "IPartialHolder",
     "default_retry_policy",
 ]
 
@@ -117,26 +122,62 @@ def listening_endpoint(endpoint: str) -> str:
     return f"{endpoint}:interface={loopback}"
 
 
+class IPartialHolder(Interface):
+    """A connection holding a frame received in part, as a :class:`PartialFrameBudget` sees it."""
+
+    def evicted(limit: int) -> None:
+        """Its partial frame was dropped to make room (the budget has already uncounted it): close."""
+
+
 class PartialFrameBudget:
-    """The bytes of incoming frames received in part, summed over many connections, and their bound."""
+    """The bytes of incoming frames received in part, summed over many connections, and their bound.
+
+    Holders are kept in the order their partial frames started.  When a
+    frame needs room, the oldest holders are evicted first: the one that
+    fills the budget and stalls pays, and a newcomer's frame (an honest
+    client's job arriving at full speed) gets through unless the hostile
+    side can re-send the whole budget while it is in flight.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         #: Bytes of partial frames held now.
         self.used = 0
-        #: Connections aborted for going over the limit (tests, metrics).
+        #: Frames refused: larger than the whole budget, or their holder was the oldest (tests, metrics).
         self.exceeded = 0
+        #: Holders evicted to make room for another's frame (tests, metrics).
+        self.evictions = 0
+        self._held: Dict[Any, int] = {}  # holder -> bytes, in the order their frames started
 
-    def take(self, n: int) -> bool:
-        """Count ``n`` more bytes, or False (and count nothing) if that would exceed the limit."""
-        if self.used + n > self.limit:
+    def take(self, holder: Any, n: int) -> bool:
+        """Count ``n`` more bytes for ``holder``, evicting the oldest other holders if needed.
+
+        False (and nothing counted) if ``holder`` would hold more than the
+        whole budget, or is itself the oldest holder when room is needed.
+        """
+        held = self._held.get(holder, 0)
+        if held + n > self.limit:
             self.exceeded += 1
             return False
+        while self.used + n > self.limit:
+            oldest = next(iter(self._held))
+            if oldest is holder:
+                self.exceeded += 1
+                return False
+            self.used -= self._held.pop(oldest)
+            self.evictions += 1
+            oldest.evicted(self.limit)
+        self._held[holder] = held + n
         self.used += n
         return True
 
-    def give(self, n: int) -> None:
-        self.used -= n
+    def give(self, holder: Any) -> None:
+        """Uncount everything ``holder`` held (its frame completed, or it closed)."""
+        self.used -= self._held.pop(holder, 0)
+
+    def holders(self) -> int:
+        """How many connections hold a partial frame now."""
+        return len(self._held)
 
 
 def _reason(failure: Any) -> str:
@@ -182,6 +223,7 @@ class IProtocolOwner(Interface):
         """``protocol``'s connection (made before) is closed, for ``reason``."""
 
 
+@implementer(IPartialHolder)
 class MessageProtocol(Int32StringReceiver):
     """Frames, decodes and delivers the messages of one connection.
 
@@ -220,6 +262,10 @@ class MessageProtocol(Int32StringReceiver):
         #: Where the bytes of a partial frame are counted (listening side), and how many are.
         self.budget: Optional[PartialFrameBudget] = None
         self._charged = 0
+        #: Listening side: a partial frame must complete within ``partial_timeout`` s of ``clock``.
+        self.clock: Optional[IReactorTime] = None
+        self.partial_timeout = limits.partial_frame_timeout
+        self._partial_deadline: Optional[IDelayedCall] = None
 
     # -- connection ------------------------------------------------------------
 
@@ -283,26 +329,57 @@ class MessageProtocol(Int32StringReceiver):
         budget = self.budget
         if budget is None:
             return True
-        if not budget.take(n):
+        if not budget.take(self, n):
+            why = "it alone would exceed them" if self._charged + n > budget.limit else "it is the oldest"
             self.abort(
                 f"a partial frame of {self._chunks_len + n} bytes (of {self._needed}) would take the bytes held in "
-                f"partial frames over {budget.limit} (limits.max_partial_bytes)"
+                f"partial frames over {budget.limit} (limits.max_partial_bytes), and {why}"
             )
+            self._drop_partial()
             return False
         self._charged += n
         return True
 
+    def evicted(self, limit: int) -> None:
+        """Another connection's frame needs the room our older partial frame holds: close, free it."""
+        self._charged = 0  # the budget has uncounted it
+        held, needed = self._chunks_len, self._needed
+        self._drop_partial()
+        self.abort(
+            f"its partial frame of {held} bytes (of {needed}) was the oldest when the bytes held in partial "
+            f"frames reached {limit} (limits.max_partial_bytes)"
+        )
+
+    def _stalled(self) -> None:
+        self._partial_deadline = None
+        held, needed = self._chunks_len, self._needed
+        self._drop_partial()
+        self.abort(
+            f"a frame was not completed within {self.partial_timeout:g} s ({held} of {needed} bytes received; "
+            "limits.partial_frame_timeout)"
+        )
+
+    def _drop_partial(self) -> None:
+        """Forget the partial frame: its bytes, its budget, its deadline."""
+        self._chunks = []
+        self._chunks_len = 0
+        self._release()
+
     def _release(self) -> None:
         if self._charged:
             assert self.budget is not None
-            self.budget.give(self._charged)
+            self.budget.give(self)
             self._charged = 0
+        deadline = self._partial_deadline
+        if deadline is not None:
+            self._partial_deadline = None
+            if deadline.active():
+                deadline.cancel()
 
     def _parse(self, data: bytes) -> None:
         if self._chunks:
             # In the middle of a large frame: only join once it is complete.
             if not self._charge(len(data)):
-                self._chunks = []
                 return
             self._chunks.append(data)
             self._chunks_len += len(data)
@@ -332,6 +409,8 @@ class MessageProtocol(Int32StringReceiver):
                     return
                 self._chunks = [rest]
                 self._chunks_len = len(rest)
+                if self.clock is not None and self._partial_deadline is None:
+                    self._partial_deadline = self.clock.callLater(self.partial_timeout, self._stalled)
                 return
             self.stringReceived(data[offset + 4 : end])
             if self.closing:
@@ -447,6 +526,7 @@ class _ServerFactory(Factory):
         protocol = MessageProtocol(listener, listener._limits, accepted=False)
         protocol.answers_rejects = True
         protocol.budget = listener.budget
+        protocol.clock = listener._reactor
         return protocol
 
 

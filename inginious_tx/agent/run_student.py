@@ -27,6 +27,14 @@ cannot make the agent read or write anything else on the host.  Standard input i
 before the student's sandbox sees it; standard output and error are returned
 when the command ends (not streamed), cut at the job's output caps.
 
+Every request is answered, whatever happens to the others: a bad field
+(a limit that is not a finite number in range, ...) or a failure of the
+agent while reading it gets :data:`EXIT_FAILED`.  The copies of standard
+input are on the agent's disk, beside the job folder, so they are bounded
+per job: a copy is removed as soon as its request is answered, and the copies
+of a job's requests in progress hold at most :data:`MAX_STDIN_TOTAL` bytes
+together (a request beyond that is answered :data:`EXIT_FAILED`).
+
 Exit statuses: the command's own; :data:`EXIT_OOM` (252) when it ran out of
 memory, :data:`EXIT_TIMEOUT` (253) when it ran out of time, and
 :data:`EXIT_FAILED` (254) when run_student or the agent failed (bad request,
@@ -40,6 +48,7 @@ the job.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -66,6 +75,9 @@ __all__ = [
     "MAX_ARGS_BYTES",
     "MAX_STDIN",
     "MAX_QUEUED",
+    "MAX_STDIN_TOTAL",
+    "MAX_TIME",
+    "MAX_MEMORY_MB",
     "StudentRequest",
     "StudentOutcome",
     "IStudentLauncher",
@@ -86,6 +98,11 @@ EXIT_FAILED = 254
 MAX_ARGS_BYTES = 1 << 20
 MAX_ARGS = 4096
 MAX_STDIN = 16 << 20
+#: The copies of standard input of one job's requests in progress, together (bytes on the agent's disk).
+MAX_STDIN_TOTAL = 2 * MAX_STDIN
+#: Largest time (s) and memory (MB) a request may ask (then capped at the job's).
+MAX_TIME = 7 * 24 * 3600.0
+MAX_MEMORY_MB = 1 << 20
 #: Requests of one job taken at a time (read, their standard input copied); more wait their turn.
 MAX_QUEUED = 4
 _ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
@@ -95,7 +112,14 @@ _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RequestError(Exception):
-    """A request that cannot be served (answered with :data:`EXIT_FAILED` and this text)."""
+    """A request that cannot be served (answered with :data:`EXIT_FAILED` and this text).
+
+    ``unexpected``: the agent's own failure behind it (logged), None for a bad request.
+    """
+
+    def __init__(self, text: str, unexpected: Optional[BaseException] = None) -> None:
+        super().__init__(text)
+        self.unexpected = unexpected
 
 
 @dataclass(frozen=True)
@@ -111,6 +135,8 @@ class StudentRequest:
     cwd: str
     #: the agent's private copy of the standard input
     stdin_path: str
+    #: its size (counted in the job's :data:`MAX_STDIN_TOTAL`)
+    stdin_size: int = 0
 
 
 @dataclass
@@ -177,7 +203,13 @@ def make_exchange(folder: JobFolder) -> str:
 def limits_for(
     job: BackendNewJob, cpu: Optional[float], hard: Optional[float], memory: Optional[float]
 ) -> Tuple[float, float, int]:
-    """(CPU s, wall s, MB) for a request: the asked values, by default and at most the job's."""
+    """(CPU s, wall s, MB) for a request: the asked values, by default and at most the job's.
+
+    Raises :class:`RequestError` for a value that is not a finite number in range.
+    """
+    for key, value, top in (("time", cpu, MAX_TIME), ("hard_time", hard, MAX_TIME), ("memory", memory, MAX_MEMORY_MB)):
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= top):
+            raise RequestError(f"invalid {key} {value!r}: must be a number from 0 to {top:g}")
     job_cpu = float(job.time_limit) if job.time_limit and job.time_limit > 0 else 0.0
     job_hard = float(job.hard_time_limit) if job.hard_time_limit and job.hard_time_limit > 0 else 3 * job_cpu
     job_mem = int(job.mem_limit) if job.mem_limit and job.mem_limit > 0 else 0
@@ -212,7 +244,7 @@ def _read(dir_fd: int, name: str, cap: int) -> bytes:
     return data
 
 
-def _number(options: Dict[str, str], key: str) -> Optional[float]:
+def _number(options: Dict[str, str], key: str, top: float) -> Optional[float]:
     text = options.get(key, "").strip()
     if not text:
         return None
@@ -220,13 +252,16 @@ def _number(options: Dict[str, str], key: str) -> Optional[float]:
         value = float(text)
     except ValueError:
         raise RequestError(f"invalid {key} {text[:20]!r}") from None
-    if not value > 0:
-        raise RequestError(f"invalid {key} {text[:20]!r}: must be > 0")
+    if not (math.isfinite(value) and 0 < value <= top):
+        raise RequestError(f"invalid {key} {text[:20]!r}: must be a number > 0 and at most {top:g}")
     return value
 
 
-def _copy_stdin(dir_fd: int, private_dir: str) -> str:
-    """Copy ``stdin`` of the request to a new private file of the agent; return its path."""
+def _copy_stdin(dir_fd: int, private_dir: str, budget: int = MAX_STDIN_TOTAL) -> Tuple[str, int]:
+    """Copy ``stdin`` of the request to a new private file of the agent; return its path and size.
+
+    ``budget``: bytes the job's copies may still take on the agent's disk.
+    """
     try:
         src = os.open("stdin", _FILE, dir_fd=dir_fd)
     except OSError as e:
@@ -243,7 +278,14 @@ def _copy_stdin(dir_fd: int, private_dir: str) -> str:
             total += len(chunk)
             if total > MAX_STDIN:
                 raise RequestError(f"the standard input is larger than {MAX_STDIN} bytes")
-            os.write(fd, chunk)
+            if total > budget:
+                raise RequestError(
+                    f"the job's calls in progress hold too much standard input (at most {MAX_STDIN_TOTAL} bytes"
+                    " together): try again when they end"
+                )
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
         os.fchmod(fd, 0o444)
     except BaseException:
         os.close(fd)
@@ -252,13 +294,22 @@ def _copy_stdin(dir_fd: int, private_dir: str) -> str:
     finally:
         os.close(src)
     os.close(fd)
-    return path
+    return path, total
 
 
-def thd_take(exchange: str, private_dir: str, job: BackendNewJob, limit: int = MAX_QUEUED) -> List[Tuple[str, Any]]:
+def thd_take(
+    exchange: str,
+    private_dir: str,
+    job: BackendNewJob,
+    limit: int = MAX_QUEUED,
+    stdin_budget: int = MAX_STDIN_TOTAL,
+) -> List[Tuple[str, Any]]:
     """Take up to ``limit`` complete requests (rename ready.ID -> run.ID) and read them (blocking).
 
-    Returns ``(rid, StudentRequest or RequestError)`` pairs.
+    Returns ``(rid, StudentRequest or RequestError)`` pairs: every request taken
+    is in it, whatever happened to the others (the caller answers each and
+    removes the copies).  ``stdin_budget``: bytes the copies of standard input
+    may take together.
     """
     out: List[Tuple[str, Any]] = []
     try:
@@ -266,7 +317,12 @@ def thd_take(exchange: str, private_dir: str, job: BackendNewJob, limit: int = M
     except OSError:
         return out  # the job folder is gone: the job is over
     try:
-        for name in sorted(os.listdir(base)):
+        names = sorted(os.listdir(base))
+    except OSError:
+        os.close(base)
+        return out
+    try:
+        for name in names:
             if len(out) >= limit:
                 break
             if not name.startswith("ready."):
@@ -279,15 +335,22 @@ def thd_take(exchange: str, private_dir: str, job: BackendNewJob, limit: int = M
             except OSError:
                 continue
             try:
-                out.append((rid, _read_request(base, rid, private_dir, job)))
+                request = _read_request(base, rid, private_dir, job, stdin_budget)
             except RequestError as e:
                 out.append((rid, e))
+            except Exception as e:  # the agent's own failure: this request only
+                out.append((rid, RequestError(f"the agent could not read the request ({type(e).__name__})", e)))
+            else:
+                stdin_budget -= request.stdin_size
+                out.append((rid, request))
     finally:
         os.close(base)
     return out
 
 
-def _read_request(base: int, rid: str, private_dir: str, job: BackendNewJob) -> StudentRequest:
+def _read_request(
+    base: int, rid: str, private_dir: str, job: BackendNewJob, stdin_budget: int = MAX_STDIN_TOTAL
+) -> StudentRequest:
     try:
         fd = os.open(f"run.{rid}", _DIR, dir_fd=base)
     except OSError as e:
@@ -313,12 +376,16 @@ def _read_request(base: int, rid: str, private_dir: str, job: BackendNewJob) -> 
             argv.append(data.decode("utf-8", "surrogateescape"))
         cwd = os.path.normpath(options.get("cwd", "").strip() or "/")
         cpu, hard, mem = limits_for(
-            job, _number(options, "time"), _number(options, "hard_time"), _number(options, "memory")
+            job,
+            _number(options, "time", MAX_TIME),
+            _number(options, "hard_time", MAX_TIME),
+            _number(options, "memory", MAX_MEMORY_MB),
         )
-        stdin_path = _copy_stdin(fd, private_dir)
+        # last: nothing after it may fail, so the copy is always handed over
+        stdin_path, stdin_size = _copy_stdin(fd, private_dir, stdin_budget)
         return StudentRequest(
             rid, argv, cpu, hard, mem, options.get("share_network", "0").strip() == "1",
-            cwd, stdin_path,
+            cwd, stdin_path, stdin_size,
         )  # fmt: skip
     finally:
         os.close(fd)
@@ -401,6 +468,8 @@ class StudentService:
         self._busy = False
         self._stopped = False
         self.served = 0
+        #: bytes of the copies of standard input held now (at most MAX_STDIN_TOTAL)
+        self.stdin_held = 0
 
     def start(self) -> None:
         try:
@@ -428,8 +497,7 @@ class StudentService:
             notifier, self._notifier = self._notifier, None
             notifier.loseConnection()
         for _, item in self._queue:
-            if isinstance(item, StudentRequest):
-                _unlink(item.stdin_path)
+            self._release(item)
         self._queue.clear()
         return maybeDeferred(self._launcher.stop)
 
@@ -443,10 +511,22 @@ class StudentService:
         if room <= 0:
             return  # _served looks again
         self._looking = True
-        d = self._call(thd_take, self.exchange, self._private, self._job, room)
+        budget = max(MAX_STDIN_TOTAL - self.stdin_held, 0)
+        d = self._call(thd_take, self.exchange, self._private, self._job, room, budget)
 
         def taken(items: List[Tuple[str, Any]]) -> None:
             self._looking = False
+            for rid, item in items:
+                if isinstance(item, StudentRequest):
+                    self.stdin_held += item.stdin_size
+                elif isinstance(item, RequestError) and item.unexpected is not None:
+                    self.log.error(
+                        "run_student: cannot read request {rid}: {e!r}", rid=rid, e=item.unexpected
+                    )
+            if self._stopped:  # the job ended meanwhile: nobody serves them
+                for _, item in items:
+                    self._release(item)
+                return
             self._queue.extend(items)
             self._next()
             if self._again:
@@ -455,7 +535,7 @@ class StudentService:
 
         def failed(f: Any) -> None:
             self._looking = False
-            self.log.failure("run_student: cannot read the requests", f)
+            self.log.error("run_student: cannot read the requests: {e}", e=f.getErrorMessage())
 
         d.addCallbacks(taken, failed)
 
@@ -479,14 +559,20 @@ class StudentService:
             try:
                 outcome = await self._launcher.launch(item)
             except Exception as e:
-                self.log.failure("run_student: the launcher failed")
+                self.log.error("run_student: the launcher failed on {rid}: {e!r}", rid=rid, e=e)
                 outcome = StudentOutcome(EXIT_FAILED, stderr=f"run_student: the agent failed: {e}\n".encode())
             finally:
-                _unlink(item.stdin_path)
+                self._release(item)
         try:
             await self._call(thd_answer, self.exchange, rid, outcome)
-        except Exception:
-            self.log.failure("run_student: cannot answer request {rid}", rid=rid)
+        except Exception as e:
+            self.log.error("run_student: cannot answer request {rid}: {e!r}", rid=rid, e=e)
+
+    def _release(self, item: Any) -> None:
+        """Remove a request's copy of standard input (once), and count it no more."""
+        if isinstance(item, StudentRequest) and item.stdin_path:
+            _unlink(item.stdin_path)
+            self.stdin_held = max(self.stdin_held - item.stdin_size, 0)
 
 
 def _unlink(path: str) -> None:

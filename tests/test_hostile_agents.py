@@ -776,3 +776,34 @@ def test_a_job_run_as_another_user_reaches_its_helpers_wherever_the_package_is(t
         assert folder.helpers is None and folder.env()["PATH"].split(":")[0] == helpers_dir()
     finally:
         remove_job(folder)
+
+
+def test_job_uid_leases_are_exclusive_across_agents(tmp_path: Path) -> None:
+    """Two agents of one host (here two lease holders, as two LocalBackends in one process
+    would be) never hold the same job uid, so that one's end-of-job sweep of a uid's
+    processes never hits the other's job."""
+    from inginious_tx.agent.uid_leases import UidLeases
+
+    first, second = UidLeases(str(tmp_path / "leases")), UidLeases(str(tmp_path / "leases"))
+    assert first.take(64000) and not second.take(64000) and second.take(64002)
+    assert not first.take(64000), "a holder does not take its own uid twice"
+    first.release(64000)
+    assert second.take(64000)
+    second.release_all()
+    assert first.take(64000) and first.take(64002)
+    # A holder that dies (a killed agent) leaves no lease behind: the kernel drops the lock.
+    script = (
+        "import sys, time; sys.path.insert(0, sys.argv[2]); from inginious_tx.agent.uid_leases import UidLeases; "
+        "l = UidLeases(sys.argv[1]); print(l.take(64010), flush=True); time.sleep(60)"
+    )
+    repo = str(Path(__file__).resolve().parent.parent)
+    argv = [sys.executable, "-c", script, str(tmp_path / "leases"), repo]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "True"
+        assert not first.take(64010)
+    finally:
+        child.kill()
+        child.wait()
+    assert first.take(64010)
+    first.release_all()

@@ -187,9 +187,15 @@ async def test_network_only_when_shared(backend: DockerBackend) -> None:
 feedback-custom alone "$(run_student sh -c 'busybox ip -o link | wc -l')"
 busybox nc -l -p 5555 > "$TMPDIR/got" &
 listener=$!
+# on a busy machine the listener may take a while to be up
+j=0
+until busybox netstat -ltn 2>/dev/null | grep -q ':5555 ' || [ $j -ge 100 ]; do
+    sleep 0.1
+    j=$((j + 1))
+done
 run_student sh -c 'echo no | busybox nc -w 1 127.0.0.1 5555' 2>/dev/null; feedback-custom apart $?
 i=0
-until run_student --share-network sh -c 'echo hi | busybox nc -w 1 127.0.0.1 5555' 2>/dev/null || [ $i -ge 4 ]; do
+until run_student --share-network sh -c 'echo hi | busybox nc -w 1 127.0.0.1 5555' 2>/dev/null || [ $i -ge 9 ]; do
     i=$((i + 1))
 done
 kill $listener 2>/dev/null

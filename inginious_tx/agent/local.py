@@ -117,6 +117,7 @@ from .run_student import ENV_VAR as RUN_STUDENT_ENV
 from .run_student import EXCHANGE, StudentService, make_exchange
 from .run_student_local import DEFAULT_STUDENT_USER, LocalStudentLauncher
 from .ssh_sandboxes import LocalSandbox
+from .uid_leases import UidLeases
 
 __all__ = ["LocalBackend"]
 
@@ -382,6 +383,8 @@ class LocalBackend:
                 user=self._shared_user,
             )
         self._slots_used: set = set()
+        #: host-wide leases on the job uids (another agent's are skipped)
+        self._leases = UidLeases()
         #: who a job runs as when jobs share a user, else the first job uid (None: the agent's own user)
         self.job_user = self._shared_user if not self._per_job else self._pair(0)[0]
         if os.geteuid() != 0:
@@ -438,7 +441,15 @@ class LocalBackend:
         if not self._per_job:
             state.user, state.student_user = self._shared_user, self.student_user
             return None
-        free = next((i for i in range(self._uid_count) if i not in self._slots_used), None)
+        # a uid pair another agent of this host holds is skipped (see uid_leases)
+        free = next(
+            (
+                i
+                for i in range(self._uid_count)
+                if i not in self._slots_used and self._leases.take(self._uid_base + 2 * i)
+            ),
+            None,
+        )
         if free is None:
             return f"no free job user: all {self._uid_count} job uids are taken (option job_uid_count)"
         self._slots_used.add(free)
@@ -459,6 +470,7 @@ class LocalBackend:
     def _release_users(self, state: _LocalJob) -> None:
         if state.slot is not None and not state.quarantined:
             self._slots_used.discard(state.slot)
+            self._leases.release(self._uid_base + 2 * state.slot)
             state.slot = None
 
     # -- IAgentBackend --------------------------------------------------------

@@ -195,9 +195,13 @@ until busybox netstat -ltn 2>/dev/null | grep -q ':5555 ' || [ $j -ge 100 ]; do
 done
 run_student sh -c 'echo no | busybox nc -w 1 127.0.0.1 5555' 2>/dev/null; feedback-custom apart $?
 i=0
-until run_student --share-network sh -c 'echo hi | busybox nc -w 1 127.0.0.1 5555' 2>/dev/null || [ $i -ge 9 ]; do
+until run_student --share-network sh -c 'echo hi | busybox nc -w 1 127.0.0.1 5555' 2>"$TMPDIR/err" || [ $i -ge 9 ]; do
     i=$((i + 1))
+    sleep 0.5
 done
+feedback-custom tries "$i"
+feedback-custom waited "$j"
+feedback-custom err "$(cat "$TMPDIR/err")"
 kill $listener 2>/dev/null
 wait $listener
 feedback-custom got "$(cat "$TMPDIR/got")"
@@ -211,7 +215,7 @@ feedback-result success
         # each gVisor sandbox has its own network stack (and --network=none): nothing is shared
         assert r.custom["got"] == ""
     else:
-        assert r.custom["got"] == "hi"
+        assert r.custom["got"] == "hi", r.custom
 
 
 def test_limits_never_exceed_the_job() -> None:

@@ -643,26 +643,26 @@ class Backend:
             self._run(job, agent)
 
     def agent_job_started(self, peer: IPeer, dialect: DialectAdapter, message: Any) -> None:
-        agent = self._agent(peer, dialect, "AgentJobStarted")
-        if agent is None:
-            return
-        job = agent.running.get(message.job_id)
-        if job is None:
-            self._stray(agent, "AgentJobStarted", message.job_id)
-        elif job.client is not None:
+        job = self._running_job(peer, dialect, "AgentJobStarted", message.job_id)
+        if job is not None and job.client is not None:
             job.client.peer.send(job.client.dialect.job_started(job))
 
     def agent_job_ssh_debug(
         self, peer: IPeer, dialect: DialectAdapter, message: Any, host: str, port: int, user: str, password: str
     ) -> None:
-        agent = self._agent(peer, dialect, "AgentJobSSHDebug")
-        if agent is None:
-            return
-        job = agent.running.get(message.job_id)
-        if job is None:
-            self._stray(agent, "AgentJobSSHDebug", message.job_id)
-        elif job.client is not None:
+        job = self._running_job(peer, dialect, "AgentJobSSHDebug", message.job_id)
+        if job is not None and job.client is not None:
             job.client.peer.send(job.client.dialect.ssh_debug(job, host, port, user, password))
+
+    def _running_job(self, peer: IPeer, dialect: DialectAdapter, what: str, job_id: Any) -> Optional[Job]:
+        """The job a registered agent's message is about; None (logged) when it does not run it."""
+        agent = self._agent(peer, dialect, what)
+        if agent is None:
+            return None
+        job = agent.running.get(job_id)
+        if job is None:
+            self._stray(agent, what, job_id)
+        return job
 
     def agent_job_done(self, peer: IPeer, dialect: DialectAdapter, message: Any) -> None:
         agent = self._agents.get(peer)

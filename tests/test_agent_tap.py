@@ -48,7 +48,7 @@ def test_options() -> None:
     "args,why",
     [
         ([], "--backend ENDPOINT is required"),
-        (["-b", "x", "-k", "nope"], "no agent_backend plugin named 'nope'"),
+        (["-b", "x", "-k", "nope"], "no agent backend named 'nope'"),
         (["-b", "x", "-s", "0"], "must be >= 1"),
         (["-b", "x", "-o", "novalue"], "expected KEY=VALUE"),
         (["-b", "x", "-e", "=img"], "NAME is empty"),

@@ -18,9 +18,9 @@ from zope.interface import implementer
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from inginious_tx._twistd import StartGuard
 from inginious_tx.backend import tap
 from inginious_tx.backend.core import BackendSettings
-from inginious_tx._twistd import StartGuard
 from inginious_tx.backend.policies import FairPolicy, PriorityPolicy
 from inginious_tx.backend.service import BackendService, stop_reactor
 from inginious_tx.backend.testing import agent_hello, new_job

@@ -137,9 +137,9 @@ def _is_read_timeout(exc: BaseException) -> bool:
 
 def _as_engine_error(exc: BaseException) -> Optional[DockerEngineError]:
     """Translate an SDK or HTTP exception into a :class:`DockerEngineError`; None if it is neither."""
+    docker = docker_sdk()  # first: its error names the extra to install
     import requests
 
-    docker = docker_sdk()
     if isinstance(exc, DockerEngineError):
         return exc
     if isinstance(exc, docker.errors.APIError):
@@ -215,6 +215,9 @@ class DockerBackend:
     """Runs each job in a fresh container of the job's environment image."""
 
     name = "docker"
+    #: imported when first used (the docker extra): ``twistd inginious-agent`` refuses to start without them
+    requires = ("docker", "requests")
+    extra = "docker"
     log = Logger()
 
     def __init__(self, reactor: CommonReactor, config: AgentConfig) -> None:

@@ -35,7 +35,9 @@ __all__ = [
 ]
 
 #: The endpoint strings a command listens on, for messages.
-LISTENING_FORMS = "zmq:tcp://HOST:PORT, zmq:ipc:///PATH, tcp:PORT:interface=HOST, unix:/PATH or ssl:PORT:privateKey=KEY..."
+LISTENING_FORMS = (
+    "zmq:tcp://HOST:PORT, zmq:ipc:///PATH, tcp:PORT:interface=HOST, unix:/PATH or ssl:PORT:privateKey=KEY..."
+)
 #: The endpoint strings a command connects to, for messages.
 CONNECTING_FORMS = "zmq:tcp://HOST:PORT, zmq:ipc:///PATH, tcp:HOST:PORT, unix:/PATH or ssl:HOST:PORT:caCertsFile=CA..."
 

@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--launcher", default="inginious-tx", help="who launched the job, for the backend's logs")
     submit.add_argument("--repeat", metavar="N", type=_positive_int, default=1, help="submit each job N times")
     submit.add_argument(
+        "--archive-dir",
+        metavar="DIR",
+        default=None,
+        help="save each job's archive (the files its task put aside, a .tgz) as DIR/JOB_ID.tgz; "
+        "made if missing (default: not saved; --json carries it in base64)",
+    )
+    submit.add_argument(
         "--timeout",
         metavar="S",
         type=_seconds,

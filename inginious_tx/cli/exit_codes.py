@@ -9,7 +9,8 @@ from ..client import ClientJobResult
 
 __all__ = [
     "EXIT_CODES", "EXIT_SUCCESS", "EXIT_FAILED", "EXIT_OTHER", "EXIT_USAGE", "EXIT_NO_ENVIRONMENT",
-    "EXIT_UNAVAILABLE", "EXIT_SOFTWARE", "EXIT_INTERRUPTED", "EXIT_NO_TASK", "EXIT_CANTCREAT", "exit_status", "is_unknown_task",
+    "EXIT_UNAVAILABLE", "EXIT_SOFTWARE", "EXIT_INTERRUPTED", "EXIT_NO_TASK", "EXIT_CANTCREAT", "exit_status",
+    "is_unknown_task",
 ]  # fmt: skip
 
 EXIT_SUCCESS = 0

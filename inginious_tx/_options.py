@@ -126,7 +126,7 @@ class CommandOptions(usage.Options):
                 self._dispatch[name] = _NamedCoerce(self, handler.coerce)
 
     def opt_config(self, path: str) -> None:
-        """TOML configuration file whose [SECTION] table sets any option (the command line wins)"""
+        """TOML file whose [backend] or [agent] table sets options by their long names; the command line wins"""
         # read by parseOptions, before the command line; here for --help only
 
     def parseOptions(self, options: Optional[List[str]] = None) -> None:

@@ -39,6 +39,8 @@ else:  # pragma: no cover - Python 3.10
 
 #: The tables a configuration file may hold, one per command.
 SECTIONS = ("backend", "agent")
+#: Options that do something rather than set something (and ``--list-*``): not in a file.
+_ACTIONS = frozenset({"config", "help", "version"})
 
 
 def _take_config(argv: List[str]) -> Tuple[Optional[str], List[str]]:
@@ -141,8 +143,10 @@ def config_argv(options: usage.Options, table: Mapping[str, Any], path: str, com
     for raw_key, value in table.items():
         key = raw_key.replace("_", "-")
         where = f"{path}: [{section}] {raw_key}"
-        if key == "config" or key not in kinds:
+        if key not in kinds:
             raise usage.UsageError(f"{where}: no such option (see twistd {command} --help)")
+        if key in _ACTIONS or key.startswith("list-"):
+            raise usage.UsageError(f"{where}: --{key} is a command-line action, not a setting")
         name = _canonical(options, key)
         if not kinds[key]:
             if not isinstance(value, bool):

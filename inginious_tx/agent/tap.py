@@ -273,5 +273,5 @@ def makeService(options: Dict[str, Any]) -> Any:
         maxima=options["maxima"],
         ssh_debug=ssh_server(reactor, options),
     )
-    agent.name = "inginious-agent"
+    agent.setName("inginious-agent")
     return guarded(reactor, "inginious-agent", agent)

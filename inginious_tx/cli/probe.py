@@ -43,9 +43,9 @@ def plain_endpoint(endpoint: str) -> Optional[str]:
         except ValueError:
             return None
         rest = args[1:]
-        host = kwargs.get("host") or (rest.pop(0) if rest else None)
-        port = kwargs.get("port") or (rest.pop(0) if rest else None)
-        return f"tcp:host={_escape(host)}:port={port}" if host and port else None
+        name = kwargs.get("host") or (rest.pop(0) if rest else "")
+        number = kwargs.get("port") or (rest.pop(0) if rest else "")
+        return f"tcp:host={_escape(name)}:port={number}" if name and number else None
     if endpoint.startswith("unix:"):
         return endpoint
     return None
@@ -53,7 +53,8 @@ def plain_endpoint(endpoint: str) -> Optional[str]:
 
 class _Quiet(Protocol):
     def connectionMade(self) -> None:
-        self.transport.abortConnection()  # only the attempt mattered: say nothing to the backend
+        transport: Any = self.transport
+        transport.abortConnection()  # only the attempt mattered: say nothing to the backend
 
 
 def unreachable(reactor: CommonReactor, endpoint: str, timeout: float) -> Deferred[Optional[str]]:

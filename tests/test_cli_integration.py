@@ -259,11 +259,32 @@ async def test_missing_environment_exits_65(stack: Stack) -> None:
 @pytest_twisted.ensureDeferred
 async def test_unreachable_backend_exits_69() -> None:
     endpoint = f"zmq:tcp://127.0.0.1:{free_port()}"
-    run = await cli("submit", "c/t", "--backend", endpoint, "--connect-timeout", "0.5")
+    run = await cli("submit", "c/t", "--backend", endpoint, "--connect-timeout", "0.5", "--wait-for-backend")
     assert run.status == 69
-    assert run.err == f"inginious-tx: backend unreachable at {endpoint} (no answer within 0.5 s)\n"
+    assert run.err == (
+        f"inginious-tx: backend unreachable at {endpoint} (no answer within 0.5 s: "
+        "connection refused (nothing listens there))\n"
+    )
     run = await cli("queue", "--backend", f"tcp:127.0.0.1:{free_port()}", "--connect-timeout", "0.5")
     assert run.status == 69 and "backend unreachable at tcp:127.0.0.1:" in run.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_connection_fails_at_once_with_its_cause(short_tmp: str) -> None:
+    """Without --wait-for-backend, nothing listening is known at once: no waiting out --connect-timeout
+    (10 minutes here, far more than the test's own timeout)."""
+    from twisted.internet import reactor
+
+    for endpoint, cause in [
+        (f"zmq:tcp://127.0.0.1:{free_port()}", "connection refused (nothing listens there)"),
+        (f"tcp:127.0.0.1:{free_port()}", "connection refused (nothing listens there)"),
+        (f"zmq:ipc://{short_tmp}/nobody", "no such socket (nothing listens there)"),
+    ]:
+        t0 = reactor.seconds()
+        run = await cli("queue", "--backend", endpoint, "--connect-timeout", "600")
+        assert run.status == 69
+        assert run.err == f"inginious-tx: backend unreachable at {endpoint}: {cause}\n"
+        assert reactor.seconds() - t0 < COMMAND_TIMEOUT
 
 
 @pytest_twisted.ensureDeferred
@@ -298,8 +319,11 @@ async def test_interrupt_kills_pending_jobs_and_exits_130(stack: Stack, until: A
     "endpoint, fragment",
     [
         ("pigeon:home", "no transport understands the endpoint 'pigeon:home'"),
-        ("zmq:nonsense", "bad backend endpoint 'zmq:nonsense'"),
-        ("tcp:nonsense", "bad backend endpoint 'tcp:nonsense'"),
+        ("foo:bar", "use zmq:tcp://HOST:PORT, zmq:ipc:///PATH, tcp:HOST:PORT, unix:/PATH or ssl:HOST:PORT"),
+        ("zmq:nonsense", "--backend: not a ZeroMQ endpoint: 'zmq:nonsense'"),
+        ("tcp:nonsense", "--backend: bad endpoint 'tcp:nonsense': no port"),
+        ("tcp:127.0.0.1:http", "--backend: bad endpoint 'tcp:127.0.0.1:http': 'http' is not a whole number"),
+        ("zmq:tcp://127.0.0.1", "--backend: bad endpoint 'zmq:tcp://127.0.0.1': no port"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -387,7 +411,10 @@ async def test_twistd_backend_and_mock_agent_processes(short_tmp: str) -> None:
     ]
     try:
         # The command waits (boundedly) for the backend and the agent to come up.
-        run = await cli("submit", "c/t", "--backend", clients, "--connect-timeout", "20", "-i", "@mock_result=failed")
+        run = await cli(
+            "submit", "c/t", "--backend", clients, "--connect-timeout", "20", "--wait-for-backend",
+            "-i", "@mock_result=failed",
+        )  # fmt: skip
         assert run.status == 1, run.err + "".join(b"".join(d.out).decode() for d in daemons)
         assert run.out.startswith("result: failed\ngrade: 0\n")
         run = await cli("environments", "--backend", clients)

@@ -284,7 +284,7 @@ async def test_twistd_without_options_grades_the_examples(short_tmp: str, closer
     cli = _command("inginious-tx", ["-m", "inginious_tx.cli"])
 
     async def submit(*args: str) -> Any:
-        run = _spawn([*cli, "submit", *args, "--connect-timeout", "20"], short_tmp)
+        run = _spawn([*cli, "submit", *args, "--connect-timeout", "20", "--wait-for-backend"], short_tmp)
         return await run.done.addTimeout(30, reactor)
 
     passed = await submit("demo/pass", "-i", "answer=hello")

@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="how long to wait for the backend (and for the environment) before giving up (default: 10)",
         )
         p.add_argument(
+            "--wait-for-backend",
+            action="store_true",
+            help="retry a refused connection until --connect-timeout (a backend still starting); "
+            "without it, a refused connection ends the command at once with exit status 69",
+        )
+        p.add_argument(
             "--dialect",
             choices=("0.6", "0.9"),
             default="0.6",

@@ -121,15 +121,19 @@ async def _ready(
             waiting.cancel()
 
     waiting.addBoth(settle)
-    unreachable(reactor, args.backend, args.connect_timeout).addCallback(refusal)
+    if not args.wait_for_backend:
+        unreachable(reactor, args.backend, args.connect_timeout).addCallback(refusal)
     try:
         environments: Tuple[str, ...] = await outcome
         return environments
     except EnvironmentUnavailable as e:
         raise CommandError(str(e), EXIT_NO_ENVIRONMENT)
     except BackendUnavailable:
+        why = await unreachable(reactor, args.backend, 1.0)  # the cause, if it is a refusal
         raise CommandError(
-            f"backend unreachable at {args.backend} (no answer within {args.connect_timeout:g} s)", EXIT_UNAVAILABLE
+            f"backend unreachable at {args.backend} (no answer within {args.connect_timeout:g} s"
+            f"{': ' + why if why else ''})",
+            EXIT_UNAVAILABLE,
         )
 
 

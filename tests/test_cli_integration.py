@@ -421,3 +421,27 @@ async def test_twistd_backend_and_mock_agent_processes(short_tmp: str) -> None:
         assert (run.status, run.out) == (0, "default\n")
     finally:
         await stop_daemons(daemons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_task_exits_66_and_archives_are_saved_in_text_mode(tmp_path: Path) -> None:
+    """Against a real backend and its embedded local agent: a typo'd task is not a crash (66), and
+    --archive-dir saves the archive a task set aside, whatever the output mode."""
+    import tarfile
+
+    backend = f"tcp:127.0.0.1:{free_port()}"
+    daemon = spawn_twistd("inginious-backend", "--clients", backend.replace("tcp:127.0.0.1:", "tcp:"))
+    try:
+        run = await cli("submit", "demo/nosuch", "--backend", backend, "--wait-for-backend", "--connect-timeout", "20")
+        logs = run.err + b"".join(daemon.out).decode()
+        assert run.status == 66, logs
+        assert run.out.splitlines()[0] == "result: crash" and "demo/nosuch does not exist on this agent" in run.out
+        archives = tmp_path / "archives"
+        run = await cli("submit", "demo/archive", "--backend", backend, "--archive-dir", str(archives))
+        assert run.status == 0, run.err
+        (saved,) = archives.iterdir()
+        assert saved.name.endswith(".tgz") and f"archive saved as {saved}" in run.err
+        with tarfile.open(saved) as archive:
+            assert archive.getnames()
+    finally:
+        await stop_daemons([daemon])

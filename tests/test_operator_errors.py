@@ -286,3 +286,38 @@ def test_pid_file_is_removed_after_a_failed_start(busy_port: int, tmp_path: Path
     status, out = finish(start("inginious-backend", "--clients", f"tcp:{busy_port}", argv=argv))
     assert status == EXIT_START_FAILED, out
     assert not os.path.exists(pidfile)
+
+
+# -- endpoint checks, in-process ----------------------------------------------------------
+
+
+def test_built_in_transports_check_their_endpoint_strings() -> None:
+    from zope.interface.verify import verifyObject
+
+    from inginious_tx.interfaces import IEndpointCheck
+    from inginious_tx.transport import CONNECTING_FORMS, LISTENING_FORMS, check_endpoint
+    from inginious_tx.transport.stream import StreamTransport
+    from inginious_tx.transport.zmq import ZmqTransport
+
+    verifyObject(IEndpointCheck, StreamTransport())
+    verifyObject(IEndpointCheck, ZmqTransport())
+    for good, listening in [
+        ("zmq:tcp://127.0.0.1:2000", False), ("zmq:tcp://*:2000", True), ("zmq:tcp://127.0.0.1:0", True),
+        ("zmq:ipc:///run/x", True), ("tcp:2000", True), ("tcp:2000:interface=0.0.0.0", True),
+        ("tcp:grader.example.org:2001", False), ("tcp:host=h:port=1", False), ("unix:/run/x.sock", False),
+    ]:  # fmt: skip
+        check_endpoint(good, listening)
+    for bad, listening, message in [
+        ("zmq:tcp://127.0.0.1:*", False, "'*' is not a port"),
+        ("zmq:tcp://127.0.0.1:0", False, "'0' is not a port"),
+        ("zmq:tcp://127.0.0.1:70000", True, "'70000' is not a port"),
+        ("zmq:udp://127.0.0.1:2000", True, "unsupported ZeroMQ transport 'udp'"),
+        ("zmq:ipc://", True, "no path"),
+        ("tcp:2000:bogus=1", True, "bad endpoint 'tcp:2000:bogus=1'"),
+        ("ssl:2000:privateKey=/no/such.key", True, "No such file or directory"),
+        ("foo:bar", True, LISTENING_FORMS),
+        ("foo:bar", False, CONNECTING_FORMS),
+    ]:
+        with pytest.raises(ValueError) as e:
+            check_endpoint(bad, listening)
+        assert message in str(e.value), (bad, str(e.value))

@@ -182,7 +182,9 @@ def test_a_clean_stop_is_clean_for_systemd_and_a_config_file_is_read(tmp_path: P
     config = tmp_path / "itx.toml"
     config.write_text(f'[backend]\nclients = ["tcp:{port}"]\npolicy = "fair"\nembedded-slots = 1\n')
     process = start("inginious-backend", "--config", str(config))
-    seen = _read_until(process, "backend ready")
+    # twistd starts the services before its reactor runs (and handles signals): wait for a line
+    # logged from the running reactor, the embedded agent registered on the backend's first ping.
+    seen = _read_until(process, "registered with the backend")
     assert f"clients on ['tcp:{port}']" in seen and "policy fair" in seen
     process.send_signal(signal.SIGTERM)
     out = _read_until(process, "")

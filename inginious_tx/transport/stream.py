@@ -803,15 +803,19 @@ def check_stream_endpoint(endpoint: str, listening: bool) -> None:
     from twisted.internet.endpoints import clientFromString, serverFromString
 
     try:
-        if listening:
-            if tls.verifies_peers(endpoint):
+        if tls.verifies_peers(endpoint):  # our own parsing, whose ValueErrors name the file or the part
+            if listening:
                 tls.server_endpoint(None, endpoint)  # type: ignore[arg-type]  # parsing needs no reactor
             else:
-                serverFromString(None, endpoint)
-        elif tls.verifies_peers(endpoint):
-            tls.client_options(endpoint)
+                tls.client_options(endpoint)
+        elif listening:
+            serverFromString(None, endpoint)
         else:
             clientFromString(None, endpoint)
+    except ValueError as e:
+        if tls.verifies_peers(endpoint):
+            raise
+        raise ValueError(f"bad endpoint {endpoint!r}: {_parse_error(e)}") from None
     except Exception as e:
         raise ValueError(f"bad endpoint {endpoint!r}: {_parse_error(e)}") from None
 

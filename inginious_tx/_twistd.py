@@ -118,8 +118,11 @@ class StartGuard(MultiService):
 
 
 def _describe(error: BaseException) -> str:
+    """The error as one line: its own words when they say it all (a port taken, a bad value), else with its type."""
+    from twisted.internet.error import BindError
+
     text = str(error) or type(error).__name__
-    return text if isinstance(error, (OSError, ValueError)) else f"{type(error).__name__}: {text}"
+    return text if isinstance(error, (OSError, ValueError, BindError)) else f"{type(error).__name__}: {text}"
 
 
 def guarded(reactor: Any, name: str, *services: IService) -> StartGuard:

@@ -153,6 +153,19 @@ def test_a_service_that_cannot_listen_ends_twistd_with_status_1(busy_port: int, 
         assert "Traceback" not in out and "registered" not in out, (what, out)
 
 
+def test_an_agent_whose_ssh_port_is_taken_exits_1(busy_port: int, tmp_path: Path) -> None:
+    status, out = finish(
+        start(*AGENT, "--backend", f"tcp:127.0.0.1:{free_port()}", "--ssh-port", str(busy_port),
+              "--ssh-keys", str(tmp_path / "keys"))
+    )  # fmt: skip
+    assert status == EXIT_START_FAILED, out
+    (line,) = _critical(out)
+    assert line.endswith(
+        f"inginious-agent cannot start: Couldn't listen on 127.0.0.1:{busy_port}: [Errno 98] Address already in use."
+    )
+    assert "Traceback" not in out
+
+
 def _read_until(process: subprocess.Popen, text: str) -> str:
     """Output of ``process`` (read from its descriptor, unbuffered) until ``text`` appears in it,
     or until it ends if ``text`` is empty; fails if the time is up first."""

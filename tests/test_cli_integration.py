@@ -445,3 +445,25 @@ async def test_unknown_task_exits_66_and_archives_are_saved_in_text_mode(tmp_pat
             assert archive.getnames()
     finally:
         await stop_daemons([daemon])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_handshake_that_never_ends_does_not_outlast_connect_timeout() -> None:
+    """A peer that accepts TCP but never speaks TLS: the command ends about --connect-timeout after
+    it started (it used to wait 5 s more for the half-made link to close). Measured from the
+    command's own log timestamps (whole seconds), so Python's start-up time does not count."""
+    import re
+    from datetime import datetime
+
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")  # silent after accept
+    try:
+        endpoint = f"ssl:127.0.0.1:{port.getHost().port}"
+        run = await cli("queue", "--backend", endpoint, "--connect-timeout", "1", "-v")
+    finally:
+        await port.stopListening()
+    assert run.status == 69 and f"backend unreachable at {endpoint} (no answer within 1 s)" in run.err
+    stamps = [datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z") for t in re.findall(r"^(\S+\+0000) \[", run.err, re.M)]
+    assert (stamps[-1] - stamps[0]).total_seconds() <= 1 + 3  # 1 s asked, whole-second stamps, a busy machine

@@ -2,7 +2,8 @@
 
 One module per concern: :mod:`.parser` (the options), :mod:`.inputs` (job
 input from the command line and files), :mod:`.output` (what is printed),
-:mod:`.progress` (the progress bar), :mod:`.exit_codes`, and :mod:`.runner`
+:mod:`.progress` (the progress bar), :mod:`.exit_codes`, :mod:`.probe` (why a
+backend is unreachable, at once), and :mod:`.runner`
 (the command under the reactor, and :func:`main`, the console script).
 """
 

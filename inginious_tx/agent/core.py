@@ -398,7 +398,9 @@ class Agent(Service):
                     error=error,
                     t=self._hello_retry,
                 )
-                self.log.failure("the environments could not be listed", failure, level=LogLevel.debug)
+                if not (getattr(failure.value, "unavailable", False) or failure.check(OSError)):
+                    # not a known "engine unreachable": the traceback may tell a bug (once per cause)
+                    self.log.failure("the environments could not be listed", failure, level=LogLevel.debug)
             if peer is self._peer and self.running:
                 self._reactor.callLater(self._hello_retry, self._retry_hello, peer)
 

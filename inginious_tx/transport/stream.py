@@ -696,6 +696,8 @@ class StreamServerPeer:
 
 
 class _ClientFactory(Factory):
+    noisy = False  # no "Starting factory" / "Stopping factory" at every reconnection attempt
+
     def __init__(self, connection: StreamConnection) -> None:
         self._connection = connection
 

@@ -118,6 +118,13 @@ def _scalar(value: Any, where: str) -> str:
     return str(value)
 
 
+def _setting(value: Any, where: str) -> str:
+    """A value of a KEY=VALUE table (``[agent.option]``): a string, a number, or true/false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _scalar(value, where)
+
+
 def _checked(options: usage.Options, name: str, value: str, where: str) -> str:
     """``value`` if the option's own check accepts it; else a UsageError naming the file and key."""
     dispatch = getattr(options, "_dispatch", {})
@@ -158,7 +165,7 @@ def config_argv(options: usage.Options, table: Mapping[str, Any], path: str, com
             if name in given:
                 continue  # the command line's list replaces the file's
             if isinstance(value, dict):  # KEY=VALUE pairs, e.g. [agent.option]
-                items = [f"{k}={_scalar(v, f'{where}.{k}')}" for k, v in value.items()]
+                items = [f"{k}={_setting(v, f'{where}.{k}')}" for k, v in value.items()]
             elif isinstance(value, list):
                 items = [_scalar(v, where) for v in value]
             else:

@@ -60,7 +60,7 @@ def test_the_file_sets_options_of_every_kind(tmp_path: Path) -> None:
         environment = ["default", "py"]
         allow-network = true
         allow-run-cmd = false
-        option = {result = "failed", delay = 0.5}
+        option = {result = "failed", delay = 0.5, init = false}
         """.replace("\n        ", "\n"),
     )
     b = backend("--config", path)
@@ -71,7 +71,7 @@ def test_the_file_sets_options_of_every_kind(tmp_path: Path) -> None:
     assert (a["backend"], a["kind"], a["slots"]) == ("zmq:tcp://127.0.0.1:2001", "mock", 3)
     assert a["config"].environments == ["default", "py"]
     assert a["maxima"].allow_network and not a["maxima"].allow_run_cmd
-    assert a["config"].options == {"result": "failed", "delay": "0.5"}
+    assert a["config"].options == {"result": "failed", "delay": "0.5", "init": "false"}
 
 
 def test_the_command_line_wins(tmp_path: Path) -> None:

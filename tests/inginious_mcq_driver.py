@@ -75,7 +75,9 @@ def main():
 
     register_base_env_types()
     course_factory, _ = create_factories(
-        LocalFSProvider(args.tasks), {TableOfContents.get_id(): TableOfContents}, get_default_displayable_problem_types()
+        LocalFSProvider(args.tasks),
+        {TableOfContents.get_id(): TableOfContents},
+        get_default_displayable_problem_types(),
     )
     with open(args.cases) as f:
         cases = json.load(f)
@@ -118,7 +120,7 @@ def main():
         client.start()
         await asyncio.wait_for(ready.wait(), args.timeout)
         emit(event="environments")
-        for case, task in zip(cases, tasks):
+        for case, task in zip(cases, tasks, strict=True):
             client.new_job(0, task, dict(case["inputdata"]), done_for(case["ref"]), "itx-mcq-test")
         await asyncio.wait_for(finished.wait(), args.timeout)
         emit(event="all-done")

@@ -110,7 +110,12 @@ ITX_TASKS: Dict[str, Dict[str, Any]] = {
 }  # fmt: skip
 
 #: the task catalogs: itx/i18n/$i18n/fr.mo, and the course's itx/$common/$i18n/de.mo
-TASK_FR = {"Good choice!": "Bon choix !", "Not this one": "Pas celle-ci", "Try again": "Réessayez", "Well done": "Bravo"}
+TASK_FR = {
+    "Good choice!": "Bon choix !",
+    "Not this one": "Pas celle-ci",
+    "Try again": "Réessayez",
+    "Well done": "Bravo",
+}
 COMMON_DE = {"Good choice!": "Gute Wahl!", "Try again": "Nochmal"}
 
 #: hand-made problems (the frontend would refuse such a task)
@@ -207,7 +212,10 @@ CASES: List[Dict[str, Any]] = [
     _case("lang-list", {"q": "0"}, "itx/single", lang=["fr"], state="lang-list"),
     _case("lang-int-course-catalog", {"q": "0"}, "itx/single", lang=5),
     # hand-made problems
-    *[_case(f"raw-{name}", {"q": "0", "q 1": "a"}, problems=problems, state=f"raw-{name}") for name, problems in RAW.items()],
+    *[
+        _case(f"raw-{name}", {"q": "0", "q 1": "a"}, problems=problems, state=f"raw-{name}")
+        for name, problems in RAW.items()
+    ],
     _case("raw-missing-task", {"q": "a"}, problems={"q": {"type": "match", "answer": "a"}}, raw_task="itx/missing"),
     _case("raw-float-answer", {"q": "1.5"}, problems=RAW["float_answer"]),
 ]
@@ -227,11 +235,13 @@ def _inginious_course(package: Optional[Path], dest: Path) -> None:
         task.write_text(text.replace('environment: "default"', "environment_type: mcq\nenvironment_id: mcq"))
 
 
-def write_courses(root: Path, package: Optional[Path] = None) -> Path:
-    """The tasks folder of :data:`CASES` under ``root`` (INGInious' test course and ours);
-    ``package``: the ``inginious`` package folder, when ``shared/`` is not there."""
+def write_courses(root: Path, package: Optional[Path] = None, inginious_course: bool = True) -> Path:
+    """The tasks folder of :data:`CASES` under ``root`` (INGInious' test course, unless
+    ``inginious_course`` is false, and ours); ``package``: the ``inginious`` package
+    folder, when ``shared/`` is not there."""
     tasks = root / "tasks"
-    _inginious_course(package, tasks / "test")
+    if inginious_course:
+        _inginious_course(package, tasks / "test")
     itx = tasks / "itx"
     itx.mkdir(parents=True)
     (itx / "course.yaml").write_text(json.dumps({"accessible": True, "name": "itx mcq", "admins": ["a"]}))

@@ -97,7 +97,9 @@ def test_our_mcq_agent_gives_the_verdicts_of_inginious_own(
     # INGInious 0.9.2: its backend, its inginious-agent-mcq
     clients, agents = zmq_address(), zmq_address()
     inginious.backend("0.9", clients, agents)
-    real_agent = _Real([str(FULL / "bin" / "inginious-agent-mcq"), agents, "--tasks", str(tasks)], tmp_path / "real.log")
+    real_agent = _Real(
+        [str(FULL / "bin" / "inginious-agent-mcq"), agents, "--tasks", str(tasks)], tmp_path / "real.log"
+    )
     try:
         theirs = _submit_all(python, clients, tasks, cases, f"real agent:\n{real_agent.tail()}\n{inginious.logs()}")
     finally:
@@ -131,5 +133,7 @@ def test_our_mcq_agent_gives_the_verdicts_of_inginious_own(
     assert results["t2-spaces"] == "success" and results["multi-right"] == "success"
     assert theirs["i18n-fr-wrong"]["problems"]["q"][1] == "Réessayez\n\nPas celle-ci"
     assert theirs["single-de-common-catalog"]["problems"]["q"][1] == "Nochmal\n\nNot this one"
-    assert theirs["raw-missing-task"]["result"][0] == "crash" and "unavailable" in theirs["raw-missing-task"]["result"][1]
+    assert (
+        theirs["raw-missing-task"]["result"][0] == "crash" and "unavailable" in theirs["raw-missing-task"]["result"][1]
+    )
     assert "Traceback" not in agent.output()

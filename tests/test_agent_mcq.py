@@ -267,7 +267,8 @@ def test_inginious_command_line_maps_onto_twistd(tmp_path: Path) -> None:
     assert mcq_command.endpoint_of("tcp:host=h:port=1") == "tcp:host=h:port=1"
     assert mcq_command.endpoint_of("zmq:ipc:///run/a") == "zmq:ipc:///run/a"
     refused = [
-        ["--ptype", "x.Y"], ["--fs", "local"], ["--tasks", "/nonexistent"], ["--tasks", str(tmp_path), "--concurrency", "0"]
+        ["--ptype", "x.Y"], ["--fs", "local"], ["--tasks", "/nonexistent"],
+        ["--tasks", str(tmp_path), "--concurrency", "0"],
     ]  # fmt: skip
     for bad in (["tcp://h:1", *extra] for extra in refused):
         with pytest.raises(SystemExit) as e:

@@ -173,6 +173,18 @@ def test_task_files(tmp_path: Path) -> None:
     assert task_files(str(tasks), "itx", "i18n", "he", cache).error == UNKNOWN_ERROR
 
 
+def test_catalog_cache_rereads_changed_files_within_its_budget(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.mo", tmp_path / "two.mo"
+    one.write_bytes(mcq_cases.mo_bytes({"a": "A1"}))
+    two.write_bytes(mcq_cases.mo_bytes({"a": "A2"}))
+    cache = MoCache(budget=one.stat().st_size + 10)  # room for one catalog
+    assert cache.get(str(one))("a") == "A1" and cache.get(str(two))("a") == "A2"
+    assert list(cache._entries) == [str(two)] and cache._used == two.stat().st_size
+    one.write_bytes(mcq_cases.mo_bytes({"a": "A1, changed"}))
+    os.utime(one, ns=(1, 1))  # another modification time
+    assert cache.get(str(one))("a") == "A1, changed"
+
+
 # -- plugin and agent --------------------------------------------------------------
 
 

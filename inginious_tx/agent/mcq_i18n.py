@@ -32,7 +32,7 @@ from .mcq_rules import TASK_UNAVAILABLE, UNKNOWN_ERROR
 __all__ = ["agent_catalog", "agent_text", "TaskFiles", "task_files", "MoCache", "MAX_MO_BYTES"]
 
 #: A task catalog larger than this is not read (the task gets no translation).
-MAX_MO_BYTES = 8 << 20
+MAX_MO_BYTES = 4 << 20
 #: Folders searched for ``LANG.mo``, under the task then under the course.
 _TASK_FOLDERS = (("$i18n",), ("student", "$i18n"))
 _COURSE_FOLDERS = (("$common", "$i18n"), ("$common", "student", "$i18n"))
@@ -79,33 +79,53 @@ _NULL = gettext.NullTranslations().gettext
 class MoCache:
     """Parsed task catalogs, keyed by path and checked against the file's
     size and modification time (a changed file is read again).  Thread-safe;
-    keeps at most ``size`` catalogs."""
+    keeps at most ``budget`` bytes of catalog files (the oldest go first)."""
 
-    def __init__(self, size: int = 256) -> None:
-        self._size = size
+    def __init__(self, budget: int = 32 << 20) -> None:
+        self._budget = budget
+        self._used = 0
         self._lock = threading.Lock()
         self._entries: Dict[str, Tuple[Tuple[int, int], gettext.GNUTranslations]] = {}
 
     def get(self, path: str) -> Callable[[Any], Any]:
         """The ``gettext`` of the catalog at ``path``; raises OSError/ValueError when unreadable."""
         st = os.stat(path)
+        key = (st.st_mtime_ns, st.st_size)
+        with self._lock:
+            entry = self._entries.get(path)
+        if entry is not None and entry[0] == key and stat.S_ISREG(st.st_mode):
+            return entry[1].gettext
+        data = _read_regular(path)
+        catalog = gettext.GNUTranslations(io.BytesIO(data))
+        with self._lock:
+            old = self._entries.pop(path, None)
+            if old is not None:
+                self._used -= old[0][1]
+            while self._entries and self._used + len(data) > self._budget:
+                oldest = next(iter(self._entries))
+                self._used -= self._entries.pop(oldest)[0][1]
+            if len(data) <= self._budget:
+                self._entries[path] = ((key[0], len(data)), catalog)
+                self._used += len(data)
+        return catalog.gettext
+
+
+def _read_regular(path: str) -> bytes:
+    """The bytes of a regular file of at most MAX_MO_BYTES (a FIFO or a device is refused, never waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{path} is not a regular file")
         if st.st_size > MAX_MO_BYTES:
             raise OSError(f"{path} is larger than {MAX_MO_BYTES} bytes")
-        key = (st.st_mtime_ns, st.st_size)
-        with self._lock:
-            entry = self._entries.get(path)
-        if entry is not None and entry[0] == key:
-            return entry[1].gettext
-        with open(path, "rb") as f:
+        with os.fdopen(fd, "rb", closefd=False) as f:
             data = f.read(MAX_MO_BYTES + 1)
-        catalog = gettext.GNUTranslations(io.BytesIO(data))
-        with self._lock:
-            if len(self._entries) >= self._size:
-                self._entries.pop(next(iter(self._entries)))
-            self._entries[path] = (key, catalog)
-        return catalog.gettext
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MO_BYTES:
+        raise OSError(f"{path} is larger than {MAX_MO_BYTES} bytes")
+    return data
 
 
 def _bad_path(name: Any) -> bool:

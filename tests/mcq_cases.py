@@ -134,6 +134,7 @@ RAW: Dict[str, Dict[str, Any]] = {
     "marker_feedback": {"q": {"type": "multiple_choice",
                               "choices": [{"text": "A", "valid": True, "feedback": "_wrong_answer"}]}},
     "float_answer": {"q": {"type": "match", "answer": 1.5}},
+    "list_answer": {"q": {"type": "match", "answer": ["a", 1, {"b": [None]}]}},
 }  # fmt: skip
 
 
@@ -218,6 +219,19 @@ CASES: List[Dict[str, Any]] = [
     ],
     _case("raw-missing-task", {"q": "a"}, problems={"q": {"type": "match", "answer": "a"}}, raw_task="itx/missing"),
     _case("raw-float-answer", {"q": "1.5"}, problems=RAW["float_answer"]),
+    _case("raw-list-answer", {"q": "('a', 1, {'b': (None,)})"}, problems=RAW["list_answer"]),
+    # hand-made input: an @lang array where no task catalog folder exists (course test)
+    _case("lang-list-no-catalog", {"unittest": "Answer 1"}, "test/task2", lang=["fr"], state="ll"),
+    _case("lang-map-no-catalog", {"unittest": "Answer 1"}, "test/task2", lang={"fr": 1}),
+    _case("lang-int-no-catalog", {"unittest": "Answer 1"}, "test/task2", lang=5),
+    _case("lang-null-no-catalog", {"unittest": "nope"}, "test/task2", lang=None),
+    _case("single-bool", {"q": True}, "itx/single_plain"),
+    _case("single-float", {"q": 1.9}, "itx/single_plain"),
+    _case("multi-bools", {"q": [True, False]}, "itx/multi"),
+    _case("multi-map", {"q": {"0": "x", "1": "y"}}, "itx/multi"),
+    _case("multi-null", {"q": None}, "itx/multi"),
+    _case("multi-float-strings", {"q": ["0", "1.0"]}, "itx/multi"),
+    _case("match-null", {"q": None}, "itx/match"),
 ]
 
 

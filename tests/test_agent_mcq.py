@@ -114,14 +114,30 @@ def test_grade_is_the_share_of_right_problems() -> None:
 
 def test_what_cannot_be_graded_crashes_with_the_state() -> None:
     for name, problems in mcq_cases.RAW.items():
-        if name in ("limit_ok", "marker_feedback", "float_answer"):
+        if name in ("limit_ok", "marker_feedback", "float_answer", "list_answer"):
             continue
         verdict = g(problems, q="0", **{"q 1": "a"})
         assert (verdict.result, verdict.text, verdict.grade, verdict.state) == ("crash", UNKNOWN_ERROR, 0.0, "before")
     assert g(mcq_cases.ITX_TASKS["withcode"], q1="a", q2="x").result == "crash"
     assert g(mcq_cases.ITX_TASKS["mixed"], q1="1", q3=["0", "1"]).result == "crash"  # q2 missing
-    assert g(SINGLE, lang=["fr"], q="0").result == "crash"  # a language INGInious cannot look up
+    assert g(SINGLE, lang={"fr": 1}, q="0").result == "crash"  # a language INGInious cannot look up
+    assert g(SINGLE, lang=("fr",), q="0").result == "success"  # an array (decoded as a tuple) can be
     assert g({"q\n": {"type": "match", "answer": "a"}}, **{"q\n": "a"}).result == "success"  # INGInious' id rule
+
+
+def test_hostile_answers_are_bounded() -> None:
+    from inginious_tx.agent.mcq_rules import MAX_ANSWER_ITEMS, MAX_FEEDBACK_CHARS
+
+    long = {"q": {"type": "multiple_choice", "multiple": True,
+                  "choices": [{"text": "A", "valid": True, "feedback": "x" * 1000}]}}  # fmt: skip
+    assert g(long, q=["0"] * 900).result == "success"  # 900 kB of feedback: still INGInious' verdict
+    too_much = g(long, q=["0"] * 2000)
+    assert (too_much.result, too_much.state) == ("crash", "before")
+    assert too_much.text.startswith("This submission cannot be graded: its feedback would have")
+    assert str(MAX_FEEDBACK_CHARS) in too_much.text
+    too_long = g(MULTI, q=["0"] * (MAX_ANSWER_ITEMS + 1))
+    assert too_long.result == "crash" and f"more than {MAX_ANSWER_ITEMS} entries" in too_long.text
+    assert g(SINGLE, q="9" * 100_000).text == UNKNOWN_ERROR  # Python refuses such an integer
 
 
 def test_no_problems_is_crashed_with_the_state() -> None:

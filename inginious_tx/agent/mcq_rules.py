@@ -39,6 +39,8 @@ __all__ = [
     "PROBLEM_TYPES",
     "AgentText",
     "TaskText",
+    "MAX_ANSWER_ITEMS",
+    "MAX_FEEDBACK_CHARS",
 ]
 
 #: The text of every job the rules cannot grade (INGInious' words: the frontend shows them).
@@ -50,6 +52,13 @@ TASK_UNAVAILABLE = (
     "Task unavailable on agent. Please retry later, the agents should synchronize soon. If the error "
     "persists, please contact your course administrator."
 )
+
+#: Most entries a ``multiple`` answer may have (a form gives one per choice at most):
+#: a longer list would repeat feedback without end.  Not an INGInious rule.
+MAX_ANSWER_ITEMS = 10_000
+#: Most characters of feedback (main text and problem texts) a verdict may carry.
+#: Not an INGInious rule: past it the job crashes, saying so.
+MAX_FEEDBACK_CHARS = 1_000_000
 
 #: The problem types graded here.
 PROBLEM_TYPES = ("multiple_choice", "match")
@@ -75,6 +84,10 @@ _PROBLEM_ID = re.compile(r"[a-z0-9\-\._]+$", re.IGNORECASE)
 
 class _Ungradable(Exception):
     """The task or the answer is outside what the rules grade (becomes a crash)."""
+
+
+class _TooLarge(Exception):
+    """The submission would make a verdict beyond our bounds (a crash that says so)."""
 
 
 @dataclass
@@ -170,6 +183,8 @@ class _MultipleChoice:
         messages: List[Any] = []
         invalid = 0
         if self.multiple:
+            if isinstance(answer, (list, tuple, dict)) and len(answer) > MAX_ANSWER_ITEMS:
+                raise _TooLarge(f"the answer to {self.pid!r} has more than {MAX_ANSWER_ITEMS} entries")
             for choice in self.choices:
                 # membership as Python's ``in`` says, integer index first (a
                 # list of strings or of numbers both work; a string answer fails)
@@ -239,15 +254,24 @@ def grade(
     ``reason`` says why.
     """
     try:
-        return _grade(task_problems, inputdata, agent_text, task_text)
+        verdict = _grade(task_problems, inputdata, agent_text, task_text)
+    except _TooLarge as e:
+        return crash(inputdata, f"This submission cannot be graded: {e}.", reason=str(e))
     except Exception as e:
         return crash(inputdata, reason=f"{type(e).__name__}: {e}"[:500])
+    size = len(verdict.text) + sum(len(text) for _, text in verdict.problems.values())
+    if size > MAX_FEEDBACK_CHARS:
+        why = f"its feedback would have {size} characters (at most {MAX_FEEDBACK_CHARS})"
+        return crash(inputdata, f"This submission cannot be graded: {why}.", reason=why)
+    return verdict
 
 
 def _grade(
     task_problems: Mapping[str, Any], inputdata: Mapping[str, Any], agent_text: AgentText, task_text: TaskText
 ) -> Verdict:
-    hash(language_of(inputdata))  # INGInious looks the language up in a dict: a list there fails the job
+    # INGInious looks the language up in a dict: a map there fails the job (an
+    # array is a tuple, in its decoder as in ours, and passes)
+    hash(language_of(inputdata))
     problems = [_problem(pid, content) for pid, content in task_problems.items()]
     checked = [(p.pid, p.check(inputdata, task_text)) for p in problems]
 

@@ -6,6 +6,7 @@ with tasks loaded by the real 0.9.2 frontend code (tests/inginious_mcq_driver.py
 
 - once to the real ``inginious-agent-mcq`` behind the real 0.9.2 backend,
 - once to our ``inginious-tx-agent-mcq`` behind our ``twistd inginious-backend``,
+- once to INGInious' agent behind our backend,
 
 and every answer must be the same: result, text, grade, problem results and
 texts, state (and the empty tests and custom).  Needs the full INGInious
@@ -115,15 +116,28 @@ def test_our_mcq_agent_gives_the_verdicts_of_inginious_own(
     )  # fmt: skip
     mine = _submit_all(python, clients, tasks, cases, f"ours:\n{agent.output()[-3000:]}\n{backend.output()[-3000:]}")
 
-    (tmp_path / "answers.json").write_text(json.dumps({"inginious": theirs, "ours": mine}, indent=1))
+    # and INGInious' agent behind our backend (what our backend carries: task_problems, "crashed"...)
+    agent.stop()
+    real_agent = _Real(
+        [str(FULL / "bin" / "inginious-agent-mcq"), agents, "--tasks", str(tasks)], tmp_path / "real2.log"
+    )
+    try:
+        mixed = _submit_all(
+            python, clients, tasks, cases, f"real agent:\n{real_agent.tail()}\n{backend.output()[-3000:]}"
+        )
+    finally:
+        real_agent.stop()
+
+    (tmp_path / "answers.json").write_text(json.dumps({"inginious": theirs, "ours": mine, "mixed": mixed}, indent=1))
     refs = [case["ref"] for case in mcq_cases.CASES]
-    assert sorted(theirs) == sorted(mine) == sorted(refs)
+    assert sorted(theirs) == sorted(mine) == sorted(mixed) == sorted(refs)
     fields = ("result", "grade", "problems", "state", "tests", "custom")
     differences = [
-        f"{ref}: {name}: INGInious {theirs[ref][name]!r} != ours {mine[ref][name]!r}"
+        f"{ref}: {name}: INGInious {theirs[ref][name]!r} != {label} {other[ref][name]!r}"
+        for label, other in (("ours", mine), ("INGInious' agent behind our backend", mixed))
         for ref in refs
         for name in fields
-        if theirs[ref][name] != mine[ref][name]
+        if theirs[ref][name] != other[ref][name]
     ]
     assert not differences, "\n".join(differences)
 
@@ -136,4 +150,4 @@ def test_our_mcq_agent_gives_the_verdicts_of_inginious_own(
     assert (
         theirs["raw-missing-task"]["result"][0] == "crash" and "unavailable" in theirs["raw-missing-task"]["result"][1]
     )
-    assert "Traceback" not in agent.output()
+    assert "Traceback" not in agent.output() and "Traceback" not in backend.output()

@@ -25,6 +25,8 @@ from typing import Optional
 from host_tools import missing_setup
 
 __all__ = [
+    "SHARED",
+    "require_shared",
     "INGINIOUS_IMAGE",
     "VENV_FULL",
     "SETUP",
@@ -34,6 +36,36 @@ __all__ = [
     "require_inginious_full",
     "inginious_full_program",
 ]
+
+def _shared() -> Path:
+    """The shared folder: $ITX_SHARED, else ``../shared`` beside the repository (or its main checkout)."""
+    if os.environ.get("ITX_SHARED"):
+        return Path(os.environ["ITX_SHARED"])
+    repo = Path(__file__).resolve().parent.parent
+    beside = repo.parent / "shared"
+    if beside.is_dir():
+        return beside
+    try:  # a git worktree elsewhere: beside the main checkout
+        common = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            capture_output=True, text=True, timeout=30,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return beside
+    return Path(common).parent.parent / "shared" if common else beside
+
+
+#: The shared test material (``inginious-0.9.2/`` holds INGInious' base-container files and tasks).
+SHARED = _shared()
+
+
+def require_shared(*parts: str) -> Path:
+    """A path inside the shared folder; skip (outside CI) or fail (under CI) when it is missing."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        missing_setup(f"{path} is missing (the shared folder beside the repository; ITX_SHARED names another)")
+    return path
+
 
 #: The stand-in of INGInious 0.9.2's ``default`` image (same variable as build_image.sh).
 INGINIOUS_IMAGE = os.environ.get("INGI_IMAGE", "inginious-c-default:0.9.2-local")

@@ -37,6 +37,7 @@ __all__ = [
     "inginious_full_program",
 ]
 
+
 def _shared() -> Path:
     """The shared folder: $ITX_SHARED, else ``../shared`` beside the repository (or its main checkout)."""
     if os.environ.get("ITX_SHARED"):
@@ -101,7 +102,9 @@ def inginious_image_problem() -> Optional[str]:
     finally:
         client.close()
     if labels.get("org.inginious.grading.agent_version") != "3":
-        return f"the image {INGINIOUS_IMAGE} is not labelled org.inginious.grading.agent_version=3 (rebuild it: {SETUP})"
+        return (
+            f"the image {INGINIOUS_IMAGE} is not labelled org.inginious.grading.agent_version=3 (rebuild it: {SETUP})"
+        )
     return None
 
 

@@ -61,14 +61,19 @@ def tasks(tmp_path: Path) -> Path:
 
 PY_RUN = """\
 import os, subprocess
-subprocess.run(["feedback-msg", "-m", "run.py as " + os.path.basename(__file__ if "__file__" in dir() else "?")], check=True)
+subprocess.run(["feedback-msg", "-m", "run.py as " + os.path.basename(__file__)], check=True)
 subprocess.run(["feedback-result", "success"], check=True)
 """
 
 
 @pytest.mark.parametrize(
     "task, found",
-    [("uses-common", ("common", "run")), ("shell", ("task", "run.sh")), ("py", ("task", "run.py")), ("both", ("task", "run"))],
+    [
+        ("uses-common", ("common", "run")),
+        ("shell", ("task", "run.sh")),
+        ("py", ("task", "run.py")),
+        ("both", ("task", "run")),
+    ],
 )
 def test_run_file_order(tasks: Path, task: str, found: Any) -> None:
     common = tasks / "c" / "$common"
@@ -146,7 +151,9 @@ def docker_backend(tasks: Path, tmp_path: Path) -> Any:
 
     work = str(tmp_path / "dw")
     options: Dict[str, Any] = {"work_dir": work, "pids_limit": 64, "poll_interval": 0.2}
-    backend = DockerBackend(reactor, AgentConfig(tasks_dir=str(tasks), environments=[f"default={TEST_IMAGE}"], options=options))
+    backend = DockerBackend(
+        reactor, AgentConfig(tasks_dir=str(tasks), environments=[f"default={TEST_IMAGE}"], options=options)
+    )
     yield backend
     pytest_twisted.blockon(backend.close())
     assert_left_clean(backend.instance_id, work)

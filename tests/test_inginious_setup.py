@@ -20,8 +20,10 @@ def test_image_runs_its_inginious_program() -> None:
         assert config["Labels"]["org.inginious.grading.name"] == "default"
         assert config["Cmd"] == ["INGInious"]
         out = client.containers.run(
-            image, ["sh", "-c", "for p in INGInious parsetemplate run_student; do command -v $p; done; id -u worker"],
-            network_mode="none", remove=True,
+            image,
+            ["sh", "-c", "for p in INGInious parsetemplate run_student; do command -v $p; done; id -u worker"],
+            network_mode="none",
+            remove=True,
         ).decode()
     finally:
         client.close()
@@ -33,7 +35,9 @@ def test_image_runs_its_inginious_program() -> None:
 def test_full_virtualenv_has_the_real_programs() -> None:
     support.require_inginious_full()
     for name in ("inginious-agent-docker", "inginious-agent-mcq", "inginious-backend"):
-        done = subprocess.run([support.inginious_full_program(name), "--help"], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(
+            [support.inginious_full_program(name), "--help"], capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 0, done.stderr
         assert "backend" in done.stdout or "agent" in done.stdout
 

@@ -90,7 +90,10 @@ CASES = {
     "plain-keeps-no-indent": ("def f():\n    @@code@@\n", {"code": "a = 1\n    return a"}),
     "prefix-and-suffix": ("@# @code@ #@\nend @@one@@@@one@@\n", {"code": "x\n\ny", "one": "1"}),
     "repeated": ("@> @code@@ and @> @code@@ | @-@code@-@\n", {"code": "a\nb"}),
-    "newlines": ("[@@crlf@@] [@@cr@@] [@@empty@@] [@@nl@@] [@<@nl@>@]\n", {"crlf": "a\r\nb\r\n", "cr": "a\rb", "empty": "", "nl": "\n"}),
+    "newlines": (
+        "[@@crlf@@] [@@cr@@] [@@empty@@] [@@nl@@] [@<@nl@>@]\n",
+        {"crlf": "a\r\nb\r\n", "cr": "a\rb", "empty": "", "nl": "\n"},
+    ),
     "file-input": ("@@f:filename@@: @  @f:value@@\n", {"f": {"filename": "x.c", "value": "int a;\nint b;\n"}}),
     "not-placeholders": ("mail@host@x@y@ @@ a @@ @@@@ @a@nokey@b@\n", {"x": "X"}),
     "no-final-newline": ("@@code@@", {"code": "a\nb"}),

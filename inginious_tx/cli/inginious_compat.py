@@ -87,7 +87,8 @@ def _agent_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--debug-ports",
         default=DEFAULT_DEBUG_PORTS,
-        help=f"INGInious' debug port range; our one SSH server listens on its first port [default: {DEFAULT_DEBUG_PORTS}]",
+        help="INGInious' debug port range; our one SSH server listens on its first port "
+        f"[default: {DEFAULT_DEBUG_PORTS}]",
     )
     p.add_argument("--tmpdir", help="where job folders are made [default: a fresh temporary folder]")
     p.add_argument("--concurrency", type=int, help="jobs at once [default: two per CPU core, as INGInious]")
@@ -220,7 +221,9 @@ def run_twistd(plugin: str, options: Sequence[str]) -> int:
     return 1 if _critical else 0
 
 
-def _main(name: str, translate: Callable[[Sequence[str]], List[str]], plugin: str, argv: Optional[Sequence[str]]) -> int:
+def _main(
+    name: str, translate: Callable[[Sequence[str]], List[str]], plugin: str, argv: Optional[Sequence[str]]
+) -> int:
     try:
         options = translate(sys.argv[1:] if argv is None else argv)
     except ValueError as e:

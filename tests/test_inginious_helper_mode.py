@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 import pytest
 import pytest_twisted
 from docker_support import TEST_IMAGE, assert_left_clean, new_job, require_docker
+from inginious_image_support import require_shared
 from host_tools import require_program
 
 from inginious_tx.agent.job_folder import TaskError, find_run_file, prepare_job, remove_job
@@ -169,3 +170,40 @@ async def test_docker_agent_as_inginious(docker_backend: Any, within: Any) -> No
         assert tar.getnames() == [""]
     shell = await within(docker_backend.run(new_job("c", "shell", debug=True)), 60)
     assert (shell.result, shell.text) == ("success", "run.sh in /task"), shell
+
+
+# -- INGInious' own tasks (shared/inginious-0.9.2/tasks) on the local agent ---
+
+ABS_RIGHT = "    if x < 0:\n        return -x\n    return x"
+ABS_WRONG = "    return x"
+
+
+@pytest_twisted.ensureDeferred
+async def test_inginious_tasks_in_helper_mode(tmp_path: Path, closers: List[Any], within: Any) -> None:
+    """Tasks written for INGInious that need none of its image's program: its ``$common/run``,
+    a ``run.sh``, ``parsetemplate``'s prefix form with ``run_student``, a plain ``run``."""
+    require_program("bash")
+    require_program("python3")
+    import shutil
+
+    from twisted.internet import reactor
+
+    shared = require_shared("inginious-0.9.2", "tasks")
+    tasks = tmp_path / "tasks"
+    shutil.copytree(shared, tasks, symlinks=True)
+    backend = LocalBackend(reactor, AgentConfig(tasks_dir=str(tasks), options={"work_dir": str(tmp_path / "w")}))
+    closers.append(backend.close)
+
+    async def grade(task: str, inputdata: Dict[str, Any]) -> JobResult:
+        result = await within(backend.run(new_job("ingi", task, inputdata=inputdata)), 60)
+        assert isinstance(result, JobResult)
+        return result
+
+    common = await grade("common_run", {"q": "x"})
+    assert (common.result, common.text) == ("success", "graded by the course's common run file for task task")
+    assert [(await grade("runsh", {"answer": a})).result for a in ("42", "41")] == ["success", "failed"]
+    right = await grade("parsetemplate", {"studentcode": ABS_RIGHT})
+    assert (right.result, right.text) == ("success", "Your code is correct"), right
+    wrong = await grade("parsetemplate", {"studentcode": ABS_WRONG})
+    assert (wrong.result, wrong.text) == ("failed", "Your code is not correct"), wrong
+    assert (await grade("hello", {"q": "x"})).result == "success"

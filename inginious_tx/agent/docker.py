@@ -690,7 +690,8 @@ class DockerBackend:
         d: Deferred = Deferred()
 
         def up(cid: Optional[str]) -> Optional[str]:
-            d.callback(None if cid is None else DockerSandbox(cid, self._user, f"{JOB_MOUNT}/task", self._url))
+            workdir = TASK_MOUNT if self._inginious_paths else f"{JOB_MOUNT}/task"  # where the grader runs
+            d.callback(None if cid is None else DockerSandbox(cid, self._user, workdir, self._url))
             return cid
 
         run.up.addCallback(up)

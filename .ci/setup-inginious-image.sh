@@ -4,19 +4,17 @@
 #  1. the local stand-in of INGInious 0.9.2's `default` grading image, built by
 #     shared/inginious-0.9.2/build_image.sh (a Debian root filesystem made by
 #     mmdebstrap from this machine's apt sources, no container registry);
-#  2. a virtualenv holding inginious==0.9.2 WITH its dependencies (the real
+#  2. a check of the virtualenv that .ci/setup-inginious.sh makes, holding inginious==0.9.2 WITH its dependencies (the real
 #     inginious-agent-docker, inginious-agent-mcq, the frontend's task classes),
 #     at ${ITX_INGINIOUS_09_FULL:-/opt/itx-inginious-0.9.2-full}.
 #
-# Idempotent: build_image.sh rebuilds only when its inputs changed, and a
-# virtualenv that already imports the pieces is left alone.  Run after
+# Idempotent: build_image.sh rebuilds only when its inputs changed.  Run after
 # .ci/docker-setup.sh (the engine must answer).  Fails loudly.
 #
 # Environment:
 #   ITX_SHARED              the shared folder (default: ../shared beside the repository)
 #   INGI_IMAGE              the image's tag (default inginious-c-default:0.9.2-local; read by build_image.sh)
 #   ITX_INGINIOUS_09_FULL   the full 0.9.2 virtualenv (tests/inginious_support.py reads it too)
-#   ITX_INGINIOUS_PYTHON    the Python that makes the virtualenv (default python3)
 set -euo pipefail
 say() { echo "setup-inginious-image: $*"; }
 die() { echo "setup-inginious-image: ERROR: $*" >&2; exit 1; }
@@ -29,7 +27,6 @@ if [ -z "${ITX_SHARED:-}" ] && [ ! -d "$SHARED" ] && common="$(git -C "$REPO" re
 fi
 BUILD="$SHARED/inginious-0.9.2/build_image.sh"
 VFULL="${ITX_INGINIOUS_09_FULL:-/opt/itx-inginious-0.9.2-full}"
-PYTHON="${ITX_INGINIOUS_PYTHON:-python3}"
 export DEBIAN_FRONTEND=noninteractive
 
 [ -f "$BUILD" ] || die "no $BUILD (set ITX_SHARED to the shared folder)"
@@ -69,21 +66,8 @@ import inginious.frontend.tasks  # noqa
 from inginious.frontend.environment_types.docker import DockerEnvType  # noqa
 PY
 }
-if check_full >/dev/null 2>&1; then
-    say "$VFULL already holds inginious 0.9.2 with its dependencies"
-else
-    if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
-        apt_install python3-venv
-    fi
-    say "making $VFULL (pip install inginious==0.9.2 with its dependencies)"
-    rm -rf "$VFULL"
-    "$PYTHON" -m venv "$VFULL" || die "cannot make the virtualenv $VFULL"
-    "$VFULL/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel ||
-        die "cannot upgrade pip in $VFULL"
-    "$VFULL/bin/python" -m pip install --quiet --disable-pip-version-check "inginious==0.9.2" ||
-        die "pip install inginious==0.9.2 failed in $VFULL"
-    check_full || die "$VFULL does not import the INGInious 0.9.2 agents and frontend after the install"
-fi
+# .ci/setup-inginious.sh makes it (run before this script); check that it holds what these tests use.
+check_full >/dev/null 2>&1 || die "$VFULL does not import the INGInious 0.9.2 agents and frontend: run .ci/setup-inginious.sh first"
 for prog in inginious-agent-docker inginious-agent-mcq inginious-backend; do
     [ -x "$VFULL/bin/$prog" ] || die "$VFULL/bin/$prog is missing"
 done

@@ -20,8 +20,8 @@ from typing import Any, Dict, List
 import pytest
 import pytest_twisted
 from docker_support import TEST_IMAGE, assert_left_clean, new_job, require_docker
-from inginious_image_support import require_shared
 from host_tools import require_program
+from inginious_image_support import require_shared
 
 from inginious_tx.agent.job_folder import TaskError, find_run_file, prepare_job, remove_job
 from inginious_tx.agent.local import LocalBackend

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable, List
 
 import pytest
-
 from subprocess_env import REPO, child_env
 
 RUNNING = REPO / "docs" / "running.rst"
@@ -141,7 +140,7 @@ def test_two_process_example_grades_a_job_from_any_folder(tmp_path: Path) -> Non
 
         for proc in procs:
             os.killpg(proc.pid, signal.SIGTERM)
-        for proc, log in zip(procs, logs):
+        for proc, log in zip(procs, logs, strict=True):
             # twistd ends itself with the signal that stopped it, after a clean shutdown
             assert proc.wait(timeout=60) in (0, -signal.SIGTERM), text(log)
             assert "Server Shut Down." in text(log), text(log)

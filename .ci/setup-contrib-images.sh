@@ -64,27 +64,29 @@ CTX="$(mktemp -d)"
 trap 'rm -rf "$CTX"' EXIT
 tar --exclude=.git --exclude=.tox --exclude=.wheels --exclude=docs/_build --exclude=__pycache__ \
     --exclude='*.egg-info' --exclude=.mypy_cache --exclude=.hypothesis -cf - . | tar -C "$CTX" -xf -
-mkdir -p "$CTX/.wheels"
-CA=/etc/ssl/certs/ca-certificates.crt
-set --
-[ -s "$CA" ] && set -- -v "$CA:/etc/ssl/certs/ca-certificates.crt:ro" -e PIP_CERT=/etc/ssl/certs/ca-certificates.crt
-for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL HTTP_PROXY HTTPS_PROXY http_proxy https_proxy NO_PROXY no_proxy; do
-    eval "value=\${$var:-}"
-    [ -n "$value" ] && set -- "$@" -e "$var=$value"
-done
-say "pip wheel (in $BASE)"
-docker run --rm --network host "$@" -v "$CTX:/src" -w /src "$BASE" sh -c '
-    set -e
-    python3 -m venv /tmp/venv
-    /tmp/venv/bin/pip install -q --disable-pip-version-check "setuptools>=64" wheel
-    /tmp/venv/bin/pip wheel -q --disable-pip-version-check -w /src/.wheels -c constraints.txt ".[docker,metrics,ssh]"
-    chown -R "$(stat -c %u:%g /src)" /src/.wheels
-' || die "pip wheel failed"
-
-hash="$(cd "$CTX" && find . -type f ! -path './.wheels/inginious_tx-*' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+# what the image is made from (the wheels follow from it): a change elsewhere
+# (tests, docs) does not rebuild it
+hash="$(cd "$CTX" && find inginious_tx plugins examples setup.cfg setup.py pyproject.toml README.md \
+    constraints.txt contrib/docker -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
 if [ "$(label "$IMAGE")" = "$hash" ]; then
     say "$IMAGE up to date"
 else
+    mkdir -p "$CTX/.wheels"
+    CA=/etc/ssl/certs/ca-certificates.crt
+    set --
+    [ -s "$CA" ] && set -- -v "$CA:/etc/ssl/certs/ca-certificates.crt:ro" -e PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+    for var in PIP_INDEX_URL PIP_EXTRA_INDEX_URL HTTP_PROXY HTTPS_PROXY http_proxy https_proxy NO_PROXY no_proxy; do
+        eval "value=\${$var:-}"
+        [ -n "$value" ] && set -- "$@" -e "$var=$value"
+    done
+    say "pip wheel (in $BASE)"
+    docker run --rm --network host "$@" -v "$CTX:/src" -w /src "$BASE" sh -c '
+        set -e
+        python3 -m venv /tmp/venv
+        /tmp/venv/bin/pip install -q --disable-pip-version-check "setuptools>=64" wheel
+        /tmp/venv/bin/pip wheel -q --disable-pip-version-check -w /src/.wheels -c constraints.txt ".[docker,metrics,ssh]"
+        chown -R "$(stat -c %u:%g /src)" /src/.wheels
+    ' || die "pip wheel failed"
     say "docker build $IMAGE"
     docker build -q -f "$CTX/contrib/docker/Dockerfile" --build-arg "BASE=$BASE" \
         --build-arg EXTRAS=docker,metrics --label "$LABEL=$hash" -t "$IMAGE" "$CTX" >/dev/null \

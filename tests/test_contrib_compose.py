@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 import pytest
@@ -158,3 +159,29 @@ def test_compose_grades_a_job_and_prometheus_scrapes_the_backend() -> None:
         down = run("down", "--volumes", "--remove-orphans", "--timeout", "30")
         shutil.rmtree(work, ignore_errors=True)
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+def test_helpers_in_work_dir_puts_the_helpers_where_the_engine_sees_them(tmp_path: Path) -> None:
+    """An agent in a container (the compose file's) mounts the helpers from its work folder,
+    which the engine sees, not from its package; without a work folder the option is refused."""
+    pytest.importorskip("docker")
+    from twisted.internet import reactor
+
+    from inginious_tx.agent.docker import DockerBackend
+    from inginious_tx.agent.job_folder import helpers_dir
+    from inginious_tx.agent.result import AgentConfig
+
+    with pytest.raises(ValueError, match="helpers_in_work_dir needs work_dir"):
+        DockerBackend(reactor, AgentConfig(None, ["default=x"], 1, {"helpers_in_work_dir": "yes"}))
+    plain = DockerBackend(reactor, AgentConfig(None, ["default=x"], 1, {"work_dir": str(tmp_path / "a")}))
+    assert plain._thd_helpers() == helpers_dir()
+    work = tmp_path / "b"
+    work.mkdir()
+    shared = DockerBackend(
+        reactor, AgentConfig(None, ["default=x"], 1, {"work_dir": str(work), "helpers_in_work_dir": "yes"})
+    )
+    folder = Path(shared._thd_helpers())
+    assert folder.parent == work
+    assert sorted(p.name for p in folder.iterdir()) == sorted(os.listdir(helpers_dir()))
+    assert all(os.access(p, os.X_OK) for p in folder.iterdir())
+    assert shared._thd_helpers() == str(folder)  # again (a restarted agent): refreshed in place

@@ -130,8 +130,11 @@ def _cmd(run_cmd: str, **kw: Any) -> BackendNewJob:
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_student_cannot_change_the_verdict(backend: DockerBackend) -> None:
-    jobs = [new_job("rs", "hostile", time_limit=20, hard_time_limit=60, mem_limit=128) for _ in range(20)]
-    results: List[JobResult] = await gatherResults([backend.run(j) for j in jobs]).addTimeout(300, _reactor())
+    # 20 at once, each starting student processes: on a busy machine (load 30 on 2 cores) they
+    # took more than a minute of wall-clock time, so the wall limit is generous; the CPU limit
+    # (20 s) is what any of them would hit if the verdict logic looped.
+    jobs = [new_job("rs", "hostile", time_limit=20, hard_time_limit=240, mem_limit=128) for _ in range(20)]
+    results: List[JobResult] = await gatherResults([backend.run(j) for j in jobs]).addTimeout(600, _reactor())
     for r in results:
         assert (r.result, r.grade, r.text) == ("failed", 20.0, "grader's verdict"), r
         assert r.custom["out"] == "HELLO" and r.custom["code"] == "3", r.custom

@@ -28,6 +28,13 @@ Options (``AgentConfig.options``):
     files: job folders are bind-mounted.
 ``work_dir``
     where job folders are made (default: a fresh temporary folder).
+``helpers_in_work_dir``
+    True: the helper scripts (``getinput``, ``feedback-*``...) are copied
+    into ``work_dir`` at the first job and bind-mounted from there, not
+    from the package's folder.  For an agent in a container (contrib/compose):
+    the engine resolves bind mounts on its own host, which sees ``work_dir``
+    (mounted at the same path in the agent's container) but not the package
+    inside the agent's image.
 ``user``
     ``UID:GID`` the task runs as (default ``4242:4242`` when the agent is
     root, which then hands the job folder to that user; else the agent's own).
@@ -53,6 +60,7 @@ reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -252,6 +260,11 @@ class DockerBackend:
         #: made on first use when not given (and then removed by close())
         self._work_dir: Optional[str] = opts.get("work_dir") or None
         self._own_work_dir = self._work_dir is None
+        self._helpers_in_work_dir = str(opts.get("helpers_in_work_dir", "")).lower() in ("1", "true", "yes")
+        if self._helpers_in_work_dir and self._work_dir is None:
+            raise ValueError("helpers_in_work_dir needs work_dir (a folder the engine sees at the same path)")
+        #: where the helper scripts are bind-mounted from (set at the first job)
+        self._helpers: Optional[str] = None
         #: unique per backend instance: every container carries it as a label
         self.instance_id: str = uuid.uuid4().hex
         #: this process, for good: a later agent removes our containers if we are killed
@@ -471,10 +484,23 @@ class DockerBackend:
                 why=policy.reason,
             )
 
+    def _thd_helpers(self) -> str:
+        """The folder the helper scripts are bind-mounted from (see ``helpers_in_work_dir``)."""
+        if not self._helpers_in_work_dir or self._work_dir is None:
+            return helpers_dir()
+        target = os.path.join(self._work_dir, ".inginious-tx-helpers")
+        shutil.copytree(helpers_dir(), target, dirs_exist_ok=True)
+        os.chmod(target, 0o755)
+        for name in os.listdir(target):
+            os.chmod(os.path.join(target, name), 0o755)
+        return target
+
     def _thd_prepare(self, job: BackendNewJob) -> JobFolder:
         with self._client_lock:
             if self._work_dir is None:
                 self._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
+            if self._helpers is None:
+                self._helpers = self._thd_helpers()
         owner = self._chown_to if os.geteuid() == 0 else None
         folder = prepare_job(
             self._config.tasks_dir or "", job, self._work_dir, disk_mb=self._disk_mb, owner=owner, marked=True
@@ -516,7 +542,7 @@ class DockerBackend:
             user=self._user,
             mounts=[
                 docker.types.Mount(JOB_MOUNT, folder.root, type="bind", read_only=False),
-                docker.types.Mount(HELPERS_MOUNT, helpers_dir(), type="bind", read_only=True),
+                docker.types.Mount(HELPERS_MOUNT, self._helpers or helpers_dir(), type="bind", read_only=True),
                 *(inginious_mounts(docker, folder) if self._inginious_paths else []),
             ],
             network_mode="bridge" if job.enable_network else "none",

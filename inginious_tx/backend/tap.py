@@ -169,7 +169,7 @@ class Options(CommandOptions):
         self["clients"] = []
         self["agents"] = []
         self.longdesc = (
-            "Queue INGInious 0.6 grading jobs from clients (frontends) and dispatch them to agents.\n"
+            "Queue the grading jobs of INGInious 0.9 (and 0.6) clients (frontends) and dispatch them to agents.\n"
             "Endpoints are Twisted endpoint strings (tcp:2000:interface=127.0.0.1, unix:/path, ssl:...) "
             "or zmq: followed by a ZeroMQ address (zmq:tcp://127.0.0.1:2000, zmq:ipc:///path).\n"
             f"Defaults: --clients {DEFAULT_CLIENTS} and no agent endpoint (the usual one is --agents "

@@ -73,6 +73,8 @@ from ._threads import BackendThreads
 from .compat import inginious_mounts
 from .debug import ISSHDebugBackend
 from .feedback import OutputLimits, collect_result
+from .inginious_image import LABEL_NAME, image_info, pick_images
+from .inginious_job import IngiImage, IngiSession
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
 from .job_folder import JobFolder, TaskError, helpers_dir, prepare_job, remove_job_path
 from .result import AgentConfig, JobResult
@@ -208,6 +210,8 @@ class _Run(JobRun):
     container_id: Optional[str] = None
     #: why the backend stopped the job: (result type, text); None if it was not stopped
     stopped: Optional[Tuple[str, str]] = None
+    #: (user, working folder) of SSH debug sessions; None: the backend's own
+    debug_place: Optional[Tuple[str, str]] = None
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -226,8 +230,12 @@ class DockerBackend:
         #: environment -> OCI runtime (None: the engine's default); see .runtimes
         self._runtimes = {name: spec.runtime for name, spec in specs.items()}
         self._pids_policies: Dict[str, PidsPolicy] = {}
-        if not self._images:
+        #: offer the engine's INGInious grading images (label org.inginious.grading.name) as well
+        self._discover = _flag(opts.get("inginious_images", True))
+        if not self._images and not self._discover:
             raise ValueError("the docker backend needs at least one --environment NAME=IMAGE")
+        #: environments served the INGInious way (their image's own program, see .inginious_job)
+        self._ingi: Dict[str, IngiImage] = {}
         self._url: Optional[str] = opts.get("docker_url") or None
         self._pids_limit = int(opts.get("pids_limit", 256))
         self._sandbox_pids = int(opts.get("sandbox_pids", 256))
@@ -258,8 +266,9 @@ class DockerBackend:
         self._engine_ok: Optional[bool] = None
         self._client: Any = None
         self._client_lock = Lock()
-        # enough threads for every slot's waiting plus the odd extra call
-        self._threads = BackendThreads(IReactorFromThreads(reactor), "docker-backend", max(2, 2 * config.slots + 2))
+        # enough threads for every slot's waiting (and, on INGInious images, its reader and one
+        # student container) plus the odd extra call
+        self._threads = BackendThreads(IReactorFromThreads(reactor), "docker-backend", max(2, 4 * config.slots + 2))
         self._closed = False
         #: what agents killed on this host left (containers, job folders) is removed once, at start
         self._swept = False
@@ -315,11 +324,12 @@ class DockerBackend:
         return ensureDeferred(self._environments())
 
     async def _environments(self) -> Dict[str, Dict[str, Any]]:
-        if not self._images:
+        if not self._images and not self._discover:
             self.log.warn("docker backend: no --environment NAME=IMAGE given; no environment offered")
             return {}
         try:
             found, missing = await self._call(self._thd_guard, self._thd_images)
+            found, self._ingi = await self._call(self._thd_guard, self._thd_inginious, found)
         except DockerEngineError as e:
             if self._engine_ok is not False:
                 self.log.error("docker backend: {error}; no environment offered until it is back", error=str(e))
@@ -384,6 +394,37 @@ class DockerBackend:
             found[name] = {"id": img.id, "created": _created(img.attrs), "ports": []}
         return found, missing
 
+    def _thd_inginious(
+        self, client: Any, found: Dict[str, Dict[str, Any]]
+    ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, IngiImage]]:
+        """Which environments are INGInious images (their labels say so), and the labelled images
+        of the engine offered beside the configured environments (see :mod:`.inginious_image`)."""
+        ingi: Dict[str, IngiImage] = {}
+        for name, env in found.items():
+            attrs = client.api.inspect_image(env["id"])
+            info = image_info(env["id"], (attrs.get("Config") or {}).get("Labels"), str(attrs.get("Created", "")))
+            if info.version is not None and info.refused is None:
+                ingi[name] = IngiImage(env["id"], self._runtimes.get(name))
+        if not self._discover:
+            return found, ingi
+        infos = [
+            image_info(str(img["Id"]), img.get("Labels"), datetime.fromtimestamp(int(img.get("Created") or 0), timezone.utc).isoformat())
+            for img in client.api.images(filters={"label": LABEL_NAME})
+        ]
+        offered, refused = pick_images(infos)
+        for info in refused:
+            self.log.info(
+                "docker backend: INGInious image {name!r} ({image}) not offered: {why}",
+                name=info.name, image=info.image_id[:19], why=info.refused,
+            )  # fmt: skip
+        found = dict(found)
+        for name, info in offered.items():
+            if name in found:
+                continue  # an --environment of the same name wins
+            found[name] = {"id": info.image_id, "created": _created({"Created": info.created}), "ports": []}
+            ingi[name] = IngiImage(info.image_id, None)
+        return found, ingi
+
     # -- running jobs --------------------------------------------------------
 
     def run(self, job: BackendNewJob) -> Deferred[JobResult]:
@@ -411,11 +452,15 @@ class DockerBackend:
         job = run.job
         if self._closed:
             return await self._crash("the agent is shutting down")
+        if not self._config.tasks_dir:
+            return await self._crash("this docker agent has no tasks folder (--tasks)")
+        ingi = self._ingi.get(job.environment)
+        if ingi is not None:  # an INGInious image: its own program runs the job
+            run.debug_place = ("4242:4242", "/task")
+            return await IngiSession(self, run, ingi, self._ingi).run_job()
         image = self._images.get(job.environment)
         if image is None:
             return await self._crash(f"environment {job.environment!r} is not offered by this docker agent")
-        if not self._config.tasks_dir:
-            return await self._crash("this docker agent has no tasks folder (--tasks)")
         folder: Optional[JobFolder] = None
         try:
             try:
@@ -688,7 +733,8 @@ class DockerBackend:
         d: Deferred = Deferred()
 
         def up(cid: Optional[str]) -> Optional[str]:
-            d.callback(None if cid is None else DockerSandbox(cid, self._user, f"{JOB_MOUNT}/task", self._url))
+            user, workdir = run.debug_place or (self._user, f"{JOB_MOUNT}/task")
+            d.callback(None if cid is None else DockerSandbox(cid, user, workdir, self._url))
             return cid
 
         run.up.addCallback(up)

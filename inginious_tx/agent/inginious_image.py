@@ -255,6 +255,11 @@ def _result(result: Any) -> JobResult:
     for pid, value in result.get("problems", {}).items():
         if not isinstance(pid, str) or not _ID.match(pid):
             raise ValueError(f"invalid problem id {pid!r}")
+        if isinstance(value, str):
+            # a message without a result (the image stores the bare text): INGInious passes the text on
+            # as it is; the wire types of this project want a pair, so the result is empty
+            problems[pid] = ("", value)
+            continue
         if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(isinstance(v, str) for v in value):
             raise ValueError(f"problem {pid!r} is not a (result, text) pair")
         problems[pid] = (value[0], value[1])

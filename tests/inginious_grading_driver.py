@@ -5,7 +5,8 @@ its dependencies, ``ITX_INGINIOUS_09_FULL``), never in the test process::
 
     python inginious_grading_driver.py --backend tcp://127.0.0.1:2000 --tasks TASKS --cases cases.json
 
-``cases.json`` is a list of ``{"ref", "course", "task", "inputdata", "debug"}``.
+``cases.json`` is a list of ``{"ref", "course", "task", "inputdata", "debug", "kill_after"}``
+(``kill_after``: seconds after which the client kills the job).
 Each task is the 0.9.2 frontend's own ``Task`` object read from its
 ``task.yaml``, so its environment parameters go through
 ``DockerEnvType().check_task_environment_parameters`` as in the webapp
@@ -174,7 +175,9 @@ def main():
     for case in cases:
         task = tasks[(case["course"], case["task"])]
         inputdata = dict(case["inputdata"])
-        client.new_job(0, task, inputdata, finished(case, time.monotonic()), "itx-compare", case.get("debug", False))
+        job_id = client.new_job(0, task, inputdata, finished(case, time.monotonic()), "itx-compare", case.get("debug", False))
+        if case.get("kill_after"):
+            threading.Timer(case["kill_after"], client.kill_job, [job_id]).start()
     if not done.wait(args.timeout):
         print(json.dumps({"event": "error", "text": "%d cases without an answer" % left[0]}), flush=True)
     print(json.dumps({"event": "end"}), flush=True)

@@ -11,8 +11,9 @@ Each task is the 0.9.2 frontend's own ``Task`` object read from its
 ``task.yaml``, so its environment parameters go through
 ``DockerEnvType().check_task_environment_parameters`` as in the webapp
 (``run_cmd: ''`` becomes None, string limits become numbers).  All cases are
-submitted at once; one JSON line per finished case goes to stdout (bytes as
-``{"$bytes_hex": ...}``, the archive as the sorted names of its members),
+submitted at once (``--sequential``: one after the other); one JSON line per
+finished case goes to stdout (bytes as ``{"$bytes_hex": ...}``, the archive
+as the sorted names of its members),
 then ``{"event": "end"}``.
 """
 
@@ -52,7 +53,7 @@ def _members(archive):
         with tarfile.open(fileobj=io.BytesIO(archive), mode="r:*") as tar:
             return sorted(m.name.lstrip("./") or "." for m in tar.getmembers())
     except tarfile.TarError as e:
-        return ["<not a tar archive: %s>" % e]
+        return [f"<not a tar archive: {e}>"]
 
 
 class _Course:
@@ -112,6 +113,7 @@ def main():
     parser.add_argument("--tasks", required=True)
     parser.add_argument("--cases", required=True)
     parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument("--sequential", action="store_true", help="one case at a time (timings)")
     args = parser.parse_args()
     register_base_env_types()
     import builtins
@@ -125,12 +127,15 @@ def main():
     for case in cases:
         key = (case["course"], case["task"])
         if key not in tasks:
-            with open("%s/%s/%s/task.yaml" % (args.tasks, key[0], key[1])) as f:
+            with open("/".join((args.tasks, key[0], key[1], "task.yaml"))) as f:
                 content = yaml.safe_load(f)
             try:
                 tasks[key] = Task(_Course(key[0]), key[1], content, fs, _Plugins(), types)
             except Exception as e:  # e.g. a match problem without its answer: the client only needs these
-                print(json.dumps({"event": "note", "text": "%s/%s: plain task (%s)" % (key[0], key[1], e)}), flush=True)
+                print(
+                    json.dumps({"event": "note", "text": f"{key[0]}/{key[1]}: plain task ({e})"}),
+                    flush=True,
+                )
                 tasks[key] = _PlainTask(key[0], key[1], content)
 
     loop = asyncio.new_event_loop()  # the webapp runs the client's loop in a thread of its own
@@ -175,11 +180,15 @@ def main():
     for case in cases:
         task = tasks[(case["course"], case["task"])]
         inputdata = dict(case["inputdata"])
-        job_id = client.new_job(0, task, inputdata, finished(case, time.monotonic()), "itx-compare", case.get("debug", False))
+        before = left[0]
+        callback = finished(case, time.monotonic())
+        job_id = client.new_job(0, task, inputdata, callback, "itx-compare", case.get("debug", False))
         if case.get("kill_after"):
             threading.Timer(case["kill_after"], client.kill_job, [job_id]).start()
+        while args.sequential and left[0] == before and time.monotonic() < deadline + args.timeout:
+            time.sleep(0.005)
     if not done.wait(args.timeout):
-        print(json.dumps({"event": "error", "text": "%d cases without an answer" % left[0]}), flush=True)
+        print(json.dumps({"event": "error", "text": f"{left[0]} cases without an answer"}), flush=True)
     print(json.dumps({"event": "end"}), flush=True)
     return 0
 

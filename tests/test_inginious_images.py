@@ -53,11 +53,15 @@ CASES: Dict[str, Any] = {
     "trivial": ("ingi", "trivial", {"unittest": ["0", "1"]}, {}, ("success", 100.0)),
     "hello": ("ingi", "hello", {}, {}, ("success", 100.0)),
     "hello-debug": ("ingi", "hello", {}, {"debug": True}, ("success", 100.0)),
-    "archive": ("ingi", "archive", {"thecode": "#!/bin/bash\necho hi > /archive/generated.txt"}, {}, ("success", 100.0)),
+    "archive": ("ingi", "archive", {"thecode": "#!/bin/sh\necho hi > /archive/generated.txt"}, {}, ("success", 100.0)),
     "archive-wrong": ("ingi", "archive", {"thecode": "#!/bin/bash\ntrue"}, {}, ("failed", 0.0)),
     "timeout": ("ingi", "timeout", {"thecode": "#!/bin/bash\nwhile true; do :; done"}, {}, ("timeout", 0.0)),
     "parsetemplate-ok": (
-        "ingi", "parsetemplate", {"studentcode": "if x < 0:\n    return -x\nreturn x"}, {}, ("success", 100.0)
+        "ingi",
+        "parsetemplate",
+        {"studentcode": "if x < 0:\n    return -x\nreturn x"},
+        {},
+        ("success", 100.0),
     ),
     "parsetemplate-wrong": ("ingi", "parsetemplate", {"studentcode": "return x"}, {}, ("failed", 0.0)),
     "random_ipy": ("ingi", "random_ipy", {"test": "4", "@random": [0.5]}, {}, ("success", 100.0)),
@@ -110,9 +114,7 @@ def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _submit(python: str, clients: str, tasks: Path, work: Path) -> Dict[str, Dict[str, Any]]:
     """Run every case through the real client against the backend at ``clients``; answers by ref."""
-    cases = [
-        dict(ref=ref, course=c, task=t, inputdata=inp, **extra) for ref, (c, t, inp, extra, _) in CASES.items()
-    ]
+    cases = [dict(ref=ref, course=c, task=t, inputdata=inp, **extra) for ref, (c, t, inp, extra, _) in CASES.items()]
     path = work / "cases.json"
     path.write_text(json.dumps(cases))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}

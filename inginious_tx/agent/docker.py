@@ -172,6 +172,14 @@ def _created(attrs: Dict[str, Any]) -> int:
         return 0
 
 
+def _iso(created: Any) -> str:
+    """An image listing's creation time (UNIX seconds) as RFC 3339 in UTC (ordered as text)."""
+    try:
+        return datetime.fromtimestamp(int(created or 0), timezone.utc).isoformat()
+    except (TypeError, ValueError, OverflowError):
+        return ""
+
+
 def _parse_user(value: Any) -> Tuple[str, Optional[Tuple[int, int]]]:
     """The ``user`` option -> (docker user string, numeric (uid, gid) if it is one)."""
     if value is None:
@@ -408,7 +416,7 @@ class DockerBackend:
         if not self._discover:
             return found, ingi
         infos = [
-            image_info(str(img["Id"]), img.get("Labels"), datetime.fromtimestamp(int(img.get("Created") or 0), timezone.utc).isoformat())
+            image_info(str(img["Id"]), img.get("Labels"), _iso(img.get("Created")))
             for img in client.api.images(filters={"label": LABEL_NAME})
         ]
         offered, refused = pick_images(infos)

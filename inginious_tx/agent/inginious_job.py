@@ -126,10 +126,10 @@ class IngiSession:
             except TaskError as e:
                 return JobResult.crash(str(e))
             if run.stopped:
-                return JobResult(*run.stopped, state=_state(job))
+                return JobResult(run.stopped[0], run.stopped[1], state=_state(job))
             run.container_id = await b._call(b._thd_guard, _thd_create, self._grader_config())
             if run.stopped:
-                return JobResult(*run.stopped, state=_state(job))
+                return JobResult(run.stopped[0], run.stopped[1], state=_state(job))
             self._sock = await b._call(b._thd_guard, _thd_attach, run.container_id)
             self._reader = b._call(self._thd_read, self._sock)
             self._reader.addErrback(lambda f: self.log.failure("inginious job: reader failed", f))
@@ -279,9 +279,15 @@ class IngiSession:
         reader = self._reader
         if reader is None or reader.called:
             return
-        waiter: Deferred = Deferred()
-        timer = self._b._reactor.callLater(_READER_GRACE, lambda: waiter.called or waiter.callback(None))
-        reader.addBoth(lambda r: (waiter.called or waiter.callback(None), r)[1])
+        waiter: Deferred[None] = Deferred()
+
+        def wake(passed: Any = None) -> Any:
+            if not waiter.called:
+                waiter.callback(None)
+            return passed
+
+        timer = self._b._reactor.callLater(_READER_GRACE, wake)
+        reader.addBoth(wake)
         await waiter
         if timer.active():
             timer.cancel()
@@ -300,7 +306,7 @@ class IngiSession:
                 d.addErrback(lambda f: self.log.failure("inginious job: run_student failed", f))
                 self._student_tasks.append(d)
             elif kind == "ssh_student":
-                text = "This agent does not serve ssh_student (run_student with ssh): no port of a container is published."
+                text = "This agent does not serve ssh_student (run_student with ssh): it publishes no port."
                 self._b._stop(self._run, ("crash", text))
             elif kind == "ssh_debug":
                 self.log.info("inginious job: ssh_debug from the container ignored (debug goes through the agent)")

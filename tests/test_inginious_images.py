@@ -30,11 +30,29 @@ from host_tools import missing_setup
 from inginious_support import OurPrograms, free_port
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("ITX_SHARED", REPO.parent / "shared")) / "inginious-0.9.2"
-if not SHARED.is_dir():  # a worktree under /work/wt/NAME
-    SHARED = Path("/work/shared/inginious-0.9.2")
+
+
+def _shared() -> Path:
+    """The shared folder: ``ITX_SHARED``, else beside the repository (or beside its main checkout)."""
+    if os.environ.get("ITX_SHARED"):
+        return Path(os.environ["ITX_SHARED"])
+    beside = REPO.parent / "shared"
+    if beside.is_dir():
+        return beside
+    try:
+        common = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        return Path(common).parent.parent / "shared"
+    except (OSError, subprocess.CalledProcessError):
+        return beside
+
+
+SHARED = _shared() / "inginious-0.9.2"
+#: The same variables as .ci/setup-inginious-image.sh and build_image.sh.
 FULL_VENV = Path(os.environ.get("ITX_INGINIOUS_09_FULL", "/opt/itx-inginious-0.9.2-full"))
-IMAGE = os.environ.get("ITX_INGINIOUS_IMAGE", "inginious-c-default:0.9.2-local")
+IMAGE = os.environ.get("INGI_IMAGE", "inginious-c-default:0.9.2-local")
 DRIVER = Path(__file__).resolve().parent / "inginious_grading_driver.py"
 OUR_TASKS = Path(__file__).resolve().parent / "data" / "inginious_tasks"
 
@@ -87,7 +105,7 @@ AGENT_TEXTS = {"timeout", "overflow", "killed"}
 def _requirements() -> str:
     python = FULL_VENV / "bin" / "python"
     if not python.exists():
-        missing_setup(f"no full INGInious 0.9.2 virtualenv at {FULL_VENV} (.ci/ builds it)")
+        missing_setup(f"no full INGInious 0.9.2 virtualenv at {FULL_VENV} (run .ci/setup-inginious-image.sh)")
     if not (FULL_VENV / "bin" / "inginious-agent-docker").exists():
         missing_setup(f"{FULL_VENV} has no inginious-agent-docker")
     try:
@@ -100,7 +118,9 @@ def _requirements() -> str:
             client.close()
     except Exception as e:
         missing_setup(f"the Docker image {IMAGE} is unavailable ({type(e).__name__}: {e}; "
-                      "build it with shared/inginious-0.9.2/build_image.sh)")  # fmt: skip
+                      "run .ci/setup-inginious-image.sh)")  # fmt: skip
+    if not (SHARED / "tasks" / "ingi").is_dir():
+        missing_setup(f"no INGInious test tasks at {SHARED}/tasks/ingi (set ITX_SHARED)")
     return str(python)
 
 

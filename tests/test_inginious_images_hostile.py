@@ -31,7 +31,7 @@ from inginious_tx.agent.result import AgentConfig, JobResult
 pytestmark = pytest.mark.docker
 
 HOSTILE = "inginious-tx/hostile-ingi:test"
-INGI_IMAGE = os.environ.get("ITX_INGINIOUS_IMAGE", "inginious-c-default:0.9.2-local")
+INGI_IMAGE = os.environ.get("INGI_IMAGE", "inginious-c-default:0.9.2-local")
 
 
 def _reactor() -> Any:
@@ -139,7 +139,7 @@ async def test_broken_images_get_clear_answers_and_the_agent_goes_on(backend: Do
 async def test_a_running_job_keeps_our_isolation_and_can_be_killed(backend: DockerBackend) -> None:
     await backend.environments()
     if "ingi" not in backend._ingi:
-        missing_setup(f"the Docker image {INGI_IMAGE} is missing (shared/inginious-0.9.2/build_image.sh)")
+        missing_setup(f"the Docker image {INGI_IMAGE} is missing (run .ci/setup-inginious-image.sh)")
     d = backend.run(new_job("c", "slow", environment="ingi", inputdata={"@state": "before"}, time_limit=60))
     d.addTimeout(120, _reactor())
 

@@ -77,6 +77,12 @@ def tasks(tmp_path_factory: Any) -> str:
     _task(root, "hang", {"hostile.sh": "sleep 1000\n"})
     _task(root, "badresult", {"hostile.sh": "cat /task/out.bin\n", "out.bin": encode_message(
         {"type": "result", "result": {"result": "success", "grade": "100"}})})  # fmt: skip
+    relay = root / "c" / "relay"
+    relay.mkdir()
+    (relay / "run").write_text(
+        '#!/bin/bash\nout=$(run_student echo relayed)\nret=$?\nfeedback-result success\nfeedback-msg -m "$out $ret"\n'
+    )
+    os.chmod(relay / "run", 0o755)
     slow = root / "c" / "slow"
     slow.mkdir()
     (slow / "run").write_text("#!/bin/bash\nfeedback-result success\nrun_student sleep 1000\n")
@@ -176,3 +182,33 @@ async def test_a_running_job_keeps_our_isolation_and_can_be_killed(backend: Dock
 def _job_id_of(backend: DockerBackend) -> Any:
     (key,) = list(backend._runs)
     return key
+
+
+@pytest_twisted.ensureDeferred
+async def test_run_student_under_gvisor_goes_through_the_agent(tasks: str, tmp_path: Any) -> None:
+    """Under runsc the image's student streams cannot cross sandboxes by a unix socket: the agent relays them."""
+    require_docker()
+    if not _has_image(INGI_IMAGE):
+        missing_setup(f"the Docker image {INGI_IMAGE} is missing (run .ci/setup-inginious-image.sh)")
+    client = docker_client()
+    try:
+        runtimes = set(client.info().get("Runtimes") or {})
+    finally:
+        client.close()
+    if "runsc" not in runtimes:
+        missing_setup(f"the docker engine has no runsc runtime (known: {sorted(runtimes)}); run .ci/setup-runsc.sh")
+    work = str(tmp_path / "work")
+    config = AgentConfig(
+        tasks_dir=tasks,
+        environments=[f"gv={INGI_IMAGE},runtime=runsc"],
+        slots=1,
+        options={"work_dir": work, "poll_interval": 0.2, "inginious_images": "false"},
+    )
+    b = DockerBackend(_reactor(), config)
+    try:
+        await b.environments()
+        result = await _run(b, "relay", env="gv", time_limit=20)
+        assert (result.result, result.text) == ("success", "relayed 0")
+    finally:
+        await b.close()
+    assert_left_clean(b.instance_id, work)

@@ -28,9 +28,9 @@ import socket
 import tempfile
 import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from ..messages import BackendNewJob
@@ -60,6 +60,10 @@ LABEL_STUDENT = "org.inginious-tx.student"
 GRADER_CAPS = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
 #: ``_run_student_intern``: reaches the grader's socket, closes ``scripts/``, setuid to ``worker``.
 STUDENT_CAPS = ["DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
+#: Runtimes whose containers share the host's kernel: the image's run_student then passes the
+#: student's streams over a unix socket between the containers; under any other (gVisor), the
+#: agent relays them (the image's path for Kata).
+SHARED_KERNEL_RUNTIMES = (None, "runc", "crun", "io.containerd.runc.v2")
 #: INGInious' smallest memory limit (MB).
 MIN_MEMORY_MB = 20
 #: Student containers of one job: at once, and in all.
@@ -115,6 +119,12 @@ class IngiSession:
         self._student_tasks: List[Deferred] = []
         self._serial = 0
         self._closing = False
+        #: the chain of writes to containers, in order
+        self._writes: Deferred[Any] = succeed(None)
+        #: runtimes without a shared kernel (gVisor): student containers talk through the agent
+        self._relay = image.runtime not in SHARED_KERNEL_RUNTIMES
+        #: student container id -> (attached socket, reader done) when relayed
+        self._relayed: Dict[str, Tuple[Any, Deferred]] = {}
 
     # -- the job -----------------------------------------------------------------
 
@@ -168,7 +178,7 @@ class IngiSession:
             "debug": True if job.debug == "ssh" else bool(job.debug),
             "envtypes": {"docker": True},
             "run_as_root": False,
-            "shared_kernel": True,
+            "shared_kernel": not self._relay,
         }
         if job.run_cmd:
             message["run_cmd"] = job.run_cmd
@@ -242,8 +252,11 @@ class IngiSession:
 
     # -- the attached stream ------------------------------------------------------
 
-    def _thd_read(self, sock: Any) -> None:
-        """Read the container's stdout until it ends; hand each message to the reactor."""
+    def _thd_read(self, sock: Any, handler: Any = None, on_error: Any = None) -> None:
+        """Read a container's stdout until it ends; hand each message to the reactor
+        (to ``handler``, by default :meth:`_on_message`)."""
+        handler = handler or self._on_message
+        on_error = on_error or self._on_protocol_error
         limits = self._b._limits
         biggest = max(16 << 20, 2 * int(limits.max_archive) + int(limits.max_stdout) + int(limits.max_stderr))
         demux, decoder = AttachDemuxer(biggest + 8), MessageDecoder(biggest)
@@ -255,28 +268,46 @@ class IngiSession:
                     return
                 for payload in demux.feed(data):
                     for message in decoder.feed(payload):
-                        call(self._on_message, message)
+                        call(handler, message)
         except ProtocolError as e:
-            call(self._on_protocol_error, str(e))
+            call(on_error, str(e))
         except OSError:
             return  # closed by the cleanup
 
-    def _thd_write(self, data: bytes) -> None:
+    def _thd_write(self, sock: Any, data: bytes) -> None:
         with self._write_lock:
-            self._sock.sendall(data)
+            sock.sendall(data)
 
-    async def _write(self, message: Dict[str, Any]) -> bool:
-        if self._sock is None:
-            return False
-        try:
-            await self._b._call(self._thd_write, encode_message(message))
-            return True
-        except OSError as e:
-            self.log.info("inginious job: cannot write to the grading container: {e}", e=str(e))
-            return False
+    def _write(self, message: Dict[str, Any], sock: Any = None) -> Deferred[bool]:
+        """Send ``message`` to the grading container (or to ``sock``), after every earlier write:
+        the order of the messages is kept (student output before the student's exit status)."""
+        sock = sock if sock is not None else self._sock
+        data = encode_message(message)
 
-    async def _reader_end(self) -> None:
-        reader = self._reader
+        def send(_: Any) -> Any:
+            if sock is None:
+                return False
+            d = self._b._call(self._thd_write, sock, data)
+            d.addCallback(lambda _: True)
+            d.addErrback(self._write_failed)
+            return d
+
+        done: Deferred[bool] = Deferred()
+
+        def notify(ok: Any) -> None:
+            done.callback(ok is True)
+
+        self._writes.addCallback(send)
+        self._writes.addBoth(notify)
+        return done
+
+    def _write_failed(self, failure: Any) -> bool:
+        self.log.info("inginious job: cannot write to a container: {e}", e=failure.getErrorMessage())
+        return False
+
+    async def _reader_end(self, reader: Optional[Deferred] = None) -> None:
+        """Wait (a bounded time) for a reader to reach the end of its stream."""
+        reader = reader if reader is not None else self._reader
         if reader is None or reader.called:
             return
         waiter: Deferred[None] = Deferred()
@@ -308,6 +339,8 @@ class IngiSession:
             elif kind == "ssh_student":
                 text = "This agent does not serve ssh_student (run_student with ssh): it publishes no port."
                 self._b._stop(self._run, ("crash", text))
+            elif kind in ("run_student_init", "stdin", "student_signal") and self._relay:
+                self._relay_to_student(message)
             elif kind == "ssh_debug":
                 self.log.info("inginious job: ssh_debug from the container ignored (debug goes through the agent)")
             else:
@@ -318,6 +351,33 @@ class IngiSession:
             self.log.failure("inginious job: bad {kind!r} message from the container", kind=kind[:40])
 
     # -- student containers --------------------------------------------------------
+
+    def _relay_to_student(self, message: Dict[str, Any]) -> None:
+        """Pass a message of the grader's run_student to its student container (relayed runtimes)."""
+        cid = message.get("student_container_id")
+        entry = self._relayed.get(cid) if isinstance(cid, str) else None
+        if entry is None:
+            self.log.info("inginious job: {kind} for an unknown student container ignored", kind=message["type"])
+            return
+        kind = message["type"]
+        if kind == "run_student_init":
+            if message.get("ssh") or message.get("user") != "worker":
+                text = "This agent does not serve ssh_student nor student containers as root."
+                self._b._stop(self._run, ("crash", text))
+                return
+            out = {k: message.get(k) for k in ("socket_id", "command", "teardown_script", "working_dir", "ssh", "user")}
+            out.update(type=kind, student_container_id=cid)
+        elif kind == "stdin":
+            out = {"type": kind, "student_container_id": cid, "message": message.get("message")}
+        else:
+            out = {"type": kind, "student_container_id": cid, "signal_data": message.get("signal_data")}
+        self._write(out, entry[0])
+
+    def _from_student(self, socket_id: str, message: Dict[str, Any]) -> None:
+        """A student container's output, passed on to the grader unchanged (relayed runtimes)."""
+        if message["type"] in ("stdout", "stderr") and message.get("socket_id") == socket_id:
+            if isinstance(message.get("message"), bytes):
+                self._write({"type": message["type"], "socket_id": socket_id, "message": message["message"]})
 
     async def _retval(self, socket_id: str, retval: int) -> None:
         await self._write({"type": "run_student_retval", "retval": int(retval), "socket_id": socket_id})
@@ -345,11 +405,13 @@ class IngiSession:
         hard_cap = job.hard_time_limit if job.hard_time_limit and job.hard_time_limit > 0 else 3 * job.time_limit
         hard = _limit(message.get("hard_time_limit"), hard_cap)
         self._serial += 1
-        try:
-            source = await b._call(link_socket, self._folder, socket_id, self._serial)
-        except ValueError as e:
-            self.log.warn("inginious job: run_student refused: {e}", e=str(e))
-            return await self._retval(socket_id, RETVAL_ERROR)
+        source = None
+        if not self._relay:
+            try:
+                source = await b._call(link_socket, self._folder, socket_id, self._serial)
+            except ValueError as e:
+                self.log.warn("inginious job: run_student refused: {e}", e=str(e))
+                return await self._retval(socket_id, RETVAL_ERROR)
         config = self._student_config(image, source, mem, bool(message.get("share_network")), socket_id)
         cid: Optional[str] = None
         try:
@@ -357,9 +419,15 @@ class IngiSession:
             self._students[cid] = socket_id
             if self._closing:
                 return await self._retval(socket_id, RETVAL_ERROR)
+            if self._relay:
+                sock = await b._call(b._thd_guard, _thd_attach, cid)
+                reader = b._call(self._thd_read, sock, lambda m: self._from_student(socket_id, m), self._log_student)
+                self._relayed[cid] = (sock, reader)
             await self._write({"type": "run_student_started", "socket_id": socket_id, "container_id": cid})
             await b._call(b._thd_guard, b._thd_start, cid)
             retval = await self._supervise_student(cid, cpu, hard)
+            if cid in self._relayed:
+                await self._reader_end(self._relayed[cid][1])  # its last output before its exit status
             await self._retval(socket_id, retval)
         except Exception as e:
             self.log.warn("inginious job: student container failed: {e}", e=str(e))
@@ -367,9 +435,17 @@ class IngiSession:
         finally:
             if cid is not None:
                 self._students.pop(cid, None)
+                relayed = self._relayed.pop(cid, None)
+                if relayed is not None:
+                    await b._call(_thd_close, relayed[0])
                 await self._remove(cid)
 
-    def _student_config(self, image: IngiImage, socket_path: str, mem: float, share: bool, sid: str) -> Dict[str, Any]:
+    def _log_student(self, text: str) -> None:
+        self.log.warn("inginious job: a student container broke the protocol: {text}", text=text)
+
+    def _student_config(
+        self, image: IngiImage, socket_path: Optional[str], mem: float, share: bool, sid: str
+    ) -> Dict[str, Any]:
         from .docker import docker_sdk
 
         docker = docker_sdk()
@@ -382,17 +458,19 @@ class IngiSession:
         config.update(
             image=image.image_id,
             runtime=image.runtime,
-            command=["_run_student_intern", image.runtime or "runc", "docker"],
+            # the second argument says where the grader is: "kata" makes the image talk through the agent
+            command=["_run_student_intern", image.runtime or "runc", "kata" if self._relay else "docker"],
+            stdin_open=self._relay,
             network_mode=f"container:{grader}" if share and grader else "none",
             cap_add=list(STUDENT_CAPS),
             labels=labels,
             tmpfs={p: f"size={self._b._disk_mb or 256}m,mode=1777" for p in ("/tmp", "/var/tmp")},
             mounts=[
                 docker.types.Mount("/task/student", folder.student, type="bind"),
-                docker.types.Mount("/__parent.sock", socket_path, type="bind"),
                 docker.types.Mount("/task/systemfiles", folder.systemfiles, type="bind", read_only=True),
                 docker.types.Mount("/course/common/student", folder.common_student, type="bind", read_only=True),
-            ],
+            ]
+            + ([docker.types.Mount("/__parent.sock", socket_path, type="bind")] if socket_path else []),
         )
         return config
 

@@ -212,3 +212,27 @@ async def test_run_student_under_gvisor_goes_through_the_agent(tasks: str, tmp_p
     finally:
         await b.close()
     assert_left_clean(b.instance_id, work)
+
+
+@pytest_twisted.ensureDeferred
+async def test_labelled_images_are_offered_as_configured(tasks: str, hostile_image: str, tmp_path: Any) -> None:
+    """auto: found only without --environment; true: beside them; false: never."""
+    if not _has_image(INGI_IMAGE):
+        missing_setup(f"the Docker image {INGI_IMAGE} is missing (run .ci/setup-inginious-image.sh)")
+    offered = {}
+    for label, envs, opt in (
+        ("none", [], {}),
+        ("auto", [f"hostile={hostile_image}"], {}),
+        ("true", [f"hostile={hostile_image}"], {"inginious_images": "true"}),
+        ("false", [f"hostile={hostile_image}"], {"inginious_images": "false"}),
+    ):
+        config = AgentConfig(tasks_dir=tasks, environments=envs, slots=1, options={"work_dir": str(tmp_path), **opt})
+        b = DockerBackend(_reactor(), config)
+        try:
+            offered[label] = (sorted(await b.environments()), sorted(b._ingi))
+        finally:
+            await b.close()
+    assert "default" in offered["none"][0] and "default" in offered["none"][1]
+    assert offered["auto"] == (["hostile"], ["hostile"])
+    assert offered["true"][0] == sorted(set(offered["none"][0]) | {"hostile"})
+    assert offered["false"] == (["hostile"], ["hostile"])

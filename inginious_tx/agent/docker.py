@@ -39,6 +39,14 @@ Options (``AgentConfig.options``):
     disk.  Without root the folder is a plain folder on the agent's disk, with
     no size bound (the agent logs it once).
 
+``inginious_images``
+    ``auto`` (default): without any ``--environment``, offer the engine's
+    INGInious grading images (label ``org.inginious.grading.name``, the
+    newest of each name); ``true``: offer them beside the ``--environment``
+    ones (a configured name wins); ``false``: never.  An environment whose
+    image is labelled ``org.inginious.grading.agent_version=3`` runs the
+    INGInious way (:mod:`.inginious_job`, ``docs/inginious-images.rst``).
+
 ``inginious_paths`` (True: the job's task and archive folders also at
 ``/task`` and ``/archive``, see :mod:`.compat`; each bind mount costs some
 20-30 ms at start under gVisor).
@@ -238,8 +246,10 @@ class DockerBackend:
         #: environment -> OCI runtime (None: the engine's default); see .runtimes
         self._runtimes = {name: spec.runtime for name, spec in specs.items()}
         self._pids_policies: Dict[str, PidsPolicy] = {}
-        #: offer the engine's INGInious grading images (label org.inginious.grading.name) as well
-        self._discover = _flag(opts.get("inginious_images", True))
+        #: offer the engine's INGInious grading images (label org.inginious.grading.name); by
+        #: default (auto) when no --environment is given, so a configured agent offers what it says
+        discover = opts.get("inginious_images", "auto")
+        self._discover = not self._images if str(discover).strip().lower() == "auto" else _flag(discover)
         if not self._images and not self._discover:
             raise ValueError("the docker backend needs at least one --environment NAME=IMAGE")
         #: environments served the INGInious way (their image's own program, see .inginious_job)

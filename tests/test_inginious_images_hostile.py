@@ -83,6 +83,13 @@ def tasks(tmp_path_factory: Any) -> str:
         '#!/bin/bash\nout=$(run_student echo relayed)\nret=$?\nfeedback-result success\nfeedback-msg -m "$out $ret"\n'
     )
     os.chmod(relay / "run", 0o755)
+    wait = root / "c" / "sshwait"
+    wait.mkdir()
+    (wait / "run").write_text(
+        "#!/bin/bash\ni=0\nwhile [ ! -e student/done ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i + 1)); done\n"
+        "feedback-result success\n"
+    )
+    os.chmod(wait / "run", 0o755)
     slow = root / "c" / "slow"
     slow.mkdir()
     (slow / "run").write_text("#!/bin/bash\nfeedback-result success\nrun_student sleep 1000\n")
@@ -236,3 +243,32 @@ async def test_labelled_images_are_offered_as_configured(tasks: str, hostile_ima
     assert offered["auto"] == (["hostile"], ["hostile"])
     assert offered["true"][0] == sorted(set(offered["none"][0]) | {"hostile"})
     assert offered["false"] == (["hostile"], ["hostile"])
+
+
+@pytest_twisted.ensureDeferred
+async def test_ssh_debug_opens_a_shell_in_the_grading_container(tasks: str, tmp_path: Any, until: Any) -> None:
+    """debug="ssh": the grader runs, and our SSH server opens a shell in its container, as worker in /task."""
+    from test_agent_ssh import _Rig, require_ssh_client, ssh
+
+    from inginious_tx.messages import AgentJobDone, AgentJobSSHDebug, BackendNewJob
+
+    require_ssh_client()
+    if not _has_image(INGI_IMAGE):
+        missing_setup(f"the Docker image {INGI_IMAGE} is missing (run .ci/setup-inginious-image.sh)")
+    work = str(tmp_path / "work")
+    config = AgentConfig(tasks, [f"default={INGI_IMAGE}"], 2, {"work_dir": work, "poll_interval": 0.2})
+    b = DockerBackend(_reactor(), config)
+    rig = _Rig(b, str(tmp_path / "keys"))
+    await rig.start(until)
+    try:
+        rig.send(BackendNewJob((b"ssh-client", "dbg"), "c", "sshwait", {}, "default", False, 30, 60, 64, "ssh", None))
+        await until(lambda: rig.of(AgentJobSSHDebug) or rig.of(AgentJobDone), 60, "the ssh debug message")
+        dbg = rig.of(AgentJobSSHDebug)[0]
+        r = await deferToThread(ssh, dbg.port, dbg.password, "id -u; pwd; touch student/done")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode().split() == ["4242", "/task"]
+        await until(lambda: rig.of(AgentJobDone), 60, "the job's result")
+        assert rig.of(AgentJobDone)[0].result[0] == "success"
+    finally:
+        await rig.stop()
+    assert_left_clean(b.instance_id, work)

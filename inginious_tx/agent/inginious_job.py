@@ -73,6 +73,8 @@ MAX_STUDENTS = 1000
 NOFILE = 4096
 #: The writable folders of the image, on tmpfs (counted in the container's memory).
 _SCRATCH = ("/tmp", "/var/tmp", "/archive", "/.__input", "/.__output")
+#: Messages ignored that are logged, per job (a flood is not).
+_LOGGED_IGNORED = 10
 #: How long the end of the attached stream is awaited once the container has exited.
 _READER_GRACE = 10.0
 
@@ -119,6 +121,7 @@ class IngiSession:
         self._student_tasks: List[Deferred] = []
         self._serial = 0
         self._closing = False
+        self._ignored = 0
         #: the chain of writes to containers, in order
         self._writes: Deferred[Any] = succeed(None)
         #: runtimes without a shared kernel (gVisor): student containers talk through the agent
@@ -344,9 +347,10 @@ class IngiSession:
             elif kind == "ssh_debug":
                 self.log.info("inginious job: ssh_debug from the container ignored (debug goes through the agent)")
             else:
-                # run_student_init, stdin, student_signal: only for runtimes without a shared kernel,
-                # which this agent never announces; anything else is unknown
-                self.log.info("inginious job: message {kind!r} from the container ignored", kind=kind[:40])
+                # run_student_init, stdin, student_signal under a shared kernel, or unknown: a few logged
+                self._ignored += 1
+                if self._ignored <= _LOGGED_IGNORED:
+                    self.log.info("inginious job: message {kind!r} from the container ignored", kind=kind[:40])
         except Exception:
             self.log.failure("inginious job: bad {kind!r} message from the container", kind=kind[:40])
 

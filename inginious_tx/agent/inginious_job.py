@@ -71,6 +71,8 @@ MAX_STUDENTS_AT_ONCE = 4
 MAX_STUDENTS = 1000
 #: Open files per container (soft, hard).
 NOFILE = 4096
+#: The process limit the image's program gives the grader (RLIMIT_NPROC).
+_NPROC = 1000
 #: The writable folders of the image, on tmpfs (counted in the container's memory).
 _SCRATCH = ("/tmp", "/var/tmp", "/archive", "/.__input", "/.__output")
 #: Messages ignored that are logged, per job (a flood is not).
@@ -140,6 +142,7 @@ class IngiSession:
                 return JobResult.crash(str(e))
             if run.stopped:
                 return JobResult(run.stopped[0], run.stopped[1], state=_state(job))
+            await self._probe_runtime()
             run.container_id = await b._call(b._thd_guard, _thd_create, self._grader_config())
             if run.stopped:
                 return JobResult(run.stopped[0], run.stopped[1], state=_state(job))
@@ -171,6 +174,32 @@ class IngiSession:
                 b._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
         job = self._job
         return prepare_ingi_job(b._config.tasks_dir or "", job.course_id, job.task_id, b._work_dir, b._disk_mb)
+
+    async def _probe_runtime(self) -> None:
+        """Once per runtime, as in helper mode: can it take the pids limit? (see :mod:`.runtimes`)"""
+        from .docker import LABEL_AGENT
+        from .runtimes import thd_probe_pids
+
+        b, runtime = self._b, self._image.runtime
+        if runtime is None or runtime in b._pids_policies:
+            return
+        config = self._common_config(self._job.mem_limit)
+        config.update(
+            image=self._image.image_id,
+            command=["/bin/sh", "-c", "(:) & (:) & wait"],
+            network_mode="none",
+            labels={LABEL_AGENT: b.instance_id, LABEL_OWNER: b._owner},
+        )
+        policy = await b._call(b._thd_guard, thd_probe_pids, config)
+        if runtime not in b._pids_policies:
+            b._pids_policies[runtime] = policy
+            if not policy.cgroup:
+                self.log.error(
+                    "docker backend: runtime {runtime} cannot run a container with a pids limit ({why}); "
+                    "its jobs get RLIMIT_NPROC instead",
+                    runtime=runtime,
+                    why=policy.reason,
+                )
 
     def _start_message(self) -> Dict[str, Any]:
         job = self._job
@@ -208,6 +237,10 @@ class IngiSession:
         pids = b._pids_policies.get(self._image.runtime or "", PidsPolicy(True)).container_options(
             b._pids_limit, b._sandbox_pids
         )
+        # the image's program sets RLIMIT_NPROC to 1000 for the grader: a lower hard limit (the
+        # fallback of runtimes that cannot take the pids limit) would make that fail
+        nproc = [docker.types.Ulimit(name="nproc", soft=_NPROC, hard=_NPROC)] if pids.get("ulimits") else []
+        pids["ulimits"] = [*nproc, docker.types.Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)]
         return dict(
             runtime=self._image.runtime,
             mem_limit=mem,
@@ -216,7 +249,6 @@ class IngiSession:
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             init=True,
-            ulimits=[docker.types.Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)],
             log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             detach=True,
         )

@@ -1,6 +1,6 @@
 """A trivial job on an INGInious grading image: INGInious 0.9.2's backend and docker agent vs ours.
 
-    python bench/bench_inginious_image.py [--jobs 10] [--rounds 2]
+    python bench/bench_inginious_image.py [--jobs 10] [--rounds 2] [--task trivial --input '{...}']
 
 Each side is a backend and a docker agent with one slot, as separate
 processes: ``inginious-backend`` + ``inginious-agent-docker`` of the full
@@ -63,7 +63,7 @@ def _wait_port(port: int) -> None:
         time.sleep(0.1)
 
 
-def _side(which: str, tasks: Path, jobs: int, work: Path) -> List[float]:
+def _side(which: str, tasks: Path, jobs: int, work: Path, task: str, inputdata: Dict) -> List[float]:
     cport, aport = _port(), _port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if which == "real":
@@ -89,10 +89,7 @@ def _side(which: str, tasks: Path, jobs: int, work: Path) -> List[float]:
             procs.append(subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=penv, cwd=str(work)))
             if i == 0:
                 _wait_port(cport if which == "ours" else aport)
-        cases = [
-            {"ref": f"j{n}", "course": "ingi", "task": "trivial", "inputdata": {"unittest": ["0", "1"]}}
-            for n in range(jobs + 1)
-        ]
+        cases = [{"ref": f"j{n}", "course": "ingi", "task": task, "inputdata": inputdata} for n in range(jobs + 1)]
         path = work / "cases.json"
         path.write_text(json.dumps(cases))
         out = subprocess.run(
@@ -122,6 +119,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--task", default="trivial", help="a task of shared/inginious-0.9.2/tasks/ingi")
+    parser.add_argument("--input", default='{"unittest": ["0", "1"]}', help="its input, as JSON")
     args = parser.parse_args()
     tasks = _shared() / "inginious-0.9.2" / "tasks"
     times: Dict[str, List[float]] = {"real": [], "ours": []}
@@ -130,11 +129,13 @@ def main() -> None:
             for which in ("real", "ours"):
                 work = Path(tmp) / f"{which}-{r}"
                 work.mkdir()
-                times[which] += _side(which, tasks, args.jobs, work)
+                times[which] += _side(which, tasks, args.jobs, work, args.task, json.loads(args.input))
     for which, values in times.items():
         values.sort()
         p90 = values[min(len(values) - 1, int(0.9 * len(values)))]
-        print(f"{which:5s} trivial job: p50 {statistics.median(values):.3f} s  p90 {p90:.3f} s  ({len(values)} jobs)")
+        print(
+            f"{which:5s} {args.task} job: p50 {statistics.median(values):.3f} s  p90 {p90:.3f} s  ({len(values)} jobs)"
+        )
 
 
 if __name__ == "__main__":

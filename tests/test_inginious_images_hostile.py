@@ -128,7 +128,7 @@ def _has_image(image: str) -> bool:
 
 async def _run(b: DockerBackend, task: str, env: str = "hostile", **kw: Any) -> JobResult:
     d = b.run(new_job("c", task, environment=env, **kw))
-    d.addTimeout(90, _reactor())
+    d.addTimeout(150, _reactor())
     return await d
 
 
@@ -214,7 +214,7 @@ async def test_run_student_under_gvisor_goes_through_the_agent(tasks: str, tmp_p
     b = DockerBackend(_reactor(), config)
     try:
         await b.environments()
-        result = await _run(b, "relay", env="gv", time_limit=20)
+        result = await _run(b, "relay", env="gv", time_limit=60, hard_time_limit=120)
         assert (result.result, result.text) == ("success", "relayed 0")
     finally:
         await b.close()

@@ -284,9 +284,9 @@ class DockerBackend:
         self._engine_ok: Optional[bool] = None
         self._client: Any = None
         self._client_lock = Lock()
-        # enough threads for every slot's waiting (and, on INGInious images, its reader and one
-        # student container) plus the odd extra call
-        self._threads = BackendThreads(IReactorFromThreads(reactor), "docker-backend", max(2, 4 * config.slots + 2))
+        # enough threads for every slot's waiting (and, on INGInious images, a student container's)
+        # plus the odd extra call
+        self._threads = BackendThreads(IReactorFromThreads(reactor), "docker-backend", max(2, 3 * config.slots + 2))
         self._closed = False
         #: what agents killed on this host left (containers, job folders) is removed once, at start
         self._swept = False

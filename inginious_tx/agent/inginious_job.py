@@ -17,8 +17,9 @@ program needs and no others (it runs as root in its container and drops to
 tmpfs and tmpfs for the container's writable scratch folders, owner labels
 on every container, and a bound on the student containers of a job.
 
-Every engine call and every blocking read or write of the attached socket
-runs in the Docker backend's thread pool; the reactor thread only routes
+Every engine call and every write to an attached socket runs in the Docker
+backend's thread pool; each attached socket is read by a thread of its own
+(it blocks for the container's whole life); the reactor thread only routes
 messages.
 """
 
@@ -147,8 +148,7 @@ class IngiSession:
             if run.stopped:
                 return JobResult(run.stopped[0], run.stopped[1], state=_state(job))
             self._sock = await b._call(b._thd_guard, _thd_attach, run.container_id)
-            self._reader = b._call(self._thd_read, self._sock)
-            self._reader.addErrback(lambda f: self.log.failure("inginious job: reader failed", f))
+            self._reader = self._spawn_reader(self._sock)
             await b._call(b._thd_guard, b._thd_start, run.container_id)
             await self._write(self._start_message())
             b._arm_timers(run)
@@ -286,6 +286,23 @@ class IngiSession:
         return config
 
     # -- the attached stream ------------------------------------------------------
+
+    def _spawn_reader(self, sock: Any, handler: Any = None, on_error: Any = None) -> Deferred[None]:
+        """Read ``sock`` in a thread of its own (it blocks for the container's whole life, so not in
+        the backend's pool, whose threads must stay free for the engine calls); fires at its end."""
+        done: Deferred[None] = Deferred()
+        call = self._b._reactor.callFromThread
+
+        def read() -> None:
+            try:
+                self._thd_read(sock, handler, on_error)
+            except Exception as e:  # never expected: _thd_read handles the stream's errors
+                call(self.log.error, "inginious job: reader failed: {e}", e=repr(e))
+            finally:
+                call(done.callback, None)
+
+        threading.Thread(target=read, name="inginious-reader", daemon=True).start()
+        return done
 
     def _thd_read(self, sock: Any, handler: Any = None, on_error: Any = None) -> None:
         """Read a container's stdout until it ends; hand each message to the reactor
@@ -457,7 +474,7 @@ class IngiSession:
                 return await self._retval(socket_id, RETVAL_ERROR)
             if self._relay:
                 sock = await b._call(b._thd_guard, _thd_attach, cid)
-                reader = b._call(self._thd_read, sock, lambda m: self._from_student(socket_id, m), self._log_student)
+                reader = self._spawn_reader(sock, lambda m: self._from_student(socket_id, m), self._log_student)
                 self._relayed[cid] = (sock, reader)
             await self._write({"type": "run_student_started", "socket_id": socket_id, "container_id": cid})
             await b._call(b._thd_guard, b._thd_start, cid)

@@ -26,33 +26,20 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from host_tools import missing_setup
+from inginious_image_support import (
+    INGINIOUS_IMAGE,
+    SHARED,
+    VENV_FULL,
+    inginious_full_program,
+    require_inginious_full,
+    require_inginious_image,
+    require_shared,
+)
 from inginious_support import OurPrograms, free_port
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _shared() -> Path:
-    """The shared folder: ``ITX_SHARED``, else beside the repository (or beside its main checkout)."""
-    if os.environ.get("ITX_SHARED"):
-        return Path(os.environ["ITX_SHARED"])
-    beside = REPO.parent / "shared"
-    if beside.is_dir():
-        return beside
-    try:
-        common = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--path-format=absolute", "--git-common-dir"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
-        return Path(common).parent.parent / "shared"
-    except (OSError, subprocess.CalledProcessError):
-        return beside
-
-
-SHARED = _shared() / "inginious-0.9.2"
-#: The same variables as .ci/setup-inginious-image.sh and build_image.sh.
-FULL_VENV = Path(os.environ.get("ITX_INGINIOUS_09_FULL", "/opt/itx-inginious-0.9.2-full"))
-IMAGE = os.environ.get("INGI_IMAGE", "inginious-c-default:0.9.2-local")
+#: The same variables as .ci/setup-inginious-image.sh (see inginious_image_support).
+FULL_VENV = VENV_FULL
+IMAGE = INGINIOUS_IMAGE
 DRIVER = Path(__file__).resolve().parent / "inginious_grading_driver.py"
 OUR_TASKS = Path(__file__).resolve().parent / "data" / "inginious_tasks"
 
@@ -103,31 +90,17 @@ AGENT_TEXTS = {"timeout", "overflow", "killed"}
 
 
 def _requirements() -> str:
-    python = FULL_VENV / "bin" / "python"
-    if not python.exists():
-        missing_setup(f"no full INGInious 0.9.2 virtualenv at {FULL_VENV} (run .ci/setup-inginious-image.sh)")
-    if not (FULL_VENV / "bin" / "inginious-agent-docker").exists():
-        missing_setup(f"{FULL_VENV} has no inginious-agent-docker")
-    try:
-        import docker
-
-        client = docker.from_env(timeout=20)
-        try:
-            client.images.get(IMAGE)
-        finally:
-            client.close()
-    except Exception as e:
-        missing_setup(f"the Docker image {IMAGE} is unavailable ({type(e).__name__}: {e}; "
-                      "run .ci/setup-inginious-image.sh)")  # fmt: skip
-    if not (SHARED / "tasks" / "ingi").is_dir():
-        missing_setup(f"no INGInious test tasks at {SHARED}/tasks/ingi (set ITX_SHARED)")
-    return str(python)
+    """The full 0.9.2 virtualenv's Python, once the image, the virtualenv and the tasks are there."""
+    require_inginious_image()
+    inginious_full_program("inginious-agent-docker")
+    require_shared("inginious-0.9.2", "tasks", "ingi")
+    return require_inginious_full()
 
 
 @pytest.fixture(scope="module")
 def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("ingi-tasks")
-    shutil.copytree(SHARED / "tasks" / "ingi", root / "ingi", symlinks=True)
+    shutil.copytree(SHARED / "inginious-0.9.2" / "tasks" / "ingi", root / "ingi", symlinks=True)
     shutil.copytree(OUR_TASKS / "itx", root / "itx", symlinks=True)
     return root
 

@@ -19,6 +19,7 @@ import pytest
 import pytest_twisted
 from docker_support import TEST_IMAGE, assert_left_clean, docker_client, new_job, require_docker
 from host_tools import missing_setup
+from inginious_image_support import INGINIOUS_IMAGE, require_inginious_image
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
@@ -31,7 +32,7 @@ from inginious_tx.agent.result import AgentConfig, JobResult
 pytestmark = pytest.mark.docker
 
 HOSTILE = "inginious-tx/hostile-ingi:test"
-INGI_IMAGE = os.environ.get("INGI_IMAGE", "inginious-c-default:0.9.2-local")
+INGI_IMAGE = INGINIOUS_IMAGE
 
 
 def _reactor() -> Any:
@@ -152,7 +153,7 @@ async def test_broken_images_get_clear_answers_and_the_agent_goes_on(backend: Do
 async def test_a_running_job_keeps_our_isolation_and_can_be_killed(backend: DockerBackend) -> None:
     await backend.environments()
     if "ingi" not in backend._ingi:
-        missing_setup(f"the Docker image {INGI_IMAGE} is missing (run .ci/setup-inginious-image.sh)")
+        require_inginious_image()
     d = backend.run(new_job("c", "slow", environment="ingi", inputdata={"@state": "before"}, time_limit=60))
     d.addTimeout(120, _reactor())
 
@@ -195,8 +196,7 @@ def _job_id_of(backend: DockerBackend) -> Any:
 async def test_run_student_under_gvisor_goes_through_the_agent(tasks: str, tmp_path: Any) -> None:
     """Under runsc the image's student streams cannot cross sandboxes by a unix socket: the agent relays them."""
     require_docker()
-    if not _has_image(INGI_IMAGE):
-        missing_setup(f"the Docker image {INGI_IMAGE} is missing (run .ci/setup-inginious-image.sh)")
+    require_inginious_image()
     client = docker_client()
     try:
         runtimes = set(client.info().get("Runtimes") or {})
@@ -224,8 +224,7 @@ async def test_run_student_under_gvisor_goes_through_the_agent(tasks: str, tmp_p
 @pytest_twisted.ensureDeferred
 async def test_labelled_images_are_offered_as_configured(tasks: str, hostile_image: str, tmp_path: Any) -> None:
     """auto: found only without --environment; true: beside them; false: never."""
-    if not _has_image(INGI_IMAGE):
-        missing_setup(f"the Docker image {INGI_IMAGE} is missing (run .ci/setup-inginious-image.sh)")
+    require_inginious_image()
     offered = {}
     for label, envs, opt in (
         ("none", [], {}),
@@ -253,8 +252,7 @@ async def test_ssh_debug_opens_a_shell_in_the_grading_container(tasks: str, tmp_
     from inginious_tx.messages import AgentJobDone, AgentJobSSHDebug, BackendNewJob
 
     require_ssh_client()
-    if not _has_image(INGI_IMAGE):
-        missing_setup(f"the Docker image {INGI_IMAGE} is missing (run .ci/setup-inginious-image.sh)")
+    require_inginious_image()
     work = str(tmp_path / "work")
     config = AgentConfig(tasks, [f"default={INGI_IMAGE}"], 2, {"work_dir": work, "poll_interval": 0.2})
     b = DockerBackend(_reactor(), config)

@@ -46,9 +46,12 @@ Options (``AgentConfig.options``):
     ones (a configured name wins); ``false``: never.  An environment whose
     image is labelled ``org.inginious.grading.agent_version=3`` runs the
     INGInious way (:mod:`.inginious_job`, ``docs/inginious-images.rst``).
+    ``inginious_runtime``: the OCI runtime of the images found so (default:
+    the engine's).
 
-``inginious_paths`` (True: the job's task and archive folders also at
-``/task`` and ``/archive``, see :mod:`.compat`; each bind mount costs some
+``inginious_paths`` (True: the job's task, archive and common folders also
+at ``/task``, ``/archive`` and ``/course/common``, and the task runs in
+``/task`` with ``HOME=/task``, see :mod:`.compat`; each bind mount costs some
 20-30 ms at start under gVisor).
 
 ``pids_limit`` (256), ``sandbox_pids`` (256: added to the pids limit for
@@ -78,7 +81,7 @@ from ..messages import BackendJobId, BackendNewJob
 from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_work_dir
 from ._running import JobRun
 from ._threads import BackendThreads
-from .compat import inginious_mounts
+from .compat import TASK_MOUNT, inginious_env, inginious_mounts
 from .debug import ISSHDebugBackend
 from .feedback import OutputLimits, collect_result
 from .inginious_image import LABEL_NAME, image_info, pick_images
@@ -252,6 +255,8 @@ class DockerBackend:
         self._discover = not self._images if str(discover).strip().lower() == "auto" else _flag(discover)
         if not self._images and not self._discover:
             raise ValueError("the docker backend needs at least one --environment NAME=IMAGE")
+        #: the OCI runtime of the images found by label (None: the engine's default)
+        self._found_runtime: Optional[str] = str(opts.get("inginious_runtime") or "").strip() or None
         #: environments served the INGInious way (their image's own program, see .inginious_job)
         self._ingi: Dict[str, IngiImage] = {}
         self._url: Optional[str] = opts.get("docker_url") or None
@@ -440,7 +445,7 @@ class DockerBackend:
             if name in found:
                 continue  # an --environment of the same name wins
             found[name] = {"id": info.image_id, "created": _created({"Created": info.created}), "ports": []}
-            ingi[name] = IngiImage(info.image_id, None)
+            ingi[name] = IngiImage(info.image_id, self._found_runtime)
         return found, ingi
 
     # -- running jobs --------------------------------------------------------
@@ -566,9 +571,10 @@ class DockerBackend:
             image=image,
             runtime=runtime,
             command=folder.command,
-            working_dir=f"{JOB_MOUNT}/task",
+            working_dir=TASK_MOUNT if self._inginious_paths else f"{JOB_MOUNT}/task",
             environment={
                 **folder.env(mount_root=JOB_MOUNT, helpers=HELPERS_MOUNT),
+                **(inginious_env(folder) if self._inginious_paths else {}),
                 RUN_STUDENT_ENV: f"{JOB_MOUNT}/{EXCHANGE}",
             },
             user=self._user,
@@ -751,7 +757,8 @@ class DockerBackend:
         d: Deferred = Deferred()
 
         def up(cid: Optional[str]) -> Optional[str]:
-            user, workdir = run.debug_place or (self._user, f"{JOB_MOUNT}/task")
+            workdir = TASK_MOUNT if self._inginious_paths else f"{JOB_MOUNT}/task"  # where the grader runs
+            user, workdir = run.debug_place or (self._user, workdir)
             d.callback(None if cid is None else DockerSandbox(cid, user, workdir, self._url))
             return cid
 

@@ -5,8 +5,9 @@ its dependencies, ``ITX_INGINIOUS_09_FULL``), never in the test process::
 
     python inginious_grading_driver.py --backend tcp://127.0.0.1:2000 --tasks TASKS --cases cases.json
 
-``cases.json`` is a list of ``{"ref", "course", "task", "inputdata", "debug", "kill_after"}``
-(``kill_after``: seconds after which the client kills the job).
+``cases.json`` is a list of ``{"ref", "course", "task", "inputdata", "debug", "kill_after", "alone"}``
+(``kill_after``: seconds after which the client kills the job; ``alone``: the
+next case waits for this one's answer).
 Each task is the 0.9.2 frontend's own ``Task`` object read from its
 ``task.yaml``, so its environment parameters go through
 ``DockerEnvType().check_task_environment_parameters`` as in the webapp
@@ -185,7 +186,8 @@ def main():
         job_id = client.new_job(0, task, inputdata, callback, "itx-compare", case.get("debug", False))
         if case.get("kill_after"):
             threading.Timer(case["kill_after"], client.kill_job, [job_id]).start()
-        while args.sequential and left[0] == before and time.monotonic() < deadline + args.timeout:
+        alone = args.sequential or case.get("alone")
+        while alone and left[0] == before and time.monotonic() < deadline + args.timeout:
             time.sleep(0.005)
     if not done.wait(args.timeout):
         print(json.dumps({"event": "error", "text": f"{left[0]} cases without an answer"}), flush=True)

@@ -50,17 +50,20 @@ REGEX_OK = {
     "regex4": r"^.*200.*$",
 }
 
+ARCHIVE_OK = "#!/bin/sh\necho hi > /archive/generated.txt"
+
 #: ref -> (course, task, inputdata, extra driver fields, expected (result, grade))
 CASES: Dict[str, Any] = {
-    # submitted in this order: the slowest graders (regex: some 16 helper calls in 3 s of CPU, 9 s of
-    # wall time) first, each alone, so that the other jobs' load cannot push them over their limits
+    # submitted in this order: the graders with tight limits (regex: some 16 helper calls in 3 s of
+    # CPU, 9 s of wall time; archive: 3 s) first, each alone, so that the other jobs' load cannot push
+    # them over their limits
     "regex-ok": ("ingi", "regex", REGEX_OK, {"alone": True}, ("success", 100.0)),
     "regex-wrong": ("ingi", "regex", dict(REGEX_OK, regex2="x", regex3="y"), {"alone": True}, ("success", 100.0)),
+    "archive": ("ingi", "archive", {"thecode": ARCHIVE_OK}, {"alone": True}, ("success", 100.0)),
+    "archive-wrong": ("ingi", "archive", {"thecode": "#!/bin/bash\ntrue"}, {"alone": True}, ("failed", 0.0)),
     "trivial": ("ingi", "trivial", {"unittest": ["0", "1"]}, {}, ("success", 100.0)),
     "hello": ("ingi", "hello", {}, {}, ("success", 100.0)),
     "hello-debug": ("ingi", "hello", {}, {"debug": True}, ("success", 100.0)),
-    "archive": ("ingi", "archive", {"thecode": "#!/bin/sh\necho hi > /archive/generated.txt"}, {}, ("success", 100.0)),
-    "archive-wrong": ("ingi", "archive", {"thecode": "#!/bin/bash\ntrue"}, {}, ("failed", 0.0)),
     "timeout": ("ingi", "timeout", {"thecode": "#!/bin/bash\nwhile true; do :; done"}, {}, ("timeout", 0.0)),
     "parsetemplate-ok": (
         "ingi",

@@ -24,13 +24,15 @@ from __future__ import annotations
 import json
 import time
 from html import escape
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -627,6 +629,10 @@ class _EventStream(Resource):
         for stream in list(self._streams.values()):
             stream.send(data)
 
+    def holds(self, transport: Any) -> bool:
+        """Whether a stream is open on ``transport`` (at most :attr:`MAX_STREAMS` to look at)."""
+        return any(getattr(request.channel, "transport", None) is transport for request in self._streams)
+
     def close_all(self) -> None:
         """End every stream (the service stops)."""
         for request, stream in list(self._streams.items()):
@@ -715,12 +721,110 @@ class _QuietSite(Site):
     def log(self, request: Any) -> None:
         pass
 
+    def logPrefix(self) -> str:
+        return "status pages"
+
+
+#: Most open connections of the status pages, by default (a browser opens a
+#: few, a Prometheus server one; ``/events`` streams are capped apart).
+DEFAULT_STATUS_CONNECTIONS = 64
+#: Seconds an idle status connection is kept open, by default (between
+#: requests; a request being answered, e.g. ``/events``, is never idle).
+DEFAULT_STATUS_IDLE_TIMEOUT = 15.0
+#: Seconds between two log lines about refused status connections.
+REFUSAL_LOG_INTERVAL = 10.0
+
+
+class _Refused(Protocol):
+    """Stands in for a connection over the cap: closed as soon as made."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class _CappedFactory(WrappingFactory):
+    """Serves a site on at most ``cap`` connections at once, so that a flood of
+    idle connections cannot take the process's file descriptors.
+
+    A connection over the cap closes the oldest open one that is not
+    streaming ``/events`` (``streaming(transport)`` says which are): an
+    idle or slow connection makes room for a new request, so the pages keep
+    answering while someone holds connections open.  Only when every one is
+    streaming is the newcomer closed at once.  Both are counted and logged
+    (at most every :data:`REFUSAL_LOG_INTERVAL` seconds).
+    """
+
+    log = Logger()
+
+    def __init__(self, site: Site, cap: int, clock: IReactorTime, streaming: Callable[[Any], bool]) -> None:
+        super().__init__(site)
+        self.cap = cap
+        self._clock = clock
+        self._streaming = streaming
+        #: connections being closed to make room (still registered until they are gone)
+        self._closing: Set[Any] = set()
+        #: connections closed at once for being over the cap
+        self.refused = 0
+        #: open connections closed to make room for a new one
+        self.evicted = 0
+        self._logged_at = -REFUSAL_LOG_INTERVAL
+        self._unlogged = [0, 0]
+
+    def logPrefix(self) -> str:
+        return "status pages"
+
+    @property
+    def open(self) -> int:
+        """Connections open and not being closed."""
+        return len(self.protocols) - len(self._closing)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open < self.cap:
+            return super().buildProtocol(addr)
+        victim = next(
+            (p for p in self.protocols if p not in self._closing and not self._streaming(p)), None
+        )  # the oldest first: ``protocols`` keeps the order they connected in
+        if victim is not None:
+            self._closing.add(victim)
+            victim.transport.abortConnection()
+            self.evicted += 1
+            self._unlogged[0] += 1
+            self._log_caps(addr)
+            return super().buildProtocol(addr)
+        self.refused += 1
+        self._unlogged[1] += 1
+        self._log_caps(addr)
+        return _Refused()
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        self._closing.discard(p)
+
+    def _log_caps(self, addr: Any) -> None:
+        now = self._clock.seconds()
+        if now - self._logged_at < REFUSAL_LOG_INTERVAL:
+            return
+        evicted, refused = self._unlogged
+        self.log.warn(
+            "status pages: {cap} connections open (--status-max-connections): closed {evicted} older "
+            "connection(s) to make room and refused {refused} new one(s), the last from {addr}",
+            cap=self.cap,
+            evicted=evicted,
+            refused=refused,
+            addr=addr,
+        )
+        self._logged_at = now
+        self._unlogged = [0, 0]
+
 
 class StatusService(Service):
     """Serves :func:`status_resource` on an endpoint string while running,
     and runs the :class:`StatusRecorder` its charts and event stream read.
 
-    ``endpoint`` goes through :func:`status_endpoint`.  :attr:`ready` fires
+    ``endpoint`` goes through :func:`status_endpoint`.  At most
+    ``max_connections`` are open at once (further ones are closed as soon as
+    made) and one idle for ``idle_timeout`` seconds between requests is
+    closed.  :attr:`ready` fires
     with the listening port (``port.getHost().port`` is the real port number
     with ``tcp:0``), or fails if the endpoint cannot listen; with ``fatal``,
     that failure also stops the reactor (what ``twistd`` wants).
@@ -738,9 +842,16 @@ class StatusService(Service):
         fatal: bool = False,
         history: int = HISTORY_SECONDS,
         sample_interval: float = 1.0,
+        max_connections: int = DEFAULT_STATUS_CONNECTIONS,
+        idle_timeout: float = DEFAULT_STATUS_IDLE_TIMEOUT,
     ) -> None:
         self._reactor = reactor
         self._fatal = fatal
+        #: most open connections (further ones are closed at once)
+        self.max_connections = max_connections
+        #: seconds a connection may stay idle between requests
+        self.idle_timeout = idle_timeout
+        self.factory: Optional[_CappedFactory] = None
         self.backend = backend
         self.endpoint = status_endpoint(endpoint)
         #: samples the backend every ``sample_interval`` seconds; ``history`` samples are kept
@@ -762,11 +873,16 @@ class StatusService(Service):
         self.recorder.start()
         resource = status_resource(self.backend, self._reactor, self.registry, self.recorder)
         self._events = resource.children.get(b"events")
-        site = _QuietSite(resource)
+        site = _QuietSite(resource, timeout=self.idle_timeout, reactor=self._reactor)
         site.displayTracebacks = False
         site.noisy = False
+        events = self._events
+        factory = self.factory = _CappedFactory(
+            site, self.max_connections, self._reactor, lambda transport: events is not None and events.holds(transport)
+        )
+        factory.noisy = False
         self._ready.reset()
-        d = self._attempt = serverFromString(self._reactor, self.endpoint).listen(site)
+        d = self._attempt = serverFromString(self._reactor, self.endpoint).listen(factory)
         d.addCallbacks(self._listening, self._failed)
         d.addBoth(self._ready.fire)
 

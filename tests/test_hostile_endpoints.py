@@ -126,3 +126,70 @@ def test_an_idle_flood_of_the_status_pages_cannot_starve_clients_at_ulimit_1024(
         assert backend.alive
         for s in flood:
             s.close()
+
+
+def test_made_up_environments_and_courses_cannot_blow_up_metrics_or_status_pages() -> None:
+    """A client queues 20,000 jobs, each for an environment and a course it made up (no agent
+    offers them).  ``/metrics``, ``/status.json`` and the page stay small: the offered
+    environment, at most 64 others by name and one ``(other)`` series with the rest; the 100
+    busiest courses and ``(other)``.  Once the client has left, the made-up names are gone.
+
+    On main every made-up environment got its own series (``/metrics`` was 9.4 MB with 80,000
+    series at 20,000 jobs) and every course its own row in status.json."""
+    from faults_support import frame, raw_tcp, read_frames
+
+    from inginious_tx.backend.testing import new_job
+    from inginious_tx.messages import BackendUpdateContainers, ClientHello
+
+    n = 20_000
+    with Lab() as lab:
+        clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
+        status_port = free_port()
+        backend = lab.backend(clients, agents, "--status", f"tcp:{status_port}:interface=127.0.0.1")
+        lab.agent("a1", agents.connect["tcp"])
+        lab.wait(lab.registered(backend, "a1"), 30, "the agent to register")
+        lab.wait(lambda: backend.has("status pages on http"), 20, "the status pages to listen")
+        hostile = raw_tcp(clients.connect["tcp"])
+        hostile.sendall(frame(ClientHello("hostile").dump()))
+        read_frames(hostile, lambda m: type(m) is BackendUpdateContainers, 10)
+        jobs = (
+            frame(new_job(f"j{i}", environment=f"made-up-{i}", course_id=f"course-{i}").dump()) for i in range(n)
+        )
+        batch: List[bytes] = []
+        for data in jobs:
+            batch.append(data)
+            if len(batch) == 1000:
+                hostile.sendall(b"".join(batch))
+                batch.clear()
+        base = f"http://127.0.0.1:{status_port}"
+        deadline = time.monotonic() + 60
+        while json.loads(get(base + "/status.json")[1])["totals"]["waiting"] < n:
+            assert time.monotonic() < deadline, "the jobs were not all queued"
+            time.sleep(0.2)
+
+        _, metrics = get(base + "/metrics")
+        assert len(metrics) < 100_000, f"/metrics is {len(metrics)} bytes"
+        waiting = [line for line in metrics.decode().splitlines() if line.startswith("inginious_jobs_waiting{")]
+        assert len(waiting) <= 1 + 64 + 1, len(waiting)
+        other = [line for line in waiting if 'environment="(other)"' in line]
+        assert len(other) == 1 and float(other[0].rsplit(" ", 1)[1]) == n - (len(waiting) - 2), other
+        _, body = get(base + "/status.json")
+        assert len(body) < 200_000, f"status.json is {len(body)} bytes"
+        snap = json.loads(body)
+        assert len(snap["queue"]) == len(waiting) and snap["queue"]["(other)"] == n - (len(waiting) - 2)
+        assert len(snap["load"]["courses"]) == 101 and snap["load"]["courses"]["(other)"] == [n - 100, 0]
+        assert snap["totals"]["courses_with_jobs"] == n
+        assert snap["totals"]["environments_in_other"] == n - (len(waiting) - 2)
+        _, page = get(base + "/")
+        assert len(page) < 200_000, f"the page is {len(page)} bytes"
+
+        hostile.close()  # the client leaves: its jobs are dropped and its names forgotten
+        deadline = time.monotonic() + 30
+        while json.loads(get(base + "/status.json")[1])["totals"]["waiting"]:
+            assert time.monotonic() < deadline, "the jobs were not dropped"
+            time.sleep(0.2)
+        _, metrics = get(base + "/metrics")
+        assert b"made-up-" not in metrics and b'"(other)"' not in metrics
+        snap = json.loads(get(base + "/status.json")[1])
+        assert snap["load"]["courses"] == {} and list(snap["queue"]) == ["default"]
+        assert backend.alive

@@ -48,8 +48,12 @@ from .service import stop_reactor
 from .timeseries import (
     ACTIVE_SECONDS,
     HISTORY_SECONDS,
+    OTHER,
+    OTHER_ENVIRONMENT,
     StatusRecorder,
+    display_label,
     environment_of,
+    fold_environments,
     known_environments,
     qualified,
 )
@@ -85,6 +89,12 @@ def _dialect(peer_state: Any) -> str:
     return str(getattr(peer_state.dialect, "name", "unknown"))
 
 
+#: Rows of ``load.courses`` and ``load.clients`` in status.json (the busiest; the rest in ``(other)``).
+LOAD_ROWS = 100
+#: Rows of ``clients`` in status.json (the most recently heard).
+CLIENT_ROWS = 500
+
+
 def status_snapshot(
     backend: Backend,
     now: Optional[float] = None,
@@ -94,8 +104,8 @@ def status_snapshot(
     """What ``/status.json`` shows: plain JSON-able data.
 
     Times are seconds since the epoch (the reactor's time).  ``queue`` has an
-    entry for every offered environment and every environment a job waits for
-    (``waiting``: those counts if already known, e.g. from a
+    entry for every offered environment and the environments jobs wait for
+    (bounded, see below; ``waiting``: those counts if already known, e.g. from a
     :class:`~inginious_tx.backend.timeseries.StatusRecorder`; else the
     backend counts them, O(jobs)), by label (a ``docker`` environment by its
     bare name, as 0.6 names it); ``environments`` lists the same with their
@@ -103,6 +113,15 @@ def status_snapshot(
     shows).  Agents and clients carry their ``dialect``.  ``load`` has the
     waiting and running jobs per course and per client (the ``fair``
     policy's view).
+
+    Everything clients choose is bounded: ``queue`` and ``environments``
+    name the offered environments and up to
+    :data:`~inginious_tx.backend.timeseries.MAX_UNOFFERED_SHOWN` others, the
+    rest summed as ``(other)`` (``totals.environments_in_other`` says how
+    many); ``load`` has the :data:`LOAD_ROWS` busiest courses and client
+    names and ``(other)`` for the rest (``totals.courses_with_jobs``,
+    ``totals.client_names_with_jobs``); ``clients`` the :data:`CLIENT_ROWS`
+    most recently heard.
 
     ``totals.clients`` counts registered clients, which include clients that
     left without a word (ZeroMQ does not tell) until ``client_idle_timeout``
@@ -145,19 +164,21 @@ def status_snapshot(
                 }
             )
     running.sort(key=lambda row: row["started_at"])
-    if waiting is None and recorder is not None:
-        waiting = recorder.waiting_per_environment()
-    queue = dict.fromkeys(backend.environments, 0)
-    queue.update(backend.waiting_per_environment() if waiting is None else waiting)
-    # the same counts by (type, name): exact from the recorder, else through the offered environments
     known = known_environments(backend)
-    by_env: Dict[Tuple[str, str], int] = dict.fromkeys(known.values(), 0)
     if recorder is not None:
-        by_env.update(recorder.waiting_by_environment())
+        by_env = recorder.waiting_shown()
+        unshown = recorder.unshown_environments()
     else:
-        for text, n in queue.items():
+        counts: Dict[Tuple[str, str], int] = {}
+        for text, n in (backend.waiting_per_environment() if waiting is None else waiting).items():
             env = environment_of(text, known)
-            by_env[env] = by_env.get(env, 0) + n
+            counts[env] = counts.get(env, 0) + n
+        by_env = fold_environments(counts, known.values())
+        unshown = sum(1 for env in counts if env not in by_env)
+    queue: Dict[str, int] = {}
+    for env, n in by_env.items():
+        text = display_label(env)
+        queue[text] = queue.get(text, 0) + n
     offered: Dict[Tuple[str, str], List[int]] = {}
     for agent in agents:
         for env in agent.environments:
@@ -166,10 +187,10 @@ def status_snapshot(
             row[1] += agent.slots
     environments = [
         {
-            "id": qualified(env),
+            "id": OTHER if env == OTHER_ENVIRONMENT else qualified(env),
             "type": env[0],
             "name": env[1],
-            "label": label(env),
+            "label": display_label(env),
             "waiting": n,
             "agents": offered.get(env, [0, 0])[0],
             "slots": offered.get(env, [0, 0])[1],
@@ -194,6 +215,16 @@ def status_snapshot(
             }
         )
     client_rows.sort(key=lambda row: (row["idle_seconds"] is None, row["idle_seconds"] or 0, row["name"]))
+    load = {}
+    with_jobs = {}
+    for what in ("courses", "clients"):
+        top, with_jobs[what] = backend.busiest(what, LOAD_ROWS)
+        rows = {k: list(v) for k, v in sorted(top.items())}
+        if with_jobs[what] > len(top):  # the rest, from the totals: every job has one course and one client
+            rest = [backend.waiting_count - sum(v[0] for v in top.values())]
+            rest.append(backend.running_count - sum(v[1] for v in top.values()))
+            rows[OTHER] = rest
+        load[what] = rows
     stats = backend.stats
     return {
         "version": __version__,
@@ -202,16 +233,16 @@ def status_snapshot(
         "agents": agent_rows,
         "queue": dict(sorted(queue.items())),
         "environments": environments,
-        "clients": client_rows,
+        "clients": client_rows[:CLIENT_ROWS],
         "running": running,
-        "load": {
-            "courses": {k: list(v) for k, v in sorted(backend.load_by_course().items())},
-            "clients": {k: list(v) for k, v in sorted(backend.load_by_client().items())},
-        },
+        "load": load,
         "totals": {
             "agents": len(agents),
             "clients": len(backend.clients),
             "clients_active": active if recorder is not None else None,
+            "courses_with_jobs": with_jobs["courses"],
+            "client_names_with_jobs": with_jobs["clients"],
+            "environments_in_other": unshown,
             "active_seconds": ACTIVE_SECONDS,
             "slots": sum(a.slots for a in agents),
             "busy_slots": sum(len(a.running) for a in agents),

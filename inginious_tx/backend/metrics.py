@@ -139,11 +139,11 @@ class BackendCollector(Collector):
         recorder = self._recorder
         known = known_environments(backend)
         if recorder is None:
-            counts: Dict[Tuple[str, str], int] = {}
+            exact: Dict[Tuple[str, str], int] = {}
             for text, n in backend.waiting_per_environment().items():
                 env = environment_of(text, known)
-                counts[env] = counts.get(env, 0) + n
-            by_env = fold_environments(counts, known.values())
+                exact[env] = exact.get(env, 0) + n
+            by_env = fold_environments(exact, known.values())
         else:
             by_env = recorder.waiting_shown()
         waiting = GaugeMetricFamily(

@@ -152,9 +152,7 @@ def test_made_up_environments_and_courses_cannot_blow_up_metrics_or_status_pages
         hostile = raw_tcp(clients.connect["tcp"])
         hostile.sendall(frame(ClientHello("hostile").dump()))
         read_frames(hostile, lambda m: type(m) is BackendUpdateContainers, 10)
-        jobs = (
-            frame(new_job(f"j{i}", environment=f"made-up-{i}", course_id=f"course-{i}").dump()) for i in range(n)
-        )
+        jobs = (frame(new_job(f"j{i}", environment=f"made-up-{i}", course_id=f"course-{i}").dump()) for i in range(n))
         batch: List[bytes] = []
         for data in jobs:
             batch.append(data)

@@ -43,6 +43,7 @@ def _env_labels(env: Tuple[str, str]) -> List[str]:
         return [OTHER, OTHER, OTHER]
     return [label(env), env[0], env[1]]
 
+
 __all__ = ["BackendCollector", "backend_registry", "PREFIX"]
 
 #: Prefix of every metric name.

@@ -263,7 +263,7 @@ def _table(headers: List[str], rows: List[List[Any]], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-#: Rows of the longer tables of the page (the JSON has them all).
+#: Rows of the longer tables of the page.
 PAGE_ROWS = 50
 #: Windows offered on the page, in seconds.
 WINDOWS = (300, 900, 3600)
@@ -282,9 +282,21 @@ ul.legend{list-style:none;margin:0;padding:0 0 0 52px;font-size:12px;display:fle
 
 
 def _top_rows(mapping: Dict[str, List[int]], limit: int) -> Tuple[List[List[Any]], int]:
-    """The ``limit`` busiest (waiting + running) entries, and how many were left out."""
-    ranked = sorted(mapping.items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
-    return [[name, w, r] for name, (w, r) in ranked[:limit]], max(0, len(ranked) - limit)
+    """The ``limit`` busiest (waiting + running) entries, then one ``(other)`` row
+    with the rest (status.json's own ``(other)`` included); and how many were
+    left out of status.json's rows."""
+    folded = mapping.get(OTHER)
+    ranked = sorted(
+        ((k, v) for k, v in mapping.items() if k != OTHER), key=lambda item: (-(item[1][0] + item[1][1]), item[0])
+    )
+    rows: List[List[Any]] = [[name, w, r] for name, (w, r) in ranked[:limit]]
+    if len(ranked) > limit or folded:
+        rest = [folded[0] if folded else 0, folded[1] if folded else 0]
+        for _, (w, r) in ranked[limit:]:
+            rest[0] += w
+            rest[1] += r
+        rows.append([OTHER, *rest])
+    return rows, max(0, len(ranked) - limit)
 
 
 def _more(n: int, what: str) -> str:
@@ -444,11 +456,18 @@ def render_html(
     load = snapshot.get("load", {"courses": {}, "clients": {}})
     load_tables = []
     for key, title in (("courses", "course"), ("clients", "client")):
-        rows, left = _top_rows(load[key], PAGE_ROWS)
+        rows, _ = _top_rows(load[key], PAGE_ROWS)
+        total = totals.get("courses_with_jobs" if key == "courses" else "client_names_with_jobs", len(load[key]))
+        note = (
+            f'<p class="more">{_count(total, title)} with jobs; the {PAGE_ROWS} busiest by name, '
+            f"the others as {OTHER}</p>"
+            if rows and rows[-1][0] == OTHER
+            else ""
+        )
         load_tables.append(
             f"<div><h2>Jobs per {title}</h2>"
             + _table([title, "waiting", "running"], rows, f"No {title} has a job.")
-            + _more(left, key)
+            + note
             + "</div>"
         )
     links = " ".join(

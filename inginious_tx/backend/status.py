@@ -42,7 +42,7 @@ from .. import __version__
 from .._reactor import CommonReactor
 from .._ready import ReadyResult
 from .adapter import label
-from .charts import PALETTE, RESULT_COLORS, format_number, heatmap, legend, line_chart
+from .charts import PALETTE, RESULT_COLORS, format_duration, format_number, heatmap, legend, line_chart
 from .core import Backend
 from .service import stop_reactor
 from .timeseries import (
@@ -153,6 +153,8 @@ def status_snapshot(
                 {
                     "job_id": job.key[1],
                     "client": job.client.name if job.client is not None else None,
+                    "client_address": job.client.peer.description if job.client is not None else None,
+                    "launcher": job.launcher,
                     "agent": agent.name,
                     "course_id": job.course_id,
                     "task_id": job.task_id,
@@ -331,7 +333,7 @@ def render_charts(view: Dict[str, Any], names: Optional[Dict[str, str]] = None) 
     lines.append(("all environments", "#555555", view["waiting"]))
     blocks.append(
         (
-            line_chart("Jobs waiting, per environment", lines, seconds),
+            line_chart("Jobs waiting, per environment", lines, seconds, integer=True),
             legend([(label, color, format_number(_last(pts))) for label, color, pts in lines]),
         )
     )
@@ -357,10 +359,17 @@ def render_charts(view: Dict[str, Any], names: Optional[Dict[str, str]] = None) 
     )
     for key, title in (("wait", "Queue wait (time to the first agent)"), ("run", "Run time")):
         lines = [(name, PALETTE[i], pts) for i, (name, pts) in enumerate(view[key].items())]
+        # the legend: each percentile over the whole window drawn, not the newest point alone
+        whole = view.get(f"{key}_window", {})
         blocks.append(
             (
                 line_chart(f"{title}, percentiles", lines, seconds, unit="s", log=True),
-                legend([(label, color, format_number(_last(pts), "s")) for label, color, pts in lines]),
+                legend(
+                    [
+                        (f"{label} over the window", color, format_duration(whole.get(label, _last(pts))))
+                        for label, color, pts in lines
+                    ]
+                ),
             )
         )
     totals = view["totals"]
@@ -371,7 +380,7 @@ def render_charts(view: Dict[str, Any], names: Optional[Dict[str, str]] = None) 
     ]
     blocks.append(
         (
-            line_chart("Agent slots, busy slots", lines, seconds),
+            line_chart("Agent slots, busy slots", lines, seconds, integer=True),
             legend([(label, color, format_number(_last(pts))) for label, color, pts in lines]),
         )
     )
@@ -407,7 +416,10 @@ def render_html(
                 a.get("dialect", "?"),
                 a["address"],
                 f"{a['busy_slots']} / {a['slots']}",
-                ", ".join(a.get("environment_ids", a["environments"])),
+                # 0.6 has no environment types: its agents' environments by their own names
+                ", ".join(
+                    a["environments"] if a.get("dialect") == "0.6" else a.get("environment_ids", a["environments"])
+                ),
             ]
             for a in agent_list[:PAGE_ROWS]
         ],
@@ -423,11 +435,14 @@ def render_html(
         headers = ["environment", "waiting"]
     queue = _table(headers, rows, "No environment.") + _more(max(0, len(env_rows) - PAGE_ROWS), "environments")
     client_list = snapshot.get("clients", [])
+    same_name: Dict[str, int] = {}
+    for c in client_list:
+        same_name[c["name"]] = same_name.get(c["name"], 0) + 1
     clients = _table(
         ["client", "dialect", "address", "jobs", "last heard"],
         [
             [
-                c["name"],
+                c["name"] + (f" ({same_name[c['name']]} with this name)" if same_name[c["name"]] > 1 else ""),
                 c["dialect"],
                 c["address"],
                 c["jobs"],
@@ -438,15 +453,19 @@ def render_html(
         "No client is registered.",
     ) + _more(max(0, len(client_list) - PAGE_ROWS), "clients")
     running_list = snapshot["running"]
+    dialect_of = {a["name"]: a.get("dialect") for a in agent_list}
     running = _table(
-        ["job", "client", "agent", "task", "environment", "running for"],
+        ["job", "client", "launcher", "agent", "task", "environment", "running for"],
         [
             [
                 r["job_id"],
-                r["client"] or "(gone)",
+                "(gone)"
+                if r["client"] is None
+                else r["client"] + (f" ({r.get('client_address')})" if same_name.get(r["client"], 0) > 1 else ""),
+                r.get("launcher", ""),
                 r["agent"],
                 f"{r['course_id']}/{r['task_id']}",
-                r.get("environment_id", r["environment"]),
+                r["environment"] if dialect_of.get(r["agent"]) == "0.6" else r.get("environment_id", r["environment"]),
                 f"{r['running_for']:.1f} s",
             ]
             for r in running_list[:PAGE_ROWS]
@@ -483,7 +502,9 @@ def render_html(
         again = f"?window={window}&amp;refresh={DEFAULT_REFRESH}"
         reload_note = f'not reloading: <a href="{again}">reload every {DEFAULT_REFRESH} s</a>'
         meta = ""
-    names = {e["label"]: e["id"] for e in snapshot.get("environments", [])}
+    # type/name, but a docker environment that only 0.6 agents offer by its name (0.6 has no types)
+    typed = {i for a in agent_list if a.get("dialect") != "0.6" for i in a.get("environment_ids", ())}
+    names = {e["label"]: e["id"] for e in snapshot.get("environments", []) if e["type"] != "docker" or e["id"] in typed}
     charts = f'<div class="charts">{render_charts(view, names)}</div>' if view is not None else ""
     if totals.get("clients_active") is not None:
         client_note = (
@@ -521,6 +542,15 @@ def render_html(
 """
 
 
+def default_window(recorded: float, longest: int) -> int:
+    """The window shown when none is asked: the shortest offered one that covers
+    what was recorded (a backend up for a minute gets 5 min, not an hour)."""
+    for w in WINDOWS:
+        if w >= recorded:
+            return min(w, longest)
+    return min(DEFAULT_WINDOW, longest)
+
+
 def _int_arg(request: Any, name: str, default: int, low: int, high: int) -> int:
     """A small integer query argument, clamped; anything unreadable is the default."""
     values = (getattr(request, "args", None) or {}).get(name.encode())
@@ -551,7 +581,8 @@ class _Page(Resource):
             return DEFAULT_WINDOW
         history = self._recorder.history
         longest = int((history.capacity - 1) * history.interval)
-        return _int_arg(request, "window", min(DEFAULT_WINDOW, longest), min(60, longest), longest)
+        default = default_window(history.ticks * history.interval, longest)
+        return _int_arg(request, "window", default, min(60, longest), longest)
 
     def render_HEAD(self, request: Any) -> bytes:
         return self.render_GET(request)

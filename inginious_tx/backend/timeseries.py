@@ -362,6 +362,16 @@ class History:
                 for name, q in PERCENTILES:
                     out[name][p] = percentile(diff, q)
                 end_tick = start_tick
+        # the same percentiles over the whole window (what the legends show)
+        over: Dict[str, Dict[str, Optional[float]]] = {}
+        for key, hist in (("wait", self.wait_hist), ("run", self.run_hist)):
+            if ticks:
+                first = ticks - 1 - n
+                before = self._hist_at(hist, first) if first >= 0 else [0.0] * _NB
+                diff = [a - b for a, b in zip(self._hist_at(hist, ticks - 1), before, strict=True)]
+            else:
+                diff = [0.0] * _NB
+            over[key] = {name: percentile(diff, q) for name, q in PERCENTILES}
         times = self.times.last(ticks, have)
         now = times[-1] if len(times) else None
         return {
@@ -374,6 +384,8 @@ class History:
             "finished": finished,
             "wait": wait,
             "run": run,
+            "wait_window": over["wait"],
+            "run_window": over["run"],
             "busy": busy,
             "slots": {name: self.slots.get(name, 0) for name in busy},
             "agents_tracked": len(self.busy.series),

@@ -14,7 +14,8 @@ from twisted.internet.task import Clock
 from inginious_tx.backend.charts import heatmap, line_chart
 from inginious_tx.backend.core import Backend, BackendSettings
 from inginious_tx.backend.policies import FairPolicy
-from inginious_tx.backend.status import default_window, render_charts, render_html, status_snapshot
+from inginious_tx.backend import status
+from inginious_tx.backend.status import render_charts, render_html, status_snapshot
 from inginious_tx.backend.testing import FakePeer, agent_hello, job_done, new_job
 from inginious_tx.backend.timeseries import StatusRecorder
 from inginious_tx.messages import BackendNewJob, ClientHello
@@ -103,6 +104,7 @@ def test_the_heat_strip_legend_sits_below_its_time_axis_without_overlaps() -> No
 
 def test_the_default_window_covers_what_was_recorded() -> None:
     """Up for a minute: 5 min (on main: the whole hour, mostly empty)."""
+    default_window = status.default_window
     assert default_window(60, 3600) == 300
     assert default_window(600, 3600) == 900
     assert default_window(5000, 3600) == 3600

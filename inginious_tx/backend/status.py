@@ -434,6 +434,11 @@ def render_html(
         rows = [[k, v] for k, v in env_rows[:PAGE_ROWS]]
         headers = ["environment", "waiting"]
     queue = _table(headers, rows, "No environment.") + _more(max(0, len(env_rows) - PAGE_ROWS), "environments")
+    if totals.get("environments_in_other"):
+        queue += (
+            f'<p class="more">{OTHER}: jobs for {_count(totals["environments_in_other"], "other environment")} '
+            "that no agent offers</p>"
+        )
     client_list = snapshot.get("clients", [])
     same_name: Dict[str, int] = {}
     for c in client_list:

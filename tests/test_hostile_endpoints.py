@@ -71,7 +71,7 @@ def open_descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def get(url: str, timeout: float = 10.0) -> Tuple[int, bytes]:
+def get(url: str, timeout: float = 30.0) -> Tuple[int, bytes]:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.status, response.read()
 
@@ -117,6 +117,9 @@ def test_an_idle_flood_of_the_status_pages_cannot_starve_clients_at_ulimit_1024(
 
         assert held < NOFILE - 200, f"the flood took {held} descriptors of {NOFILE}"
         assert backend.has("connections open (--status-max-connections): closed")
+        # 2 x 1000 + 64 connections do not fit in 1024 descriptors: the caps were shared out
+        assert backend.has("open files limit 1024: connection caps lowered to fit")
+        assert backend.has("448 per client or agent endpoint")
         # The connections kept under the cap are closed once idle for 3 s: the descriptors come back.
         deadline = time.monotonic() + 20
         while open_descriptors(backend.pid) > before + 8 and time.monotonic() < deadline:
@@ -129,7 +132,7 @@ def test_an_idle_flood_of_the_status_pages_cannot_starve_clients_at_ulimit_1024(
 
 
 def test_made_up_environments_and_courses_cannot_blow_up_metrics_or_status_pages() -> None:
-    """A client queues 20,000 jobs, each for an environment and a course it made up (no agent
+    """A client queues 5,000 jobs, each for an environment and a course it made up (no agent
     offers them).  ``/metrics``, ``/status.json`` and the page stay small: the offered
     environment, at most 64 others by name and one ``(other)`` series with the rest; the 100
     busiest courses and ``(other)``.  Once the client has left, the made-up names are gone.
@@ -141,7 +144,7 @@ def test_made_up_environments_and_courses_cannot_blow_up_metrics_or_status_pages
     from inginious_tx.backend.testing import new_job
     from inginious_tx.messages import BackendUpdateContainers, ClientHello
 
-    n = 20_000
+    n = 5_000
     with Lab() as lab:
         clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
         status_port = free_port()
@@ -159,14 +162,15 @@ def test_made_up_environments_and_courses_cannot_blow_up_metrics_or_status_pages
             if len(batch) == 1000:
                 hostile.sendall(b"".join(batch))
                 batch.clear()
+        hostile.sendall(b"".join(batch))
         base = f"http://127.0.0.1:{status_port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while json.loads(get(base + "/status.json")[1])["totals"]["waiting"] < n:
             assert time.monotonic() < deadline, "the jobs were not all queued"
             time.sleep(0.2)
 
         _, metrics = get(base + "/metrics")
-        assert len(metrics) < 100_000, f"/metrics is {len(metrics)} bytes"
+        assert len(metrics) < 100_000, f"/metrics is {len(metrics)} bytes"  # main: 1.2 MB at 5,000
         waiting = [line for line in metrics.decode().splitlines() if line.startswith("inginious_jobs_waiting{")]
         assert len(waiting) <= 1 + 64 + 1, len(waiting)
         other = [line for line in waiting if 'environment="(other)"' in line]
@@ -182,7 +186,7 @@ def test_made_up_environments_and_courses_cannot_blow_up_metrics_or_status_pages
         assert len(page) < 200_000, f"the page is {len(page)} bytes"
 
         hostile.close()  # the client leaves: its jobs are dropped and its names forgotten
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while json.loads(get(base + "/status.json")[1])["totals"]["waiting"]:
             assert time.monotonic() < deadline, "the jobs were not dropped"
             time.sleep(0.2)

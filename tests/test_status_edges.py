@@ -11,10 +11,10 @@ from typing import Any, List, Tuple
 
 from twisted.internet.task import Clock
 
+from inginious_tx.backend import status
 from inginious_tx.backend.charts import heatmap, line_chart
 from inginious_tx.backend.core import Backend, BackendSettings
 from inginious_tx.backend.policies import FairPolicy
-from inginious_tx.backend import status
 from inginious_tx.backend.status import render_charts, render_html, status_snapshot
 from inginious_tx.backend.testing import FakePeer, agent_hello, job_done, new_job
 from inginious_tx.backend.timeseries import StatusRecorder

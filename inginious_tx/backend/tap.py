@@ -127,6 +127,20 @@ class Options(CommandOptions):
             "No authentication; 127.0.0.1 unless an interface is named. [default: none]",
         ],
         [
+            "status-max-connections",
+            None,
+            64,
+            "Most open connections of the status pages; further ones are closed as soon as made.",
+            at_least_one,
+        ],
+        [
+            "status-idle-timeout",
+            None,
+            15.0,
+            "Seconds a status connection may stay idle between requests before it is closed.",
+            positive_float,
+        ],
+        [
             "json-log",
             None,
             None,
@@ -291,6 +305,57 @@ def policy_listing() -> str:
     return plugin_listing(available_policies(), load_policy, DEFAULT_POLICY)
 
 
+def _share_descriptors(options: Any) -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard one, and lower ``--max-connections``
+    and ``--status-max-connections`` if their sum would not fit in it (logged):
+    no endpoint flooded with idle connections can take the descriptors the
+    others need."""
+    from dataclasses import replace
+
+    from twisted.logger import Logger
+
+    from ..transport.descriptors import raise_open_files_limit, share_descriptors
+
+    log = Logger(namespace="inginious_tx.backend")
+    limits = raise_open_files_limit()
+    if limits is None:
+        return
+    before, soft = limits
+    endpoints = len(options["clients"]) + len(options["agents"])
+    status = options["status-max-connections"] if options.get("status") else 0
+    share = share_descriptors(soft, endpoints, options["limits"].max_connections, status)
+    raised = f" (raised from {before})" if soft != before else ""
+    if share.lowered:
+        options["limits"] = replace(
+            options["limits"],
+            max_connections=share.per_endpoint,
+            max_pending=min(options["limits"].max_pending, share.per_endpoint),
+        )
+        if status:
+            options["status-max-connections"] = share.status
+        log.warn(
+            "open files limit {soft}{raised}: connection caps lowered to fit, with {reserved} descriptors kept "
+            "for the rest: {each} per client or agent endpoint (--max-connections){status}; raise the hard "
+            "limit (ulimit -Hn, LimitNOFILE=) to keep more",
+            soft=soft,
+            raised=raised,
+            reserved=share.reserved,
+            each=share.per_endpoint,
+            status=f", {share.status} for the status pages (--status-max-connections)" if status else "",
+        )
+    else:
+        log.info(
+            "open files limit {soft}{raised}: {endpoints} endpoint(s) of at most {each} connections{status}, "
+            "{reserved} descriptors kept for the rest",
+            soft=soft,
+            raised=raised,
+            endpoints=endpoints,
+            each=share.per_endpoint,
+            status=f", status pages at most {share.status}" if status else "",
+            reserved=share.reserved,
+        )
+
+
 def makeService(options: Any) -> Any:
     """The backend service for twistd, on the global (chosen) reactor.
 
@@ -305,6 +370,7 @@ def makeService(options: Any) -> Any:
     from .._twistd import guarded
     from .service import BackendService
 
+    _share_descriptors(options)
     service = BackendService(
         reactor,
         options["clients"],
@@ -317,7 +383,15 @@ def makeService(options: Any) -> Any:
     if options.get("status"):
         from .status import StatusService
 
-        extras.append(StatusService(reactor, service.backend, options["status"]))
+        extras.append(
+            StatusService(
+                reactor,
+                service.backend,
+                options["status"],
+                max_connections=options["status-max-connections"],
+                idle_timeout=options["status-idle-timeout"],
+            )
+        )
     if options.get("embedded"):  # last: no agent registers when a listener cannot start
         from ..embedded import embedded_agent
 

@@ -189,7 +189,7 @@ def our_answers(tasks_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
             "--tasks", str(tasks_dir), "--slots", "2", "--name", "ours",
             "--option", f"work_dir={work / 'jobs'}",
         )  # fmt: skip
-        agent.wait_for_line("said hello", timeout=60)
+        agent.wait_for_line("registered with the backend", timeout=60)
         try:
             yield _submit(python, f"tcp://127.0.0.1:{cport}", tasks_dir, work)
         finally:

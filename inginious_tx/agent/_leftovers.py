@@ -132,6 +132,7 @@ def sweep_work_dir(path: str) -> List[str]:
             continue
         job = os.path.join(path, name[: -len(STDIN_SUFFIX)])
         _unmount_under(job)
+        _unmount_under(job + STDIN_SUFFIX)  # run_student's student folders, bound there
         remove_tree(job)
         remove_tree(job + STDIN_SUFFIX)
         removed.append(os.path.basename(job))

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..messages import BackendNewJob
 from ._leftovers import STDIN_SUFFIX, mark_job
 from .filetree import chown_tree, remove_tree
-from .job_disk import mount_job_disk, unmount_job_disk
+from .job_disk import detach, mount_job_disk, unmount_job_disk
 
 __all__ = [
     "ID_PATTERN",
@@ -272,6 +272,14 @@ def remove_job_path(root: str) -> None:
     """Delete a job folder by path (blocking; missing is fine): unmount its tmpfs, then remove
     what is left without recursion and without following links."""
     unmount_job_disk(root)
+    if root.endswith(STDIN_SUFFIX):  # the agent's own folder: student folders bound there (run_student)
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            if os.path.ismount(os.path.join(root, name)):
+                detach(os.path.join(root, name))
     remove_tree(root)
 
 

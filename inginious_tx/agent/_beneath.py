@@ -109,6 +109,8 @@ def open_job_dir(root: str, path: str) -> int:
     try:
         try:
             fd = open_beneath(root_fd, path)
+        except PathEscape:
+            raise
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV, errno.EAGAIN):
                 raise PathEscape(e.errno, f"{path} is not a folder of the job (a link or a file)") from None

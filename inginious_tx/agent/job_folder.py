@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..messages import BackendNewJob
-from ._leftovers import STDIN_SUFFIX, mark_job
+from ._leftovers import STDIN_SUFFIX, mark_job, unmount_under
 from .filetree import chown_tree, remove_tree
-from .job_disk import detach, mount_job_disk, unmount_job_disk
+from .job_disk import mount_job_disk, unmount_job_disk
 
 __all__ = [
     "ID_PATTERN",
@@ -273,13 +273,7 @@ def remove_job_path(root: str) -> None:
     what is left without recursion and without following links."""
     unmount_job_disk(root)
     if root.endswith(STDIN_SUFFIX):  # the agent's own folder: student folders bound there (run_student)
-        try:
-            names = os.listdir(root)
-        except FileNotFoundError:
-            names = []
-        for name in names:
-            if os.path.ismount(os.path.join(root, name)):
-                detach(os.path.join(root, name))
+        unmount_under(root)
     remove_tree(root)
 
 

@@ -39,7 +39,7 @@ from ._beneath import open_beneath
 from .feedback import OutputLimits
 from .job_folder import JobFolder
 
-__all__ = ["OUTPUT_DIR", "WRAPPER", "make_output_dir", "wrap_command", "thd_read_output"]
+__all__ = ["OUTPUT_DIR", "WRAPPER", "STUDENT_WRAPPER", "make_output_dir", "wrap_command", "thd_read_output"]
 
 #: In the job folder: the job's output files (and the pipes to them).
 OUTPUT_DIR = ".output"
@@ -57,6 +57,28 @@ exec 2>/dev/null
 "$@" >"$o/pipe/out" 2>"$o/pipe/err"
 rc=$?
 { sleep 2; kill $a $b; } &
+w=$!
+wait $a $b
+kill $w
+exit $rc
+"""
+
+
+#: run_student's containers (see :mod:`.run_student_docker`): the same cut, written to the
+#: container's own output (the engine's log, which the agent reads as before).  $1: the
+#: standard input, $2 $3: the caps + 1, then the command.  The engine's work is bounded for an
+#: ordinary flood (a loop printing); this shell and ``head`` still hold the engine's pipe, which
+#: a student who opens ``/proc/PID/fd/1`` on purpose can write to.
+STUDENT_WRAPPER = """\
+i=$1; n1=$2; n2=$3; shift 3
+d=$(mktemp -d /tmp/.output.XXXXXX) && mkfifo "$d/out" "$d/err" || exit 254
+{ head -c "$n1"; exec cat >/dev/null; } <"$d/out" &
+a=$!
+{ head -c "$n2" >&2; exec cat >/dev/null; } <"$d/err" &
+b=$!
+"$@" <"$i" >"$d/out" 2>"$d/err"
+rc=$?
+{ sleep 2; kill $a $b; } 2>/dev/null &
 w=$!
 wait $a $b
 kill $w

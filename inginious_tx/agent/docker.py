@@ -46,7 +46,9 @@ Options (``AgentConfig.options``):
 ``pids_limit`` (256), ``sandbox_pids`` (256: added to the pids limit for
 runtimes that cannot take it, see :mod:`.runtimes`), ``poll_interval`` (0.5 s: how often CPU time is
 checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
-reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
+reaps zombies in run_student's containers; the job's own container has the
+wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
+``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
 """
 
 from __future__ import annotations

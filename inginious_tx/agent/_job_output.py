@@ -7,10 +7,13 @@ So the job's container has no log at all (driver ``none``), and its command
 runs under a small POSIX sh wrapper, PID 1 of the container:
 
 - the job's standard output and error are pipes (FIFOs the wrapper makes in
-  ``.output/pipe``) read by two ``head -c CAP+1`` in the container, which write
-  the files ``.output/stdout`` and ``.output/stderr`` of the job folder; past
-  the cap, ``cat`` reads on into ``/dev/null``: the job goes on as before (no
-  broken pipe), and the time it spends writing is its own (its CPU limit);
+  ``.output/pipe``) read by two ``cat`` in the container, which write the
+  files ``.output/stdout`` and ``.output/stderr`` of the job folder under a
+  file size limit (``ulimit -f``, the cap + 1 rounded up to 512 bytes); past
+  it, a second ``cat`` reads on into ``/dev/null``: the job goes on as before
+  (no broken pipe), and the time it spends writing is its own (its CPU
+  limit).  ``cat`` holds back nothing it read, so nothing is lost when it is
+  stopped (below);
 - the wrapper itself holds nothing of the container's standard output or
   error (``/dev/null``), so no process of the container does: a job that opens
   ``/proc/1/fd/1`` finds ``/dev/null``, not the engine;
@@ -47,13 +50,12 @@ OUTPUT_DIR = ".output"
 #: $1: the output folder (as the container sees it), $2 $3: the caps + 1, then the command.
 WRAPPER = """\
 o=$1; n1=$2; n2=$3; shift 3
-exec >/dev/null 2>"$o/stderr"
+exec >/dev/null 2>&1
 mkfifo "$o/pipe/out" "$o/pipe/err" || exit 254
-{ head -c "$n1" >"$o/stdout"; exec cat >/dev/null; } <"$o/pipe/out" &
+{ (ulimit -f $(((n1 + 511) / 512)); exec cat >"$o/stdout"); exec cat; } <"$o/pipe/out" &
 a=$!
-{ head -c "$n2" >"$o/stderr"; exec cat >/dev/null; } <"$o/pipe/err" &
+{ (ulimit -f $(((n2 + 511) / 512)); exec cat >"$o/stderr"); exec cat; } <"$o/pipe/err" &
 b=$!
-exec 2>/dev/null
 "$@" >"$o/pipe/out" 2>"$o/pipe/err"
 rc=$?
 { sleep 2; kill $a $b; } &
@@ -64,24 +66,28 @@ exit $rc
 """
 
 
-#: run_student's containers (see :mod:`.run_student_docker`): the same cut, written to the
-#: container's own output (the engine's log, which the agent reads as before).  $1: the
+#: run_student's containers (see :mod:`.run_student_docker`): the same cut into files of the
+#: container's own ``/tmp``, then their first bytes written to the container's output (the
+#: engine's log, which the agent reads as before).  $1: the
 #: standard input, $2 $3: the caps + 1, then the command.  The engine's work is bounded for an
 #: ordinary flood (a loop printing); this shell and ``head`` still hold the engine's pipe, which
 #: a student who opens ``/proc/PID/fd/1`` on purpose can write to.
 STUDENT_WRAPPER = """\
 i=$1; n1=$2; n2=$3; shift 3
 d=$(mktemp -d /tmp/.output.XXXXXX) && mkfifo "$d/out" "$d/err" || exit 254
-{ head -c "$n1"; exec cat >/dev/null; } <"$d/out" &
+exec 3>&1 4>&2 >/dev/null 2>&1
+{ (ulimit -f $(((n1 + 511) / 512)); exec cat >"$d/o"); exec cat; } <"$d/out" 3>&- 4>&- &
 a=$!
-{ head -c "$n2" >&2; exec cat >/dev/null; } <"$d/err" &
+{ (ulimit -f $(((n2 + 511) / 512)); exec cat >"$d/e"); exec cat; } <"$d/err" 3>&- 4>&- &
 b=$!
-"$@" <"$i" >"$d/out" 2>"$d/err"
+"$@" <"$i" >"$d/out" 2>"$d/err" 3>&- 4>&-
 rc=$?
-{ sleep 2; kill $a $b; } 2>/dev/null &
+{ sleep 2; kill $a $b; } 3>&- 4>&- &
 w=$!
 wait $a $b
 kill $w
+head -c "$n1" "$d/o" >&3
+head -c "$n2" "$d/e" >&4
 exit $rc
 """
 

@@ -369,3 +369,16 @@ class IAgentBackend(Interface):
 
     def close() -> Deferred[Any]:
         """Release resources at shutdown; returns a Deferred."""
+
+
+class ITaskProblemsBackend(IAgentBackend):
+    """An agent backend that grades from the problems a 0.9 job carries
+    (``task_problems``), not from a task folder: the ``mcq`` kind.
+
+    The agent hands it every job through :meth:`run_with_problems` instead of
+    :meth:`IAgentBackend.run`.
+    """
+
+    def run_with_problems(job: BackendNewJob, task_problems: Optional[Dict[str, Any]]) -> Deferred[Any]:
+        """Grade ``job`` against ``task_problems`` (None when the backend spoke
+        the 0.6 dialect, which has no problems); a Deferred of a JobResult."""

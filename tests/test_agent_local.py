@@ -35,9 +35,10 @@ def job(
     network: bool = False,
     run_cmd: Optional[str] = None,
     env: str = "default",
+    debug: bool = False,
 ) -> BackendNewJob:
     return BackendNewJob(
-        (b"test", f"job-{next(_n)}"), "demo", task, inputdata or {}, env, network, time_limit, hard, mem, False, run_cmd
+        (b"test", f"job-{next(_n)}"), "demo", task, inputdata or {}, env, network, time_limit, hard, mem, debug, run_cmd
     )
 
 
@@ -138,8 +139,11 @@ async def test_missing_task_and_run_cmd(make_backend: Any, within: Any) -> None:
     b = make_backend()
     r = await run(b, job("nope"), within)
     assert r.result == "crash" and "demo/nope does not exist" in r.text
-    r = await run(b, job("pass", run_cmd="echo to-stdout; echo to-stderr >&2; feedback-result failed"), within)
+    noisy = "echo to-stdout; echo to-stderr >&2; feedback-result failed"
+    r = await run(b, job("pass", run_cmd=noisy, debug=True), within)
     assert (r.result, r.stdout, r.stderr) == ("failed", "to-stdout\n", "to-stderr\n")
+    r = await run(b, job("pass", run_cmd=noisy), within)
+    assert (r.result, r.stdout, r.stderr) == ("failed", "", ""), "a job's output goes back only when it is debugged"
     r = await run(b, job("pass", run_cmd="exit 4"), within)
     assert r.result == "error" and "exited with code 4" in r.text
 
@@ -163,7 +167,7 @@ async def test_cpu_and_wall_timeouts(make_backend: Any, within: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_memory_overflow(make_backend: Any, within: Any) -> None:
-    r = await run(make_backend(), job("memory", mem=48), within)
+    r = await run(make_backend(), job("memory", mem=48, debug=True), within)
     assert r.result == "overflow" and "48 MB" in r.text
     assert r.stdout == "eating memory...\n"
 

@@ -754,9 +754,11 @@ def test_zmq_strangers_hold_at_most_zmq_max_pending_jobs_by_default() -> None:
             return len(through)
 
         assert flood(64 * MiB - 100, 4) == 0
-        # At most 8 are let in; a refused one may still get its bytes into the kernel's buffers
-        # before the backend shuts it down (what ZeroMQ holds is what the peak below measures).
-        assert flood(17 * MiB - 100, 13) <= 12
+        # At most 8 are let in. A refused one may still get its 13 MiB into the kernel's buffers
+        # before the backend shuts it down, and how many do depends on how busy the machine is, so
+        # the count only says that strangers were refused; what ZeroMQ holds is what the peak
+        # memory below measures (30 held strangers would be 390 MiB over the bound).
+        assert flood(17 * MiB - 100, 13) < 30
         grown = backend.memory()["VmHWM"] - baseline
         assert grown < 8 * 17 * MiB + 16 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
         lab.wait(lambda: backend.count("refused", "(limits.zmq_max_pending)") > 0, 10, "the refusal to be logged")

@@ -20,7 +20,7 @@ from zope.interface import implementer
 
 from .._reactor import CommonReactor
 from ..dispatch import Dispatcher
-from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer, ITransport
+from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer, ITaskProblemsBackend, ITransport
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
 from ..transport import Limits
 from .dialect import edge_for, environment_type_for
@@ -108,6 +108,9 @@ class Agent(Service):
         self._result_limits = result_limits if result_limits is not None else OutputLimits()
         self.maxima = maxima
         self._ssh = ssh_debug
+        #: Whether the backend grades from a 0.9 job's task_problems (the mcq kind).
+        self._grades_problems = ITaskProblemsBackend.providedBy(backend)
+        self._sink: Any = None
         self._connection: Optional[IConnection] = None
         self._peer: Optional[IPeer] = None
         self._silence_call: Optional[IDelayedCall] = None
@@ -124,6 +127,9 @@ class Agent(Service):
         if self._ssh is not None:
             self._ssh.startService()
         sink = edge_for(self.dialect, Dispatcher(self, IAgentHandler), self._holds, self.environment_type)
+        if self._grades_problems:
+            sink.keep_problems = True  # only the 0.9 edge has them; harmless on the 0.6 one
+        self._sink = sink
         if self._transport is not None:
             self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)
         else:
@@ -195,6 +201,8 @@ class Agent(Service):
     def backend_new_job(self, peer: IPeer, message: BackendNewJob) -> None:
         self._heard()
         job_id = message.job_id
+        take = getattr(self._sink, "take_problems", None)
+        problems = take(job_id) if take is not None else None  # taken at once: never left behind
         if job_id in self._jobs:
             self.log.warn("job {job_id} is already running here: refusing the duplicate", job_id=job_id)
             self._send_result(job_id, JobResult.crash(f"job {job_id[1]!r} is already running on this agent"))
@@ -212,7 +220,10 @@ class Agent(Service):
         self._jobs[job_id] = job
         self._busy += 1
         self._send(AgentJobStarted(job_id))
-        d = maybeDeferred(self._backend.run, message)
+        if self._grades_problems:
+            d = maybeDeferred(self._backend.run_with_problems, message, problems)  # type: ignore[attr-defined]
+        else:
+            d = maybeDeferred(self._backend.run, message)
         if message.debug == "ssh" and not job.done:
             self._ssh.watch(message, self._backend, self._send)
         d.addCallbacks(self._job_ran, self._job_failed, callbackArgs=(job,), errbackArgs=(job,))

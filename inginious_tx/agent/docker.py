@@ -39,8 +39,9 @@ Options (``AgentConfig.options``):
     disk.  Without root the folder is a plain folder on the agent's disk, with
     no size bound (the agent logs it once).
 
-``inginious_paths`` (True: the job's task and archive folders also at
-``/task`` and ``/archive``, see :mod:`.compat`; each bind mount costs some
+``inginious_paths`` (True: the job's task, archive and common folders also
+at ``/task``, ``/archive`` and ``/course/common``, and the task runs in
+``/task`` with ``HOME=/task``, see :mod:`.compat`; each bind mount costs some
 20-30 ms at start under gVisor).
 
 ``pids_limit`` (256), ``sandbox_pids`` (256: added to the pids limit for
@@ -73,7 +74,7 @@ from ._job_output import make_output_dir, thd_read_output, wrap_command
 from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_work_dir
 from ._running import JobRun
 from ._threads import BackendThreads
-from .compat import inginious_mounts
+from .compat import TASK_MOUNT, inginious_env, inginious_mounts
 from .debug import ISSHDebugBackend
 from .feedback import OutputLimits, collect_result
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
@@ -510,9 +511,10 @@ class DockerBackend:
             image=image,
             runtime=runtime,
             command=folder.command,
-            working_dir=f"{JOB_MOUNT}/task",
+            working_dir=TASK_MOUNT if self._inginious_paths else f"{JOB_MOUNT}/task",
             environment={
                 **folder.env(mount_root=JOB_MOUNT, helpers=HELPERS_MOUNT),
+                **(inginious_env(folder) if self._inginious_paths else {}),
                 RUN_STUDENT_ENV: f"{JOB_MOUNT}/{EXCHANGE}",
             },
             user=self._user,
@@ -696,7 +698,8 @@ class DockerBackend:
         d: Deferred = Deferred()
 
         def up(cid: Optional[str]) -> Optional[str]:
-            d.callback(None if cid is None else DockerSandbox(cid, self._user, f"{JOB_MOUNT}/task", self._url))
+            workdir = TASK_MOUNT if self._inginious_paths else f"{JOB_MOUNT}/task"  # where the grader runs
+            d.callback(None if cid is None else DockerSandbox(cid, self._user, workdir, self._url))
             return cid
 
         run.up.addCallback(up)

@@ -123,9 +123,9 @@ class Options(usage.Options):
         [
             "dialect",
             None,
-            "0.6",
+            None,
             "INGInious protocol the backend speaks: 0.6 (INGInious 0.6, inginious-tx) or 0.9 "
-            "(INGInious 0.7 to 0.9.x, and inginious-tx).",
+            "(INGInious 0.7 to 0.9.x, and inginious-tx) [default: 0.6; 0.9 for the mcq kind, which needs it].",
             _dialect,
         ],
         [
@@ -150,6 +150,8 @@ class Options(usage.Options):
             "local runs TASKS/COURSE/TASK/run as a child process: a sandbox for trusted code and "
             "development only (see inginious_tx.agent.local). "
             "docker runs each job in a container of the environment's image. "
+            "mcq grades multiple-choice and match problems as INGInious 0.9's mcq agent does "
+            "(0.9 dialect, environment type and name mcq; see docs/mcq.rst). "
             "Every kind applies the maxima: time and memory above --max-time, --max-hard-time and --max-memory "
             "are capped; the network and run_cmd are refused unless --allow-network / --allow-run-cmd."
         )
@@ -184,6 +186,11 @@ class Options(usage.Options):
             self["backend_class"] = load(GROUP, self["kind"])
         except PluginError as e:
             raise usage.UsageError(str(e))
+        required = getattr(self["backend_class"], "dialect", None)
+        if self["dialect"] is None:
+            self["dialect"] = required or "0.6"
+        elif required is not None and self["dialect"] != required:
+            raise usage.UsageError(f"--kind {self['kind']} speaks only the {required} dialect (--dialect {required})")
         if self["environment-type"] is not None and not self["environment-type"].strip():
             raise usage.UsageError("--environment-type: the type is empty")
         if self["tasks"] is not None and not os.path.isdir(self["tasks"]):
@@ -196,12 +203,14 @@ class Options(usage.Options):
         self["result_limits"] = replace(
             _OUTPUT, max_archive=self["max-archive"], max_stdout=self["max-stdout"], max_stderr=self["max-stderr"]
         )
+        # A kind that runs nothing (mcq) has no network or command to refuse.
+        runs_code = getattr(self["backend_class"], "runs_code", True)
         self["maxima"] = JobMaxima(
             max_time=self["max-time"],
             max_hard_time=self["max-hard-time"],
             max_memory=self["max-memory"],
-            allow_network=bool(self["allow-network"]),
-            allow_run_cmd=bool(self["allow-run-cmd"]),
+            allow_network=bool(self["allow-network"]) or not runs_code,
+            allow_run_cmd=bool(self["allow-run-cmd"]) or not runs_code,
         )
         self["config"] = AgentConfig(
             tasks_dir=os.path.abspath(self["tasks"]) if self["tasks"] else None,

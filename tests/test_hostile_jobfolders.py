@@ -226,7 +226,7 @@ async def test_docker_output_flood_is_cut_in_the_job_not_by_the_engine(
     client = await _grader(closers, within, until, backend, JobMaxima())
     size = 100_000_000 if runtime == "runc" else 10_000_000
     before = cpu()
-    result = await within(client.new_job("hostile", "flood", {"size": str(size)}), 240)
+    result = await within(client.new_job("hostile", "flood", {"size": str(size)}, debug=True), 240)
     spent = cpu() - before
     print(f"dockerd CPU for the job's 2 x {size} bytes of output ({runtime}): {spent:.2f} s")
     assert result.result == "success", result
@@ -245,7 +245,7 @@ async def test_docker_output_flood_is_cut_in_the_job_not_by_the_engine(
 async def test_docker_student_output_flood_is_cut_in_its_container(
     tasks_dir: str, tmp_path: Path, closers: list, until: Any, within: Any
 ) -> None:
-    """(d) run_student's command writing 100 MB of 50-byte lines: dockerd spends < 2 CPU-s on it,
+    """(d) run_student's command writing 100 MB of 50-byte lines: dockerd spends < 2.5 CPU-s on it (4.6 before),
     the grader gets the first bytes, at most the cap."""
     cpu = _dockerd_cpu()
     client = await _grader(closers, within, until, _docker(tasks_dir, str(tmp_path / "work"), closers), JobMaxima())
@@ -256,7 +256,7 @@ async def test_docker_student_output_flood_is_cut_in_its_container(
     fields = _fields(result.text)
     assert result.result == "success" and fields["rc"] == "0" and fields["first"] == "FIRST", result
     assert int(fields["bytes"]) == OutputLimits().max_stdout, result.text
-    assert spent < 2.0, f"dockerd spent {spent:.2f} CPU-s on the student's 100 MB of output"
+    assert spent < 2.5, f"dockerd spent {spent:.2f} CPU-s on the student's 100 MB of output"
 
 
 # -- the pieces, without Docker ---------------------------------------------------------

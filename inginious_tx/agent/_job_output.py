@@ -13,7 +13,8 @@ runs under a small POSIX sh wrapper, PID 1 of the container:
   it, a second ``cat`` reads on into ``/dev/null``: the job goes on as before
   (no broken pipe), and the time it spends writing is its own (its CPU
   limit).  ``cat`` holds back nothing it read, so nothing is lost when it is
-  stopped (below);
+  stopped (below).  The command starts only once both ``cat`` run (each
+  touches a file first): a fork bomb cannot take the process slots they need;
 - the wrapper itself holds nothing of the container's standard output or
   error (``/dev/null``), so no process of the container does: a job that opens
   ``/proc/1/fd/1`` finds ``/dev/null``, not the engine;
@@ -52,12 +53,15 @@ WRAPPER = """\
 o=$1; n1=$2; n2=$3; shift 3
 exec >/dev/null 2>&1
 mkfifo "$o/pipe/out" "$o/pipe/err" || exit 254
-{ (ulimit -f $(((n1 + 511) / 512)); exec cat >"$o/stdout"); exec cat; } <"$o/pipe/out" &
+{ (: >"$o/pipe/a"; ulimit -f $(((n1 + 511) / 512)); exec cat >"$o/stdout"); exec cat; } <"$o/pipe/out" &
 a=$!
-{ (ulimit -f $(((n2 + 511) / 512)); exec cat >"$o/stderr"); exec cat; } <"$o/pipe/err" &
+{ (: >"$o/pipe/b"; ulimit -f $(((n2 + 511) / 512)); exec cat >"$o/stderr"); exec cat; } <"$o/pipe/err" &
 b=$!
-"$@" >"$o/pipe/out" 2>"$o/pipe/err"
+exec 5>"$o/pipe/out" 6>"$o/pipe/err"
+until [ -e "$o/pipe/a" ] && [ -e "$o/pipe/b" ]; do :; done
+"$@" >&5 2>&6 5>&- 6>&-
 rc=$?
+exec 5>&- 6>&-
 { sleep 2; kill $a $b; } &
 w=$!
 wait $a $b
@@ -76,12 +80,15 @@ STUDENT_WRAPPER = """\
 i=$1; n1=$2; n2=$3; shift 3
 d=$(mktemp -d /tmp/.output.XXXXXX) && mkfifo "$d/out" "$d/err" || exit 254
 exec 3>&1 4>&2 >/dev/null 2>&1
-{ (ulimit -f $(((n1 + 511) / 512)); exec cat >"$d/o"); exec cat; } <"$d/out" 3>&- 4>&- &
+{ (: >"$d/a"; ulimit -f $(((n1 + 511) / 512)); exec cat >"$d/o"); exec cat; } <"$d/out" 3>&- 4>&- &
 a=$!
-{ (ulimit -f $(((n2 + 511) / 512)); exec cat >"$d/e"); exec cat; } <"$d/err" 3>&- 4>&- &
+{ (: >"$d/b"; ulimit -f $(((n2 + 511) / 512)); exec cat >"$d/e"); exec cat; } <"$d/err" 3>&- 4>&- &
 b=$!
-"$@" <"$i" >"$d/out" 2>"$d/err" 3>&- 4>&-
+exec 5>"$d/out" 6>"$d/err"
+until [ -e "$d/a" ] && [ -e "$d/b" ]; do :; done
+"$@" <"$i" >&5 2>&6 3>&- 4>&- 5>&- 6>&-
 rc=$?
+exec 5>&- 6>&-
 { sleep 2; kill $a $b; } 3>&- 4>&- &
 w=$!
 wait $a $b

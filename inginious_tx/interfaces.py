@@ -151,6 +151,17 @@ class ITransport(Interface):
         """Connect to ``endpoint``; returns an :class:`IConnection` at once."""
 
 
+class IEndpointCheck(Interface):
+    """A transport that can check an endpoint string before it is used (optional, beside :class:`ITransport`).
+
+    Commands check their endpoint options when they parse them, so that a
+    bad string is a usage error naming the option, not a failure once running.
+    """
+
+    def check(endpoint: str, listening: bool) -> None:
+        """Raise ValueError saying what is wrong with ``endpoint`` (to listen on, or to connect to)."""
+
+
 # ---------------------------------------------------------------------------
 # Handler roles (methods are named after the msgtype they handle)
 # ---------------------------------------------------------------------------

@@ -152,8 +152,12 @@ def test_provides_interface(tmp_path: Any) -> None:
 
 
 def test_no_environment_is_a_clear_error(tmp_path: Any) -> None:
+    # without --environment the agent offers the engine's INGInious images (docs/inginious-images.rst)...
+    DockerBackend(_reactor(), AgentConfig(tasks_dir=str(tmp_path), environments=[]))
+    # ...unless told not to: then it has nothing to offer
     with pytest.raises(ValueError, match="--environment NAME=IMAGE"):
-        DockerBackend(_reactor(), AgentConfig(tasks_dir=str(tmp_path), environments=[]))
+        no_images = {"inginious_images": "false"}
+        DockerBackend(_reactor(), AgentConfig(tasks_dir=str(tmp_path), environments=[], options=no_images))
 
 
 def test_bad_environment_option(tmp_path: Any) -> None:

@@ -48,6 +48,8 @@ def test_agent_options_map_onto_ours(tmp_path: Path) -> None:
     assert _value(argv, "--environment-type") == "kata"
     assert _value(argv, "--environment") == "default=img,runtime=runsc"
     assert "--allow-network" in argv and "--allow-run-cmd" in argv
+    # the labelled images as INGInious finds them, beside --environment, under the --runtime
+    assert "inginious_images=true" in argv and "inginious_runtime=runsc" in argv
     assert argv[-2:] == ["--max-memory", "512"]
 
 

@@ -8,6 +8,7 @@ point group, chosen with ``--kind``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from dataclasses import replace
@@ -15,9 +16,9 @@ from typing import Any, Dict, List
 
 from twisted.python import usage
 
-from .._options import at_least_one, plugin_listing, positive_float, print_and_exit
+from .._options import CommandOptions, at_least_one, plugin_listing, positive_float, print_and_exit
 from ..plugin import AGENT_BACKENDS, PluginError, available, load
-from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
+from ..transport import DEFAULT_MAX_FRAME, Limits, check_endpoint
 from .feedback import OutputLimits
 from .limits import DEFAULT_MAXIMA, JobMaxima
 from .result import AgentConfig
@@ -37,6 +38,27 @@ def _dialect(value: str) -> str:
     return value
 
 
+def missing_extra(backend_class: Any) -> str:
+    """Why ``backend_class`` cannot run here ('' if it can): a module it needs is not installed.
+
+    An agent backend lists the modules it imports lazily as ``requires``
+    (module names) and the package extra that brings them as ``extra``.
+    """
+    absent = []
+    for module in getattr(backend_class, "requires", ()):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            absent.append(module)
+    if not absent:
+        return ""
+    extra = getattr(backend_class, "extra", None)
+    fix = f"pip install 'inginious-tx[{extra}]'" if extra else f"pip install {' '.join(absent)}"
+    return f"needs the Python package(s) {', '.join(absent)}, not installed: {fix}"
+
+
 def kinds() -> List[str]:
     """Names of the installed agent backends."""
     return sorted(available(GROUP))
@@ -47,8 +69,12 @@ def kind_listing() -> str:
     return plugin_listing(kinds(), lambda name: load(GROUP, name), DEFAULT_KIND)
 
 
-class Options(usage.Options):
+class Options(CommandOptions):
     """Options of ``twistd inginious-agent``."""
+
+    command = "inginious-agent"
+    config_section = "agent"
+    repeatable = ("environment", "option")
 
     synopsis = "--backend ENDPOINT [--kind KIND] [--slots N] [--tasks DIR] [--environment NAME[=IMAGE]]... [options]"
 
@@ -179,13 +205,21 @@ class Options(usage.Options):
         if not self["backend"]:
             raise usage.UsageError("--backend ENDPOINT is required (e.g. zmq:tcp://127.0.0.1:2001)")
         try:
-            check_credentials(self["backend"])
+            check_endpoint(self["backend"], listening=False)
         except ValueError as e:
             raise usage.UsageError(f"--backend: {e}")
         try:
             self["backend_class"] = load(GROUP, self["kind"])
         except PluginError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--kind {self['kind']!r}: {e}")
+        missing = missing_extra(self["backend_class"])
+        if missing:
+            raise usage.UsageError(f"--kind {self['kind']}: {missing}")
+        if self["ssh-port"] is not None and importlib.util.find_spec("twisted.conch") is None:
+            raise usage.UsageError(
+                "--ssh-port: the SSH debug server needs Twisted's conch, which is not installed: "
+                "pip install 'inginious-tx[ssh]'"
+            )
         required = getattr(self["backend_class"], "dialect", None)
         if self["dialect"] is None:
             self["dialect"] = required or "0.6"
@@ -222,16 +256,19 @@ class Options(usage.Options):
 
 
 def makeService(options: Dict[str, Any]) -> Any:
-    """The agent service for twistd, on the global (chosen) reactor."""
+    """The agent service for twistd, on the global (chosen) reactor, in a
+    :class:`~inginious_tx._twistd.StartGuard`: if it cannot start (its SSH
+    debug port is taken...), the process ends with a non-zero status."""
     from twisted.internet import reactor
 
+    from .._twistd import guarded
     from .core import Agent
 
     try:
         backend = options["backend_class"](reactor, options["config"])
     except (ValueError, OSError) as e:
         raise SystemExit(f"inginious-agent: the {options['kind']} backend cannot start: {e}")
-    return Agent(
+    agent = Agent(
         reactor,
         backend,
         options["name"],
@@ -245,3 +282,5 @@ def makeService(options: Dict[str, Any]) -> Any:
         maxima=options["maxima"],
         ssh_debug=ssh_server(reactor, options),
     )
+    agent.setName("inginious-agent")
+    return guarded(reactor, "inginious-agent", agent)

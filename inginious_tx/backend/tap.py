@@ -13,8 +13,8 @@ from typing import Any, List
 
 from twisted.python import usage
 
-from .._options import at_least_one, count, limit, plugin_listing, positive_float, print_and_exit
-from ..transport import DEFAULT_MAX_FRAME
+from .._options import CommandOptions, at_least_one, count, limit, plugin_listing, positive_float, print_and_exit
+from ..transport import DEFAULT_MAX_FRAME, check_endpoint
 from ..transport.options import LISTENER_OPTIONS, limits_from
 from .core import BackendSettings
 from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
@@ -31,8 +31,12 @@ DEFAULT_AGENTS = "zmq:tcp://127.0.0.1:2001"
 _defaults = BackendSettings()
 
 
-class Options(usage.Options):
+class Options(CommandOptions):
     """Options of ``twistd inginious-backend``."""
+
+    command = "inginious-backend"
+    config_section = "backend"
+    repeatable = ("clients", "agents")
 
     synopsis = "[--clients ENDPOINT]... [--agents ENDPOINT]... [--policy NAME] [--status ENDPOINT] [options]"
 
@@ -165,7 +169,7 @@ class Options(usage.Options):
         self["clients"] = []
         self["agents"] = []
         self.longdesc = (
-            "Queue INGInious 0.6 grading jobs from clients (frontends) and dispatch them to agents.\n"
+            "Queue the grading jobs of INGInious 0.9 (and 0.6) clients (frontends) and dispatch them to agents.\n"
             "Endpoints are Twisted endpoint strings (tcp:2000:interface=127.0.0.1, unix:/path, ssl:...) "
             "or zmq: followed by a ZeroMQ address (zmq:tcp://127.0.0.1:2000, zmq:ipc:///path).\n"
             f"Defaults: --clients {DEFAULT_CLIENTS} and no agent endpoint (the usual one is --agents "
@@ -199,6 +203,7 @@ class Options(usage.Options):
             self["clients"] = [DEFAULT_CLIENTS]
         self["embedded"] = not self["agents"]  # then no agent endpoint at all: nothing for an impostor
         self._check_embedded()
+        self._check_endpoints()
         try:
             check_separate_credentials(self["clients"], self["agents"])
         except ValueError as e:
@@ -216,7 +221,7 @@ class Options(usage.Options):
         try:
             load_policy(self["policy"])
         except LookupError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--policy {self['policy']!r}: {e}")
         self["settings"] = BackendSettings(
             max_retries=self["max-retries"],
             ping_interval=self["ping-interval"],
@@ -230,6 +235,25 @@ class Options(usage.Options):
             client_idle_timeout=self["client-idle-timeout"],
         )
         self["limits"] = limits_from(self)
+
+    def _check_endpoints(self) -> None:
+        """Every endpoint string parses (and its credential files read) now, not once twistd runs."""
+        for option in ("clients", "agents"):
+            for endpoint in self[option]:
+                try:
+                    check_endpoint(endpoint, listening=True)
+                except ValueError as e:
+                    raise usage.UsageError(f"--{option}: {e}")
+        if self["status"] is not None:
+            from ..transport.stream import check_stream_endpoint
+            from .status import status_endpoint
+
+            try:
+                check_stream_endpoint(status_endpoint(self["status"]), listening=True)
+            except ValueError as e:
+                raise usage.UsageError(
+                    f"--status: {e} (expected PORT, tcp:PORT, tcp:PORT:interface=ADDRESS or unix:/PATH)"
+                )
 
     def _check_embedded(self) -> None:
         """Settle the embedded agent's tasks folder and slots (or refuse them with --agents)."""
@@ -270,13 +294,15 @@ def policy_listing() -> str:
 def makeService(options: Any) -> Any:
     """The backend service for twistd, on the global (chosen) reactor.
 
-    That is the :class:`BackendService` itself, or, with an embedded agent or
-    status pages, a ``MultiService`` holding it (named ``inginious-backend``)
-    and them.
+    That is a :class:`~inginious_tx._twistd.StartGuard` (a ``MultiService``
+    named ``inginious-backend``) holding the :class:`BackendService`, and the
+    embedded agent, the status pages and the JSON log when asked for: if one
+    of them cannot start, the process ends with a non-zero status.
     """
-    from twisted.application.service import IService, MultiService
+    from twisted.application.service import IService
     from twisted.internet import reactor
 
+    from .._twistd import guarded
     from .service import BackendService
 
     service = BackendService(
@@ -286,10 +312,13 @@ def makeService(options: Any) -> Any:
         policy=options["policy"],
         settings=options["settings"],
         limits=options["limits"],
-        fatal=True,
     )
     extras: List[IService] = []
-    if options.get("embedded"):
+    if options.get("status"):
+        from .status import StatusService
+
+        extras.append(StatusService(reactor, service.backend, options["status"]))
+    if options.get("embedded"):  # last: no agent registers when a listener cannot start
         from ..embedded import embedded_agent
 
         slots = options["embedded-slots"]
@@ -306,19 +335,11 @@ def makeService(options: Any) -> Any:
                 "endpoints (--agents) and run their agents apart",
             )
         )
-    if options.get("status"):
-        from .status import StatusService
-
-        extras.append(StatusService(reactor, service.backend, options["status"], fatal=True))
     first: List[IService] = []
     if options.get("json-log"):
         from .joblog import JsonLogService
 
         first.append(JsonLogService(service.backend, options["json-log"]))  # logs from the start to the end
-    if not extras and not first:
-        return service
-    # The backend, then what serves beside it; twistd stops them all together.
-    top = MultiService()
-    for child in (*first, service, *extras):
-        child.setServiceParent(top)
-    return top
+    # The backend, then what serves beside it; twistd stops them all together,
+    # and ends with a non-zero status if one cannot start (_twistd.StartGuard).
+    return guarded(reactor, "inginious-backend", *first, service, *extras)

@@ -157,6 +157,10 @@ def agent_docker_argv(argv: Sequence[str], cpu_count: Optional[int] = None) -> L
         if runtime is not None and ",runtime=" not in env:
             env = f"{env},runtime={runtime}"
         out += ["--environment", env]
+    # as INGInious' agent: the images labelled org.inginious.grading.name, beside any --environment
+    out += ["--option", "inginious_images=true"]
+    if runtime is not None:
+        out += ["--option", f"inginious_runtime={runtime}"]
     # INGInious' agent gives a job the network and runs its run_cmd when the task says so.
     out += ["--allow-network", "--allow-run-cmd"]
     return out + extra

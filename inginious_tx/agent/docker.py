@@ -64,7 +64,9 @@ at ``/task``, ``/archive`` and ``/course/common``, and the task runs in
 ``pids_limit`` (256), ``sandbox_pids`` (256: added to the pids limit for
 runtimes that cannot take it, see :mod:`.runtimes`), ``poll_interval`` (0.5 s: how often CPU time is
 checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
-reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
+reaps zombies in run_student's containers; the job's own container has the
+wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
+``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ from zope.interface import implementer
 from .._reactor import CommonReactor
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
+from ._job_output import make_output_dir, thd_read_output, wrap_command
 from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_work_dir
 from ._running import JobRun
 from ._threads import BackendThreads
@@ -569,6 +572,9 @@ class DockerBackend:
             if self._helpers is None:
                 self._helpers = self._thd_helpers()
         owner = self._chown_to if os.geteuid() == 0 else None
+        if os.geteuid() == 0:  # containers never walk it: only the agent and the engine (root) need to
+            os.makedirs(self._work_dir, mode=0o700, exist_ok=True)
+            os.chmod(self._work_dir, 0o700)
         folder = prepare_job(
             self._config.tasks_dir or "", job, self._work_dir, disk_mb=self._disk_mb, owner=owner, marked=True
         )
@@ -576,6 +582,7 @@ class DockerBackend:
             exchange = make_exchange(folder)
             if owner is not None:
                 os.chown(exchange, *owner)
+            make_output_dir(folder, owner)
         except BaseException:
             remove_job_path(folder.root)
             remove_job_path(folder.root + STDIN_SUFFIX)
@@ -628,7 +635,9 @@ class DockerBackend:
         )
 
     def _thd_create(self, client: Any, image: str, folder: JobFolder) -> str:
-        container = client.containers.create(**self._container_config(image, folder))
+        config = self._container_config(image, folder)
+        wrap_command(config, docker_sdk(), JOB_MOUNT, self._limits)  # output cut in the container, no log
+        container = client.containers.create(**config)
         return container.id
 
     def _thd_start(self, client: Any, container_id: str) -> None:
@@ -687,8 +696,7 @@ class DockerBackend:
         cid = run.container_id
         state = client.api.inspect_container(cid).get("State", {})
         # one byte over the cap, so that collect_result marks the cut
-        stdout = client.api.logs(cid, stdout=True, stderr=False)[: self._limits.max_stdout + 1]
-        stderr = client.api.logs(cid, stdout=False, stderr=True)[: self._limits.max_stderr + 1]
+        stdout, stderr = thd_read_output(folder, self._limits)
         outcome = run.stopped
         if outcome is None and state.get("OOMKilled"):
             outcome = ("overflow", f"The job used more than its memory limit ({run.job.mem_limit} MB).")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..messages import BackendNewJob
-from ._leftovers import STDIN_SUFFIX, mark_job
+from ._leftovers import STDIN_SUFFIX, mark_job, unmount_under
 from .filetree import chown_tree, remove_tree
 from .job_disk import mount_job_disk, unmount_job_disk
 
@@ -332,6 +332,8 @@ def remove_job_path(root: str) -> None:
     """Delete a job folder by path (blocking; missing is fine): unmount its tmpfs, then remove
     what is left without recursion and without following links."""
     unmount_job_disk(root)
+    if root.endswith(STDIN_SUFFIX):  # the agent's own folder: student folders bound there (run_student)
+        unmount_under(root)
     remove_tree(root)
 
 

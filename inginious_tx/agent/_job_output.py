@@ -13,7 +13,10 @@ runs under a small POSIX sh wrapper, PID 1 of the container:
   it, a second ``cat`` reads on into ``/dev/null``: the job goes on as before
   (no broken pipe), and the time it spends writing is its own (its CPU
   limit).  ``cat`` holds back nothing it read, so nothing is lost when it is
-  stopped (below).  The command starts only once both ``cat`` run (each
+  stopped (below).  The wrapper opens the pipes read-write (``<>``), which
+  never blocks: a blocking open of a FIFO for writing can be interrupted by a
+  signal (seen under gVisor), and a failed ``exec`` redirection ends a POSIX
+  shell with status 2 and no word.  The command starts only once both ``cat`` run (each
   touches a file first): a fork bomb cannot take the process slots they need;
 - the wrapper itself holds nothing of the container's standard output or
   error (``/dev/null``), so no process of the container does: a job that opens
@@ -43,7 +46,7 @@ from ._beneath import open_beneath
 from .feedback import OutputLimits
 from .job_folder import JobFolder
 
-__all__ = ["OUTPUT_DIR", "WRAPPER", "STUDENT_WRAPPER", "make_output_dir", "wrap_command", "thd_read_output"]
+__all__ = ["OUTPUT_DIR", "WRAPPER", "make_output_dir", "wrap_command", "thd_read_output"]
 
 #: In the job folder: the job's output files (and the pipes to them).
 OUTPUT_DIR = ".output"
@@ -57,7 +60,7 @@ mkfifo "$o/pipe/out" "$o/pipe/err" || exit 254
 a=$!
 { (: >"$o/pipe/b"; ulimit -f $(((n2 + 511) / 512)); exec cat >"$o/stderr"); exec cat; } <"$o/pipe/err" &
 b=$!
-exec 5>"$o/pipe/out" 6>"$o/pipe/err"
+exec 5<>"$o/pipe/out" 6<>"$o/pipe/err"
 until [ -e "$o/pipe/a" ] && [ -e "$o/pipe/b" ]; do :; done
 "$@" >&5 2>&6 5>&- 6>&-
 rc=$?
@@ -66,35 +69,6 @@ exec 5>&- 6>&-
 w=$!
 wait $a $b
 kill $w
-exit $rc
-"""
-
-
-#: run_student's containers (see :mod:`.run_student_docker`): the same cut into files of the
-#: container's own ``/tmp``, then their first bytes written to the container's output (the
-#: engine's log, which the agent reads as before).  $1: the
-#: standard input, $2 $3: the caps + 1, then the command.  The engine's work is bounded for an
-#: ordinary flood (a loop printing); this shell and ``head`` still hold the engine's pipe, which
-#: a student who opens ``/proc/PID/fd/1`` on purpose can write to.
-STUDENT_WRAPPER = """\
-i=$1; n1=$2; n2=$3; shift 3
-d=$(mktemp -d /tmp/.output.XXXXXX) && mkfifo "$d/out" "$d/err" || exit 254
-exec 3>&1 4>&2 >/dev/null 2>&1
-{ (: >"$d/a"; ulimit -f $(((n1 + 511) / 512)); exec cat >"$d/o"); exec cat; } <"$d/out" 3>&- 4>&- &
-a=$!
-{ (: >"$d/b"; ulimit -f $(((n2 + 511) / 512)); exec cat >"$d/e"); exec cat; } <"$d/err" 3>&- 4>&- &
-b=$!
-exec 5>"$d/out" 6>"$d/err"
-until [ -e "$d/a" ] && [ -e "$d/b" ]; do :; done
-"$@" <"$i" >&5 2>&6 3>&- 4>&- 5>&- 6>&-
-rc=$?
-exec 5>&- 6>&-
-{ sleep 2; kill $a $b; } 3>&- 4>&- &
-w=$!
-wait $a $b
-kill $w
-head -c "$n1" "$d/o" >&3
-head -c "$n2" "$d/e" >&4
 exit $rc
 """
 

@@ -50,7 +50,6 @@ from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
 from ._beneath import PathEscape, open_job_dir
-from ._job_output import STUDENT_WRAPPER
 from ._leftovers import STDIN_SUFFIX
 from .job_disk import bind_fd, can_mount, detach
 from .job_folder import DEFAULT_PATH, JobFolder
@@ -88,9 +87,6 @@ class DockerStudentLauncher(LauncherBase):
         from .docker import docker_sdk
 
         docker = docker_sdk()
-        b_limits = self._backend._limits
-        caps = [str(b_limits.max_stdout + 1), str(b_limits.max_stderr + 1)]
-        log_bytes = b_limits.max_stdout + b_limits.max_stderr + 2
         grader = self._backend._container_config(self._image, self._folder)
         mem = f"{max(request.memory_mb or 0, _MIN_MEM_MB)}m" if request.memory_mb else grader["mem_limit"]
         cwd = request.cwd if _inside(request.cwd, self._student, "/task/student") else ""
@@ -100,7 +96,7 @@ class DockerStudentLauncher(LauncherBase):
         for key in ("environment", "mounts", "working_dir", "command", "network_mode", "labels", "mem_limit"):
             config.pop(key, None)
         config.update(
-            command=["/bin/sh", "-c", STUDENT_WRAPPER, "run_student", STDIN_MOUNT, *caps, *request.argv],
+            command=["/bin/sh", "-c", f'exec "$@" <{STDIN_MOUNT}', "run_student", *request.argv],
             working_dir=cwd or self._student,
             environment={
                 "PATH": DEFAULT_PATH,
@@ -119,11 +115,6 @@ class DockerStudentLauncher(LauncherBase):
             labels=labels,
             mem_limit=mem,
             memswap_limit=mem,
-            # the wrapper passes at most cap + 1 bytes per stream; room for the log's JSON around
-            # them (some 70 bytes a line), so that the first bytes are not rotated away
-            log_config=docker.types.LogConfig(
-                type="json-file", config={"max-size": str(max(32 * log_bytes, 1 << 20)), "max-file": "1"}
-            ),
         )
         return config
 

@@ -72,9 +72,10 @@ from ._running import JobRun
 from ._threads import BackendThreads
 from .compat import inginious_mounts
 from .debug import ISSHDebugBackend
+from .docker_pool import Claimed, DockerHelperMaker, DockerPool, pool_options
 from .feedback import OutputLimits, collect_result
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
-from .job_folder import JobFolder, TaskError, helpers_dir, prepare_job, remove_job_path
+from .job_folder import JobFolder, TaskError, helpers_dir, make_job_root, prepare_job, remove_job_path
 from .result import AgentConfig, JobResult
 from .run_student import ENV_VAR as RUN_STUDENT_ENV
 from .run_student import EXCHANGE, StudentService, make_exchange
@@ -263,6 +264,25 @@ class DockerBackend:
         self._closed = False
         #: what agents killed on this host left (containers, job folders) is removed once, at start
         self._swept = False
+        #: containers made ahead of demand (see .docker_pool); None: off (option pool_max=0)
+        self.pool = self._make_pool(pool_options(opts, config.slots))
+        self._image_ids: Dict[str, str] = {}
+
+    def _make_pool(self, settings: Dict[str, Any]) -> Optional[DockerPool]:
+        if not settings["max_per_key"] and not settings["per_env"]:
+            return None
+
+        def engine(f: Callable[..., Any], *args: Any) -> Deferred:
+            return self._call(self._thd_guard, f, *args)
+
+        maker = DockerHelperMaker(
+            engine, self._call, self._container_config, self._thd_job_root, self._thd_remove, self._disk_mb, LABEL_JOB
+        )
+        return DockerPool(
+            self._reactor, maker, settings, engine=engine, call=self._call, config=self._container_config,
+            prepare=self._thd_prepare, images=self._images, runtimes=self._runtimes,
+            ready_runtime=lambda runtime: runtime is None or runtime in self._pids_policies, min_mem_mb=_MIN_MEM_MB,
+        )  # fmt: skip
 
     # -- threads ---------------------------------------------------------
 
@@ -328,6 +348,11 @@ class DockerBackend:
         if self._engine_ok is False:
             self.log.info("docker backend: the docker engine is back")
         self._engine_ok = True
+        for name, info in found.items():
+            if self._image_ids.setdefault(name, info["id"]) != info["id"]:
+                self._image_ids[name] = info["id"]
+                if self.pool is not None:
+                    self.pool.image_changed(name)
         for name, image in missing:
             self.log.error(
                 "docker backend: image {image!r} of environment {name!r} is not in the local docker engine "
@@ -417,20 +442,35 @@ class DockerBackend:
         if not self._config.tasks_dir:
             return await self._crash("this docker agent has no tasks folder (--tasks)")
         folder: Optional[JobFolder] = None
+        arrived = self._reactor.seconds()
         try:
+            # -- take a container made ahead (.docker_pool), or create one ------------------
+            claimed: Optional[Claimed] = None
             try:
-                folder = await self._call(self._thd_prepare, job)
+                claimed = await self.pool.acquire(job) if self.pool is not None else None
+                if claimed is not None:
+                    folder, run.container_id = claimed.folder, claimed.container_id
+                else:
+                    folder = await self._call(self._thd_prepare, job)
             except TaskError as e:
                 return await self._crash(str(e))
             if run.stopped:
                 return JobResult(*run.stopped)
-            await self._probe_runtime(image, folder)
-            run.container_id = await self._call(self._thd_guard, self._thd_create, image, folder)
+            if claimed is None:
+                await self._probe_runtime(image, folder)
+                run.container_id = await self._call(self._thd_guard, self._thd_create, image, folder)
             if run.stopped:  # killed while the container was being made
                 return JobResult(*run.stopped)
             # watching before the grader starts: its first request cannot be missed
             run.students = self._student_service(run, folder, image)
-            await self._call(self._thd_guard, self._thd_start, run.container_id)
+            if claimed is not None:
+                command, cwd = folder.command, f"{JOB_MOUNT}/task"
+                await self._call(self._thd_guard, self.pool.thd_go, claimed, command, cwd)  # type: ignore[union-attr]
+            else:
+                await self._call(self._thd_guard, self._thd_start, run.container_id)
+            if self.pool is not None:
+                self.pool.record(job, claimed is not None, self._reactor.seconds() - arrived)
+            # -- end of take-or-create ------------------------------------------------------
             self._arm_timers(run)
             run.up.callback(run.container_id)
             exit_code = await self._supervise(run, folder)
@@ -467,14 +507,23 @@ class DockerBackend:
                 why=policy.reason,
             )
 
-    def _thd_prepare(self, job: BackendNewJob) -> JobFolder:
+    def _thd_work_dir(self) -> str:
         with self._client_lock:
             if self._work_dir is None:
                 self._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
+            return self._work_dir
+
+    def _thd_job_root(self) -> str:
+        """An empty job folder, made as :meth:`_thd_prepare` makes one (for a container made ahead)."""
+        return make_job_root(self._thd_work_dir(), disk_mb=self._disk_mb, marked=True)
+
+    def _thd_prepare(self, job: BackendNewJob, root: Optional[str] = None) -> JobFolder:
+        """The job's folder: a new one, or ``root`` made earlier by :meth:`_thd_job_root`, filled."""
         owner = self._chown_to if os.geteuid() == 0 else None
         folder = prepare_job(
-            self._config.tasks_dir or "", job, self._work_dir, disk_mb=self._disk_mb, owner=owner, marked=True
-        )
+            self._config.tasks_dir or "", job, self._thd_work_dir(), disk_mb=self._disk_mb, owner=owner, marked=True,
+            root=root,
+        )  # fmt: skip
         try:
             exchange = make_exchange(folder)
             if owner is not None:
@@ -712,6 +761,8 @@ class DockerBackend:
         if self._closed:
             return
         self._closed = True
+        if self.pool is not None:
+            await self.pool.close()
         runs = list(self._runs.values())
         for run in runs:
             self._stop(run, ("killed", "The agent was shut down."))

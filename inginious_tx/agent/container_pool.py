@@ -342,7 +342,7 @@ class ContainerPool:
         """While anything is pooled or wanted, check the targets every ``tick`` seconds."""
         if self.closed or (self._tick_call is not None and self._tick_call.active()):
             return
-        if any(e.ready or e.creating or e.demand.level(self._clock.seconds()) for e in self._keys.values()):
+        if any(e.ready or e.creating or self.target(k) for k, e in self._keys.items()):
             self._tick_call = self._clock.callLater(self._tick_every, self._tick)
 
     def _arm_wake(self, when: float) -> None:

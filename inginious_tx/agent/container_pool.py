@@ -231,6 +231,7 @@ class ContainerPool:
         self._queue: Deque[Hashable] = deque()
         self._creating = 0
         self._makes: List[Deferred] = []
+        self._discards: List[Deferred] = []
         self._tick_call: Optional[IDelayedCall] = None
         self._wake_call: Optional[IDelayedCall] = None
         self._takes = 0
@@ -327,16 +328,21 @@ class ContainerPool:
         ).addBoth(finally_)
 
     def _discard(self, container: PooledContainer) -> Deferred:
+        """Have the maker remove ``container``; close() waits for it."""
         try:
             d = self._maker.discard(container)
         except Exception:
             self.log.failure("container pool: cannot discard {cid}", cid=container.container_id)
             return succeed(None)
-        return d.addErrback(
+        d.addErrback(
             lambda f: self.log.warn(
                 "container pool: cannot remove {cid}: {error}", cid=container.container_id, error=f.getErrorMessage()
             )
         )
+        if not d.called:
+            self._discards.append(d)
+            d.addBoth(lambda r: (self._discards.remove(d), r)[1])
+        return d
 
     def _arm_tick(self) -> None:
         """While anything is pooled or wanted, check the targets every ``tick`` seconds."""
@@ -446,5 +452,7 @@ class ContainerPool:
         gone = [c for e in self._keys.values() for c in e.ready]
         for entry in self._keys.values():
             entry.ready = []
-        if gone:
-            await DeferredList([self._discard(c) for c in gone])
+        for c in gone:
+            self._discard(c)
+        while self._discards:  # those just started, and those still under way
+            await DeferredList(list(self._discards))

@@ -46,7 +46,8 @@ pytestmark = pytest.mark.docker
 SNOOP = """\
 limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)
 seen=$(ls /job/tmp /tmp 2>/dev/null | grep -c mark)
-echo "host=$(hostname) limit=$limit seen=$seen course=$INGINIOUS_COURSE_ID mem=$INGINIOUS_MEM_LIMIT stdin=$(cat | wc -c)"
+echo "host=$(hostname) limit=$limit seen=$seen course=$INGINIOUS_COURSE_ID" \
+  "mem=$INGINIOUS_MEM_LIMIT stdin=$(cat | wc -c)"
 echo mark > /job/tmp/mark-$(hostname)
 feedback-result success
 """

@@ -341,7 +341,12 @@ class ContainerPool:
         )
         if not d.called:
             self._discards.append(d)
-            d.addBoth(lambda r: (self._discards.remove(d), r)[1])
+
+            def gone(result: Any) -> Any:
+                self._discards.remove(d)
+                return result
+
+            d.addBoth(gone)
         return d
 
     def _arm_tick(self) -> None:

@@ -47,6 +47,9 @@ Options (``AgentConfig.options``):
 runtimes that cannot take it, see :mod:`.runtimes`), ``poll_interval`` (0.5 s: how often CPU time is
 checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
 reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
+
+``pool_max`` (0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
+``pool_half_life``: containers prepared ahead of demand, see :mod:`.docker_pool`.
 """
 
 from __future__ import annotations

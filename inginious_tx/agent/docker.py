@@ -270,6 +270,8 @@ class DockerBackend:
         #: containers made ahead of demand (see .docker_pool); None: off (option pool_max=0)
         self.pool = self._make_pool(pool_options(opts, config.slots))
         self._image_ids: Dict[str, str] = {}
+        #: removals of pooled jobs' containers and folders under way
+        self._cleanups: Set[Deferred] = set()
 
     def _make_pool(self, settings: Dict[str, Any]) -> Optional[DockerPool]:
         if not settings["max_per_key"] and not settings["per_env"]:
@@ -446,9 +448,9 @@ class DockerBackend:
             return await self._crash("this docker agent has no tasks folder (--tasks)")
         folder: Optional[JobFolder] = None
         arrived = self._reactor.seconds()
+        claimed: Optional[Claimed] = None
         try:
             # -- take a container made ahead (.docker_pool), or create one ------------------
-            claimed: Optional[Claimed] = None
             try:
                 claimed = await self.pool.acquire(job) if self.pool is not None else None
                 if claimed is not None:
@@ -484,7 +486,13 @@ class DockerBackend:
             self.log.failure("docker backend: unexpected failure running job {job_id!r}", job_id=job.job_id)
             return JobResult.crash(f"the docker agent failed to run the job: {e!r}")
         finally:
-            await self._cleanup(run, folder)
+            if claimed is not None and not self._closed:
+                # a pooled job's answer does not wait for its removal (close() does)
+                cleanup = ensureDeferred(self._cleanup(run, folder))
+                self._cleanups.add(cleanup)
+                cleanup.addBoth(lambda _: self._cleanups.discard(cleanup))
+            else:
+                await self._cleanup(run, folder)
 
     async def _probe_runtime(self, image: str, folder: JobFolder) -> None:
         """Once per runtime: can it take the pids limit? (see :mod:`.runtimes`)"""
@@ -771,6 +779,8 @@ class DockerBackend:
             self._stop(run, ("killed", "The agent was shut down."))
         if runs:
             await DeferredList([r.done for r in runs])
+        if self._cleanups:
+            await DeferredList(list(self._cleanups))
         if self._orphans:
             await self._remove_orphans()
         if self._own_work_dir and self._work_dir is not None:

@@ -237,3 +237,44 @@ async def test_what_a_killed_agent_left_in_its_pool_is_removed_by_the_next(
 def test_pool_key_text() -> None:
     assert str(PoolKey("py", "img", None, False)) == "py (default runtime, no network)"
     assert str(PoolKey("py", "img", "runsc", True, 64)) == "py (runsc, network, 64 MB)"
+
+
+@pytest_twisted.ensureDeferred
+async def test_under_runsc_the_memory_limit_is_fixed_at_creation(tasks_dir: str, tmp_path: Any) -> None:
+    """gVisor cannot change a running container's limits: its pooled containers are made with the
+    job's memory limit (part of the key), so a job only takes one made for its limit."""
+    from test_agent_docker_runtimes import require_runtime
+
+    require_runtime("runsc")
+    work = str(tmp_path / "work")
+    backend = DockerBackend(_reactor(), AgentConfig(tasks_dir, [f"default={TEST_IMAGE},runtime=runsc"], 2, {
+        "work_dir": work, "poll_interval": 0.2, "pool_max": "2", "pids_limit": 256}))  # fmt: skip
+    try:
+        await backend.environments()
+        for mem in (64, 64, 96):
+            if mem == 64 and backend.pool is not None and backend.pool.stats():
+                await _wait_for(lambda: _stats(backend).ready >= 1, what="a container made ahead")
+            assert (await _run(backend, new_job(task="ok", mem_limit=mem), 120)).result == "success"
+        assert backend.pool is not None
+        stats = {key.mem_mb: s for key, s in backend.pool.stats().items()}
+        assert set(stats) == {64, 96}, "the memory limit is part of the key"
+        assert (stats[64].hits, stats[96].hits, stats[96].misses) == (1, 0, 1)
+
+        def waiting_memory() -> List[int]:
+            client = docker_client()
+            try:
+                found = client.api.containers(filters={"label": [f"{LABEL_AGENT}={backend.instance_id}", LABEL_POOL]})
+                return sorted(client.api.inspect_container(c["Id"])["HostConfig"]["Memory"] for c in found)
+            finally:
+                client.close()
+
+        await _wait_for(lambda: _stats_ready(backend) >= 2, what="containers made ahead for both limits")
+        assert set(await deferToThread(waiting_memory)) == {64 << 20, 96 << 20}
+    finally:
+        await backend.close()
+    await deferToThread(assert_left_clean, backend.instance_id, work)
+
+
+def _stats_ready(backend: DockerBackend) -> int:
+    assert backend.pool is not None
+    return sum(s.ready for s in backend.pool.stats().values())

@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from inginious_tx.agent.container_pool import ContainerPool, IContainerMaker, IContainerPool, PooledContainer
+from inginious_tx.agent.container_pool import ContainerPool, IContainerMaker, IContainerPool, NotReady, PooledContainer
 
 
 @implementer(IContainerMaker)
@@ -161,6 +161,26 @@ def test_failed_creation_backs_off() -> None:
     assert len(maker.pending) == 1
     maker.finish()
     assert pool.stats()["py"].ready == 1
+
+
+def test_a_maker_not_ready_yet_is_asked_again_quietly(log_events: Any) -> None:
+    clock, maker = Clock(), FakeMaker()
+    pool = _pool(clock, maker)
+    ready = [False]
+    make = maker.make
+
+    def not_yet(key: Hashable) -> Deferred:
+        if not ready[0]:
+            raise NotReady("waiting for a probe")
+        return make(key)
+
+    maker.make = not_yet  # type: ignore[method-assign]
+    _take(pool, "py")
+    clock.advance(1.0)
+    assert maker.pending == [] and pool.stats()["py"].failures == 0 and not log_events.has("cannot prepare")
+    ready[0] = True
+    clock.advance(1.0)
+    assert len(maker.pending) == 1
 
 
 def test_per_key_maximum_and_zero_turns_it_off() -> None:

@@ -64,13 +64,18 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-__all__ = ["IContainerMaker", "IContainerPool", "PooledContainer", "KeyStats", "ContainerPool"]
+__all__ = ["IContainerMaker", "IContainerPool", "PooledContainer", "KeyStats", "ContainerPool", "NotReady"]
 
 #: Seconds a key waits after a failed creation, at first and at most.
 _BACKOFF_MIN = 1.0
 _BACKOFF_MAX = 60.0
 #: How many job-to-ready times each key keeps for its percentiles.
 _READY_SAMPLES = 256
+
+
+class NotReady(Exception):
+    """A maker cannot make a key's containers yet (it waits for something): the pool tries again
+    later, without counting a failure or logging one."""
 
 
 @dataclass
@@ -90,7 +95,8 @@ class IContainerMaker(Interface):
 
     def make(key: Hashable) -> Deferred:
         """Create and start a container for ``key``, waiting for its job; fires with a
-        :class:`PooledContainer` (or fails: the pool backs off that key)."""
+        :class:`PooledContainer` (or fails: the pool backs off that key; :class:`NotReady`: it
+        tries again in a second)."""
 
     def alive(container: PooledContainer) -> Deferred:
         """Fires with True if ``container`` still runs and waits (checked when it is taken)."""
@@ -308,6 +314,10 @@ class ContainerPool:
         def failed(f: Any) -> None:
             entry.creating -= 1
             self._creating -= 1
+            if f.check(NotReady):
+                entry.not_before = self._clock.seconds() + _BACKOFF_MIN
+                self._arm_wake(entry.not_before)
+                return
             entry.stats.failures += 1
             entry.not_before = self._clock.seconds() + entry.backoff
             self.log.warn(

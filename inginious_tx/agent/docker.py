@@ -281,12 +281,12 @@ class DockerBackend:
             return self._call(self._thd_guard, f, *args)
 
         maker = DockerHelperMaker(
-            engine, self._call, self._container_config, self._thd_job_root, self._thd_remove, self._disk_mb, LABEL_JOB
-        )
+            engine, self._call, self._container_config, self._thd_job_root, self._thd_remove, self._disk_mb, LABEL_JOB,
+            ready_runtime=lambda runtime: runtime is None or runtime in self._pids_policies,
+        )  # fmt: skip
         return DockerPool(
             self._reactor, maker, settings, engine=engine, call=self._call, config=self._container_config,
-            prepare=self._thd_prepare, images=self._images, runtimes=self._runtimes,
-            ready_runtime=lambda runtime: runtime is None or runtime in self._pids_policies, min_mem_mb=_MIN_MEM_MB,
+            prepare=self._thd_prepare, images=self._images, runtimes=self._runtimes, min_mem_mb=_MIN_MEM_MB,
         )  # fmt: skip
 
     # -- threads ---------------------------------------------------------

@@ -37,18 +37,20 @@ of the agent's others, but no job label (labels are fixed at creation) and
 from __future__ import annotations
 
 import os
+import select
 import shlex
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Hashable, List, Optional, Set
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..messages import BackendNewJob
 from ._leftovers import STDIN_SUFFIX
-from .container_pool import ContainerPool, IContainerMaker, KeyStats, PooledContainer
+from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer
 from .job_folder import JobFolder, remove_job_path
 
 __all__ = ["PoolKey", "DockerPool", "DockerHelperMaker", "LABEL_POOL", "WAIT_COMMAND", "pool_options"]
@@ -182,6 +184,7 @@ class DockerHelperMaker:
         remove: Callable[[Any, str], None],
         disk_mb: int,
         job_label: str,
+        ready_runtime: Callable[[Optional[str]], bool] = lambda runtime: True,
     ) -> None:
         self._engine = engine
         self._call = call
@@ -190,9 +193,12 @@ class DockerHelperMaker:
         self._remove = remove
         self._disk_mb = disk_mb
         self._job_label = job_label
+        self._ready_runtime = ready_runtime
 
     def make(self, key: Hashable) -> Deferred:
         assert isinstance(key, PoolKey)
+        if not self._ready_runtime(key.runtime):
+            raise NotReady(f"runtime {key.runtime} not probed yet")
         return self._engine(self._thd_make, key)
 
     def _thd_make(self, client: Any, key: PoolKey) -> PooledContainer:
@@ -225,6 +231,11 @@ class DockerHelperMaker:
             raise
 
     def alive(self, container: PooledContainer) -> Deferred:
+        """Running, and our line to its stdin still open (an engine restarted with live-restore keeps
+        the container but not the line)."""
+        slot: _Slot = container.data
+        if not _open(slot.socket):
+            return succeed(False)
         return self._engine(_thd_running, container.container_id)
 
     def discard(self, container: PooledContainer) -> Deferred:
@@ -241,6 +252,23 @@ class DockerHelperMaker:
             await self._call(_remove_paths, slot.root + STDIN_SUFFIX, slot.root)
         except Exception:
             self.log.failure("container pool: cannot remove {root}", root=slot.root)
+
+
+def _open(sock: Any) -> bool:
+    """False if the engine closed ``sock`` (it never sends anything on a stdin-only attach)."""
+    raw = getattr(sock, "_sock", sock)
+    try:
+        readable, _, _ = select.select([raw], [], [], 0)
+    except (OSError, ValueError):  # closed
+        return False
+    if not readable:
+        return True
+    try:
+        return raw.recv(1, socket.MSG_PEEK) != b""
+    except ValueError:  # a TLS socket takes no flags: cannot tell, the engine's answer decides
+        return True
+    except OSError:
+        return False
 
 
 def _close(sock: Any) -> None:
@@ -273,8 +301,6 @@ class DockerPool:
     """The Docker backend's pool: which containers a job may take, and how it takes one.
 
     ``runtimes``: environment -> runtime (None: the engine's default);
-    ``ready_runtime(runtime)``: False while the backend has not yet probed it
-    (no pooled container of it before the probe decided its pids limit);
     ``prepare(job, root)``: fill the job folder ``root`` for ``job`` (blocking).
     """
 
@@ -292,7 +318,6 @@ class DockerPool:
         prepare: Callable[[BackendNewJob, Optional[str]], JobFolder],
         images: Dict[str, str],
         runtimes: Dict[str, Optional[str]],
-        ready_runtime: Callable[[Optional[str]], bool],
         min_mem_mb: int = 8,
     ) -> None:
         per_env: Dict[str, int] = settings["per_env"]
@@ -310,19 +335,16 @@ class DockerPool:
         self._prepare = prepare
         self._images = images
         self._runtimes = runtimes
-        self._ready_runtime = ready_runtime
         self._min_mem = min_mem_mb
         #: runtimes whose update failed once: their memory limit goes in the key from then on
         self._fixed_mem: Set[Optional[str]] = set()
 
     def key_for(self, job: BackendNewJob) -> Optional[PoolKey]:
-        """The key of the containers ``job`` may take; None: none (unknown environment, unprobed runtime)."""
+        """The key of the containers ``job`` may take; None: none (unknown environment)."""
         image = self._images.get(job.environment)
         if image is None:
             return None
         runtime = self._runtimes.get(job.environment)
-        if not self._ready_runtime(runtime):
-            return None
         mem = max(int(job.mem_limit), self._min_mem)
         fixed = runtime not in _UPDATABLE or runtime in self._fixed_mem
         return PoolKey(job.environment, image, runtime, bool(job.enable_network), mem if fixed else None)

@@ -137,6 +137,13 @@ async def test_pooled_job_gets_its_own_limits_and_nothing_of_another(pooled: Doc
     assert (two["course"], two["mem"], two["stdin"]) == ("course", "72", "0"), "its own variables, no input"
     assert one["host"] != two["host"] and two["seen"] == "0", "another container, nothing of the first job"
     assert _stats(pooled).ready_seconds_hit and _stats(pooled).ready_seconds_miss
+    assert pooled.pool is not None and pooled.pool.updates == 1
+    # the containers made since were made with the last job's limit: the next such job needs no update
+    await _wait_for(lambda: _stats(pooled).ready >= 1 and not _stats(pooled).creating, what="a fresh container")
+    await deferLater(_reactor(), 0, lambda: None)
+    third = await _run(pooled, new_job(task="snoop", mem_limit=72))
+    assert _fields(third.stdout or "")["limit"] == str(72 << 20)
+    assert _stats(pooled).hits == 2 and pooled.pool.updates == 1, "no update for a container made with the limit"
 
 
 @pytest_twisted.ensureDeferred

@@ -19,9 +19,10 @@ own ``_container_config``, so every isolation setting is the same), with:
   environment variables (those that differ from the container's), then
   ``exec`` of the job's command with ``/dev/null`` as its input (as without
   the pool);
-- **a small memory limit** while it waits; the job's limit is applied with
-  ``docker update`` (memory and memory+swap) when a job takes it, before the
-  job's command starts.  A runtime that cannot change a running container's
+- **the memory limit of the last job of its key** (environment, runtime,
+  network); a job with another limit gets its own with ``docker update``
+  (memory and memory+swap) when it takes the container, before its command
+  starts (an update costs the engine about as much as a start).  A runtime that cannot change a running container's
   limits (gVisor's ``runsc`` has no ``update``) gets containers made with the
   job's memory limit: the limit is then part of the key.
 
@@ -37,6 +38,7 @@ of the agent's others, but no job label (labels are fixed at creation) and
 from __future__ import annotations
 
 import os
+import re
 import select
 import shlex
 import socket
@@ -67,6 +69,9 @@ _UPDATABLE = {None, "runc", "io.containerd.runc.v2"}
 _LATER = ("command", "environment", "labels", "mem_limit", "memswap_limit", "mounts", "stdin_open")
 
 
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 @dataclass(frozen=True)
 class PoolKey:
     """What a container made ahead is fixed to."""
@@ -94,6 +99,8 @@ class _Slot:
     environment: Dict[str, str]
     #: its create arguments but the fields set later, to compare with a job's
     settings: Dict[str, Any]
+    #: its memory limit in MB (a job with another one gets its own with ``docker update``)
+    mem_mb: int = 0
 
 
 @dataclass
@@ -131,11 +138,10 @@ def pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
     }
 
 
-def _placeholder(key: PoolKey) -> BackendNewJob:
+def _placeholder(key: PoolKey, mem_mb: int) -> BackendNewJob:
     """A job standing for the one to come, to build the container's settings from."""
     return BackendNewJob(
-        (b"pool", "pool"), "pool", "pool", {}, key.environment, key.network, 0, None,
-        key.mem_mb if key.mem_mb is not None else WAIT_MEM_MB, False, None,
+        (b"pool", "pool"), "pool", "pool", {}, key.environment, key.network, 0, None, mem_mb, False, None,
     )  # fmt: skip
 
 
@@ -154,6 +160,9 @@ def _settings(config: Dict[str, Any], root: str) -> Dict[str, Any]:
 
 def start_script(base: Dict[str, str], environment: Dict[str, str], command: List[str], cwd: str) -> bytes:
     """What a waiting container is told to run: the job's variables, then the job's command."""
+    for name in set(base) | set(environment):
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"not a variable name: {name!r}")
     lines = [f"export {k}={shlex.quote(v)}" for k, v in sorted(environment.items()) if base.get(k) != v]
     lines += [f"unset {k}" for k in sorted(set(base) - set(environment))]
     lines.append(f"cd {shlex.quote(cwd)} || exit 126")
@@ -194,6 +203,8 @@ class DockerHelperMaker:
         self._disk_mb = disk_mb
         self._job_label = job_label
         self._ready_runtime = ready_runtime
+        #: the memory limit (MB) a container of the key is made with when the key leaves it open
+        self.mem_for: Callable[[PoolKey], int] = lambda key: WAIT_MEM_MB
 
     def make(self, key: Hashable) -> Deferred:
         assert isinstance(key, PoolKey)
@@ -208,7 +219,8 @@ class DockerHelperMaker:
         try:
             for name in ("task", "archive"):  # the sources of the /task and /archive mounts
                 os.mkdir(os.path.join(root, name), 0o755)
-            folder = JobFolder(root, _placeholder(key), self._disk_mb)
+            mem_mb = key.mem_mb if key.mem_mb is not None else self.mem_for(key)
+            folder = JobFolder(root, _placeholder(key, mem_mb), self._disk_mb)
             config = self._config(key.image, folder)
             labels = {k: v for k, v in config["labels"].items() if k != self._job_label}
             labels[LABEL_POOL] = "1"
@@ -218,7 +230,7 @@ class DockerHelperMaker:
             cid = str(client.containers.create(**config).id)
             sock = client.api.attach_socket(cid, params={"stdin": 1, "stream": 1})
             client.api.start(cid)
-            return PooledContainer(key, cid, _Slot(root, sock, environment, settings))
+            return PooledContainer(key, cid, _Slot(root, sock, environment, settings, mem_mb))
         except BaseException:
             _close(sock)
             if cid is not None:
@@ -226,8 +238,7 @@ class DockerHelperMaker:
                     self._remove(client, cid)
                 except Exception:
                     pass
-            remove_job_path(root)
-            remove_job_path(root + STDIN_SUFFIX)
+            _remove_paths(root, root + STDIN_SUFFIX)
             raise
 
     def alive(self, container: PooledContainer) -> Deferred:
@@ -249,7 +260,7 @@ class DockerHelperMaker:
         except Exception as e:
             self.log.warn("container pool: cannot remove {cid}: {e}", cid=container.container_id, e=str(e))
         try:
-            await self._call(_remove_paths, slot.root + STDIN_SUFFIX, slot.root)
+            await self._call(_remove_paths, slot.root, slot.root + STDIN_SUFFIX)  # the owner mark last
         except Exception:
             self.log.failure("container pool: cannot remove {root}", root=slot.root)
 
@@ -338,6 +349,12 @@ class DockerPool:
         self._min_mem = min_mem_mb
         #: runtimes whose update failed once: their memory limit goes in the key from then on
         self._fixed_mem: Set[Optional[str]] = set()
+        #: per key, the memory limit of its last job: the next containers are made with it, so that
+        #: the next job of the same limit needs no ``docker update``
+        self._last_mem: Dict[PoolKey, int] = {}
+        maker.mem_for = lambda key: self._last_mem.get(key, WAIT_MEM_MB)
+        #: how many taken containers had their memory limit changed (``docker update``)
+        self.updates = 0
 
     def key_for(self, job: BackendNewJob) -> Optional[PoolKey]:
         """The key of the containers ``job`` may take; None: none (unknown environment)."""
@@ -358,6 +375,9 @@ class DockerPool:
         key = self.key_for(job)
         if key is None:
             return None
+        mem_mb = max(int(job.mem_limit), self._min_mem)
+        if key.mem_mb is None:
+            self._last_mem[key] = mem_mb
         pooled = await self.pool.take(key)
         if pooled is None:
             return None
@@ -377,10 +397,10 @@ class DockerPool:
             )
             await self._give_back(pooled, folder)
             return None
-        if key.mem_mb is None:
-            mem = f"{max(int(job.mem_limit), self._min_mem)}m"
+        if key.mem_mb is None and slot.mem_mb != mem_mb:
+            self.updates += 1
             try:
-                await self._engine(_thd_update, pooled.container_id, mem)
+                await self._engine(_thd_update, pooled.container_id, f"{mem_mb}m")
             except Exception as e:
                 self.log.warn(
                     "container pool: runtime {runtime} cannot change a container's memory limit ({e}); its "

@@ -208,3 +208,14 @@ def test_close_removes_what_waits_and_what_arrives() -> None:
 def test_bad_settings() -> None:
     with pytest.raises(ValueError):
         _pool(Clock(), FakeMaker(), concurrency=0)
+
+
+def test_flush_discards_what_waits_and_makes_anew() -> None:
+    """An environment's image changed: its waiting containers go, new ones are made."""
+    clock, maker = Clock(), FakeMaker()
+    pool = _pool(clock, maker)
+    _take(pool, "py")
+    maker.finish()
+    assert pool.flush("py").called and maker.discarded == ["c1"]
+    assert len(maker.pending) == 1, "a fresh one is made"
+    assert pool.flush("unknown").called

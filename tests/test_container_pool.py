@@ -10,7 +10,14 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from inginious_tx.agent.container_pool import ContainerPool, IContainerMaker, IContainerPool, NotReady, PooledContainer
+from inginious_tx.agent.container_pool import (
+    ContainerPool,
+    IContainerMaker,
+    IContainerPool,
+    NotReady,
+    PooledContainer,
+    Unpoolable,
+)
 
 
 @implementer(IContainerMaker)
@@ -219,3 +226,13 @@ def test_flush_discards_what_waits_and_makes_anew() -> None:
     assert pool.flush("py").called and maker.discarded == ["c1"]
     assert len(maker.pending) == 1, "a fresh one is made"
     assert pool.flush("unknown").called
+
+
+def test_an_unpoolable_key_is_given_up_once(log_events: Any) -> None:
+    clock, maker = Clock(), FakeMaker()
+    pool = _pool(clock, maker)
+    _take(pool, "entry")
+    maker.pending.pop(0).errback(Unpoolable("the image has an entrypoint"))
+    clock.advance(120)
+    assert _take(pool, "entry") is None and maker.pending == [] and pool.target("entry") == 0
+    assert log_events.has("entrypoint") and pool.stats()["entry"].failures == 0

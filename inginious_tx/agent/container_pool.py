@@ -64,7 +64,9 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-__all__ = ["IContainerMaker", "IContainerPool", "PooledContainer", "KeyStats", "ContainerPool", "NotReady"]
+__all__ = [
+    "IContainerMaker", "IContainerPool", "PooledContainer", "KeyStats", "ContainerPool", "NotReady", "Unpoolable",
+]  # fmt: skip
 
 #: Seconds a key waits after a failed creation, at first and at most.
 _BACKOFF_MIN = 1.0
@@ -76,6 +78,11 @@ _READY_SAMPLES = 256
 class NotReady(Exception):
     """A maker cannot make a key's containers yet (it waits for something): the pool tries again
     later, without counting a failure or logging one."""
+
+
+class Unpoolable(Exception):
+    """A key's containers cannot be made ahead at all (``str()`` says why): the pool stops trying
+    for that key, once logged; its jobs make their own."""
 
 
 @dataclass
@@ -96,7 +103,7 @@ class IContainerMaker(Interface):
     def make(key: Hashable) -> Deferred:
         """Create and start a container for ``key``, waiting for its job; fires with a
         :class:`PooledContainer` (or fails: the pool backs off that key; :class:`NotReady`: it
-        tries again in a second)."""
+        tries again in a second; :class:`Unpoolable`: never again for that key)."""
 
     def alive(container: PooledContainer) -> Deferred:
         """Fires with True if ``container`` still runs and waits (checked when it is taken)."""
@@ -192,6 +199,8 @@ class _Key:
     #: no creation for this key before this time (after failures), and the next wait
     not_before: float = 0.0
     backoff: float = _BACKOFF_MIN
+    #: the maker said this key cannot be pooled (Unpoolable)
+    disabled: bool = False
 
 
 @implementer(IContainerPool)
@@ -246,6 +255,9 @@ class ContainerPool:
     # -- sizing ---------------------------------------------------------------
 
     def _cap(self, key: Hashable) -> int:
+        entry = self._keys.get(key)
+        if entry is not None and entry.disabled:
+            return 0
         own = self._max_for(key) if self._max_for is not None else None
         return min(self._max_per_key if own is None else max(0, own), self._max_total)
 
@@ -317,6 +329,11 @@ class ContainerPool:
             if f.check(NotReady):
                 entry.not_before = self._clock.seconds() + _BACKOFF_MIN
                 self._arm_wake(entry.not_before)
+                return
+            if f.check(Unpoolable):
+                entry.disabled = True
+                self.log.warn("container pool: no container made ahead for {key}: {why}", key=key,
+                              why=f.getErrorMessage())  # fmt: skip
                 return
             entry.stats.failures += 1
             entry.not_before = self._clock.seconds() + entry.backoff

@@ -52,7 +52,7 @@ from zope.interface import implementer
 
 from ..messages import BackendNewJob
 from ._leftovers import STDIN_SUFFIX
-from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer
+from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer, Unpoolable
 from .job_folder import JobFolder, remove_job_path
 
 __all__ = ["PoolKey", "DockerPool", "DockerHelperMaker", "LABEL_POOL", "WAIT_COMMAND", "pool_options"]
@@ -213,6 +213,10 @@ class DockerHelperMaker:
         return self._engine(self._thd_make, key)
 
     def _thd_make(self, client: Any, key: PoolKey) -> PooledContainer:
+        entrypoint = (client.api.inspect_image(key.image).get("Config") or {}).get("Entrypoint")
+        if entrypoint:
+            # its jobs run as ENTRYPOINT + command; a container waiting in a shell would bypass it
+            raise Unpoolable(f"the image {key.image} has an entrypoint ({entrypoint})")
         root = self._job_root()
         cid: Optional[str] = None
         sock: Any = None

@@ -772,11 +772,11 @@ class DockerBackend:
         if self._closed:
             return
         self._closed = True
-        if self.pool is not None:
-            await self.pool.close()
         runs = list(self._runs.values())
         for run in runs:
             self._stop(run, ("killed", "The agent was shut down."))
+        if self.pool is not None:
+            await self.pool.close()
         if runs:
             await DeferredList([r.done for r in runs])
         if self._cleanups:

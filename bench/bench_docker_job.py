@@ -87,7 +87,10 @@ class _Client:
                 d.callback(message)
 
     def run(self, job_id: str, task_id: str, env: str) -> defer.Deferred:
+        from twisted.internet import reactor
+
         d: defer.Deferred = defer.Deferred()
+        d.addTimeout(300, reactor)  # a lost answer fails the bench instead of hanging it
         self.waiting[job_id] = d
         self.peer.send(ClientNewJob(job_id, 0, "bench", task_id, {}, env, False, 10, 30, 64, False, "bench", None))
         return d
@@ -326,4 +329,9 @@ if __name__ == "__main__":
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--burst", type=int, default=64)
     parser.add_argument("--idle", type=float, default=30.0)
+    parser.add_argument("--log", action="store_true", help="the agents' and backend's log on stderr")
+    if parser.parse_known_args()[0].log:
+        from twisted.logger import globalLogBeginner, textFileLogObserver
+
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
     task.react(lambda reactor: defer.ensureDeferred(main(reactor, parser.parse_args())))

@@ -283,5 +283,6 @@ async def test_under_runsc_the_memory_limit_is_fixed_at_creation(tasks_dir: str,
 
 
 def _stats_ready(backend: DockerBackend) -> int:
+    """How many keys have a container ready."""
     assert backend.pool is not None
-    return sum(s.ready for s in backend.pool.stats().values())
+    return sum(1 for s in backend.pool.stats().values() if s.ready)

@@ -702,7 +702,7 @@ class DockerBackend:
                 )
         if folder is not None:
             try:
-                await self._call(_remove_paths, folder.root + STDIN_SUFFIX, folder.root)
+                await self._call(_remove_paths, folder.root, folder.root + STDIN_SUFFIX)  # the owner mark last
             except Exception:
                 self.log.failure("docker backend: cannot remove job folder {root}", root=folder.root)
 

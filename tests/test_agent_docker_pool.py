@@ -221,8 +221,16 @@ async def test_what_a_killed_agent_left_in_its_pool_is_removed_by_the_next(
         assert (await within(client.new_job("course", "ok", {}), 60)).result == "success"
     left: List[str] = []
 
+    def waiting() -> List[str]:
+        client = docker_client()
+        try:
+            found = client.api.containers(all=True, filters={"label": [f"{LABEL_OWNER}={owner}", LABEL_POOL]})
+        finally:
+            client.close()
+        return [c["Id"] for c in found]
+
     async def pool_full() -> bool:
-        left[:] = await deferToThread(containers_labelled, LABEL_OWNER, owner)
+        left[:] = await deferToThread(waiting)
         return len(left) >= 2
 
     deadline = time.monotonic() + 60
@@ -231,8 +239,7 @@ async def test_what_a_killed_agent_left_in_its_pool_is_removed_by_the_next(
         await deferLater(reactor, 0.1, lambda: None)
     process.signalProcess("KILL")
     await within(proto.done, 10)
-    # (a job's container whose removal was under way may be gone; those waiting in the pool stay)
-    assert len(await deferToThread(containers_labelled, LABEL_OWNER, owner)) >= 2
+    assert set(left) <= set(await deferToThread(containers_labelled, LABEL_OWNER, owner)), "the pool's stay"
     assert [n for n in os.listdir(work) if not n.endswith(".stdin")], "the pool's job folders are still there"
 
     backend = DockerBackend(reactor, AgentConfig(tasks_dir, [f"default={TEST_IMAGE}"], 1, {"work_dir": work}))

@@ -265,7 +265,7 @@ async def test_under_runsc_the_memory_limit_is_fixed_at_creation(tasks_dir: str,
     require_runtime("runsc")
     work = str(tmp_path / "work")
     backend = DockerBackend(_reactor(), AgentConfig(tasks_dir, [f"default={TEST_IMAGE},runtime=runsc"], 2, {
-        "work_dir": work, "poll_interval": 0.2, "pool_max": "2", "pids_limit": 256}))  # fmt: skip
+        "work_dir": work, "poll_interval": 0.2, "pool_max": "2", "pool_total": "4", "pids_limit": 256}))  # fmt: skip
     try:
         await backend.environments()
         for mem in (64, 64, 96):

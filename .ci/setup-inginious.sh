@@ -8,6 +8,10 @@ set -euo pipefail
 
 V06="${ITX_INGINIOUS_06:-/opt/itx-inginious-0.6}"
 V09="${ITX_INGINIOUS_09:-/opt/itx-inginious-0.9.2}"
+# inginious==0.9.2 WITH its dependencies: the real inginious-agent-mcq (and
+# inginious-agent-docker) and the frontend's Task classes, for the tests
+# that compare our agents with INGInious' own (tests/test_mcq_interop.py).
+V09FULL="${ITX_INGINIOUS_09_FULL:-/opt/itx-inginious-0.9.2-full}"
 PYTHON="${ITX_INGINIOUS_PYTHON:-python3}"
 
 if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
@@ -38,6 +42,21 @@ import inginious.client.client, inginious.agent, inginious.backend.backend
 
 make_venv "$V06" 0.6 0.6 "pyzmq>=22" "msgpack>=1.0"
 make_venv "$V09" 0.9.2 0.9.2 "pyzmq==26.2.1" "msgpack==1.1.0"
+
+# The full 0.9.2 release, dependencies included (idempotent as above).
+if [ -x "$V09FULL/bin/python" ] && [ -x "$V09FULL/bin/inginious-agent-mcq" ] && "$V09FULL/bin/python" -c "
+import inginious
+assert inginious.__version__ == '0.9.2', inginious.__version__
+import inginious.agent.mcq_agent, inginious.frontend.tasks, inginious.frontend.course_factory
+import inginious.client.client, inginious.backend.backend
+" >/dev/null 2>&1; then
+    echo "setup-inginious: $V09FULL already holds inginious 0.9.2 with its dependencies"
+else
+    rm -rf "$V09FULL"
+    "$PYTHON" -m venv "$V09FULL"
+    "$V09FULL/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+    "$V09FULL/bin/python" -m pip install --quiet --disable-pip-version-check "inginious==0.9.2"
+fi
 
 # msgpack 1.x removed the ``encoding=`` argument of msgpack < 1.0 (it now
 # decodes str by default).  The INGInious 0.6 wheel on PyPI already asks for
@@ -85,4 +104,12 @@ from inginious.common import messages
 assert messages.load(messages.dump(messages.ClientHello("x"))).name == "x"
 import inginious.client.client, inginious.agent, inginious.backend.backend  # noqa: E401
 PY
-echo "setup-inginious: $V06 and $V09 ready"
+"$V09FULL/bin/python" - <<'PY'
+import inginious
+assert inginious.__version__ == "0.9.2", inginious.__version__
+from inginious.agent.mcq_agent import MCQAgent  # noqa: F401
+from inginious.frontend.task_problems import get_default_displayable_problem_types
+assert {"multiple_choice", "match"} <= set(get_default_displayable_problem_types())
+PY
+test -x "$V09FULL/bin/inginious-agent-mcq"
+echo "setup-inginious: $V06, $V09 and $V09FULL ready"

@@ -16,6 +16,14 @@ Then, timed with real time on this process:
   ``/history.json`` and ``/metrics``: the work of one request, without HTTP.
 
 ``--html FILE`` writes the page, to look at it (e.g. with a headless browser).
+
+``--hostile N`` adds a hostile client that queues N jobs, each for an
+environment and a course of its own that no agent offers (label values the
+client chooses), times the pages with them, then measures (tracemalloc) the
+memory they cost and what is kept once the client has left.  The figures
+of issue 16::
+
+    python bench/bench_status.py --waiting 0 --agents 100 --hostile 100000 --history 600
 """
 
 from __future__ import annotations
@@ -83,6 +91,15 @@ class Load:
         self.backend.agent_handler.agent_hello(peer, agent_hello(f"agent-{i:04d}", self.args.slots, sorted(envs)))
         self.agents.append(peer)
 
+    def hostile(self, n: int, prefix: str) -> FakePeer:
+        """A client that queues ``n`` jobs, each with a made-up environment and course of its own."""
+        peer = FakePeer(f"h-{prefix}".encode(), f"hostile-peer-{prefix}", wire=False)
+        self.backend.client_handler.client_hello(peer, ClientHello(f"hostile-{prefix}"))
+        for i in range(n):
+            job = new_job(f"{prefix}{i}", environment=f"made-up-{prefix}{i}", course_id=f"course-{prefix}{i}")
+            self.backend.client_handler.client_new_job(peer, job)
+        return peer
+
     def second(self, finishing: int) -> None:
         """One simulated second: ``finishing`` jobs end (each replaced by a new one), then a sample."""
         for _ in range(finishing):
@@ -119,6 +136,40 @@ def timed(fn: Callable[[], Any], repeat: int) -> Dict[str, float]:
     return {"best_ms": round(times[0], 3), "median_ms": round(times[len(times) // 2], 3), "bytes": size}
 
 
+def measure_hostile(load: Load, registry: Any, n: int) -> Dict[str, Any]:
+    """Memory (traced) a hostile client's ``n`` made-up labels cost while it waits
+    (the pages asked once each) and after it left (a few samples later)."""
+    backend, recorder, clock = load.backend, load.recorder, load.clock
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    peer = load.hostile(n, "m")
+    recorder.sample()
+    sizes = {
+        "metrics_bytes": len(generate_latest(registry)),
+        "status_json_bytes": len(json.dumps(status_snapshot(backend, clock.seconds(), recorder=recorder), indent=1)),
+        "page_bytes": len(render_html(status_snapshot(backend, clock.seconds(), recorder=recorder), None)),
+        "event_bytes": len(_event(recorder.latest)),  # type: ignore[arg-type]
+    }
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - base
+    backend.client_handler.peer_disconnected(peer, "bench")
+    for _ in range(3):
+        recorder.sample()
+        clock.advance(1)
+    gc.collect()
+    kept = tracemalloc.get_traced_memory()[0] - base
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    return {
+        "jobs": n,
+        **sizes,
+        "held_mb (jobs included)": round(held / 1e6, 1),
+        "peak_mb": round(peak / 1e6, 1),
+        "kept_after_leaving_mb": round(kept / 1e6, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--waiting", type=int, default=100_000)
@@ -130,6 +181,9 @@ def main() -> None:
     parser.add_argument("--policy", default=DEFAULT_POLICY)
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--html", help="write the status page to this file")
+    parser.add_argument(
+        "--hostile", type=int, default=0, help="jobs of a client that makes up an environment and a course for each"
+    )
     args = parser.parse_args()
 
     tracemalloc.start()
@@ -156,6 +210,11 @@ def main() -> None:
     # the observer's counts agree with a walk over every job
     assert recorder.waiting_per_environment() == backend.waiting_per_environment()
     registry = backend_registry(backend, recorder)
+    hostile: Dict[str, Any] = {}
+    if args.hostile:
+        hostile = measure_hostile(load, registry, args.hostile)
+        load.hostile(args.hostile, "t")  # again, untraced, for the timings below
+        recorder.sample()
 
     def page() -> bytes:
         snap = status_snapshot(backend, clock.seconds(), recorder=recorder)
@@ -194,6 +253,8 @@ def main() -> None:
     }
     width = max(len(k) for k in results)
     print(f"setup: {json.dumps(results['setup'])}")
+    if hostile:
+        print(f"hostile: {json.dumps(hostile)}")
     print(f"{'':{width}}  {'best ms':>9} {'median ms':>10} {'bytes':>9}")
     for name, r in results.items():
         if name == "setup":

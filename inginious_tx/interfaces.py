@@ -151,6 +151,17 @@ class ITransport(Interface):
         """Connect to ``endpoint``; returns an :class:`IConnection` at once."""
 
 
+class IEndpointCheck(Interface):
+    """A transport that can check an endpoint string before it is used (optional, beside :class:`ITransport`).
+
+    Commands check their endpoint options when they parse them, so that a
+    bad string is a usage error naming the option, not a failure once running.
+    """
+
+    def check(endpoint: str, listening: bool) -> None:
+        """Raise ValueError saying what is wrong with ``endpoint`` (to listen on, or to connect to)."""
+
+
 # ---------------------------------------------------------------------------
 # Handler roles (methods are named after the msgtype they handle)
 # ---------------------------------------------------------------------------
@@ -369,3 +380,16 @@ class IAgentBackend(Interface):
 
     def close() -> Deferred[Any]:
         """Release resources at shutdown; returns a Deferred."""
+
+
+class ITaskProblemsBackend(IAgentBackend):
+    """An agent backend that grades from the problems a 0.9 job carries
+    (``task_problems``), not from a task folder: the ``mcq`` kind.
+
+    The agent hands it every job through :meth:`run_with_problems` instead of
+    :meth:`IAgentBackend.run`.
+    """
+
+    def run_with_problems(job: BackendNewJob, task_problems: Optional[Dict[str, Any]]) -> Deferred[Any]:
+        """Grade ``job`` against ``task_problems`` (None when the backend spoke
+        the 0.6 dialect, which has no problems); a Deferred of a JobResult."""

@@ -29,6 +29,14 @@ GROUPS = {
 }
 
 
+#: entry point group -> what one of its plugins is called, for messages
+NOUNS = {
+    TRANSPORTS: "transport",
+    POLICIES: "scheduling policy",
+    AGENT_BACKENDS: "agent backend",
+}
+
+
 class PluginError(LookupError):
     """A plugin name is unknown, or the plugin is broken."""
 
@@ -55,7 +63,7 @@ def load(group: str, name: str) -> Any:
     eps = available(group)
     if name not in eps:
         known = ", ".join(sorted(eps)) or "none"
-        raise PluginError(f"no {group.rsplit('.', 1)[-1][:-1]} plugin named {name!r} (available: {known})")
+        raise PluginError(f"no {NOUNS.get(group, group + ' plugin')} named {name!r} (available: {known})")
     try:
         obj = eps[name].load()
     except Exception as e:

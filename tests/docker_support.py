@@ -160,8 +160,9 @@ def new_job(
     hard_time_limit: Optional[int] = None,
     mem_limit: int = 64,
     job_id: Optional[Tuple[bytes, str]] = None,
+    debug: bool = False,
 ) -> BackendNewJob:
-    """A BackendNewJob with small limits and an id unique across processes."""
+    """A BackendNewJob with small limits and an id unique across processes (``debug``: its output comes back)."""
     _counter[0] += 1
     return BackendNewJob(
         job_id or (b"test-client-%d" % os.getpid(), f"job-{_counter[0]}"),
@@ -173,6 +174,6 @@ def new_job(
         time_limit,
         hard_time_limit,
         mem_limit,
-        False,
+        debug,
         run_cmd,
     )

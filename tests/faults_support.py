@@ -371,10 +371,20 @@ class Lab:
         return proc
 
     def backend(
-        self, clients: Endpoints, agents: Endpoints, *options: str, name: str = "backend", ready: bool = True
+        self,
+        clients: Endpoints,
+        agents: Endpoints,
+        *options: str,
+        name: str = "backend",
+        ready: bool = True,
+        nofile: Optional[int] = None,
     ) -> Proc:
-        """``twistd -n inginious-backend`` on the given endpoints (fast heartbeats)."""
-        argv = [sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "inginious-backend"]
+        """``twistd -n inginious-backend`` on the given endpoints (fast heartbeats);
+        ``nofile``: its soft and hard RLIMIT_NOFILE (``ulimit -n``)."""
+        program = _TWISTD
+        if nofile is not None:
+            program = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile})); {program}"
+        argv = [sys.executable, "-c", program, "-n", "--pidfile=", "inginious-backend"]
         for endpoint in clients.listen:
             argv += ["--clients", endpoint]
         for endpoint in agents.listen:

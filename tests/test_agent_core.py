@@ -315,3 +315,29 @@ def test_mock_hang_cancel_and_close() -> None:
     backend.close()
     assert d2.result.result == "killed"
     assert clock.getDelayedCalls() == []
+
+
+def test_registration_is_logged_when_the_backend_answers_not_when_hello_is_sent(log_events: Any) -> None:
+    """The protocol has no answer to a hello: the backend's first message on the link (a ping here) is
+    what tells the agent it was registered; before it, nothing claims so."""
+    h = Harness()
+    assert len(h.of(AgentHello)) == 1  # the hello went out...
+    assert not log_events.has("registered with the backend")  # ...but nobody answered yet
+    h.send(Ping())
+    assert log_events.has("registered with the backend", "2 slots", "environments ['default']")
+    h.send(Ping())
+    assert sum("registered with the backend" in t for t in log_events.texts()) == 1
+
+
+def test_environments_that_cannot_be_listed_are_one_warning_per_cause(log_events: Any) -> None:
+    broken = ScriptedBackend(envs=lambda: fail(RuntimeError("engine unreachable")))
+    h = Harness(broken)
+    for _ in range(3):  # the agent retries its hello
+        h.clock.advance(5.0)
+        h.mem.pump()
+    warnings = [t for t in log_events.texts() if "cannot list the environments" in t]
+    assert warnings == [
+        "cannot list the environments (engine unreachable); not registering with the backend until they can be "
+        "listed (retrying every 5 s)"
+    ]
+    assert not h.of(AgentHello)

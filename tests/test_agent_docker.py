@@ -152,8 +152,12 @@ def test_provides_interface(tmp_path: Any) -> None:
 
 
 def test_no_environment_is_a_clear_error(tmp_path: Any) -> None:
+    # without --environment the agent offers the engine's INGInious images (docs/inginious-images.rst)...
+    DockerBackend(_reactor(), AgentConfig(tasks_dir=str(tmp_path), environments=[]))
+    # ...unless told not to: then it has nothing to offer
     with pytest.raises(ValueError, match="--environment NAME=IMAGE"):
-        DockerBackend(_reactor(), AgentConfig(tasks_dir=str(tmp_path), environments=[]))
+        no_images = {"inginious_images": "false"}
+        DockerBackend(_reactor(), AgentConfig(tasks_dir=str(tmp_path), environments=[], options=no_images))
 
 
 def test_bad_environment_option(tmp_path: Any) -> None:
@@ -193,11 +197,15 @@ async def test_environments(backend: DockerBackend, log_events: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_success_with_output(backend: DockerBackend) -> None:
-    result = await _run(backend, new_job(inputdata={"name": "Ada"}))
+    result = await _run(backend, new_job(inputdata={"name": "Ada"}, debug=True))
     assert (result.result, result.text, result.grade) == ("success", "hello Ada", 87.5)
     assert result.stdout == "to-stdout\n"
     assert result.stderr == "to-stderr\n"
-    assert result.archive is None
+    # an empty archive/ still gives an archive, as INGInious: the folder alone
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(result.archive)), mode="r:") as tar:
+        assert tar.getnames() == [""]
+    quiet = await _run(backend, new_job(inputdata={"name": "Ada"}))
+    assert (quiet.result, quiet.stdout, quiet.stderr) == ("success", "", ""), "output goes back only when debugged"
 
 
 @pytest_twisted.ensureDeferred
@@ -233,7 +241,7 @@ async def test_example_bad_feedback_is_error(backend: DockerBackend) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_no_feedback_is_error(backend: DockerBackend) -> None:
-    result = await _run(backend, new_job(run_cmd="echo oops >&2; exit 3"))
+    result = await _run(backend, new_job(run_cmd="echo oops >&2; exit 3", debug=True))
     assert result.result == "error"
     assert "code 3" in result.text
     assert result.stderr == "oops\n"
@@ -242,7 +250,7 @@ async def test_no_feedback_is_error(backend: DockerBackend) -> None:
 @pytest_twisted.ensureDeferred
 async def test_output_is_capped(backend: DockerBackend) -> None:
     cmd = "head -c 1200000 /dev/zero | tr '\\0' a; feedback-result success"
-    result = await _run(backend, new_job(run_cmd=cmd))
+    result = await _run(backend, new_job(run_cmd=cmd, debug=True))
     assert result.result == "success", result.text
     assert result.stdout is not None
     assert result.stdout.startswith("a" * 1000)
@@ -289,7 +297,7 @@ async def test_example_loop_wall_timeout(backend: DockerBackend) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_example_memory_overflow(backend: DockerBackend) -> None:
-    result = await _run(backend, new_job("demo", "memory", mem_limit=16))
+    result = await _run(backend, new_job("demo", "memory", mem_limit=16, debug=True))
     assert result.result == "overflow", result
     assert "16 MB" in result.text
     assert result.stdout == "eating memory...\n", "the output so far comes back with an overflow"

@@ -46,10 +46,10 @@ pytestmark = pytest.mark.docker
 SNOOP = """\
 limit=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max)
 seen=$(ls /job/tmp /tmp 2>/dev/null | grep -c mark)
-echo "host=$(hostname) limit=$limit seen=$seen course=$INGINIOUS_COURSE_ID" \
-  "mem=$INGINIOUS_MEM_LIMIT stdin=$(cat | wc -c)"
 echo mark > /job/tmp/mark-$(hostname)
 feedback-result success
+feedback-msg -m "host=$(hostname) limit=$limit seen=$seen course=$INGINIOUS_COURSE_ID mem=$INGINIOUS_MEM_LIMIT \
+stdin=$(cat | wc -c)"
 """
 
 
@@ -131,7 +131,7 @@ async def test_pooled_job_gets_its_own_limits_and_nothing_of_another(pooled: Doc
     await _wait_for(lambda: _stats(pooled).ready >= 1, what="a container made ahead")
     second = await _run(pooled, new_job(task="snoop", mem_limit=72))
     assert first.result == second.result == "success", (first, second)
-    one, two = _fields(first.stdout or ""), _fields(second.stdout or "")
+    one, two = _fields(first.text), _fields(second.text)
     assert (_stats(pooled).hits, _stats(pooled).misses) == (1, 1), "the second job took a container made ahead"
     assert one["limit"] == str(48 << 20) and two["limit"] == str(72 << 20), "each job has its own memory limit"
     assert (two["course"], two["mem"], two["stdin"]) == ("course", "72", "0"), "its own variables, no input"
@@ -142,7 +142,7 @@ async def test_pooled_job_gets_its_own_limits_and_nothing_of_another(pooled: Doc
     await _wait_for(lambda: _stats(pooled).ready >= 1 and not _stats(pooled).creating, what="a fresh container")
     await deferLater(_reactor(), 0, lambda: None)
     third = await _run(pooled, new_job(task="snoop", mem_limit=72))
-    assert _fields(third.stdout or "")["limit"] == str(72 << 20)
+    assert _fields(third.text)["limit"] == str(72 << 20)
     assert _stats(pooled).hits == 2 and pooled.pool.updates == 1, "no update for a container made with the limit"
 
 

@@ -260,7 +260,7 @@ feedback-result success
 PORTED = r"""
 cat > student/t.py <<'T'
 def f():
-    @@code@@
+@    @code@@
 T
 parsetemplate student/t.py
 cp student/t.py /archive/filled.py
@@ -271,7 +271,7 @@ feedback-result success
 
 @pytest_twisted.ensureDeferred
 async def test_inginious_paths_and_parsetemplate(tasks_dir: str, tmp_path: Any) -> None:
-    """A ported task writes /archive and reads /task; parsetemplate fills a template."""
+    """A ported task writes /archive and reads /task; parsetemplate fills a template (INGInious' prefix form)."""
     require_docker()
     path = make_task(tasks_dir, "ported", "t", PORTED)
     open(os.path.join(path, "run-marker"), "w").close()

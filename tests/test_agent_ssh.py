@@ -174,6 +174,8 @@ async def test_ssh_debug_session(rig: _Rig, until: Any) -> None:
         lines = r.stdout.decode().splitlines()
         assert lines[0] == "hello from the job"
         assert lines[1].endswith("/task") and lines[2] == "course"
+        if rig.kind == "docker":  # type: ignore[attr-defined]
+            assert lines[1] == "/task", "a session starts where the grader runs (INGInious' /task)"
         r = await deferToThread(ssh, dbg.port, dbg.password, "id -u")
         if rig.kind == "docker":  # type: ignore[attr-defined]
             assert r.stdout.decode().strip() == str(rig.backend._user.split(":")[0])

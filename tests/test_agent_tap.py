@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python import usage
 
+from inginious_tx._twistd import StartGuard
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.local import LocalBackend
 from inginious_tx.agent.mock import MockBackend
@@ -22,6 +23,9 @@ from inginious_tx.backend.service import BackendService
 from inginious_tx.messages import BackendJobDone, BackendJobStarted, BackendUpdateContainers, ClientHello
 
 TASKS = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir, "examples", "tasks"))
+
+
+EP = "tcp:127.0.0.1:2001"
 
 
 def parse(*args: str) -> Options:
@@ -41,18 +45,18 @@ def test_options() -> None:
     o = parse("-b", "tcp:host=h:port=1", "-k", "local", "-t", TASKS)
     assert o["config"].tasks_dir == TASKS and o["slots"] == (os.cpu_count() or 1)
     assert o["name"].endswith("-local") and o["kind"] == "local"
-    assert parse("-b", "x")["kind"] == "docker"  # the isolating backend by default
+    assert parse("-b", EP)["kind"] == "docker"  # the isolating backend by default
 
 
 @pytest.mark.parametrize(
     "args,why",
     [
         ([], "--backend ENDPOINT is required"),
-        (["-b", "x", "-k", "nope"], "no agent_backend plugin named 'nope'"),
-        (["-b", "x", "-s", "0"], "must be >= 1"),
-        (["-b", "x", "-o", "novalue"], "expected KEY=VALUE"),
-        (["-b", "x", "-e", "=img"], "NAME is empty"),
-        (["-b", "x", "-t", "/no/such/folder"], "is not a folder"),
+        (["-b", EP, "-k", "nope"], "no agent backend named 'nope'"),
+        (["-b", EP, "-s", "0"], "must be >= 1"),
+        (["-b", EP, "-o", "novalue"], "expected KEY=VALUE"),
+        (["-b", EP, "-e", "=img"], "NAME is empty"),
+        (["-b", EP, "-t", "/no/such/folder"], "is not a folder"),
     ],
 )
 def test_option_errors(args: List[str], why: str) -> None:
@@ -77,27 +81,30 @@ def test_help_names_every_option() -> None:
 
 
 def test_make_service() -> None:
-    agent = makeService(parse("-b", "mem:x", "-k", "mock", "-s", "2", "-n", "m"))
+    top = makeService(parse("-b", EP, "-k", "mock", "-s", "2", "-n", "m"))
+    assert isinstance(top, StartGuard)  # a failure to start ends twistd with a non-zero status
+    (agent,) = list(top)
     assert isinstance(agent, Agent)
-    assert (agent.friendly_name, agent.slots, agent.endpoint) == ("m", 2, "mem:x")
-    local = makeService(parse("-b", "mem:x", "-k", "local", "-t", TASKS))
+    assert (agent.friendly_name, agent.slots, agent.endpoint) == ("m", 2, EP)
+    (local,) = makeService(parse("-b", EP, "-k", "local", "-t", TASKS))
     assert isinstance(local._backend, LocalBackend)
     with pytest.raises(SystemExit, match="local backend cannot start: .*--tasks"):
-        makeService(parse("-b", "mem:x", "-k", "local"))
+        makeService(parse("-b", EP, "-k", "local"))
 
 
 def test_maxima_options() -> None:
     """The operator's maxima reach the Agent; safe defaults without them."""
     from inginious_tx.agent.limits import DEFAULT_MAXIMA, JobMaxima
 
-    assert makeService(parse("-b", "mem:x", "-k", "mock")).maxima == DEFAULT_MAXIMA
+    (agent,) = makeService(parse("-b", EP, "-k", "mock"))
+    assert agent.maxima == DEFAULT_MAXIMA
     assert not DEFAULT_MAXIMA.allow_network and not DEFAULT_MAXIMA.allow_run_cmd
-    agent = makeService(parse("-b", "mem:x", "-k", "mock", "--max-time", "5", "--max-hard-time", "7",
+    (agent,) = makeService(parse("-b", EP, "-k", "mock", "--max-time", "5", "--max-hard-time", "7",
                               "--max-memory", "64", "--allow-network", "--allow-run-cmd"))  # fmt: skip
     assert agent.maxima == JobMaxima(5, 7, 64, allow_network=True, allow_run_cmd=True)
     for bad in (["--max-memory", "0"], ["--max-time", "-1"], ["--max-hard-time", "x"]):
         with pytest.raises(usage.UsageError):
-            parse("-b", "mem:x", "-k", "mock", *bad)
+            parse("-b", EP, "-k", "mock", *bad)
 
 
 class _Process(ProcessProtocol):

@@ -185,7 +185,10 @@ async def test_twistd_backend_and_agent_and_the_command_with_credentials(short_t
         spawn_twistd("inginious-agent", "--backend", agent_side, "--kind", "mock", "--slots", "1", "--name", "a1"),
     ]
     try:
-        run = await cli("submit", "c/t", "--backend", client_side, "--connect-timeout", "20", "-i", "@mock_grade=42")
+        run = await cli(
+            "submit", "c/t", "--backend", client_side, "--connect-timeout", "20", "--wait-for-backend",
+            "-i", "@mock_grade=42",
+        )  # fmt: skip
         logs = run.err + "".join(b"".join(d.out).decode() for d in daemons)
         assert run.status == 0, logs
         assert run.out.startswith("result: success\ngrade: 42\n")

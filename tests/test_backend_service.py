@@ -18,6 +18,7 @@ from zope.interface import implementer
 from zope.interface.exceptions import Invalid
 from zope.interface.verify import verifyObject
 
+from inginious_tx._twistd import StartGuard
 from inginious_tx.backend import tap
 from inginious_tx.backend.core import BackendSettings
 from inginious_tx.backend.policies import FairPolicy, PriorityPolicy
@@ -282,13 +283,15 @@ def test_list_policies(capsys):
 
 
 def test_make_service():
-    o = parse("--clients", "mem:c", "--agents", "mem:a", "--policy", "shortest-first", "--max-retries", "4")
-    service = tap.makeService(o)
+    o = parse("--clients", "tcp:2000", "--agents", "unix:/run/a.sock", "--policy", "shortest-first",
+              "--max-retries", "4")  # fmt: skip
+    top = tap.makeService(o)
+    assert isinstance(top, StartGuard)  # a failure to start ends twistd with a non-zero status
+    (service,) = list(top)
     assert isinstance(service, BackendService)
-    assert service.client_endpoints == ["mem:c"] and service.agent_endpoints == ["mem:a"]
+    assert service.client_endpoints == ["tcp:2000"] and service.agent_endpoints == ["unix:/run/a.sock"]
     assert service.backend.policy.name == "shortest-first"
     assert service.backend.settings.max_retries == 4
-    assert service._fatal
 
 
 def test_public_names_of_the_backend_package():

@@ -241,3 +241,31 @@ def test_result_json_is_serializable() -> None:
     data = result(archive=b"\x1f\x8b", problems={"q": ("success", "ok")}).to_json()
     assert json.loads(json.dumps(data))["archive"] == "H4s="
     assert data["problems"] == {"q": ["success", "ok"]}
+
+
+def test_a_task_unknown_to_the_agent_is_not_a_crash(tmp_path: Path) -> None:
+    """The texts agents answer for a task they do not have (ours, read from the function that refuses it,
+    and INGInious 0.9's) give exit status 66; any other crash stays 2, and a lost backend wins."""
+    from inginious_tx.agent.job_folder import TaskError, prepare_job
+    from inginious_tx.cli.exit_codes import EXIT_NO_TASK, EXIT_OTHER, EXIT_UNAVAILABLE, exit_status, is_unknown_task
+    from inginious_tx.messages import BackendNewJob
+
+    texts = []
+    for course, task in (("demo", "nosuch"), ("../x", "pass")):
+        job = BackendNewJob((b"c", "j"), course, task, {}, "default", False, 10, None, 100, False, None)
+        with pytest.raises(TaskError) as e:
+            prepare_job(str(tmp_path), job, str(tmp_path / "work"))
+        texts.append(str(e.value))
+    texts.append("Task unavailable on agent. Please retry later, the agents should synchronize soon.")
+    for text in texts:
+        result = ClientJobResult.made_up("j", "crash", text)
+        assert is_unknown_task(result), text
+        assert exit_status([result]) == EXIT_NO_TASK
+    crash = ClientJobResult.made_up("j", "crash", "the job's container could not start")
+    assert not is_unknown_task(crash) and exit_status([crash]) == EXIT_OTHER
+    assert not is_unknown_task(ClientJobResult.made_up("j", "error", texts[0]))
+    from inginious_tx.client.result import UNAVAILABLE
+
+    lost = ClientJobResult.made_up("j", "crash", f"{UNAVAILABLE}: connection lost")
+    assert lost.backend_unavailable
+    assert exit_status([ClientJobResult("j", "crash", texts[0]), lost]) == EXIT_UNAVAILABLE

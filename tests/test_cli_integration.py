@@ -259,11 +259,32 @@ async def test_missing_environment_exits_65(stack: Stack) -> None:
 @pytest_twisted.ensureDeferred
 async def test_unreachable_backend_exits_69() -> None:
     endpoint = f"zmq:tcp://127.0.0.1:{free_port()}"
-    run = await cli("submit", "c/t", "--backend", endpoint, "--connect-timeout", "0.5")
+    run = await cli("submit", "c/t", "--backend", endpoint, "--connect-timeout", "0.5", "--wait-for-backend")
     assert run.status == 69
-    assert run.err == f"inginious-tx: backend unreachable at {endpoint} (no answer within 0.5 s)\n"
+    assert run.err == (
+        f"inginious-tx: backend unreachable at {endpoint} (no answer within 0.5 s: "
+        "connection refused (nothing listens there))\n"
+    )
     run = await cli("queue", "--backend", f"tcp:127.0.0.1:{free_port()}", "--connect-timeout", "0.5")
     assert run.status == 69 and "backend unreachable at tcp:127.0.0.1:" in run.err
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_connection_fails_at_once_with_its_cause(short_tmp: str) -> None:
+    """Without --wait-for-backend, nothing listening is known at once: no waiting out --connect-timeout
+    (10 minutes here, far more than the test's own timeout)."""
+    from twisted.internet import reactor
+
+    for endpoint, cause in [
+        (f"zmq:tcp://127.0.0.1:{free_port()}", "connection refused (nothing listens there)"),
+        (f"tcp:127.0.0.1:{free_port()}", "connection refused (nothing listens there)"),
+        (f"zmq:ipc://{short_tmp}/nobody", "no such socket (nothing listens there)"),
+    ]:
+        t0 = reactor.seconds()
+        run = await cli("queue", "--backend", endpoint, "--connect-timeout", "600")
+        assert run.status == 69
+        assert run.err == f"inginious-tx: backend unreachable at {endpoint}: {cause}\n"
+        assert reactor.seconds() - t0 < COMMAND_TIMEOUT
 
 
 @pytest_twisted.ensureDeferred
@@ -298,8 +319,11 @@ async def test_interrupt_kills_pending_jobs_and_exits_130(stack: Stack, until: A
     "endpoint, fragment",
     [
         ("pigeon:home", "no transport understands the endpoint 'pigeon:home'"),
-        ("zmq:nonsense", "bad backend endpoint 'zmq:nonsense'"),
-        ("tcp:nonsense", "bad backend endpoint 'tcp:nonsense'"),
+        ("foo:bar", "use zmq:tcp://HOST:PORT, zmq:ipc:///PATH, tcp:HOST:PORT, unix:/PATH or ssl:HOST:PORT"),
+        ("zmq:nonsense", "--backend: not a ZeroMQ endpoint: 'zmq:nonsense'"),
+        ("tcp:nonsense", "--backend: bad endpoint 'tcp:nonsense': no port"),
+        ("tcp:127.0.0.1:http", "--backend: bad endpoint 'tcp:127.0.0.1:http': 'http' is not a whole number"),
+        ("zmq:tcp://127.0.0.1", "--backend: bad endpoint 'zmq:tcp://127.0.0.1': no port"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -387,10 +411,59 @@ async def test_twistd_backend_and_mock_agent_processes(short_tmp: str) -> None:
     ]
     try:
         # The command waits (boundedly) for the backend and the agent to come up.
-        run = await cli("submit", "c/t", "--backend", clients, "--connect-timeout", "20", "-i", "@mock_result=failed")
+        run = await cli(
+            "submit", "c/t", "--backend", clients, "--connect-timeout", "20", "--wait-for-backend",
+            "-i", "@mock_result=failed",
+        )  # fmt: skip
         assert run.status == 1, run.err + "".join(b"".join(d.out).decode() for d in daemons)
         assert run.out.startswith("result: failed\ngrade: 0\n")
         run = await cli("environments", "--backend", clients)
         assert (run.status, run.out) == (0, "default\n")
     finally:
         await stop_daemons(daemons)
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_task_exits_66_and_archives_are_saved_in_text_mode(tmp_path: Path) -> None:
+    """Against a real backend and its embedded local agent: a typo'd task is not a crash (66), and
+    --archive-dir saves the archive a task set aside, whatever the output mode."""
+    import tarfile
+
+    backend = f"tcp:127.0.0.1:{free_port()}"
+    daemon = spawn_twistd("inginious-backend", "--clients", backend.replace("tcp:127.0.0.1:", "tcp:"))
+    try:
+        run = await cli("submit", "demo/nosuch", "--backend", backend, "--wait-for-backend", "--connect-timeout", "20")
+        logs = run.err + b"".join(daemon.out).decode()
+        assert run.status == 66, logs
+        assert run.out.splitlines()[0] == "result: crash" and "demo/nosuch does not exist on this agent" in run.out
+        archives = tmp_path / "archives"
+        run = await cli("submit", "demo/archive", "--backend", backend, "--archive-dir", str(archives))
+        assert run.status == 0, run.err
+        (saved,) = archives.iterdir()
+        assert saved.name.endswith(".tgz") and f"archive saved as {saved}" in run.err
+        with tarfile.open(saved) as archive:
+            assert archive.getnames()
+    finally:
+        await stop_daemons([daemon])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tls_handshake_that_never_ends_does_not_outlast_connect_timeout() -> None:
+    """A peer that accepts TCP but never speaks TLS: the command ends about --connect-timeout after
+    it started (it used to wait 5 s more for the half-made link to close). Measured from the
+    command's own log timestamps (whole seconds), so Python's start-up time does not count."""
+    import re
+    from datetime import datetime
+
+    from twisted.internet import reactor
+    from twisted.internet.protocol import Factory, Protocol
+
+    port = reactor.listenTCP(0, Factory.forProtocol(Protocol), interface="127.0.0.1")  # silent after accept
+    try:
+        endpoint = f"ssl:127.0.0.1:{port.getHost().port}"
+        run = await cli("queue", "--backend", endpoint, "--connect-timeout", "1", "-v")
+    finally:
+        await port.stopListening()
+    assert run.status == 69 and f"backend unreachable at {endpoint} (no answer within 1 s)" in run.err
+    stamps = [datetime.strptime(t, "%Y-%m-%dT%H:%M:%S%z") for t in re.findall(r"^(\S+\+0000) \[", run.err, re.M)]
+    assert (stamps[-1] - stamps[0]).total_seconds() <= 1 + 3  # 1 s asked, whole-second stamps, a busy machine

@@ -36,7 +36,8 @@ PUBLIC = {
     },
     "inginious_tx.transport": {
         "DEFAULT_LIMITS", "Limits", "UnknownEndpoint", "transports", "transport_for", "listen", "connect",
-        "check_credentials", "shared_credentials", "SharedCredential",
+        "check_credentials", "shared_credentials", "SharedCredential", "check_endpoint", "LISTENING_FORMS",
+        "CONNECTING_FORMS",
     },
     "inginious_tx.backend": {
         "Backend", "BackendSettings", "BackendService", "Job", "ClientState", "AgentState", "DEFAULT_POLICY",

@@ -14,6 +14,7 @@ restarts the engine (with the command line it had) before it returns.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator
 
 import pytest
@@ -130,7 +131,10 @@ def test_vanished_clients_lose_their_jobs_and_nobody_else_notices(lab: Lab) -> N
     assert zmq.startswith(
         ("client 'vz' left (no message for", "client 'vz' left (connection closed (its connection")
     ), why
-    assert "184 waiting jobs dropped" in zmq, why
+    # vt's freed slots may or may not have started 8 more of vz's jobs before vz's departure was
+    # seen: either way each of its 200 jobs is dropped or killed, once.
+    dropped, killed = map(int, re.search(r"(\d+) waiting jobs dropped, (\d+) running jobs killed", zmq).groups())
+    assert (dropped, killed) in {(184, 16), (192, 8)}, why
     assert figures.notes["queue_after"] == (0, 0), why
 
 

@@ -421,11 +421,15 @@ def test_never_hello_stream_connections_cost_little_and_are_closed() -> None:
 
         # 30 connections that say nothing fill --max-pending: the next one is closed at once.
         idle = [raw_tcp(endpoint) for _ in range(30)]
-        extra = raw_tcp(endpoint)
         started = time.monotonic()
-        assert closed_by_peer(extra, 5)
-        assert time.monotonic() - started < 1.9  # before the hello deadline: refused, not timed out
-        assert not closed_by_peer(idle[0], 0.1)
+        try:
+            extra: Optional[socket.socket] = raw_tcp(endpoint)
+        except ConnectionResetError:
+            extra = None  # closed so soon that the reset came during connect(): refused at once too
+        assert extra is None or closed_by_peer(extra, 5)
+        # the idle ones are still open (unless a busy machine took us past their hello deadline)
+        assert time.monotonic() - started > 1.8 or not closed_by_peer(idle[0], 0.1)
+        # refused, not timed out at the hello deadline: the log says which, whatever the load
         lab.wait(lambda: backend.count("refused 1 connection(s)") > 0, 10, "the refusal to be logged")
         # ... and every idle one is closed once the hello deadline passes.
         assert all(closed_by_peer(s, 10) for s in idle)
@@ -437,7 +441,7 @@ def test_never_hello_stream_connections_cost_little_and_are_closed() -> None:
         lab.wait(honest.answered([job]), 30, "the honest job's result")
         assert honest.results[job][0]["type"] == "success", honest.results[job]
         assert honest.ready_count == 1  # one hello: its connection was never cut
-        for s in [*flood, *idle, extra]:
+        for s in [*flood, *idle, *([extra] if extra else [])]:
             s.close()
 
 
@@ -754,9 +758,11 @@ def test_zmq_strangers_hold_at_most_zmq_max_pending_jobs_by_default() -> None:
             return len(through)
 
         assert flood(64 * MiB - 100, 4) == 0
-        # At most 8 are let in; a refused one may still get its bytes into the kernel's buffers
-        # before the backend shuts it down (what ZeroMQ holds is what the peak below measures).
-        assert flood(17 * MiB - 100, 13) <= 12
+        # At most 8 are let in. A refused one may still get its 13 MiB into the kernel's buffers
+        # before the backend shuts it down, and how many do depends on how busy the machine is, so
+        # the count only says that strangers were refused; what ZeroMQ holds is what the peak
+        # memory below measures (30 held strangers would be 390 MiB over the bound).
+        assert flood(17 * MiB - 100, 13) < 30
         grown = backend.memory()["VmHWM"] - baseline
         assert grown < 8 * 17 * MiB + 16 * MiB, f"the backend's peak memory grew by {grown / MiB:.1f} MiB"
         lab.wait(lambda: backend.count("refused", "(limits.zmq_max_pending)") > 0, 10, "the refusal to be logged")
@@ -879,7 +885,9 @@ def hostile_partial_frames(endpoint: str, n: int, announce: int, send: int, name
     return hostile
 
 
-def test_hostile_partial_frames_cannot_starve_an_honest_client_and_stalled_ones_are_dropped() -> None:
+def test_hostile_partial_frames_cannot_starve_an_honest_client_and_stalled_ones_are_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Audit (MEDIUM, partial_dos.py): connections that said hello fill --max-partial-bytes with
     frames they never finish.  An honest client's 2 MiB jobs still get through, twice (the budget
     makes room by closing the oldest partial frames, not the newcomer), the stalled connections
@@ -887,6 +895,12 @@ def test_hostile_partial_frames_cannot_starve_an_honest_client_and_stalled_ones_
 
     On main the honest client was disconnected ("would take the bytes held in partial frames
     over ...") and the hostile connections held the budget for as long as they liked."""
+    # The frames' read buffers (up to 64 KiB each) come from glibc's heap by default, where
+    # freed ones return to the system only if nothing newer sits above them: whether resident
+    # memory falls then depends on the allocator's history (it did not, 1 run in 10).  Blocks
+    # of 16 KiB and more mapped on their own are returned as soon as freed, so the check below
+    # measures whether the backend let go of the frames, not where malloc put them.
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(16 * 1024))
     with Lab() as lab:
         clients, agents = lab.endpoints("clients", ("tcp",)), lab.endpoints("agents", ("tcp",))
         backend = lab.backend(

@@ -29,6 +29,7 @@ FORBIDDEN = {
 FORBIDDEN_MODULES = {
     "inginious_tx.agent.local": {"inginious_tx.agent.mock", "inginious_tx.agent.docker"},
     "inginious_tx.agent.docker": {"inginious_tx.agent.mock", "inginious_tx.agent.local"},
+    "inginious_tx.agent.mcq": {"inginious_tx.agent.mock", "inginious_tx.agent.local", "inginious_tx.agent.docker"},
 }
 
 

@@ -121,14 +121,15 @@ def test_make_service_composes_the_backend_agent_and_status() -> None:
     top = tap.makeService(parse("--status", "tcp:0"))
     assert isinstance(top, MultiService)
     verifyObject(IServiceCollection, top)
-    backend, agent, status = list(top)
+    backend, status, agent = list(top)  # the embedded agent last: it starts once everything listens
     assert isinstance(backend, BackendService) and top.getServiceNamed("inginious-backend") is backend
     assert isinstance(agent, EmbeddedAgent) and agent.slots == 2 and agent.endpoint == EMBEDDED_ENDPOINT
     assert "no --agents given" in agent.notice and example_tasks_dir() in agent.notice  # type: ignore[operator]
     assert isinstance(status, StatusService) and status.backend is backend.backend
     assert status.endpoint == "tcp:0:interface=127.0.0.1"
-    # named agent endpoints, no status: the bare backend service, as before
-    assert isinstance(tap.makeService(parse("--agents", "tcp:2001")), BackendService)
+    # named agent endpoints, no status: the backend service alone
+    (alone,) = list(tap.makeService(parse("--agents", "tcp:2001")))
+    assert isinstance(alone, BackendService)
 
 
 def test_embedded_agent_needs_a_folder() -> None:
@@ -283,7 +284,7 @@ async def test_twistd_without_options_grades_the_examples(short_tmp: str, closer
     cli = _command("inginious-tx", ["-m", "inginious_tx.cli"])
 
     async def submit(*args: str) -> Any:
-        run = _spawn([*cli, "submit", *args, "--connect-timeout", "20"], short_tmp)
+        run = _spawn([*cli, "submit", *args, "--connect-timeout", "20", "--wait-for-backend"], short_tmp)
         return await run.done.addTimeout(30, reactor)
 
     passed = await submit("demo/pass", "-i", "answer=hello")

@@ -163,7 +163,7 @@ def test_agent_output_options_reach_the_agent() -> None:
     )  # fmt: skip
     limits = options["result_limits"]
     assert (limits.max_archive, limits.max_stdout, limits.max_stderr) == (5000, 300, 200)
-    agent = agent_tap.makeService(options)
+    (agent,) = agent_tap.makeService(options)
     assert agent._result_limits == limits
     defaults = agent_tap.Options()
     defaults.parseOptions(["--backend", "tcp:127.0.0.1:2001", "--kind", "mock"])

@@ -130,8 +130,11 @@ def _cmd(run_cmd: str, **kw: Any) -> BackendNewJob:
 
 @pytest_twisted.ensureDeferred
 async def test_hostile_student_cannot_change_the_verdict(backend: DockerBackend) -> None:
-    jobs = [new_job("rs", "hostile", time_limit=20, hard_time_limit=60, mem_limit=128) for _ in range(20)]
-    results: List[JobResult] = await gatherResults([backend.run(j) for j in jobs]).addTimeout(300, _reactor())
+    # 20 at once, each starting student processes: on a busy machine (load 30 on 2 cores) they
+    # took more than a minute of wall-clock time, so the wall limit is generous; the CPU limit
+    # (20 s) is what any of them would hit if the verdict logic looped.
+    jobs = [new_job("rs", "hostile", time_limit=20, hard_time_limit=240, mem_limit=128) for _ in range(20)]
+    results: List[JobResult] = await gatherResults([backend.run(j) for j in jobs]).addTimeout(600, _reactor())
     for r in results:
         assert (r.result, r.grade, r.text) == ("failed", 20.0, "grader's verdict"), r
         assert r.custom["out"] == "HELLO" and r.custom["code"] == "3", r.custom
@@ -185,8 +188,12 @@ async def test_network_only_when_shared(backend: DockerBackend) -> None:
     """No network at all by default; --share-network: the grader's (here: its loopback)."""
     cmd = r"""
 feedback-custom alone "$(run_student sh -c 'busybox ip -o link | wc -l')"
-busybox nc -l -p 5555 > "$TMPDIR/got" &
+# The listener's input stays open (fd 3): busybox nc closes its side as soon as
+# its input ends, which with /dev/null could be before the client wrote.
+mkfifo "$TMPDIR/in"
+busybox nc -l -p 5555 < "$TMPDIR/in" > "$TMPDIR/got" &
 listener=$!
+exec 3> "$TMPDIR/in"
 # on a busy machine the listener may take a while to be up
 j=0
 until busybox netstat -ltn 2>/dev/null | grep -q ':5555 ' || [ $j -ge 100 ]; do
@@ -195,15 +202,27 @@ until busybox netstat -ltn 2>/dev/null | grep -q ':5555 ' || [ $j -ge 100 ]; do
 done
 run_student sh -c 'echo no | busybox nc -w 1 127.0.0.1 5555' 2>/dev/null; feedback-custom apart $?
 i=0
-until run_student --share-network sh -c 'echo hi | busybox nc -w 1 127.0.0.1 5555' 2>"$TMPDIR/err" || [ $i -ge 9 ]; do
+sent=no
+while [ $i -lt 10 ]; do
+    if run_student --share-network sh -c 'echo hi | busybox nc -w 1 127.0.0.1 5555' 2>"$TMPDIR/err"; then
+        sent=yes
+        break
+    fi
     i=$((i + 1))
     sleep 0.5
+done
+# what was sent is in the listener's socket: wait for it to be read, not a fixed time
+k=0
+while [ $sent = yes ] && [ ! -s "$TMPDIR/got" ] && [ $k -lt 300 ]; do
+    sleep 0.1
+    k=$((k + 1))
 done
 feedback-custom tries "$i"
 feedback-custom waited "$j"
 feedback-custom err "$(cat "$TMPDIR/err")"
 kill $listener 2>/dev/null
 wait $listener
+exec 3>&-
 feedback-custom got "$(cat "$TMPDIR/got")"
 feedback-result success
 """

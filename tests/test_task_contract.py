@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -30,6 +31,21 @@ HELPERS = ["getinput", "feedback-result", "feedback-grade", "feedback-msg", "fee
 
 def make_job(course: str = "demo", task: str = "pass", inputdata: Any = None, run_cmd: Any = None) -> BackendNewJob:
     return BackendNewJob((b"c", "j"), course, task, inputdata or {}, "default", False, 5, None, 64, False, run_cmd)
+
+
+def debugged(folder: JobFolder) -> JobFolder:
+    """The same job folder for a debug job (whose stdout and stderr come back)."""
+    j = folder.job
+    job = BackendNewJob(
+        j.job_id, j.course_id, j.task_id, j.inputdata, j.environment, j.enable_network,
+        j.time_limit, j.hard_time_limit, j.mem_limit, True, j.run_cmd,
+    )  # fmt: skip
+    return dataclasses.replace(folder, job=job)
+
+
+def archive_names(archive: Any) -> List[str]:
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        return tar.getnames()
 
 
 @pytest.fixture
@@ -190,7 +206,10 @@ def test_helpers(folder: JobFolder, tmp_path: Any, shell_name: str) -> None:
     assert r.problems == {"q1": ("success", "good"), "q2": ("failed", "from stdin\n")}
     assert r.custom == {"name": "now json", "data": {"a": [1, 2]}}
     assert r.state == "state-1"
-    assert (r.stdout, r.stderr, r.archive) == ("out", "err", None)
+    # not a debug job: no output back, and an empty archive (as INGInious: it always sends one)
+    assert (r.stdout, r.stderr, archive_names(r.archive)) == ("", "", [""])
+    r = collect_result(debugged(folder), 0, b"out", b"err")
+    assert (r.result, r.stdout, r.stderr) == ("failed", "out", "err")
 
 
 def test_helpers_outside_a_job(tmp_path: Any) -> None:
@@ -277,7 +296,7 @@ def test_symlinks_and_fifos_are_not_followed(folder: JobFolder, tmp_path: Any) -
 
 def test_output_caps(folder: JobFolder) -> None:
     write(folder, {"result": "success"})
-    r = collect_result(folder, 0, b"a" * 50, "é" * 5, limits=OutputLimits(max_stdout=10, max_stderr=100))
+    r = collect_result(debugged(folder), 0, b"a" * 50, "é" * 5, limits=OutputLimits(max_stdout=10, max_stderr=100))
     assert r.stdout.startswith("a" * 10) and "cut at 10 bytes" in r.stdout
     assert r.stderr == "é" * 5
 

@@ -87,7 +87,8 @@ def _unescape(path: str) -> str:
     return path.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "surrogateescape")
 
 
-def _unmount_under(path: str) -> None:
+def unmount_under(path: str) -> None:
+    """Unmount (lazily) whatever is mounted on or below ``path``, the deepest first."""
     root = os.path.realpath(path)
     with open("/proc/self/mounts") as f:
         points = [_unescape(line.split()[1]) for line in f if len(line.split()) > 1]
@@ -131,7 +132,8 @@ def sweep_work_dir(path: str) -> List[str]:
         if owner is None or not is_stale(owner):
             continue
         job = os.path.join(path, name[: -len(STDIN_SUFFIX)])
-        _unmount_under(job)
+        unmount_under(job)
+        unmount_under(job + STDIN_SUFFIX)  # run_student's student folders, bound there
         remove_tree(job)
         remove_tree(job + STDIN_SUFFIX)
         removed.append(os.path.basename(job))

@@ -38,12 +38,12 @@ def setns(path, nstype):
 def become(cfg, argv, in_pidns, parent):
     uid, gid = cfg["user"]
     _sandbox.expose_job(cfg["job_root"], uid, gid, in_pidns=in_pidns)
-    os.chdir(cfg["cwd"])
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
     if os.getuid() != uid or os.geteuid() != uid:
         raise OSError(1, "the job's user was not taken")
+    os.chdir(cfg["cwd"])  # as the job's user: a link the job put there leads nowhere it could not go
     if parent is not None:
         _sandbox.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # after setuid, which clears it
         if os.getppid() != 0:  # our parent, outside the namespace, is 0 here; else it died already

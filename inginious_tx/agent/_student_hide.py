@@ -8,7 +8,9 @@ control group and (unless shared) network namespace.  It:
    ``/dev/shm`` are the student's own folders in the job folder
    (``private_dirs``), the agent's work folder (every job folder,
    the agent's private stdin copies) is covered by an empty tmpfs holding
-   only this job's ``task/student``, bound back at its own path, and
+   only this job's ``task/student`` (opened from the job folder without
+   following any link: a link the grader put there is refused), bound back
+   at its own path, and
    ``/proc`` shows only the namespace's processes;
 2. joins the grader's network namespace when asked (``--share-network``);
 3. takes its standard input from the request's file, becomes the student's
@@ -65,6 +67,33 @@ def blocked(path, uid, gid):
     return None
 
 
+def open_student(root, path="task/student"):
+    """The job's own student folder, opened from the job folder with no link followed at any step.
+
+    The grader owns ``task/`` and may have put a link (to ``/``, to another
+    job's folder) where ``student`` was: refused, as anything that is not a
+    folder on the job folder's file system.
+    """
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        current = os.open(root, flags)
+    except OSError as e:
+        fail(f"cannot open the job folder: {e.strerror}")
+    top = os.fstat(current)
+    for part in path.split("/"):
+        try:
+            step = os.open(part, flags, dir_fd=current)
+        except OSError as e:
+            if e.errno in (40, 20):  # ELOOP, ENOTDIR: a link or a file
+                fail(f"{path} is not a folder of the job (a link or a file)")
+            fail(f"cannot open {path}: {e.strerror}")
+        os.close(current)
+        current = step
+    if os.fstat(current).st_dev != top.st_dev:
+        fail(f"{path} is not a folder on the job's own disk")
+    return current
+
+
 def main():
     cfg = json.loads(sys.argv[1])
     argv = sys.argv[2:]
@@ -90,7 +119,7 @@ def main():
         if user and os.fstat(fd).st_uid != user[0]:
             fail(f"the student's {target} is not the student's")  # the grader replaced it
         binds.append((target, fd))
-    keep = os.open(student, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    keep = open_student(cfg["root"])
     try:
         stdin = os.open(cfg["stdin"], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
@@ -112,10 +141,6 @@ def main():
     mount(b"proc", "/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None)
     os.dup2(stdin, 0)
     os.close(stdin)
-    try:
-        os.chdir(cfg["cwd"])
-    except OSError:
-        os.chdir(student)
     if user:
         uid, gid = user
         os.setgroups([])
@@ -123,6 +148,10 @@ def main():
         os.setuid(uid)
         if os.getuid() != uid or os.geteuid() != uid:
             fail("the student's user was not taken")
+    try:  # as the student: a link in student/ leads nowhere its user could not go
+        os.chdir(cfg["cwd"])
+    except OSError:
+        os.chdir(student)
     if _libc.prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)):
         fail("no_new_privs could not be set")
     os.environ.clear()

@@ -14,13 +14,13 @@ from typing import Any, Dict, List, Optional
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .._reactor import CommonReactor
 from ..dispatch import Dispatcher
-from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer, ITransport
+from ..interfaces import IAgentBackend, IAgentHandler, IConnection, IPeer, ITaskProblemsBackend, ITransport
 from ..messages import AgentHello, AgentJobStarted, BackendJobId, BackendKillJob, BackendNewJob, Ping, Pong
 from ..transport import Limits
 from .dialect import edge_for, environment_type_for
@@ -108,12 +108,19 @@ class Agent(Service):
         self._result_limits = result_limits if result_limits is not None else OutputLimits()
         self.maxima = maxima
         self._ssh = ssh_debug
+        #: Whether the backend grades from a 0.9 job's task_problems (the mcq kind).
+        self._grades_problems = ITaskProblemsBackend.providedBy(backend)
+        self._sink: Any = None
         self._connection: Optional[IConnection] = None
         self._peer: Optional[IPeer] = None
         self._silence_call: Optional[IDelayedCall] = None
         self._jobs: Dict[BackendJobId, _Job] = {}
         self._busy = 0
         self._idle_waiters: List[Deferred] = []
+        #: the link our last hello went on, until the backend answers anything on it
+        self._unanswered: Optional[IPeer] = None
+        #: the last reason the environments could not be listed (logged once per reason)
+        self._hello_error: Optional[str] = None
         #: The environments announced in the last hello (None before).
         self.environments: Optional[Dict[str, Dict[str, Any]]] = None
 
@@ -124,6 +131,9 @@ class Agent(Service):
         if self._ssh is not None:
             self._ssh.startService()
         sink = edge_for(self.dialect, Dispatcher(self, IAgentHandler), self._holds, self.environment_type)
+        if self._grades_problems:
+            sink.keep_problems = True  # only the 0.9 edge has them; harmless on the 0.6 one
+        self._sink = sink
         if self._transport is not None:
             self._connection = self._transport.connect(self._reactor, self.endpoint, sink, self._limits)
         else:
@@ -186,15 +196,20 @@ class Agent(Service):
             return
         self.log.info("lost the backend {peer}: {reason}", peer=peer.description, reason=reason)
         self._peer = None
+        self._unanswered = None
         self._orphan_jobs("the link to the backend was lost")
 
     def ping(self, peer: IPeer, message: Ping) -> None:
         self._heard()
+        self._answered(peer)
         peer.send(Pong())
 
     def backend_new_job(self, peer: IPeer, message: BackendNewJob) -> None:
         self._heard()
+        self._answered(peer)
         job_id = message.job_id
+        take = getattr(self._sink, "take_problems", None)
+        problems = take(job_id) if take is not None else None  # taken at once: never left behind
         if job_id in self._jobs:
             self.log.warn("job {job_id} is already running here: refusing the duplicate", job_id=job_id)
             self._send_result(job_id, JobResult.crash(f"job {job_id[1]!r} is already running on this agent"))
@@ -212,7 +227,10 @@ class Agent(Service):
         self._jobs[job_id] = job
         self._busy += 1
         self._send(AgentJobStarted(job_id))
-        d = maybeDeferred(self._backend.run, message)
+        if self._grades_problems:
+            d = maybeDeferred(self._backend.run_with_problems, message, problems)  # type: ignore[attr-defined]
+        else:
+            d = maybeDeferred(self._backend.run, message)
         if message.debug == "ssh" and not job.done:
             self._ssh.watch(message, self._backend, self._send)
         d.addCallbacks(self._job_ran, self._job_failed, callbackArgs=(job,), errbackArgs=(job,))
@@ -220,6 +238,7 @@ class Agent(Service):
 
     def backend_kill_job(self, peer: IPeer, message: BackendKillJob) -> None:
         self._heard()
+        self._answered(peer)
         job = self._jobs.get(message.job_id)
         if job is None:
             self.log.info("kill for job {job_id}, which is not running here: ignored", job_id=message.job_id)
@@ -373,21 +392,43 @@ class Agent(Service):
             if peer is not self._peer:
                 return  # a newer link will say its own hello
             self.environments = dict(environments)
+            self._hello_error = None
             peer.send(AgentHello(self.friendly_name, self.slots, self.environments))
-            self.log.info(
-                "said hello to {peer}: {slots} slots, environments {envs}",
-                peer=peer.description,
-                slots=self.slots,
-                envs=sorted(self.environments),
-            )
+            # The protocol has no answer to a hello: the backend's first message
+            # (a ping, a job) says it registered us (_answered logs it).
+            self._unanswered = peer
+            self.log.debug("hello sent to {peer}", peer=peer.description)
 
         def failed(failure: Failure) -> None:
-            self.log.failure("cannot list the environments; retrying", failure)
+            error = failure.getErrorMessage()
+            if error != self._hello_error:  # one line per new cause, not one traceback per retry
+                self._hello_error = error
+                self.log.warn(
+                    "cannot list the environments ({error}); not registering with the backend until they "
+                    "can be listed (retrying every {t:g} s)",
+                    error=error,
+                    t=self._hello_retry,
+                )
+                if not (getattr(failure.value, "unavailable", False) or failure.check(OSError)):
+                    # not a known "engine unreachable": the traceback may tell a bug (once per cause)
+                    self.log.failure("the environments could not be listed", failure, level=LogLevel.debug)
             if peer is self._peer and self.running:
                 self._reactor.callLater(self._hello_retry, self._retry_hello, peer)
 
         d.addCallback(hello)
         d.addErrback(failed)
+
+    def _answered(self, peer: IPeer) -> None:
+        """A message from the backend after our hello: it has registered us."""
+        if self._unanswered is None or peer is not self._unanswered:
+            return
+        self._unanswered = None
+        self.log.info(
+            "registered with the backend {peer}: {slots} slots, environments {envs}",
+            peer=peer.description,
+            slots=self.slots,
+            envs=sorted(self.environments or ()),
+        )
 
     def _retry_hello(self, peer: IPeer) -> None:
         if peer is self._peer:
@@ -408,8 +449,9 @@ class Agent(Service):
         if self._connection is None or not self.running:
             return
         self.log.warn(
-            "no message from the backend for {t} s: reconnecting to {endpoint}",
+            "no message from the backend for {t} s{unanswered}: reconnecting to {endpoint}",
             t=self._silence_timeout,
+            unanswered=" (no answer to our hello)" if self._unanswered is not None else "",
             endpoint=self.endpoint,
         )
         self._arm_silence()

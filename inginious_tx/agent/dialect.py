@@ -121,6 +121,14 @@ class Edge09(DialectEdge):
         self._peers: Dict[IPeer, _Peer09] = {}
         #: ``@state`` of every job handed to the agent and not answered yet.
         self._states: Dict[str, str] = {}
+        #: Whether to keep each job's ``task_problems`` for :meth:`take_problems`
+        #: (set by the agent when its backend grades from them: the mcq kind).
+        self.keep_problems = False
+        self._problems: Dict[Any, Dict[str, Any]] = {}
+
+    def take_problems(self, job_id: Any) -> Optional[Dict[str, Any]]:
+        """The ``task_problems`` of the job ``job_id`` (0.6-style id), once; None if not kept."""
+        return self._problems.pop(job_id, None)
 
     def hint(self, other: str) -> str:
         return " (is it an INGInious 0.6 backend? start the agent with --dialect 0.6)"
@@ -187,6 +195,9 @@ class Edge09(DialectEdge):
         )
         if not self._holds(job.job_id):
             self._states[message.job_id] = state
+        if self.keep_problems:
+            # taken back at once by the agent (Agent.backend_new_job), whatever it decides
+            self._problems[job.job_id] = message.task_problems
         self._inner.message_received(peer, job)
 
     def _in_BackendKillJob(self, peer: _Peer09, message: Any) -> None:

@@ -28,6 +28,13 @@ Options (``AgentConfig.options``):
     files: job folders are bind-mounted.
 ``work_dir``
     where job folders are made (default: a fresh temporary folder).
+``helpers_in_work_dir``
+    True: the helper scripts (``getinput``, ``feedback-*``...) are copied
+    into ``work_dir`` at the first job and bind-mounted from there, not
+    from the package's folder.  For an agent in a container (contrib/compose):
+    the engine resolves bind mounts on its own host, which sees ``work_dir``
+    (mounted at the same path in the agent's container) but not the package
+    inside the agent's image.
 ``user``
     ``UID:GID`` the task runs as (default ``4242:4242`` when the agent is
     root, which then hands the job folder to that user; else the agent's own).
@@ -39,14 +46,27 @@ Options (``AgentConfig.options``):
     disk.  Without root the folder is a plain folder on the agent's disk, with
     no size bound (the agent logs it once).
 
-``inginious_paths`` (True: the job's task and archive folders also at
-``/task`` and ``/archive``, see :mod:`.compat`; each bind mount costs some
+``inginious_images``
+    ``auto`` (default): without any ``--environment``, offer the engine's
+    INGInious grading images (label ``org.inginious.grading.name``, the
+    newest of each name); ``true``: offer them beside the ``--environment``
+    ones (a configured name wins); ``false``: never.  An environment whose
+    image is labelled ``org.inginious.grading.agent_version=3`` runs the
+    INGInious way (:mod:`.inginious_job`, ``docs/inginious-images.rst``).
+    ``inginious_runtime``: the OCI runtime of the images found so (default:
+    the engine's).
+
+``inginious_paths`` (True: the job's task, archive and common folders also
+at ``/task``, ``/archive`` and ``/course/common``, and the task runs in
+``/task`` with ``HOME=/task``, see :mod:`.compat`; each bind mount costs some
 20-30 ms at start under gVisor).
 
 ``pids_limit`` (256), ``sandbox_pids`` (256: added to the pids limit for
 runtimes that cannot take it, see :mod:`.runtimes`), ``poll_interval`` (0.5 s: how often CPU time is
 checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
-reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
+reaps zombies in run_student's containers; the job's own container has the
+wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
+``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
 
 ``pool_max`` (0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
 ``pool_half_life``: containers prepared ahead of demand, see :mod:`.docker_pool`.
@@ -55,6 +75,7 @@ reaps zombies), ``read_only_root`` (True), ``api_timeout`` (60 s per engine call
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -70,13 +91,16 @@ from zope.interface import implementer
 from .._reactor import CommonReactor
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
+from ._job_output import make_output_dir, thd_read_output, wrap_command
 from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_work_dir
 from ._running import JobRun
 from ._threads import BackendThreads
-from .compat import inginious_mounts
+from .compat import TASK_MOUNT, inginious_env, inginious_mounts
 from .debug import ISSHDebugBackend
 from .docker_pool import Claimed, DockerHelperMaker, DockerPool, pool_options
 from .feedback import OutputLimits, collect_result
+from .inginious_image import LABEL_NAME, image_info, pick_images
+from .inginious_job import IngiImage, IngiSession
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
 from .job_folder import JobFolder, TaskError, helpers_dir, make_job_root, prepare_job, remove_job_path
 from .result import AgentConfig, JobResult
@@ -141,9 +165,9 @@ def _is_read_timeout(exc: BaseException) -> bool:
 
 def _as_engine_error(exc: BaseException) -> Optional[DockerEngineError]:
     """Translate an SDK or HTTP exception into a :class:`DockerEngineError`; None if it is neither."""
+    docker = docker_sdk()  # first: its error names the extra to install
     import requests
 
-    docker = docker_sdk()
     if isinstance(exc, DockerEngineError):
         return exc
     if isinstance(exc, docker.errors.APIError):
@@ -172,6 +196,14 @@ def _created(attrs: Dict[str, Any]) -> int:
         return int(datetime.strptime(text[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp())
     except ValueError:
         return 0
+
+
+def _iso(created: Any) -> str:
+    """An image listing's creation time (UNIX seconds) as RFC 3339 in UTC (ordered as text)."""
+    try:
+        return datetime.fromtimestamp(int(created or 0), timezone.utc).isoformat()
+    except (TypeError, ValueError, OverflowError):
+        return ""
 
 
 def _parse_user(value: Any) -> Tuple[str, Optional[Tuple[int, int]]]:
@@ -212,6 +244,8 @@ class _Run(JobRun):
     container_id: Optional[str] = None
     #: why the backend stopped the job: (result type, text); None if it was not stopped
     stopped: Optional[Tuple[str, str]] = None
+    #: (user, working folder) of SSH debug sessions; None: the backend's own
+    debug_place: Optional[Tuple[str, str]] = None
 
 
 @implementer(IAgentBackend, ISSHDebugBackend)
@@ -219,6 +253,9 @@ class DockerBackend:
     """Runs each job in a fresh container of the job's environment image."""
 
     name = "docker"
+    #: imported when first used (the docker extra): ``twistd inginious-agent`` refuses to start without them
+    requires = ("docker", "requests")
+    extra = "docker"
     log = Logger()
 
     def __init__(self, reactor: CommonReactor, config: AgentConfig) -> None:
@@ -230,8 +267,16 @@ class DockerBackend:
         #: environment -> OCI runtime (None: the engine's default); see .runtimes
         self._runtimes = {name: spec.runtime for name, spec in specs.items()}
         self._pids_policies: Dict[str, PidsPolicy] = {}
-        if not self._images:
+        #: offer the engine's INGInious grading images (label org.inginious.grading.name); by
+        #: default (auto) when no --environment is given, so a configured agent offers what it says
+        discover = opts.get("inginious_images", "auto")
+        self._discover = not self._images if str(discover).strip().lower() == "auto" else _flag(discover)
+        if not self._images and not self._discover:
             raise ValueError("the docker backend needs at least one --environment NAME=IMAGE")
+        #: the OCI runtime of the images found by label (None: the engine's default)
+        self._found_runtime: Optional[str] = str(opts.get("inginious_runtime") or "").strip() or None
+        #: environments served the INGInious way (their image's own program, see .inginious_job)
+        self._ingi: Dict[str, IngiImage] = {}
         self._url: Optional[str] = opts.get("docker_url") or None
         self._pids_limit = int(opts.get("pids_limit", 256))
         self._sandbox_pids = int(opts.get("sandbox_pids", 256))
@@ -252,6 +297,11 @@ class DockerBackend:
         #: made on first use when not given (and then removed by close())
         self._work_dir: Optional[str] = opts.get("work_dir") or None
         self._own_work_dir = self._work_dir is None
+        self._helpers_in_work_dir = str(opts.get("helpers_in_work_dir", "")).lower() in ("1", "true", "yes")
+        if self._helpers_in_work_dir and self._work_dir is None:
+            raise ValueError("helpers_in_work_dir needs work_dir (a folder the engine sees at the same path)")
+        #: where the helper scripts are bind-mounted from (set at the first job)
+        self._helpers: Optional[str] = None
         #: unique per backend instance: every container carries it as a label
         self.instance_id: str = uuid.uuid4().hex
         #: this process, for good: a later agent removes our containers if we are killed
@@ -262,8 +312,9 @@ class DockerBackend:
         self._engine_ok: Optional[bool] = None
         self._client: Any = None
         self._client_lock = Lock()
-        # enough threads for every slot's waiting plus the odd extra call
-        self._threads = BackendThreads(IReactorFromThreads(reactor), "docker-backend", max(2, 2 * config.slots + 2))
+        # enough threads for every slot's waiting (and, on INGInious images, a student container's)
+        # plus the odd extra call
+        self._threads = BackendThreads(IReactorFromThreads(reactor), "docker-backend", max(2, 3 * config.slots + 2))
         self._closed = False
         #: what agents killed on this host left (containers, job folders) is removed once, at start
         self._swept = False
@@ -340,11 +391,12 @@ class DockerBackend:
         return ensureDeferred(self._environments())
 
     async def _environments(self) -> Dict[str, Dict[str, Any]]:
-        if not self._images:
+        if not self._images and not self._discover:
             self.log.warn("docker backend: no --environment NAME=IMAGE given; no environment offered")
             return {}
         try:
             found, missing = await self._call(self._thd_guard, self._thd_images)
+            found, self._ingi = await self._call(self._thd_guard, self._thd_inginious, found)
         except DockerEngineError as e:
             if self._engine_ok is not False:
                 self.log.error("docker backend: {error}; no environment offered until it is back", error=str(e))
@@ -414,6 +466,37 @@ class DockerBackend:
             found[name] = {"id": img.id, "created": _created(img.attrs), "ports": []}
         return found, missing
 
+    def _thd_inginious(
+        self, client: Any, found: Dict[str, Dict[str, Any]]
+    ) -> Tuple[Dict[str, Dict[str, Any]], Dict[str, IngiImage]]:
+        """Which environments are INGInious images (their labels say so), and the labelled images
+        of the engine offered beside the configured environments (see :mod:`.inginious_image`)."""
+        ingi: Dict[str, IngiImage] = {}
+        for name, env in found.items():
+            attrs = client.api.inspect_image(env["id"])
+            info = image_info(env["id"], (attrs.get("Config") or {}).get("Labels"), str(attrs.get("Created", "")))
+            if info.version is not None and info.refused is None:
+                ingi[name] = IngiImage(env["id"], self._runtimes.get(name))
+        if not self._discover:
+            return found, ingi
+        infos = [
+            image_info(str(img["Id"]), img.get("Labels"), _iso(img.get("Created")))
+            for img in client.api.images(filters={"label": LABEL_NAME})
+        ]
+        offered, refused = pick_images(infos)
+        for info in refused:
+            self.log.info(
+                "docker backend: INGInious image {name!r} ({image}) not offered: {why}",
+                name=info.name, image=info.image_id[:19], why=info.refused,
+            )  # fmt: skip
+        found = dict(found)
+        for name, info in offered.items():
+            if name in found:
+                continue  # an --environment of the same name wins
+            found[name] = {"id": info.image_id, "created": _created({"Created": info.created}), "ports": []}
+            ingi[name] = IngiImage(info.image_id, self._found_runtime)
+        return found, ingi
+
     # -- running jobs --------------------------------------------------------
 
     def run(self, job: BackendNewJob) -> Deferred[JobResult]:
@@ -441,11 +524,15 @@ class DockerBackend:
         job = run.job
         if self._closed:
             return await self._crash("the agent is shutting down")
+        if not self._config.tasks_dir:
+            return await self._crash("this docker agent has no tasks folder (--tasks)")
+        ingi = self._ingi.get(job.environment)
+        if ingi is not None:  # an INGInious image: its own program runs the job
+            run.debug_place = ("4242:4242", "/task")
+            return await IngiSession(self, run, ingi, self._ingi).run_job()
         image = self._images.get(job.environment)
         if image is None:
             return await self._crash(f"environment {job.environment!r} is not offered by this docker agent")
-        if not self._config.tasks_dir:
-            return await self._crash("this docker agent has no tasks folder (--tasks)")
         folder: Optional[JobFolder] = None
         arrived = self._reactor.seconds()
         claimed: Optional[Claimed] = None
@@ -469,7 +556,8 @@ class DockerBackend:
             # watching before the grader starts: its first request cannot be missed
             run.students = self._student_service(run, folder, image)
             if claimed is not None:
-                command, cwd = folder.command, f"{JOB_MOUNT}/task"
+                config = self._container_config(image, folder)  # the job's command, as without the pool
+                command, cwd = config["command"], config["working_dir"]
                 await self._call(self._thd_guard, self.pool.thd_go, claimed, command, cwd)  # type: ignore[union-attr]
             else:
                 await self._call(self._thd_guard, self._thd_start, run.container_id)
@@ -518,11 +606,28 @@ class DockerBackend:
                 why=policy.reason,
             )
 
+    def _thd_helpers(self) -> str:
+        """The folder the helper scripts are bind-mounted from (see ``helpers_in_work_dir``)."""
+        if not self._helpers_in_work_dir or self._work_dir is None:
+            return helpers_dir()
+        target = os.path.join(self._work_dir, ".inginious-tx-helpers")
+        shutil.copytree(helpers_dir(), target, dirs_exist_ok=True)
+        os.chmod(target, 0o755)
+        for name in os.listdir(target):
+            os.chmod(os.path.join(target, name), 0o755)
+        return target
+
     def _thd_work_dir(self) -> str:
+        """The work folder (made on first use, with the helpers' copy when asked)."""
         with self._client_lock:
             if self._work_dir is None:
                 self._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
-            return self._work_dir
+            if self._helpers is None:
+                self._helpers = self._thd_helpers()
+        if os.geteuid() == 0:  # containers never walk it: only the agent and the engine (root) need to
+            os.makedirs(self._work_dir, mode=0o700, exist_ok=True)
+            os.chmod(self._work_dir, 0o700)
+        return self._work_dir
 
     def _thd_job_root(self) -> str:
         """An empty job folder, made as :meth:`_thd_prepare` makes one (for a container made ahead)."""
@@ -530,15 +635,16 @@ class DockerBackend:
 
     def _thd_prepare(self, job: BackendNewJob, root: Optional[str] = None) -> JobFolder:
         """The job's folder: a new one, or ``root`` made earlier by :meth:`_thd_job_root`, filled."""
+        work_dir = self._thd_work_dir()
         owner = self._chown_to if os.geteuid() == 0 else None
         folder = prepare_job(
-            self._config.tasks_dir or "", job, self._thd_work_dir(), disk_mb=self._disk_mb, owner=owner, marked=True,
-            root=root,
-        )  # fmt: skip
+            self._config.tasks_dir or "", job, work_dir, disk_mb=self._disk_mb, owner=owner, marked=True, root=root
+        )
         try:
             exchange = make_exchange(folder)
             if owner is not None:
                 os.chown(exchange, *owner)
+            make_output_dir(folder, owner)
         except BaseException:
             remove_job_path(folder.root)
             remove_job_path(folder.root + STDIN_SUFFIX)
@@ -563,15 +669,16 @@ class DockerBackend:
             image=image,
             runtime=runtime,
             command=folder.command,
-            working_dir=f"{JOB_MOUNT}/task",
+            working_dir=TASK_MOUNT if self._inginious_paths else f"{JOB_MOUNT}/task",
             environment={
                 **folder.env(mount_root=JOB_MOUNT, helpers=HELPERS_MOUNT),
+                **(inginious_env(folder) if self._inginious_paths else {}),
                 RUN_STUDENT_ENV: f"{JOB_MOUNT}/{EXCHANGE}",
             },
             user=self._user,
             mounts=[
                 docker.types.Mount(JOB_MOUNT, folder.root, type="bind", read_only=False),
-                docker.types.Mount(HELPERS_MOUNT, helpers_dir(), type="bind", read_only=True),
+                docker.types.Mount(HELPERS_MOUNT, self._helpers or helpers_dir(), type="bind", read_only=True),
                 *(inginious_mounts(docker, folder) if self._inginious_paths else []),
             ],
             network_mode="bridge" if job.enable_network else "none",
@@ -590,7 +697,9 @@ class DockerBackend:
         )
 
     def _thd_create(self, client: Any, image: str, folder: JobFolder) -> str:
-        container = client.containers.create(**self._container_config(image, folder))
+        config = self._container_config(image, folder)
+        wrap_command(config, docker_sdk(), JOB_MOUNT, self._limits)  # output cut in the container, no log
+        container = client.containers.create(**config)
         return container.id
 
     def _thd_start(self, client: Any, container_id: str) -> None:
@@ -649,8 +758,7 @@ class DockerBackend:
         cid = run.container_id
         state = client.api.inspect_container(cid).get("State", {})
         # one byte over the cap, so that collect_result marks the cut
-        stdout = client.api.logs(cid, stdout=True, stderr=False)[: self._limits.max_stdout + 1]
-        stderr = client.api.logs(cid, stdout=False, stderr=True)[: self._limits.max_stderr + 1]
+        stdout, stderr = thd_read_output(folder, self._limits)
         outcome = run.stopped
         if outcome is None and state.get("OOMKilled"):
             outcome = ("overflow", f"The job used more than its memory limit ({run.job.mem_limit} MB).")
@@ -748,7 +856,9 @@ class DockerBackend:
         d: Deferred = Deferred()
 
         def up(cid: Optional[str]) -> Optional[str]:
-            d.callback(None if cid is None else DockerSandbox(cid, self._user, f"{JOB_MOUNT}/task", self._url))
+            workdir = TASK_MOUNT if self._inginious_paths else f"{JOB_MOUNT}/task"  # where the grader runs
+            user, workdir = run.debug_place or (self._user, workdir)
+            d.callback(None if cid is None else DockerSandbox(cid, user, workdir, self._url))
             return cid
 
         run.up.addCallback(up)

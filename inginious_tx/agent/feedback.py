@@ -10,10 +10,12 @@ what comes back.  Everything here blocks: call it in a thread.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import stat
+import tarfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -21,7 +23,7 @@ from .filetree import TreeTooLarge, archive_tree
 from .job_folder import NAME_PATTERN, JobFolder
 from .result import RESULT_TYPES, JobResult
 
-__all__ = ["OutputLimits", "FeedbackError", "collect_result", "cap_text"]
+__all__ = ["OutputLimits", "FeedbackError", "collect_result", "cap_text", "empty_archive"]
 
 
 class FeedbackError(ValueError):
@@ -226,6 +228,21 @@ def cap_text(data: Union[bytes, str, None], cap: int) -> Optional[str]:
     return _text(data)
 
 
+def empty_archive(path: str) -> bytes:
+    """What INGInious sends for an empty ``/archive``: a gzipped tar holding only the folder itself."""
+    buf = io.BytesIO()
+    info = tarfile.TarInfo("")
+    info.type = tarfile.DIRTYPE
+    try:
+        st = os.lstat(path)
+        info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+    except OSError:
+        info.mode = 0o777
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info)
+    return buf.getvalue()
+
+
 def collect_result(
     folder: JobFolder,
     exit_code: Optional[int],
@@ -239,13 +256,19 @@ def collect_result(
     ``exit_code``: the exit status of ``run`` (negative: killed by that
     signal; None: unknown).  ``outcome``: a ``(result, text)`` the backend
     already decided (``timeout``, ``overflow``, ``killed``...): the feedback is
-    then ignored, but stdout, stderr and the archive are still returned.
+    then ignored, but the archive (and the output) are still returned.
 
-    A result written by the task wins over the exit status.  Nothing written:
-    ``error`` saying so.  Invalid feedback: ``error`` saying why.
+    A result written by the task wins over the exit status; it always comes
+    with an archive, an empty one (:func:`empty_archive`) when the task put
+    nothing in ``archive/``, as with INGInious.  Nothing written: ``error``
+    saying so.  Invalid feedback: ``error`` saying why.  ``stdout`` and
+    ``stderr`` are returned only for a debug job (``job.debug`` true), as
+    INGInious does.
     """
-    out = cap_text(stdout, limits.max_stdout)
-    err = cap_text(stderr, limits.max_stderr)
+    # As INGInious: a job's output goes back only when it is debugged (the frontend shows it then).
+    debug = bool(folder.job.debug)
+    out = cap_text(stdout, limits.max_stdout) if debug else ""
+    err = cap_text(stderr, limits.max_stderr) if debug else ""
     try:
         archive = _archive(folder.root, limits)
     except (FeedbackError, OSError) as e:
@@ -276,6 +299,8 @@ def collect_result(
             stdout=out,
             stderr=err,
         )
+    if archive is None:
+        archive = empty_archive(os.path.join(folder.root, "archive"))
     return JobResult(
         feedback["result"],
         feedback.get("text", ""),

@@ -27,6 +27,7 @@ __all__ = ["TreeError", "TreeTooLarge", "remove_tree", "archive_tree", "chown_tr
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_PATH_DIR = getattr(os, "O_PATH", 0o10000000) | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class TreeError(OSError):
@@ -47,9 +48,14 @@ def _open_dir(name: str, parent: int) -> int:
     try:
         return os.open(name, _DIR, dir_fd=parent)
     except PermissionError:
-        # only folders get here (O_NOFOLLOW refuses links): make it ours to read and clear
-        os.chmod(name, 0o700, dir_fd=parent, follow_symlinks=True)
-        return os.open(name, _DIR, dir_fd=parent)
+        # a folder a job took the rights away from: make it ours to read and clear, through a
+        # descriptor of that very folder (a name the job swapped for a link meanwhile is refused)
+        path_fd = os.open(name, _PATH_DIR, dir_fd=parent)
+        try:
+            os.chmod(f"/proc/self/fd/{path_fd}", 0o700)
+            return os.open(f"/proc/self/fd/{path_fd}", _DIR & ~os.O_NOFOLLOW)
+        finally:
+            os.close(path_fd)
 
 
 def _up(fd: int, expected: Tuple[int, int]) -> int:

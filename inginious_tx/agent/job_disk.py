@@ -27,13 +27,14 @@ import ctypes.util
 import os
 from typing import Optional
 
-__all__ = ["DEFAULT_DISK_MB", "can_mount", "mount_job_disk", "unmount_job_disk", "disk_full"]
+__all__ = ["DEFAULT_DISK_MB", "can_mount", "mount_job_disk", "unmount_job_disk", "disk_full", "bind_fd", "detach"]
 
 #: Size of a job's tmpfs when the agent is not told otherwise (option ``job_disk_mb``).
 DEFAULT_DISK_MB = 256
 
 _MS_NOSUID = 2
 _MS_NODEV = 4
+_MS_BIND = 4096
 _MNT_DETACH = 2
 
 _libc: Optional[ctypes.CDLL] = None
@@ -75,6 +76,20 @@ def unmount_job_disk(path: str) -> bool:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot unmount the tmpfs on {path}: {os.strerror(err)}")
     return True
+
+
+def bind_fd(fd: int, target: str) -> None:
+    """Bind-mount the very folder the descriptor ``fd`` holds on ``target`` (no path is resolved again)."""
+    if _c().mount(f"/proc/self/fd/{fd}".encode(), os.fsencode(target), None, _MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot bind a folder on {target}: {os.strerror(err)}")
+
+
+def detach(target: str) -> None:
+    """Unmount ``target`` lazily (what still uses it keeps it); raises OSError if the kernel refuses."""
+    if _c().umount2(os.fsencode(target), _MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot unmount {target}: {os.strerror(err)}")
 
 
 def disk_full(path: str, size_mb: int) -> bool:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..messages import BackendNewJob
-from ._leftovers import STDIN_SUFFIX, mark_job
+from ._leftovers import STDIN_SUFFIX, mark_job, unmount_under
 from .filetree import chown_tree, remove_tree
 from .job_disk import mount_job_disk, unmount_job_disk
 
@@ -30,6 +30,9 @@ __all__ = [
     "NAME_PATTERN",
     "DEFAULT_PATH",
     "TaskError",
+    "COMMON_DIR",
+    "RUN_FILES",
+    "find_run_file",
     "JobFolder",
     "helpers_dir",
     "prepare_job",
@@ -49,6 +52,39 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _SUBDIRS = ("input", "feedback", "archive", "tmp")
 
+#: A course's folder shared by its tasks (INGInious' name), copied into each job as ``JOB/common``.
+COMMON_DIR = "$common"
+#: The run files looked for, in INGInious' order, in the task then in the course's ``$common``:
+#: name -> how it is started (None: executed itself; else by that interpreter, no shebang needed).
+RUN_FILES: Tuple[Tuple[str, Optional[str]], ...] = (
+    ("run", None),
+    ("run.py", "python"),
+    ("run.py3", "python"),
+    ("run.sh", "shell"),
+)
+# How a run file without its own shebang is started, from a path the shell expands: INGInious runs
+# run.py with Python 3 and run.sh with bash; an image without them falls back to python / sh.
+_LAUNCHERS = {
+    None: 'exec "{path}"',
+    "python": 'if command -v python3 >/dev/null 2>&1; then exec python3 "{path}"; fi; exec python "{path}"',
+    "shell": 'if [ -x /bin/bash ]; then exec /bin/bash "{path}"; fi; exec /bin/sh "{path}"',
+}
+
+
+def find_run_file(task_src: str, common_src: Optional[str]) -> Optional[Tuple[str, str]]:
+    """Where the run file is: ``("task" | "common", NAME)``, or None.
+
+    As INGInious: ``run``, ``run.py``, ``run.py3``, ``run.sh`` in the task folder, then the same
+    names in the course's ``$common`` folder; the first regular file found wins.
+    """
+    for where, folder in (("task", task_src), ("common", common_src)):
+        if folder is None:
+            continue
+        for name, _ in RUN_FILES:
+            if os.path.isfile(os.path.join(folder, name)):
+                return where, name
+    return None
+
 
 class TaskError(Exception):
     """The job cannot be prepared (bad ids, missing task): a ``crash`` result."""
@@ -64,6 +100,8 @@ class JobFolder:
     disk_mb: int = 0
     #: The job's own copy of the helper scripts, when it runs as another user (see :func:`prepare_job`).
     helpers: Optional[str] = None
+    #: The run file found (:func:`find_run_file`): ``("task" | "common", NAME)``; None with a ``run_cmd``.
+    run_file: Optional[Tuple[str, str]] = None
 
     @property
     def task_dir(self) -> str:
@@ -90,11 +128,24 @@ class JobFolder:
         return os.path.join(self.root, "tmp")
 
     @property
+    def common_dir(self) -> str:
+        """The job's copy of the course's ``$common`` folder (absent when the course has none)."""
+        return os.path.join(self.root, "common")
+
+    @property
     def command(self) -> List[str]:
-        """The argv to run, relative to the task folder (the working directory)."""
+        """The argv to run, relative to the task folder (the working directory).
+
+        A run file of the course's ``$common`` is reached through ``$INGINIOUS_COMMON``, so the
+        same argv works wherever the agent shows that folder (``/course/common`` in a container).
+        """
         if self.job.run_cmd:
             return ["/bin/sh", "-c", self.job.run_cmd]
-        return ["./run"]
+        where, name = self.run_file or ("task", "run")
+        if (where, name) == ("task", "run"):
+            return ["./run"]
+        path = f"./{name}" if where == "task" else f"$INGINIOUS_COMMON/{name}"
+        return ["/bin/sh", "-c", _LAUNCHERS[dict(RUN_FILES)[name]].format(path=path)]
 
     def env(
         self,
@@ -123,6 +174,7 @@ class JobFolder:
             "INGINIOUS_INPUT": f"{root}/input",
             "INGINIOUS_FEEDBACK": f"{root}/feedback",
             "INGINIOUS_ARCHIVE": f"{root}/archive",
+            "INGINIOUS_COMMON": f"{root}/common",
             "INGINIOUS_COURSE_ID": job.course_id,
             "INGINIOUS_TASK_ID": job.task_id,
             "INGINIOUS_TIME_LIMIT": str(job.time_limit),
@@ -220,9 +272,15 @@ def prepare_job(
     src = os.path.join(tasks_dir, job.course_id, job.task_id)
     if not os.path.isdir(src):
         raise TaskError(f"task {job.course_id}/{job.task_id} does not exist on this agent")
-    run = os.path.join(src, "run")
-    if not job.run_cmd and not os.path.isfile(run):
-        raise TaskError(f"task {job.course_id}/{job.task_id} has no 'run' file")
+    common_src: Optional[str] = os.path.join(tasks_dir, job.course_id, COMMON_DIR)
+    if not os.path.isdir(common_src or ""):
+        common_src = None
+    run_file = None if job.run_cmd else find_run_file(src, common_src)
+    if not job.run_cmd and run_file is None:
+        raise TaskError(
+            f"task {job.course_id}/{job.task_id} has no 'run' file "
+            f"(looked for run, run.py, run.py3 and run.sh in the task, then in the course's {COMMON_DIR})"
+        )
     if root is None:
         root = make_job_root(work_root, disk_mb=disk_mb, private=private, marked=marked)
     try:
@@ -230,14 +288,16 @@ def prepare_job(
         # installed package may be out of its reach (a home folder closed to
         # others, or a checkout under /tmp, which the job sees privately).
         helpers = os.path.join(root, HELPERS_COPY) if owner is not None else None
-        folder = JobFolder(root, job, disk_mb if disk_mb > 0 else 0, helpers)
+        folder = JobFolder(root, job, disk_mb if disk_mb > 0 else 0, helpers, run_file)
         if helpers is not None:
             shutil.copytree(helpers_dir(), helpers)
         shutil.copytree(src, folder.task_dir, symlinks=True, dirs_exist_ok=True)
+        if common_src is not None:
+            shutil.copytree(common_src, folder.common_dir, symlinks=True)
         os.makedirs(folder.student_dir, exist_ok=True)
         os.chmod(folder.student_dir, 0o777)
-        copied_run = os.path.join(folder.task_dir, "run")
-        if not job.run_cmd:
+        if run_file is not None and run_file[1] == "run":
+            copied_run = os.path.join(folder.task_dir if run_file[0] == "task" else folder.common_dir, "run")
             st = os.lstat(copied_run)
             if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o111:
                 os.chmod(copied_run, st.st_mode | 0o755)  # a private copy: be lenient
@@ -294,6 +354,8 @@ def remove_job_path(root: str) -> None:
     """Delete a job folder by path (blocking; missing is fine): unmount its tmpfs, then remove
     what is left without recursion and without following links."""
     unmount_job_disk(root)
+    if root.endswith(STDIN_SUFFIX):  # the agent's own folder: student folders bound there (run_student)
+        unmount_under(root)
     remove_tree(root)
 
 

@@ -24,14 +24,35 @@ no-new-privileges, read-only root, init, pids limit), and:
 The working directory is the caller's when it is the task folder or inside
 ``student/`` (the task folder then holds nothing but ``student/``), else
 ``student/``.
+
+**Which folder is mounted.**  The grader owns ``task/`` and may have put a
+link (to ``/``, to another job's folder) where ``student/`` was; the engine,
+root on the host, would follow it.  So the engine never gets a path inside
+the job folder: the agent opens ``task/student`` from the job folder without
+following links (:mod:`._beneath`), checks that it is a folder on the job's
+own disk, and binds that very folder (``/proc/self/fd/N``) on
+``JOB.stdin/student-ID``, in its own 0700 folder beside the job folder, which
+no job reaches; that path is the source the engine mounts.  It is unmounted
+when the student's container is removed.  An agent that cannot mount (not
+root) moves the checked folder there instead and moves it back once the
+container has started (the grader does not see ``student/`` meanwhile).  A
+link or anything else is refused: the call answers 254 saying why.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import errno
+import os
+import stat
+from typing import Any, Dict, List, Optional, Tuple
 
+from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
+from ._beneath import PathEscape, open_job_dir
+from ._job_output import STUDENT_WRAPPER
+from ._leftovers import STDIN_SUFFIX
+from .job_disk import bind_fd, can_mount, detach
 from .job_folder import DEFAULT_PATH, JobFolder
 from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, LauncherBase, StudentOutcome, StudentRequest
 
@@ -63,10 +84,13 @@ class DockerStudentLauncher(LauncherBase):
         for cid in [c for c in self._live.values() if c]:
             b._call(b._thd_guard, b._thd_kill, cid).addErrback(lambda f: None)
 
-    def _config(self, request: StudentRequest) -> Dict[str, Any]:
+    def _config(self, request: StudentRequest, source: str) -> Dict[str, Any]:
         from .docker import docker_sdk
 
         docker = docker_sdk()
+        b_limits = self._backend._limits
+        caps = [str(b_limits.max_stdout + 1), str(b_limits.max_stderr + 1)]
+        log_bytes = b_limits.max_stdout + b_limits.max_stderr + 2
         grader = self._backend._container_config(self._image, self._folder)
         mem = f"{max(request.memory_mb or 0, _MIN_MEM_MB)}m" if request.memory_mb else grader["mem_limit"]
         cwd = request.cwd if _inside(request.cwd, self._student, "/task/student") else ""
@@ -76,7 +100,7 @@ class DockerStudentLauncher(LauncherBase):
         for key in ("environment", "mounts", "working_dir", "command", "network_mode", "labels", "mem_limit"):
             config.pop(key, None)
         config.update(
-            command=["/bin/sh", "-c", f'exec "$@" <{STDIN_MOUNT}', "run_student", *request.argv],
+            command=["/bin/sh", "-c", STUDENT_WRAPPER, "run_student", STDIN_MOUNT, *caps, *request.argv],
             working_dir=cwd or self._student,
             environment={
                 "PATH": DEFAULT_PATH,
@@ -86,8 +110,8 @@ class DockerStudentLauncher(LauncherBase):
                 "INGINIOUS_STUDENT": self._student,
             },
             mounts=[
-                docker.types.Mount(self._student, self._folder.student_dir, type="bind", read_only=False),
-                docker.types.Mount("/task/student", self._folder.student_dir, type="bind", read_only=False),
+                docker.types.Mount(self._student, source, type="bind", read_only=False),
+                docker.types.Mount("/task/student", source, type="bind", read_only=False),
                 docker.types.Mount(STDIN_MOUNT, request.stdin_path, type="bind", read_only=True),
             ],
             tmpfs={"/tmp": "size=64m,mode=1777"},
@@ -95,6 +119,11 @@ class DockerStudentLauncher(LauncherBase):
             labels=labels,
             mem_limit=mem,
             memswap_limit=mem,
+            # the wrapper passes at most cap + 1 bytes per stream; room for the log's JSON around
+            # them (some 70 bytes a line), so that the first bytes are not rotated away
+            log_config=docker.types.LogConfig(
+                type="json-file", config={"max-size": str(max(32 * log_bytes, 1 << 20)), "max-file": "1"}
+            ),
         )
         return config
 
@@ -104,12 +133,21 @@ class DockerStudentLauncher(LauncherBase):
             return StudentOutcome(EXIT_FAILED, stderr=b"run_student: the job is ending\n")
         self._live[request.rid] = None
         cid: Optional[str] = None
+        staged: Optional[Tuple[str, bool]] = None
         try:
-            cid = await b._call(b._thd_guard, _thd_create, self._config(request))
+            try:
+                staged = await b._call(thd_stage_student, self._folder, request.rid)
+            except PathEscape as e:
+                self.log.warn("run_student: {rid} refused: {e}", rid=request.rid, e=e.strerror)
+                return StudentOutcome(EXIT_FAILED, stderr=f"run_student: refused: {e.strerror}\n".encode())
+            cid = await b._call(b._thd_guard, _thd_create, self._config(request, staged[0]))
             self._live[request.rid] = cid
             if self._stopping:
                 return StudentOutcome(EXIT_FAILED, stderr=b"run_student: the job is ending\n")
             await b._call(b._thd_guard, b._thd_start, cid)
+            if not staged[1]:  # moved, not bound: the container holds it now; give it back to the grader
+                moved, staged = staged, None
+                await b._call(thd_unstage_student, self._folder, request.rid, moved)
             reactor = b._reactor
             timed_out: List[str] = []
 
@@ -138,12 +176,20 @@ class DockerStudentLauncher(LauncherBase):
             return StudentOutcome(EXIT_FAILED, stderr=f"run_student: cannot run the command: {e}\n".encode())
         finally:
             self._live.pop(request.rid, None)
+            # off the grader's critical path: it gets its answer first; stop() waits for this
+            ending: Any = None
             if cid is not None:
-                # off the grader's critical path: it gets its answer first; stop() waits for this
-                removal = b._call(b._thd_guard, b._thd_remove, cid)
-                removal.addErrback(lambda f, cid=cid: b._orphans.add(cid))
-                self._waits.append(removal)
-                removal.addBoth(lambda r, d=removal: self._waits.remove(d))
+                ending = b._call(b._thd_guard, b._thd_remove, cid)
+                ending.addErrback(lambda f, cid=cid: b._orphans.add(cid))
+            if staged is not None:  # after the container is gone (the engine holds its mount till then)
+                ending = ending or succeed(None)
+                ending.addCallback(lambda _, s=staged: b._call(thd_unstage_student, self._folder, request.rid, s))
+                ending.addErrback(
+                    lambda f: self.log.warn("run_student: cannot unmount its folder: {e}", e=f.getErrorMessage())
+                )
+            if ending is not None:
+                self._waits.append(ending)
+                ending.addBoth(lambda r, d=ending: self._waits.remove(d))
 
     def _sigkill_is_oom(self) -> bool:
         """Under a runtime other than runc, a SIGKILL the agent did not send is the memory limit's.
@@ -175,6 +221,72 @@ def _inside(cwd: str, *students: str) -> bool:
         if cwd == student or cwd.startswith(student + "/") or cwd == student.rsplit("/", 1)[0]:
             return True
     return False
+
+
+def _stage_path(folder: JobFolder, rid: str) -> str:
+    return os.path.join(folder.root + STDIN_SUFFIX, f"student-{rid}")
+
+
+def thd_stage_student(folder: JobFolder, rid: str) -> Tuple[str, bool]:
+    """Put the job's checked ``task/student`` at a path no job can change (blocking).
+
+    Returns (that path, True if bound; False if moved there).  Raises
+    :class:`PathEscape` when ``task/student`` is not the job's own folder.
+    """
+    stage = _stage_path(folder, rid)
+    if can_mount():
+        fd = open_job_dir(folder.root, "task/student")
+        try:
+            os.mkdir(stage, 0o700)
+            try:
+                bind_fd(fd, stage)
+            except BaseException:
+                os.rmdir(stage)
+                raise
+        finally:
+            os.close(fd)
+        return stage, True
+    # no mount: move the folder (same file system: no tmpfs without root) into the agent's
+    task = open_job_dir(folder.root, "task")
+    try:
+        parent = os.open(folder.root + STDIN_SUFFIX, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            name = os.path.basename(stage)
+            os.rename("student", name, src_dir_fd=task, dst_dir_fd=parent)
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if not stat.S_ISDIR(st.st_mode) or st.st_dev != os.fstat(task).st_dev:
+                os.rename(name, "student", src_dir_fd=parent, dst_dir_fd=task)
+                raise PathEscape(errno.EXDEV, "task/student is not a folder of the job (a link or a file)")
+        finally:
+            os.close(parent)
+    except FileNotFoundError:
+        raise PathEscape(errno.ENOENT, "the job has no task/student folder") from None
+    finally:
+        os.close(task)
+    return stage, False
+
+
+def thd_unstage_student(folder: JobFolder, rid: str, staged: Tuple[str, bool]) -> None:
+    """Undo :func:`thd_stage_student` (blocking)."""
+    stage, bound = staged
+    if bound:
+        detach(stage)
+        os.rmdir(stage)
+        return
+    try:
+        task = open_job_dir(folder.root, "task")
+    except OSError:
+        return  # the grader took task/ away: the folder stays the agent's, removed with the job
+    try:
+        parent = os.open(folder.root + STDIN_SUFFIX, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.rename(os.path.basename(stage), "student", src_dir_fd=parent, dst_dir_fd=task)
+        except OSError:
+            pass  # the grader made another student/ meanwhile: it keeps it
+        finally:
+            os.close(parent)
+    finally:
+        os.close(task)
 
 
 def _thd_create(client: Any, config: Dict[str, Any]) -> str:

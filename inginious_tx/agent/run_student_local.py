@@ -90,6 +90,7 @@ class LocalStudentLauncher(LauncherBase):
         student = folder.student_dir
         hide = {
             "student": student,
+            "root": folder.root,
             "cover": os.path.dirname(folder.root),
             "stdin": request.stdin_path,
             "cwd": request.cwd if request.cwd == folder.task_dir or request.cwd.startswith(student) else student,

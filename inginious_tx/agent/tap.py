@@ -8,6 +8,7 @@ point group, chosen with ``--kind``.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from dataclasses import replace
@@ -15,9 +16,9 @@ from typing import Any, Dict, List
 
 from twisted.python import usage
 
-from .._options import at_least_one, plugin_listing, positive_float, print_and_exit
+from .._options import CommandOptions, at_least_one, plugin_listing, positive_float, print_and_exit
 from ..plugin import AGENT_BACKENDS, PluginError, available, load
-from ..transport import DEFAULT_MAX_FRAME, Limits, check_credentials
+from ..transport import DEFAULT_MAX_FRAME, Limits, check_endpoint
 from .feedback import OutputLimits
 from .limits import DEFAULT_MAXIMA, JobMaxima
 from .result import AgentConfig
@@ -37,6 +38,27 @@ def _dialect(value: str) -> str:
     return value
 
 
+def missing_extra(backend_class: Any) -> str:
+    """Why ``backend_class`` cannot run here ('' if it can): a module it needs is not installed.
+
+    An agent backend lists the modules it imports lazily as ``requires``
+    (module names) and the package extra that brings them as ``extra``.
+    """
+    absent = []
+    for module in getattr(backend_class, "requires", ()):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            absent.append(module)
+    if not absent:
+        return ""
+    extra = getattr(backend_class, "extra", None)
+    fix = f"pip install 'inginious-tx[{extra}]'" if extra else f"pip install {' '.join(absent)}"
+    return f"needs the Python package(s) {', '.join(absent)}, not installed: {fix}"
+
+
 def kinds() -> List[str]:
     """Names of the installed agent backends."""
     return sorted(available(GROUP))
@@ -47,8 +69,12 @@ def kind_listing() -> str:
     return plugin_listing(kinds(), lambda name: load(GROUP, name), DEFAULT_KIND)
 
 
-class Options(usage.Options):
+class Options(CommandOptions):
     """Options of ``twistd inginious-agent``."""
+
+    command = "inginious-agent"
+    config_section = "agent"
+    repeatable = ("environment", "option")
 
     synopsis = "--backend ENDPOINT [--kind KIND] [--slots N] [--tasks DIR] [--environment NAME[=IMAGE]]... [options]"
 
@@ -123,9 +149,9 @@ class Options(usage.Options):
         [
             "dialect",
             None,
-            "0.6",
+            None,
             "INGInious protocol the backend speaks: 0.6 (INGInious 0.6, inginious-tx) or 0.9 "
-            "(INGInious 0.7 to 0.9.x, and inginious-tx).",
+            "(INGInious 0.7 to 0.9.x, and inginious-tx) [default: 0.6; 0.9 for the mcq kind, which needs it].",
             _dialect,
         ],
         [
@@ -150,6 +176,8 @@ class Options(usage.Options):
             "local runs TASKS/COURSE/TASK/run as a child process: a sandbox for trusted code and "
             "development only (see inginious_tx.agent.local). "
             "docker runs each job in a container of the environment's image. "
+            "mcq grades multiple-choice and match problems as INGInious 0.9's mcq agent does "
+            "(0.9 dialect, environment type and name mcq; see docs/mcq.rst). "
             "Every kind applies the maxima: time and memory above --max-time, --max-hard-time and --max-memory "
             "are capped; the network and run_cmd are refused unless --allow-network / --allow-run-cmd."
         )
@@ -177,13 +205,26 @@ class Options(usage.Options):
         if not self["backend"]:
             raise usage.UsageError("--backend ENDPOINT is required (e.g. zmq:tcp://127.0.0.1:2001)")
         try:
-            check_credentials(self["backend"])
+            check_endpoint(self["backend"], listening=False)
         except ValueError as e:
             raise usage.UsageError(f"--backend: {e}")
         try:
             self["backend_class"] = load(GROUP, self["kind"])
         except PluginError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--kind {self['kind']!r}: {e}")
+        missing = missing_extra(self["backend_class"])
+        if missing:
+            raise usage.UsageError(f"--kind {self['kind']}: {missing}")
+        if self["ssh-port"] is not None and importlib.util.find_spec("twisted.conch") is None:
+            raise usage.UsageError(
+                "--ssh-port: the SSH debug server needs Twisted's conch, which is not installed: "
+                "pip install 'inginious-tx[ssh]'"
+            )
+        required = getattr(self["backend_class"], "dialect", None)
+        if self["dialect"] is None:
+            self["dialect"] = required or "0.6"
+        elif required is not None and self["dialect"] != required:
+            raise usage.UsageError(f"--kind {self['kind']} speaks only the {required} dialect (--dialect {required})")
         if self["environment-type"] is not None and not self["environment-type"].strip():
             raise usage.UsageError("--environment-type: the type is empty")
         if self["tasks"] is not None and not os.path.isdir(self["tasks"]):
@@ -196,12 +237,14 @@ class Options(usage.Options):
         self["result_limits"] = replace(
             _OUTPUT, max_archive=self["max-archive"], max_stdout=self["max-stdout"], max_stderr=self["max-stderr"]
         )
+        # A kind that runs nothing (mcq) has no network or command to refuse.
+        runs_code = getattr(self["backend_class"], "runs_code", True)
         self["maxima"] = JobMaxima(
             max_time=self["max-time"],
             max_hard_time=self["max-hard-time"],
             max_memory=self["max-memory"],
-            allow_network=bool(self["allow-network"]),
-            allow_run_cmd=bool(self["allow-run-cmd"]),
+            allow_network=bool(self["allow-network"]) or not runs_code,
+            allow_run_cmd=bool(self["allow-run-cmd"]) or not runs_code,
         )
         self["config"] = AgentConfig(
             tasks_dir=os.path.abspath(self["tasks"]) if self["tasks"] else None,
@@ -213,16 +256,19 @@ class Options(usage.Options):
 
 
 def makeService(options: Dict[str, Any]) -> Any:
-    """The agent service for twistd, on the global (chosen) reactor."""
+    """The agent service for twistd, on the global (chosen) reactor, in a
+    :class:`~inginious_tx._twistd.StartGuard`: if it cannot start (its SSH
+    debug port is taken...), the process ends with a non-zero status."""
     from twisted.internet import reactor
 
+    from .._twistd import guarded
     from .core import Agent
 
     try:
         backend = options["backend_class"](reactor, options["config"])
     except (ValueError, OSError) as e:
         raise SystemExit(f"inginious-agent: the {options['kind']} backend cannot start: {e}")
-    return Agent(
+    agent = Agent(
         reactor,
         backend,
         options["name"],
@@ -236,3 +282,5 @@ def makeService(options: Dict[str, Any]) -> Any:
         maxima=options["maxima"],
         ssh_debug=ssh_server(reactor, options),
     )
+    agent.setName("inginious-agent")
+    return guarded(reactor, "inginious-agent", agent)

@@ -1,10 +1,12 @@
 """The grading-task contract shared by every agent backend that runs real tasks.
 
-A task is a folder ``TASKS/<course_id>/<task_id>/`` holding an executable
-``run`` (any language; the examples are POSIX sh).  For each job the backend
-makes a **job folder**, runs ``./run`` (or ``/bin/sh -c RUN_CMD``) in its
-``task/`` copy with the environment of :meth:`JobFolder.env`, then turns what
-the task wrote into a :class:`~inginious_tx.agent.result.JobResult`::
+A task is a folder ``TASKS/<course_id>/<task_id>/`` holding a run file
+(any language; the examples are POSIX sh): ``run``, ``run.py``, ``run.py3``
+or ``run.sh``, looked for in the task then in the course's ``$common`` folder,
+as INGInious does (:func:`~.job_folder.find_run_file`).  For each job the
+backend makes a **job folder**, runs the run file (or ``/bin/sh -c RUN_CMD``)
+in its ``task/`` copy with the environment of :meth:`JobFolder.env`, then
+turns what the task wrote into a :class:`~inginious_tx.agent.result.JobResult`::
 
     JOB/
       task/          private copy of the task folder; the working directory
@@ -13,6 +15,7 @@ the task wrote into a :class:`~inginious_tx.agent.result.JobResult`::
       input.json     the whole input as JSON (bytes as {"$base64": "..."})
       feedback/      what the feedback-* helpers write; parsed by collect_result
       archive/       files put here come back as the job's gzipped tar archive
+      common/        a copy of the course's $common folder (INGINIOUS_COMMON), if any
       tmp/           TMPDIR
 
 The same helper scripts work wherever the job folder is: at its host path (the
@@ -21,7 +24,7 @@ path reaches them through environment variables (:meth:`JobFolder.env`).
 
 Environment of ``run`` (:meth:`JobFolder.env`): ``PATH`` (helpers first),
 ``INGINIOUS_JOB``, ``INGINIOUS_TASK`` (also ``HOME``), ``INGINIOUS_STUDENT``,
-``INGINIOUS_INPUT``, ``INGINIOUS_FEEDBACK``, ``INGINIOUS_ARCHIVE``, ``TMPDIR``,
+``INGINIOUS_INPUT``, ``INGINIOUS_FEEDBACK``, ``INGINIOUS_ARCHIVE``, ``INGINIOUS_COMMON``, ``TMPDIR``,
 ``INGINIOUS_COURSE_ID``, ``INGINIOUS_TASK_ID``, ``INGINIOUS_TIME_LIMIT``,
 ``INGINIOUS_MEM_LIMIT``, ``INGINIOUS_NETWORK`` (``1``/``0``), ``LANG=C.UTF-8``.
 

@@ -13,7 +13,17 @@ import math
 from html import escape
 from typing import List, Optional, Sequence, Tuple
 
-__all__ = ["line_chart", "heatmap", "legend", "PALETTE", "RESULT_COLORS", "nice_ceiling", "format_number"]
+__all__ = [
+    "line_chart",
+    "heatmap",
+    "legend",
+    "PALETTE",
+    "RESULT_COLORS",
+    "nice_ceiling",
+    "nice_step",
+    "format_number",
+    "format_duration",
+]
 
 #: Colours of series in order (colour-blind friendly, Okabe-Ito then greys).
 PALETTE = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000", "#999999")
@@ -53,6 +63,14 @@ def format_number(value: Optional[float], unit: str = "") -> str:
     if value == int(value) and abs(value) < 1e6:
         return str(int(value))
     return f"{value:.3g}"
+
+
+def format_duration(value: Optional[float]) -> str:
+    """A duration from the histograms: what falls in their first bucket is "<= 10 ms"
+    (the buckets cannot tell more; an estimate inside it would be made up)."""
+    if value is not None and value <= _LOG_TICKS[0]:
+        return "\u2264 " + format_number(_LOG_TICKS[0], "s")
+    return format_number(value, "s")
 
 
 def nice_ceiling(value: float) -> float:
@@ -98,12 +116,32 @@ def _open(title: str, height: int = HEIGHT) -> str:
     )
 
 
+def nice_step(value: float) -> int:
+    """The smallest of 1, 2, 5 times a power of ten that is >= ``value``, at least 1 (whole ticks)."""
+    if value <= 1:
+        return 1
+    power = 10 ** math.floor(math.log10(value))
+    for m in (1, 2, 5, 10):
+        if m * power >= value * (1 - 1e-9):
+            return int(m * power)
+    return int(10 * power)
+
+
 def line_chart(
-    title: str, lines: Sequence[Line], seconds: float, unit: str = "", stacked: bool = False, log: bool = False
+    title: str,
+    lines: Sequence[Line],
+    seconds: float,
+    unit: str = "",
+    stacked: bool = False,
+    log: bool = False,
+    integer: bool = False,
 ) -> str:
     """Lines (or stacked areas) over time; ``lines``: (label, colour, points).
 
-    ``log``: a logarithmic y axis (for durations from milliseconds to hours).
+    ``log``: a logarithmic y axis (for durations from milliseconds to hours);
+    its floor, 10 ms, is the first bucket of the histograms the durations
+    come from, so it reads "<= 10 ms" and holds every value below.
+    ``integer``: counts (jobs, slots), so the grid lines fall on whole numbers.
     """
     n = max((len(points) for _, _, points in lines), default=0)
     bottom, top = HEIGHT - _BOTTOM, _TOP
@@ -131,9 +169,13 @@ def line_chart(
             v = min(max(v, steps[0]), steps[-1])
             return bottom - (math.log10(v) - low) / (high - low) * (bottom - top)
 
-        ticks = [(y_of(t), format_number(t, unit)) for t in steps]
+        ticks = [(y_of(t), ("\u2264 " if t == steps[0] else "") + format_number(t, unit)) for t in steps]
     else:
-        ymax = nice_ceiling(highest) if highest > 0 else 1.0
+        if integer:
+            step = nice_step(highest / 4)
+            ymax = 4.0 * step
+        else:
+            ymax = nice_ceiling(highest) if highest > 0 else 1.0
 
         def y_of(v: float) -> float:
             return bottom - v / ymax * (bottom - top)
@@ -205,7 +247,8 @@ def heatmap(title: str, rows: Sequence[Tuple[str, int, Sequence[Optional[float]]
     """One row per agent, coloured by its busy slots over its slots (None: absent)."""
     row_h = 12
     label_w = 150
-    height = _TOP + max(1, len(rows)) * row_h + 40
+    strips_end = _TOP + max(1, len(rows)) * row_h
+    height = strips_end + 40
     n = max((len(points) for _, _, points in rows), default=1)
     cell_w = (WIDTH - label_w - _RIGHT) / n
     parts = [
@@ -236,16 +279,19 @@ def heatmap(title: str, rows: Sequence[Tuple[str, int, Sequence[Optional[float]]
             i = j
     if not rows:
         parts.append(f'<text x="{label_w}" y="{_TOP + 10}" font-size="12" fill="#888">no agent yet</text>')
-    base = height - 24
-    for k, (fill, text) in enumerate(zip(_HEAT, _HEAT_LABELS, strict=True)):
-        x = label_w + k * 80
-        parts.append(f'<rect x="{x}" y="{base}" width="10" height="10" fill="{fill}" stroke="#aaa"/>')
-        parts.append(f'<text x="{x + 14}" y="{base + 9}" font-size="10">{text}</text>')
+    # the time axis right under the strips, then the legend on a line of its own below it
     minutes = seconds / 60
+    ago = f"-{minutes:.0f} min" if minutes >= 4 else f"-{seconds:.0f} s"
     parts.append(
-        f'<text x="{label_w}" y="{height - 2}" font-size="10">-{minutes:.0f} min</text>'
-        f'<text x="{WIDTH - _RIGHT}" y="{height - 2}" font-size="10" text-anchor="end">now</text>'
+        f'<text x="{label_w}" y="{strips_end + 10}" font-size="10">{ago}</text>'
+        f'<text x="{WIDTH - _RIGHT}" y="{strips_end + 10}" font-size="10" text-anchor="end">now</text>'
     )
+    base = height - 14
+    x = float(label_w)
+    for fill, text in zip(_HEAT, _HEAT_LABELS, strict=True):
+        parts.append(f'<rect x="{x:.0f}" y="{base}" width="10" height="10" fill="{fill}" stroke="#aaa"/>')
+        parts.append(f'<text x="{x + 14:.0f}" y="{base + 9}" font-size="10">{text}</text>')
+        x += 14 + 6 * len(text) + 14  # about 6 px a character at 10 px
     parts.append("</svg>")
     return "".join(parts)
 

@@ -61,7 +61,7 @@ from .dialect06 import AgentHandler06, ClientHandler06, Dialect06
 from .dialect09 import AgentHandler09, ClientHandler09, Dialect09
 from .edge import EdgeSink
 from .job import DONE, RUNNING, WAITING, Job
-from .load import RUNNING_COUNT, WAITING_COUNT, LoadCounts
+from .load import RUNNING_COUNT, SHRINK_FLOOR, WAITING_COUNT, LoadCounts
 from .peers import AgentState, ClientState
 from .settings import BackendSettings
 from .slots import SlotIndex
@@ -130,6 +130,8 @@ class Backend:
         self._agents: Dict[IPeer, AgentState] = {}
         #: every waiting or running job (including those whose client left)
         self._jobs: Dict[Tuple[bytes, str], Job] = {}
+        #: the most jobs held since the tables were last rebuilt (see _shrink)
+        self._jobs_peak = 0
         #: 0.9 clients' jobs by id: one namespace for the whole backend
         self._ids09: Dict[str, Job] = {}
         #: ids made for 0.6 jobs sent to 0.9 agents
@@ -244,6 +246,28 @@ class Backend:
     def load_by_client(self) -> Dict[str, Tuple[int, int]]:
         """``client name -> (waiting, running)`` for every client name with jobs (O(clients))."""
         return self._by_client.snapshot()
+
+    def busiest(self, what: str, n: int) -> Tuple[Dict[str, Tuple[int, int]], int]:
+        """The ``n`` courses (``what="courses"``) or client names (``"clients"``) with
+        the most jobs, as :meth:`load_by_course` counts them, and how many have jobs
+        in all: O(courses) without a copy, for pages that must stay small."""
+        table = self._by_course if what == "courses" else self._by_client
+        return table.top(n), len(table)
+
+    def _shrink(self) -> None:
+        """Rebuild the job tables once they hold a quarter of their peak: a dict
+        keeps its size when emptied, and a client that queued 100,000 jobs and
+        left must not leave their tables behind (amortised O(1) a job; the
+        count tables never hold more entries than there are jobs)."""
+        self._jobs = dict(self._jobs)
+        self._ids09 = dict(self._ids09)
+        self._global_ids = dict(self._global_ids)
+        for table in (self._by_course, self._by_client, self._by_environment):
+            table.counts = dict(table.counts)
+        self._course_counts = self._by_course.counts
+        self._client_counts = self._by_client.counts
+        self._env_counts = self._by_environment.counts
+        self._jobs_peak = len(self._jobs)
 
     def _count(self, job: Job, index: int, delta: int) -> None:
         """Move ``job``'s (waiting, running) counts by ``delta`` in each table."""
@@ -458,6 +482,8 @@ class Backend:
         job = Job(key, client, message, dialect, environment, time_limit, now, sequence, size)
         self.stats.accepted += 1
         self._jobs[key] = job
+        if len(self._jobs) > self._jobs_peak:
+            self._jobs_peak = len(self._jobs)
         if global09:
             self._ids09[job_id] = job
         self._held += size
@@ -913,6 +939,8 @@ class Backend:
     def _forget(self, job: Job) -> None:
         """Take ``job`` out of every table (not out of its client's)."""
         del self._jobs[job.key]
+        if self._jobs_peak > SHRINK_FLOOR and len(self._jobs) * 4 < self._jobs_peak:
+            self._shrink()
         self._held -= job.size
         if job.origin is self._d09:
             if self._ids09.get(job.job_id) is job:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import heapq
 from typing import Any, Dict, List, Tuple
 
-__all__ = ["LoadCounts", "WAITING_COUNT", "RUNNING_COUNT"]
+__all__ = ["LoadCounts", "WAITING_COUNT", "RUNNING_COUNT", "SHRINK_FLOOR"]
+
+#: Job tables (the backend's, a policy's) are rebuilt when they fall to a quarter
+#: of their peak, to give memory back, but only past this many entries.
+SHRINK_FLOOR = 1024
 
 #: Index of each count in a ``(waiting, running)`` pair.
 WAITING_COUNT, RUNNING_COUNT = 0, 1
@@ -34,3 +39,13 @@ class LoadCounts:
 
     def snapshot(self) -> Dict[Any, Tuple[int, int]]:
         return {key: (c[0], c[1]) for key, c in self.counts.items()}
+
+    def top(self, n: int) -> Dict[Any, Tuple[int, int]]:
+        """The ``n`` keys with the most jobs (waiting + running), in no order: one pass, no copy."""
+        if len(self.counts) <= n:
+            return self.snapshot()
+        best = heapq.nlargest(n, self.counts.items(), key=lambda item: item[1][0] + item[1][1])
+        return {key: (c[0], c[1]) for key, c in best}
+
+    def __len__(self) -> int:
+        return len(self.counts)

@@ -20,7 +20,14 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .adapter import label
 from .core import TIME_BUCKETS, Backend
-from .timeseries import ACTIVE_SECONDS, environment_of, known_environments
+from .timeseries import (
+    ACTIVE_SECONDS,
+    OTHER,
+    OTHER_ENVIRONMENT,
+    environment_of,
+    fold_environments,
+    known_environments,
+)
 
 if TYPE_CHECKING:
     from .timeseries import StatusRecorder
@@ -32,7 +39,10 @@ ENV_LABELS = ["environment", "environment_type", "environment_name"]
 
 
 def _env_labels(env: Tuple[str, str]) -> List[str]:
+    if env == OTHER_ENVIRONMENT:
+        return [OTHER, OTHER, OTHER]
     return [label(env), env[0], env[1]]
+
 
 __all__ = ["BackendCollector", "backend_registry", "PREFIX"]
 
@@ -129,14 +139,19 @@ class BackendCollector(Collector):
         yield info
         recorder = self._recorder
         known = known_environments(backend)
-        by_env: Dict[Tuple[str, str], int] = dict.fromkeys(known.values(), 0)
         if recorder is None:
+            exact: Dict[Tuple[str, str], int] = {}
             for text, n in backend.waiting_per_environment().items():
                 env = environment_of(text, known)
-                by_env[env] = by_env.get(env, 0) + n
+                exact[env] = exact.get(env, 0) + n
+            by_env = fold_environments(exact, known.values())
         else:
-            by_env.update(recorder.waiting_by_environment())
-        waiting = GaugeMetricFamily(PREFIX + "jobs_waiting", "Jobs waiting, per environment.", labels=ENV_LABELS)
+            by_env = recorder.waiting_shown()
+        waiting = GaugeMetricFamily(
+            PREFIX + "jobs_waiting",
+            "Jobs waiting, per environment: those offered, a few others, and the rest as '(other)'.",
+            labels=ENV_LABELS,
+        )
         for env, n in sorted(by_env.items()):
             waiting.add_metric(_env_labels(env), n)
         yield waiting

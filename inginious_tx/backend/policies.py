@@ -25,6 +25,7 @@ from zope.interface.verify import verifyObject
 
 from ..interfaces import ISchedulingPolicy
 from ..plugin import POLICIES, PluginError, available, load
+from .load import SHRINK_FLOOR
 
 __all__ = [
     "GROUP",
@@ -127,6 +128,8 @@ class _HeapPolicy:
         self._added: Optional[Dict[Any, List[_Entry]]] = None
         self._n_added = 0
         self._runs_by_env = type(self)._compare is not _HeapPolicy._compare
+        #: the most jobs waiting since the tables were last rebuilt (see _shrink)
+        self._peak = 0
 
     # -- to be defined by subclasses ------------------------------------------
 
@@ -154,6 +157,8 @@ class _HeapPolicy:
         entry = self._rank(job)
         entry.append(job)
         self._entries[key] = entry
+        if len(self._entries) > self._peak:
+            self._peak = len(self._entries)
         added = self._added
         if added is not None:
             run = env if self._runs_by_env else None
@@ -195,6 +200,8 @@ class _HeapPolicy:
                 self._heaps[env] = heap
                 self._dead[env] = 0
         self._on_removed(job, entry)
+        if self._peak > SHRINK_FLOOR and len(self._entries) * 4 < self._peak:
+            self._shrink()
 
     def pop_next(self, environments: Collection[str]) -> Optional[Any]:
         heaps = self._heaps
@@ -232,6 +239,8 @@ class _HeapPolicy:
                 self._clean_top(best_env, heap)
         self._on_popped(job, best)
         best[-1] = None  # gone from the heap: dead for ordered() too
+        if self._peak > SHRINK_FLOOR and len(self._entries) * 4 < self._peak:
+            self._shrink()
         return job
 
     def waiting(self, environment: str) -> int:
@@ -365,6 +374,20 @@ class _HeapPolicy:
         self._dead[env] -= n
         return heap[0]
 
+    def _shrink(self) -> None:
+        """Rebuild the tables once they hold a quarter of their peak: a dict keeps
+        its size when emptied, so a client that queued 100,000 jobs and left would
+        keep their memory (amortised O(1) a job)."""
+        self._entries = dict(self._entries)
+        self._heaps = dict(self._heaps)
+        self._live = dict(self._live)
+        self._dead = dict(self._dead)
+        self._on_shrink()
+        self._peak = len(self._entries)
+
+    def _on_shrink(self) -> None:
+        """Rebuild a subclass's own tables (see :meth:`_shrink`)."""
+
     def _drop_environment(self, env: str) -> None:
         del self._heaps[env]
         del self._live[env]
@@ -444,6 +467,11 @@ class FairPolicy(_HeapPolicy):
         # (environment, priority, course) -> [last round given, waiting count]
         self._courses: Dict[Tuple[str, int, str], List[int]] = {}
 
+    def _on_shrink(self) -> None:
+        self._round = dict(self._round)
+        self._level_size = dict(self._level_size)
+        self._courses = dict(self._courses)
+
     def _rank(self, job: Any) -> List[Any]:
         level = (job.environment, job.priority)
         current = self._round.get(level, 0)
@@ -475,7 +503,6 @@ class FairPolicy(_HeapPolicy):
         groups of about ``chunk`` entries.
         """
         merged: List[List[Tuple[int, Any]]] = []
-        rounds = self._round
         done = 0
         for run in runs:
             # Entries may have died since the run was read (the reactor ran): skip them.
@@ -487,7 +514,7 @@ class FairPolicy(_HeapPolicy):
             yield
             for priority, group in groupby(run, key=_first):
                 members = list(group)
-                base = (priority + _P0) * _PRIORITY_SCALE + (_R0 - rounds.get((env, priority), 0)) * _ROUND_SCALE
+                base = (priority + _P0) * _PRIORITY_SCALE + (_R0 - self._round.get((env, priority), 0)) * _ROUND_SCALE
                 for start in range(0, len(members), chunk):
                     part = members[start : start + chunk]
                     keys = map(

@@ -24,13 +24,15 @@ from __future__ import annotations
 import json
 import time
 from html import escape
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -40,14 +42,18 @@ from .. import __version__
 from .._reactor import CommonReactor
 from .._ready import ReadyResult
 from .adapter import label
-from .charts import PALETTE, RESULT_COLORS, format_number, heatmap, legend, line_chart
+from .charts import PALETTE, RESULT_COLORS, format_duration, format_number, heatmap, legend, line_chart
 from .core import Backend
 from .service import stop_reactor
 from .timeseries import (
     ACTIVE_SECONDS,
     HISTORY_SECONDS,
+    OTHER,
+    OTHER_ENVIRONMENT,
     StatusRecorder,
+    display_label,
     environment_of,
+    fold_environments,
     known_environments,
     qualified,
 )
@@ -83,6 +89,12 @@ def _dialect(peer_state: Any) -> str:
     return str(getattr(peer_state.dialect, "name", "unknown"))
 
 
+#: Rows of ``load.courses`` and ``load.clients`` in status.json (the busiest; the rest in ``(other)``).
+LOAD_ROWS = 100
+#: Rows of ``clients`` in status.json (the most recently heard).
+CLIENT_ROWS = 500
+
+
 def status_snapshot(
     backend: Backend,
     now: Optional[float] = None,
@@ -92,8 +104,8 @@ def status_snapshot(
     """What ``/status.json`` shows: plain JSON-able data.
 
     Times are seconds since the epoch (the reactor's time).  ``queue`` has an
-    entry for every offered environment and every environment a job waits for
-    (``waiting``: those counts if already known, e.g. from a
+    entry for every offered environment and the environments jobs wait for
+    (bounded, see below; ``waiting``: those counts if already known, e.g. from a
     :class:`~inginious_tx.backend.timeseries.StatusRecorder`; else the
     backend counts them, O(jobs)), by label (a ``docker`` environment by its
     bare name, as 0.6 names it); ``environments`` lists the same with their
@@ -101,6 +113,15 @@ def status_snapshot(
     shows).  Agents and clients carry their ``dialect``.  ``load`` has the
     waiting and running jobs per course and per client (the ``fair``
     policy's view).
+
+    Everything clients choose is bounded: ``queue`` and ``environments``
+    name the offered environments and up to
+    :data:`~inginious_tx.backend.timeseries.MAX_UNOFFERED_SHOWN` others, the
+    rest summed as ``(other)`` (``totals.environments_in_other`` says how
+    many); ``load`` has the :data:`LOAD_ROWS` busiest courses and client
+    names and ``(other)`` for the rest (``totals.courses_with_jobs``,
+    ``totals.client_names_with_jobs``); ``clients`` the :data:`CLIENT_ROWS`
+    most recently heard.
 
     ``totals.clients`` counts registered clients, which include clients that
     left without a word (ZeroMQ does not tell) until ``client_idle_timeout``
@@ -132,6 +153,8 @@ def status_snapshot(
                 {
                     "job_id": job.key[1],
                     "client": job.client.name if job.client is not None else None,
+                    "client_address": job.client.peer.description if job.client is not None else None,
+                    "launcher": job.launcher,
                     "agent": agent.name,
                     "course_id": job.course_id,
                     "task_id": job.task_id,
@@ -143,19 +166,21 @@ def status_snapshot(
                 }
             )
     running.sort(key=lambda row: row["started_at"])
-    if waiting is None and recorder is not None:
-        waiting = recorder.waiting_per_environment()
-    queue = dict.fromkeys(backend.environments, 0)
-    queue.update(backend.waiting_per_environment() if waiting is None else waiting)
-    # the same counts by (type, name): exact from the recorder, else through the offered environments
     known = known_environments(backend)
-    by_env: Dict[Tuple[str, str], int] = dict.fromkeys(known.values(), 0)
     if recorder is not None:
-        by_env.update(recorder.waiting_by_environment())
+        by_env = recorder.waiting_shown()
+        unshown = recorder.unshown_environments()
     else:
-        for text, n in queue.items():
+        counts: Dict[Tuple[str, str], int] = {}
+        for text, n in (backend.waiting_per_environment() if waiting is None else waiting).items():
             env = environment_of(text, known)
-            by_env[env] = by_env.get(env, 0) + n
+            counts[env] = counts.get(env, 0) + n
+        by_env = fold_environments(counts, known.values())
+        unshown = sum(1 for env in counts if env not in by_env)
+    queue: Dict[str, int] = {}
+    for env, n in by_env.items():
+        text = display_label(env)
+        queue[text] = queue.get(text, 0) + n
     offered: Dict[Tuple[str, str], List[int]] = {}
     for agent in agents:
         for env in agent.environments:
@@ -164,10 +189,10 @@ def status_snapshot(
             row[1] += agent.slots
     environments = [
         {
-            "id": qualified(env),
+            "id": OTHER if env == OTHER_ENVIRONMENT else qualified(env),
             "type": env[0],
             "name": env[1],
-            "label": label(env),
+            "label": display_label(env),
             "waiting": n,
             "agents": offered.get(env, [0, 0])[0],
             "slots": offered.get(env, [0, 0])[1],
@@ -192,6 +217,16 @@ def status_snapshot(
             }
         )
     client_rows.sort(key=lambda row: (row["idle_seconds"] is None, row["idle_seconds"] or 0, row["name"]))
+    load = {}
+    with_jobs = {}
+    for what in ("courses", "clients"):
+        top, with_jobs[what] = backend.busiest(what, LOAD_ROWS)
+        rows = {k: list(v) for k, v in sorted(top.items())}
+        if with_jobs[what] > len(top):  # the rest, from the totals: every job has one course and one client
+            rest = [backend.waiting_count - sum(v[0] for v in top.values())]
+            rest.append(backend.running_count - sum(v[1] for v in top.values()))
+            rows[OTHER] = rest
+        load[what] = rows
     stats = backend.stats
     return {
         "version": __version__,
@@ -200,16 +235,16 @@ def status_snapshot(
         "agents": agent_rows,
         "queue": dict(sorted(queue.items())),
         "environments": environments,
-        "clients": client_rows,
+        "clients": client_rows[:CLIENT_ROWS],
         "running": running,
-        "load": {
-            "courses": {k: list(v) for k, v in sorted(backend.load_by_course().items())},
-            "clients": {k: list(v) for k, v in sorted(backend.load_by_client().items())},
-        },
+        "load": load,
         "totals": {
             "agents": len(agents),
             "clients": len(backend.clients),
             "clients_active": active if recorder is not None else None,
+            "courses_with_jobs": with_jobs["courses"],
+            "client_names_with_jobs": with_jobs["clients"],
+            "environments_in_other": unshown,
             "active_seconds": ACTIVE_SECONDS,
             "slots": sum(a.slots for a in agents),
             "busy_slots": sum(len(a.running) for a in agents),
@@ -230,7 +265,7 @@ def _table(headers: List[str], rows: List[List[Any]], empty: str) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-#: Rows of the longer tables of the page (the JSON has them all).
+#: Rows of the longer tables of the page.
 PAGE_ROWS = 50
 #: Windows offered on the page, in seconds.
 WINDOWS = (300, 900, 3600)
@@ -249,9 +284,21 @@ ul.legend{list-style:none;margin:0;padding:0 0 0 52px;font-size:12px;display:fle
 
 
 def _top_rows(mapping: Dict[str, List[int]], limit: int) -> Tuple[List[List[Any]], int]:
-    """The ``limit`` busiest (waiting + running) entries, and how many were left out."""
-    ranked = sorted(mapping.items(), key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
-    return [[name, w, r] for name, (w, r) in ranked[:limit]], max(0, len(ranked) - limit)
+    """The ``limit`` busiest (waiting + running) entries, then one ``(other)`` row
+    with the rest (status.json's own ``(other)`` included); and how many were
+    left out of status.json's rows."""
+    folded = mapping.get(OTHER)
+    ranked = sorted(
+        ((k, v) for k, v in mapping.items() if k != OTHER), key=lambda item: (-(item[1][0] + item[1][1]), item[0])
+    )
+    rows: List[List[Any]] = [[name, w, r] for name, (w, r) in ranked[:limit]]
+    if len(ranked) > limit or folded:
+        rest = [folded[0] if folded else 0, folded[1] if folded else 0]
+        for _, (w, r) in ranked[limit:]:
+            rest[0] += w
+            rest[1] += r
+        rows.append([OTHER, *rest])
+    return rows, max(0, len(ranked) - limit)
 
 
 def _more(n: int, what: str) -> str:
@@ -286,7 +333,7 @@ def render_charts(view: Dict[str, Any], names: Optional[Dict[str, str]] = None) 
     lines.append(("all environments", "#555555", view["waiting"]))
     blocks.append(
         (
-            line_chart("Jobs waiting, per environment", lines, seconds),
+            line_chart("Jobs waiting, per environment", lines, seconds, integer=True),
             legend([(label, color, format_number(_last(pts))) for label, color, pts in lines]),
         )
     )
@@ -312,10 +359,17 @@ def render_charts(view: Dict[str, Any], names: Optional[Dict[str, str]] = None) 
     )
     for key, title in (("wait", "Queue wait (time to the first agent)"), ("run", "Run time")):
         lines = [(name, PALETTE[i], pts) for i, (name, pts) in enumerate(view[key].items())]
+        # the legend: each percentile over the whole window drawn, not the newest point alone
+        whole = view.get(f"{key}_window", {})
         blocks.append(
             (
                 line_chart(f"{title}, percentiles", lines, seconds, unit="s", log=True),
-                legend([(label, color, format_number(_last(pts), "s")) for label, color, pts in lines]),
+                legend(
+                    [
+                        (f"{label} over the window", color, format_duration(whole.get(label, _last(pts))))
+                        for label, color, pts in lines
+                    ]
+                ),
             )
         )
     totals = view["totals"]
@@ -326,7 +380,7 @@ def render_charts(view: Dict[str, Any], names: Optional[Dict[str, str]] = None) 
     ]
     blocks.append(
         (
-            line_chart("Agent slots, busy slots", lines, seconds),
+            line_chart("Agent slots, busy slots", lines, seconds, integer=True),
             legend([(label, color, format_number(_last(pts))) for label, color, pts in lines]),
         )
     )
@@ -362,7 +416,10 @@ def render_html(
                 a.get("dialect", "?"),
                 a["address"],
                 f"{a['busy_slots']} / {a['slots']}",
-                ", ".join(a.get("environment_ids", a["environments"])),
+                # 0.6 has no environment types: its agents' environments by their own names
+                ", ".join(
+                    a["environments"] if a.get("dialect") == "0.6" else a.get("environment_ids", a["environments"])
+                ),
             ]
             for a in agent_list[:PAGE_ROWS]
         ],
@@ -377,12 +434,20 @@ def render_html(
         rows = [[k, v] for k, v in env_rows[:PAGE_ROWS]]
         headers = ["environment", "waiting"]
     queue = _table(headers, rows, "No environment.") + _more(max(0, len(env_rows) - PAGE_ROWS), "environments")
+    if totals.get("environments_in_other"):
+        queue += (
+            f'<p class="more">{OTHER}: jobs for {_count(totals["environments_in_other"], "other environment")} '
+            "that no agent offers</p>"
+        )
     client_list = snapshot.get("clients", [])
+    same_name: Dict[str, int] = {}
+    for c in client_list:
+        same_name[c["name"]] = same_name.get(c["name"], 0) + 1
     clients = _table(
         ["client", "dialect", "address", "jobs", "last heard"],
         [
             [
-                c["name"],
+                c["name"] + (f" ({same_name[c['name']]} with this name)" if same_name[c["name"]] > 1 else ""),
                 c["dialect"],
                 c["address"],
                 c["jobs"],
@@ -393,15 +458,19 @@ def render_html(
         "No client is registered.",
     ) + _more(max(0, len(client_list) - PAGE_ROWS), "clients")
     running_list = snapshot["running"]
+    dialect_of = {a["name"]: a.get("dialect") for a in agent_list}
     running = _table(
-        ["job", "client", "agent", "task", "environment", "running for"],
+        ["job", "client", "launcher", "agent", "task", "environment", "running for"],
         [
             [
                 r["job_id"],
-                r["client"] or "(gone)",
+                "(gone)"
+                if r["client"] is None
+                else r["client"] + (f" ({r.get('client_address')})" if same_name.get(r["client"], 0) > 1 else ""),
+                r.get("launcher", ""),
                 r["agent"],
                 f"{r['course_id']}/{r['task_id']}",
-                r.get("environment_id", r["environment"]),
+                r["environment"] if dialect_of.get(r["agent"]) == "0.6" else r.get("environment_id", r["environment"]),
                 f"{r['running_for']:.1f} s",
             ]
             for r in running_list[:PAGE_ROWS]
@@ -411,11 +480,18 @@ def render_html(
     load = snapshot.get("load", {"courses": {}, "clients": {}})
     load_tables = []
     for key, title in (("courses", "course"), ("clients", "client")):
-        rows, left = _top_rows(load[key], PAGE_ROWS)
+        rows, _ = _top_rows(load[key], PAGE_ROWS)
+        total = totals.get("courses_with_jobs" if key == "courses" else "client_names_with_jobs", len(load[key]))
+        note = (
+            f'<p class="more">{_count(total, title)} with jobs; the {PAGE_ROWS} busiest by name, '
+            f"the others as {OTHER}</p>"
+            if rows and rows[-1][0] == OTHER
+            else ""
+        )
         load_tables.append(
             f"<div><h2>Jobs per {title}</h2>"
             + _table([title, "waiting", "running"], rows, f"No {title} has a job.")
-            + _more(left, key)
+            + note
             + "</div>"
         )
     links = " ".join(
@@ -431,7 +507,9 @@ def render_html(
         again = f"?window={window}&amp;refresh={DEFAULT_REFRESH}"
         reload_note = f'not reloading: <a href="{again}">reload every {DEFAULT_REFRESH} s</a>'
         meta = ""
-    names = {e["label"]: e["id"] for e in snapshot.get("environments", [])}
+    # type/name, but a docker environment that only 0.6 agents offer by its name (0.6 has no types)
+    typed = {i for a in agent_list if a.get("dialect") != "0.6" for i in a.get("environment_ids", ())}
+    names = {e["label"]: e["id"] for e in snapshot.get("environments", []) if e["type"] != "docker" or e["id"] in typed}
     charts = f'<div class="charts">{render_charts(view, names)}</div>' if view is not None else ""
     if totals.get("clients_active") is not None:
         client_note = (
@@ -469,6 +547,15 @@ def render_html(
 """
 
 
+def default_window(recorded: float, longest: int) -> int:
+    """The window shown when none is asked: the shortest offered one that covers
+    what was recorded (a backend up for a minute gets 5 min, not an hour)."""
+    for w in WINDOWS:
+        if w >= recorded:
+            return min(w, longest)
+    return min(DEFAULT_WINDOW, longest)
+
+
 def _int_arg(request: Any, name: str, default: int, low: int, high: int) -> int:
     """A small integer query argument, clamped; anything unreadable is the default."""
     values = (getattr(request, "args", None) or {}).get(name.encode())
@@ -499,7 +586,8 @@ class _Page(Resource):
             return DEFAULT_WINDOW
         history = self._recorder.history
         longest = int((history.capacity - 1) * history.interval)
-        return _int_arg(request, "window", min(DEFAULT_WINDOW, longest), min(60, longest), longest)
+        default = default_window(history.ticks * history.interval, longest)
+        return _int_arg(request, "window", default, min(60, longest), longest)
 
     def render_HEAD(self, request: Any) -> bytes:
         return self.render_GET(request)
@@ -627,6 +715,10 @@ class _EventStream(Resource):
         for stream in list(self._streams.values()):
             stream.send(data)
 
+    def holds(self, transport: Any) -> bool:
+        """Whether a stream is open on ``transport`` (at most :attr:`MAX_STREAMS` to look at)."""
+        return any(getattr(request.channel, "transport", None) is transport for request in self._streams)
+
     def close_all(self) -> None:
         """End every stream (the service stops)."""
         for request, stream in list(self._streams.items()):
@@ -715,12 +807,110 @@ class _QuietSite(Site):
     def log(self, request: Any) -> None:
         pass
 
+    def logPrefix(self) -> str:
+        return "status pages"
+
+
+#: Most open connections of the status pages, by default (a browser opens a
+#: few, a Prometheus server one; ``/events`` streams are capped apart).
+DEFAULT_STATUS_CONNECTIONS = 64
+#: Seconds an idle status connection is kept open, by default (between
+#: requests; a request being answered, e.g. ``/events``, is never idle).
+DEFAULT_STATUS_IDLE_TIMEOUT = 15.0
+#: Seconds between two log lines about refused status connections.
+REFUSAL_LOG_INTERVAL = 10.0
+
+
+class _Refused(Protocol):
+    """Stands in for a connection over the cap: closed as soon as made."""
+
+    def connectionMade(self) -> None:
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+
+class _CappedFactory(WrappingFactory):
+    """Serves a site on at most ``cap`` connections at once, so that a flood of
+    idle connections cannot take the process's file descriptors.
+
+    A connection over the cap closes the oldest open one that is not
+    streaming ``/events`` (``streaming(transport)`` says which are): an
+    idle or slow connection makes room for a new request, so the pages keep
+    answering while someone holds connections open.  Only when every one is
+    streaming is the newcomer closed at once.  Both are counted and logged
+    (at most every :data:`REFUSAL_LOG_INTERVAL` seconds).
+    """
+
+    log = Logger()
+
+    def __init__(self, site: Site, cap: int, clock: IReactorTime, streaming: Callable[[Any], bool]) -> None:
+        super().__init__(site)
+        self.cap = cap
+        self._clock = clock
+        self._streaming = streaming
+        #: connections being closed to make room (still registered until they are gone)
+        self._closing: Set[Any] = set()
+        #: connections closed at once for being over the cap
+        self.refused = 0
+        #: open connections closed to make room for a new one
+        self.evicted = 0
+        self._logged_at = -REFUSAL_LOG_INTERVAL
+        self._unlogged = [0, 0]
+
+    def logPrefix(self) -> str:
+        return "status pages"
+
+    @property
+    def open(self) -> int:
+        """Connections open and not being closed."""
+        return len(self.protocols) - len(self._closing)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if self.open < self.cap:
+            return super().buildProtocol(addr)
+        victim = next(
+            (p for p in self.protocols if p not in self._closing and not self._streaming(p)), None
+        )  # the oldest first: ``protocols`` keeps the order they connected in
+        if victim is not None:
+            self._closing.add(victim)
+            victim.transport.abortConnection()
+            self.evicted += 1
+            self._unlogged[0] += 1
+            self._log_caps(addr)
+            return super().buildProtocol(addr)
+        self.refused += 1
+        self._unlogged[1] += 1
+        self._log_caps(addr)
+        return _Refused()
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        self._closing.discard(p)
+
+    def _log_caps(self, addr: Any) -> None:
+        now = self._clock.seconds()
+        if now - self._logged_at < REFUSAL_LOG_INTERVAL:
+            return
+        evicted, refused = self._unlogged
+        self.log.warn(
+            "status pages: {cap} connections open (--status-max-connections): closed {evicted} older "
+            "connection(s) to make room and refused {refused} new one(s), the last from {addr}",
+            cap=self.cap,
+            evicted=evicted,
+            refused=refused,
+            addr=addr,
+        )
+        self._logged_at = now
+        self._unlogged = [0, 0]
+
 
 class StatusService(Service):
     """Serves :func:`status_resource` on an endpoint string while running,
     and runs the :class:`StatusRecorder` its charts and event stream read.
 
-    ``endpoint`` goes through :func:`status_endpoint`.  :attr:`ready` fires
+    ``endpoint`` goes through :func:`status_endpoint`.  At most
+    ``max_connections`` are open at once (further ones are closed as soon as
+    made) and one idle for ``idle_timeout`` seconds between requests is
+    closed.  :attr:`ready` fires
     with the listening port (``port.getHost().port`` is the real port number
     with ``tcp:0``), or fails if the endpoint cannot listen; with ``fatal``,
     that failure also stops the reactor (what ``twistd`` wants).
@@ -738,9 +928,16 @@ class StatusService(Service):
         fatal: bool = False,
         history: int = HISTORY_SECONDS,
         sample_interval: float = 1.0,
+        max_connections: int = DEFAULT_STATUS_CONNECTIONS,
+        idle_timeout: float = DEFAULT_STATUS_IDLE_TIMEOUT,
     ) -> None:
         self._reactor = reactor
         self._fatal = fatal
+        #: most open connections (further ones are closed at once)
+        self.max_connections = max_connections
+        #: seconds a connection may stay idle between requests
+        self.idle_timeout = idle_timeout
+        self.factory: Optional[_CappedFactory] = None
         self.backend = backend
         self.endpoint = status_endpoint(endpoint)
         #: samples the backend every ``sample_interval`` seconds; ``history`` samples are kept
@@ -762,11 +959,16 @@ class StatusService(Service):
         self.recorder.start()
         resource = status_resource(self.backend, self._reactor, self.registry, self.recorder)
         self._events = resource.children.get(b"events")
-        site = _QuietSite(resource)
+        site = _QuietSite(resource, timeout=self.idle_timeout, reactor=self._reactor)
         site.displayTracebacks = False
         site.noisy = False
+        events = self._events
+        factory = self.factory = _CappedFactory(
+            site, self.max_connections, self._reactor, lambda transport: events is not None and events.holds(transport)
+        )
+        factory.noisy = False
         self._ready.reset()
-        d = self._attempt = serverFromString(self._reactor, self.endpoint).listen(site)
+        d = self._attempt = serverFromString(self._reactor, self.endpoint).listen(factory)
         d.addCallbacks(self._listening, self._failed)
         d.addBoth(self._ready.fire)
 

@@ -13,8 +13,8 @@ from typing import Any, List
 
 from twisted.python import usage
 
-from .._options import at_least_one, count, limit, plugin_listing, positive_float, print_and_exit
-from ..transport import DEFAULT_MAX_FRAME
+from .._options import CommandOptions, at_least_one, count, limit, plugin_listing, positive_float, print_and_exit
+from ..transport import DEFAULT_MAX_FRAME, check_endpoint
 from ..transport.options import LISTENER_OPTIONS, limits_from
 from .core import BackendSettings
 from .policies import DEFAULT_POLICY, GROUP, available_policies, load_policy
@@ -31,8 +31,12 @@ DEFAULT_AGENTS = "zmq:tcp://127.0.0.1:2001"
 _defaults = BackendSettings()
 
 
-class Options(usage.Options):
+class Options(CommandOptions):
     """Options of ``twistd inginious-backend``."""
+
+    command = "inginious-backend"
+    config_section = "backend"
+    repeatable = ("clients", "agents")
 
     synopsis = "[--clients ENDPOINT]... [--agents ENDPOINT]... [--policy NAME] [--status ENDPOINT] [options]"
 
@@ -123,6 +127,20 @@ class Options(usage.Options):
             "No authentication; 127.0.0.1 unless an interface is named. [default: none]",
         ],
         [
+            "status-max-connections",
+            None,
+            64,
+            "Most open connections of the status pages; further ones are closed as soon as made.",
+            at_least_one,
+        ],
+        [
+            "status-idle-timeout",
+            None,
+            15.0,
+            "Seconds a status connection may stay idle between requests before it is closed.",
+            positive_float,
+        ],
+        [
             "json-log",
             None,
             None,
@@ -165,7 +183,7 @@ class Options(usage.Options):
         self["clients"] = []
         self["agents"] = []
         self.longdesc = (
-            "Queue INGInious 0.6 grading jobs from clients (frontends) and dispatch them to agents.\n"
+            "Queue the grading jobs of INGInious 0.9 (and 0.6) clients (frontends) and dispatch them to agents.\n"
             "Endpoints are Twisted endpoint strings (tcp:2000:interface=127.0.0.1, unix:/path, ssl:...) "
             "or zmq: followed by a ZeroMQ address (zmq:tcp://127.0.0.1:2000, zmq:ipc:///path).\n"
             f"Defaults: --clients {DEFAULT_CLIENTS} and no agent endpoint (the usual one is --agents "
@@ -199,6 +217,7 @@ class Options(usage.Options):
             self["clients"] = [DEFAULT_CLIENTS]
         self["embedded"] = not self["agents"]  # then no agent endpoint at all: nothing for an impostor
         self._check_embedded()
+        self._check_endpoints()
         try:
             check_separate_credentials(self["clients"], self["agents"])
         except ValueError as e:
@@ -216,7 +235,7 @@ class Options(usage.Options):
         try:
             load_policy(self["policy"])
         except LookupError as e:
-            raise usage.UsageError(str(e))
+            raise usage.UsageError(f"--policy {self['policy']!r}: {e}")
         self["settings"] = BackendSettings(
             max_retries=self["max-retries"],
             ping_interval=self["ping-interval"],
@@ -230,6 +249,25 @@ class Options(usage.Options):
             client_idle_timeout=self["client-idle-timeout"],
         )
         self["limits"] = limits_from(self)
+
+    def _check_endpoints(self) -> None:
+        """Every endpoint string parses (and its credential files read) now, not once twistd runs."""
+        for option in ("clients", "agents"):
+            for endpoint in self[option]:
+                try:
+                    check_endpoint(endpoint, listening=True)
+                except ValueError as e:
+                    raise usage.UsageError(f"--{option}: {e}")
+        if self["status"] is not None:
+            from ..transport.stream import check_stream_endpoint
+            from .status import status_endpoint
+
+            try:
+                check_stream_endpoint(status_endpoint(self["status"]), listening=True)
+            except ValueError as e:
+                raise usage.UsageError(
+                    f"--status: {e} (expected PORT, tcp:PORT, tcp:PORT:interface=ADDRESS or unix:/PATH)"
+                )
 
     def _check_embedded(self) -> None:
         """Settle the embedded agent's tasks folder and slots (or refuse them with --agents)."""
@@ -267,18 +305,72 @@ def policy_listing() -> str:
     return plugin_listing(available_policies(), load_policy, DEFAULT_POLICY)
 
 
+def _share_descriptors(options: Any) -> None:
+    """Lift the soft RLIMIT_NOFILE to the hard one, and lower ``--max-connections``
+    and ``--status-max-connections`` if their sum would not fit in it (logged):
+    no endpoint flooded with idle connections can take the descriptors the
+    others need."""
+    from dataclasses import replace
+
+    from twisted.logger import Logger
+
+    from ..transport.descriptors import raise_open_files_limit, share_descriptors
+
+    log = Logger(namespace="inginious_tx.backend")
+    limits = raise_open_files_limit()
+    if limits is None:
+        return
+    before, soft = limits
+    endpoints = len(options["clients"]) + len(options["agents"])
+    status = options["status-max-connections"] if options.get("status") else 0
+    share = share_descriptors(soft, endpoints, options["limits"].max_connections, status)
+    raised = f" (raised from {before})" if soft != before else ""
+    if share.lowered:
+        options["limits"] = replace(
+            options["limits"],
+            max_connections=share.per_endpoint,
+            max_pending=min(options["limits"].max_pending, share.per_endpoint),
+        )
+        if status:
+            options["status-max-connections"] = share.status
+        log.warn(
+            "open files limit {soft}{raised}: connection caps lowered to fit, with {reserved} descriptors kept "
+            "for the rest: {each} per client or agent endpoint (--max-connections){status}; raise the hard "
+            "limit (ulimit -Hn, LimitNOFILE=) to keep more",
+            soft=soft,
+            raised=raised,
+            reserved=share.reserved,
+            each=share.per_endpoint,
+            status=f", {share.status} for the status pages (--status-max-connections)" if status else "",
+        )
+    else:
+        log.info(
+            "open files limit {soft}{raised}: {endpoints} endpoint(s) of at most {each} connections{status}, "
+            "{reserved} descriptors kept for the rest",
+            soft=soft,
+            raised=raised,
+            endpoints=endpoints,
+            each=share.per_endpoint,
+            status=f", status pages at most {share.status}" if status else "",
+            reserved=share.reserved,
+        )
+
+
 def makeService(options: Any) -> Any:
     """The backend service for twistd, on the global (chosen) reactor.
 
-    That is the :class:`BackendService` itself, or, with an embedded agent or
-    status pages, a ``MultiService`` holding it (named ``inginious-backend``)
-    and them.
+    That is a :class:`~inginious_tx._twistd.StartGuard` (a ``MultiService``
+    named ``inginious-backend``) holding the :class:`BackendService`, and the
+    embedded agent, the status pages and the JSON log when asked for: if one
+    of them cannot start, the process ends with a non-zero status.
     """
-    from twisted.application.service import IService, MultiService
+    from twisted.application.service import IService
     from twisted.internet import reactor
 
+    from .._twistd import guarded
     from .service import BackendService
 
+    _share_descriptors(options)
     service = BackendService(
         reactor,
         options["clients"],
@@ -286,10 +378,21 @@ def makeService(options: Any) -> Any:
         policy=options["policy"],
         settings=options["settings"],
         limits=options["limits"],
-        fatal=True,
     )
     extras: List[IService] = []
-    if options.get("embedded"):
+    if options.get("status"):
+        from .status import StatusService
+
+        extras.append(
+            StatusService(
+                reactor,
+                service.backend,
+                options["status"],
+                max_connections=options["status-max-connections"],
+                idle_timeout=options["status-idle-timeout"],
+            )
+        )
+    if options.get("embedded"):  # last: no agent registers when a listener cannot start
         from ..embedded import embedded_agent
 
         slots = options["embedded-slots"]
@@ -306,19 +409,11 @@ def makeService(options: Any) -> Any:
                 "endpoints (--agents) and run their agents apart",
             )
         )
-    if options.get("status"):
-        from .status import StatusService
-
-        extras.append(StatusService(reactor, service.backend, options["status"], fatal=True))
     first: List[IService] = []
     if options.get("json-log"):
         from .joblog import JsonLogService
 
         first.append(JsonLogService(service.backend, options["json-log"]))  # logs from the start to the end
-    if not extras and not first:
-        return service
-    # The backend, then what serves beside it; twistd stops them all together.
-    top = MultiService()
-    for child in (*first, service, *extras):
-        child.setServiceParent(top)
-    return top
+    # The backend, then what serves beside it; twistd stops them all together,
+    # and ends with a non-zero status if one cannot start (_twistd.StartGuard).
+    return guarded(reactor, "inginious-backend", *first, service, *extras)

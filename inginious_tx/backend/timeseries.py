@@ -12,7 +12,11 @@ the queue-wait and run-time histograms, busy slots per agent, totals) into a
 Everything is bounded: the history keeps ``seconds`` samples; environments
 and agents get a series each up to :data:`MAX_ENVIRONMENT_SERIES` and
 :data:`MAX_AGENT_SERIES` (the rest is added to an ``(other)`` series), and a
-series that stayed empty for a whole history is forgotten.  Reading the
+series that stayed empty for a whole history is forgotten.  Environments are
+named by clients, so what is shown of them (:meth:`StatusRecorder.waiting_shown`:
+samples, status pages, metrics) is bounded too: the offered ones, and up to
+:data:`MAX_UNOFFERED_SHOWN` others (the first ones jobs waited for), the
+rest counted in :data:`OTHER_ENVIRONMENT`.  Reading the
 history (:meth:`History.view`) cuts it into at most :data:`POINTS` points, so
 what a page costs does not grow with the number of samples.
 """
@@ -43,11 +47,15 @@ __all__ = [
     "MAX_ENVIRONMENT_SERIES",
     "MAX_AGENT_SERIES",
     "OTHER",
+    "OTHER_ENVIRONMENT",
+    "MAX_UNOFFERED_SHOWN",
     "POINTS",
     "ACTIVE_SECONDS",
     "qualified",
     "environment_of",
     "known_environments",
+    "display_label",
+    "fold_environments",
 ]
 
 #: Samples kept by default: one hour at one a second.
@@ -58,6 +66,13 @@ MAX_ENVIRONMENT_SERIES = 64
 MAX_AGENT_SERIES = 2048
 #: Name of the series that holds what exceeds those limits.
 OTHER = "(other)"
+#: The environment that stands for every environment not shown by name.
+OTHER_ENVIRONMENT: Tuple[str, str] = (OTHER, OTHER)
+#: Most environments that no agent offers shown by name (the others are
+#: counted in :data:`OTHER_ENVIRONMENT`): clients choose them.
+MAX_UNOFFERED_SHOWN = 64
+#: Most environments with a ``jobs_started`` count of their own.
+MAX_STARTED_ENVIRONMENTS = 1024
 #: Most points in a view of the history (whatever its window).
 POINTS = 120
 #: Percentiles drawn for queue wait and run time.
@@ -96,6 +111,31 @@ def environment_of(text: str, known: Dict[str, Environment]) -> Environment:
     if slash and _TYPE.fullmatch(kind) and kind != DOCKER:
         return (kind, name)
     return (DOCKER, text)
+
+
+def display_label(environment: Environment) -> str:
+    """:func:`~inginious_tx.backend.adapter.label`, and ``(other)`` for :data:`OTHER_ENVIRONMENT`."""
+    return OTHER if environment == OTHER_ENVIRONMENT else label(environment)
+
+
+def fold_environments(
+    counts: Dict[Environment, int], offered: Iterable[Environment], named: int = MAX_UNOFFERED_SHOWN
+) -> Dict[Environment, int]:
+    """``counts`` with every ``offered`` environment (0 if absent) and the ``named``
+    largest others; the rest summed in :data:`OTHER_ENVIRONMENT` (if any)."""
+    out = dict.fromkeys(offered, 0)
+    others = [(env, n) for env, n in counts.items() if env not in out]
+    if len(others) > named:
+        others.sort(key=lambda item: (-item[1], item[0]))
+        rest = sum(n for _, n in others[named:])
+        others = others[:named]
+        if rest:
+            out[OTHER_ENVIRONMENT] = rest
+    for env, n in counts.items():
+        if env in out and env != OTHER_ENVIRONMENT:
+            out[env] = n
+    out.update(others)
+    return out
 
 
 def known_environments(backend: Backend) -> Dict[str, Environment]:
@@ -322,6 +362,16 @@ class History:
                 for name, q in PERCENTILES:
                     out[name][p] = percentile(diff, q)
                 end_tick = start_tick
+        # the same percentiles over the whole window (what the legends show)
+        over: Dict[str, Dict[str, Optional[float]]] = {}
+        for key, hist in (("wait", self.wait_hist), ("run", self.run_hist)):
+            if ticks:
+                first = ticks - 1 - n
+                before = self._hist_at(hist, first) if first >= 0 else [0.0] * _NB
+                diff = [a - b for a, b in zip(self._hist_at(hist, ticks - 1), before, strict=True)]
+            else:
+                diff = [0.0] * _NB
+            over[key] = {name: percentile(diff, q) for name, q in PERCENTILES}
         times = self.times.last(ticks, have)
         now = times[-1] if len(times) else None
         return {
@@ -334,6 +384,8 @@ class History:
             "finished": finished,
             "wait": wait,
             "run": run,
+            "wait_window": over["wait"],
+            "run_window": over["run"],
             "busy": busy,
             "slots": {name: self.slots.get(name, 0) for name in busy},
             "agents_tracked": len(self.busy.series),
@@ -372,6 +424,11 @@ class StatusRecorder:
         self.latest: Optional[Sample] = None
         #: jobs waiting per ``(type, name)``, kept by the job events
         self._waiting_env: Dict[Environment, int] = {}
+        #: the environments shown by name besides the offered ones (insertion-ordered set,
+        #: at most MAX_UNOFFERED_SHOWN): those jobs waited for first, until none waits
+        self._named: Dict[Environment, None] = {}
+        #: the most entries ``_waiting_env`` had since it was last rebuilt (to give memory back)
+        self._waiting_peak = 0
         #: jobs handed to an agent, per ``(type, name)``, since the recorder started
         self.started_by_environment: Dict[Environment, int] = {}
         #: client state -> [its ``last_tick`` when last seen changing, when that was]
@@ -423,9 +480,13 @@ class StatusRecorder:
         """Count what waits now (once, O(jobs)), then follow the job events."""
         known = known_environments(self._backend)
         self._waiting_env = {}
+        self._named = {}
         for text, n in self._backend.waiting_per_environment().items():
             env = environment_of(text, known)
             self._waiting_env[env] = self._waiting_env.get(env, 0) + n
+            if len(self._named) < MAX_UNOFFERED_SHOWN:
+                self._named[env] = None
+        self._waiting_peak = len(self._waiting_env)
         self._backend.add_observer(self)
         self._observing = True
 
@@ -435,11 +496,21 @@ class StatusRecorder:
     # (it ended before running: killed, dropped, refused by the policy).
 
     def _waits(self, env: Environment, delta: int) -> None:
-        n = self._waiting_env.get(env, 0) + delta
+        waiting = self._waiting_env
+        n = waiting.get(env, 0) + delta
         if n > 0:
-            self._waiting_env[env] = n
-        else:
-            self._waiting_env.pop(env, None)
+            if env not in waiting:
+                if len(self._named) < MAX_UNOFFERED_SHOWN:
+                    self._named[env] = None
+                if len(waiting) >= self._waiting_peak:
+                    self._waiting_peak = len(waiting) + 1
+            waiting[env] = n
+        elif waiting.pop(env, None) is not None:
+            self._named.pop(env, None)
+            # a dict keeps its size when emptied: rebuild it once it holds a quarter of its peak
+            if self._waiting_peak > 1024 and len(waiting) * 4 < self._waiting_peak:
+                self._waiting_env = dict(waiting)
+                self._waiting_peak = len(waiting)
 
     def job_queued(self, job: Any) -> None:
         self._waits(tuple(job.environment), 1)
@@ -450,7 +521,10 @@ class StatusRecorder:
     def job_started(self, job: Any, agent_name: str) -> None:
         env = tuple(job.environment)
         self._waits(env, -1)
-        self.started_by_environment[env] = self.started_by_environment.get(env, 0) + 1
+        started = self.started_by_environment
+        if env not in started and len(started) >= MAX_STARTED_ENVIRONMENTS:
+            env = OTHER_ENVIRONMENT  # agents offered that many: bounded all the same
+        started[env] = started.get(env, 0) + 1
 
     def job_requeued(self, job: Any, agent_name: str, reason: str) -> None:
         self.requeued += 1
@@ -481,6 +555,32 @@ class StatusRecorder:
                 out[env] = out.get(env, 0) + n
             return out
         return dict(self._waiting_env)
+
+    def waiting_shown(self) -> Dict[Environment, int]:
+        """Jobs waiting per environment shown by name: every offered one (0
+        included), up to :data:`MAX_UNOFFERED_SHOWN` others, and
+        :data:`OTHER_ENVIRONMENT` for the rest (if any wait).  O(shown), whatever
+        the number of environments clients made up."""
+        offered = known_environments(self._backend).values()
+        if not self._observing:
+            return fold_environments(self.waiting_by_environment(), offered)
+        waiting = self._waiting_env
+        out = {env: waiting.get(env, 0) for env in offered}
+        for env in self._named:
+            out[env] = waiting.get(env, 0)
+        rest = self._backend.waiting_count - sum(out.values())
+        if rest > 0:
+            out[OTHER_ENVIRONMENT] = rest
+        return out
+
+    def unshown_environments(self) -> int:
+        """How many environments jobs wait for are counted in :data:`OTHER_ENVIRONMENT`."""
+        if not self._observing:
+            return 0
+        waiting = self._waiting_env
+        offered = known_environments(self._backend).values()
+        shown = sum(1 for env in offered if env in waiting and env not in self._named) + len(self._named)
+        return max(0, len(waiting) - shown)
 
     def client_activity(self, now: Optional[float] = None) -> Dict[Any, float]:
         """Registered client state -> seconds since it was last heard from, as far as
@@ -533,8 +633,10 @@ class StatusRecorder:
         self.agent_registrations += len(seen - self._agents_seen)
         self.agent_removals += len(self._agents_seen - seen)
         self._agents_seen = seen
-        queue = dict.fromkeys(backend.environments, 0)
-        queue.update(self.waiting_per_environment())
+        queue: Dict[str, int] = {}
+        for env, n in self.waiting_shown().items():
+            text = display_label(env)
+            queue[text] = queue.get(text, 0) + n
         finished = {}
         now_finished = stats.finished
         for kind, n in now_finished.items():

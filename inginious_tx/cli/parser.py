@@ -96,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
             help="how long to wait for the backend (and for the environment) before giving up (default: 10)",
         )
         p.add_argument(
+            "--wait-for-backend",
+            action="store_true",
+            help="retry a refused connection until --connect-timeout (a backend still starting); "
+            "without it, a refused connection ends the command at once with exit status 69",
+        )
+        p.add_argument(
             "--dialect",
             choices=("0.6", "0.9"),
             default="0.6",
@@ -154,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--network", action="store_true", help="give the job network access")
     submit.add_argument("--launcher", default="inginious-tx", help="who launched the job, for the backend's logs")
     submit.add_argument("--repeat", metavar="N", type=_positive_int, default=1, help="submit each job N times")
+    submit.add_argument(
+        "--archive-dir",
+        metavar="DIR",
+        default=None,
+        help="save each job's archive (the files its task put aside, a .tgz) as DIR/JOB_ID.tgz; "
+        "made if missing (default: not saved; --json carries it in base64)",
+    )
     submit.add_argument(
         "--timeout",
         metavar="S",

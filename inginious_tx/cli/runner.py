@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorCore
 from twisted.python.failure import Failure
 
 from .._reactor import CommonReactor
 from ..client import BackendUnavailable, Client, ClientJobResult, EnvironmentUnavailable
 from .exit_codes import (
+    EXIT_CANTCREAT,
     EXIT_INTERRUPTED,
     EXIT_NO_ENVIRONMENT,
     EXIT_SOFTWARE,
@@ -42,6 +45,10 @@ __all__ = ["main", "CommandError", "Report"]
 Command = Callable[[CommonReactor, "_Run"], Coroutine[Any, Any, None]]
 
 
+#: Seconds the command waits for its link to close once the backend was found unreachable.
+UNAVAILABLE_STOP_WAIT = 0.2
+
+
 class CommandError(Exception):
     """Ends the command with one line on stderr and ``status``."""
 
@@ -57,11 +64,20 @@ class Report:
     stdout: List[str] = field(default_factory=list)
     stderr: List[str] = field(default_factory=list)
     status: int = EXIT_SUCCESS
+    #: (path, content) of the archives to save, written once the reactor has stopped
+    archives: List[Tuple[str, bytes]] = field(default_factory=list)
 
 
 def _connect(reactor: CommonReactor, args: argparse.Namespace) -> Client:
     from ..plugin import PluginError
-    from ..transport import UnknownEndpoint
+    from ..transport import UnknownEndpoint, check_endpoint
+
+    try:
+        check_endpoint(args.backend, listening=False)
+    except UnknownEndpoint as e:
+        raise CommandError(f"--backend: {e}", EXIT_USAGE)
+    except ValueError as e:
+        raise CommandError(f"--backend: {e} (expected {ENDPOINT_FORMS})", EXIT_USAGE)
 
     client = Client(
         reactor,
@@ -83,16 +99,41 @@ def _connect(reactor: CommonReactor, args: argparse.Namespace) -> Client:
         raise CommandError(f"bad backend endpoint {args.backend!r}: {e}{hint}", EXIT_USAGE)
 
 
-async def _ready(client: Client, args: argparse.Namespace, environment: Optional[str] = None) -> Tuple[str, ...]:
+async def _ready(
+    reactor: CommonReactor, client: Client, args: argparse.Namespace, environment: Optional[str] = None
+) -> Tuple[str, ...]:
+    from .probe import unreachable
+
+    if environment is None:
+        waiting = client.wait_until_ready(timeout=args.connect_timeout)
+    else:
+        waiting = client.wait_for_environment(environment, timeout=args.connect_timeout)
+    outcome: Deferred = Deferred()
+
+    def settle(result: Any) -> None:
+        if not outcome.called:
+            outcome.callback(result)  # a Failure goes down the errback chain
+
+    def refusal(why: Optional[str]) -> None:
+        # A refusal is known at once: the command does not wait its whole --connect-timeout for it.
+        if why and not outcome.called:
+            outcome.errback(CommandError(f"backend unreachable at {args.backend}: {why}", EXIT_UNAVAILABLE))
+            waiting.cancel()
+
+    waiting.addBoth(settle)
+    if not args.wait_for_backend:
+        unreachable(reactor, args.backend, args.connect_timeout).addCallback(refusal)
     try:
-        if environment is None:
-            return await client.wait_until_ready(timeout=args.connect_timeout)
-        return await client.wait_for_environment(environment, timeout=args.connect_timeout)
+        environments: Tuple[str, ...] = await outcome
+        return environments
     except EnvironmentUnavailable as e:
         raise CommandError(str(e), EXIT_NO_ENVIRONMENT)
     except BackendUnavailable:
+        why = await unreachable(reactor, args.backend, 1.0)  # the cause, if it is a refusal
         raise CommandError(
-            f"backend unreachable at {args.backend} (no answer within {args.connect_timeout:g} s)", EXIT_UNAVAILABLE
+            f"backend unreachable at {args.backend} (no answer within {args.connect_timeout:g} s"
+            f"{': ' + why if why else ''})",
+            EXIT_UNAVAILABLE,
         )
 
 
@@ -154,14 +195,22 @@ class _Run:
                 if timer.active():
                     timer.cancel()
             if self.client is not None:
-                await self.client.stop()
+                stopping = self.client.stop()
+                if self.report.status == EXIT_UNAVAILABLE:
+                    # Nothing of ours can reach a backend that is not there: do not wait for a link
+                    # still being made (a TLS handshake would hold the stop for seconds past --connect-timeout).
+                    stopping.addTimeout(UNAVAILABLE_STOP_WAIT, self.reactor)
+                try:
+                    await stopping
+                except (CancelledError, DeferredTimeout):
+                    pass
 
 
 async def run_submit(
     reactor: CommonReactor, args: argparse.Namespace, inputs: List[Dict[str, Any]], report: Report, run: _Run
 ) -> None:
     client = run.client = _connect(reactor, args)
-    await _ready(client, args, args.environment)
+    await _ready(reactor, client, args, args.environment)
     course, task = args.task
     jobs = [data for data in inputs for _ in range(args.repeat)]
     progress = Progress(sys.stderr, len(jobs)) if len(jobs) > 1 else None
@@ -210,6 +259,10 @@ async def run_submit(
 
     done = [o for o in outcomes if o is not None]
     results = [o.result for o in done]
+    if args.archive_dir is not None:
+        for r in results:
+            if r.archive:
+                report.archives.append((os.path.join(args.archive_dir, f"{r.job_id}.tgz"), r.archive))
     if not run.was_interrupted:
         report.status = exit_status(results)
     if len(done) == 1:
@@ -231,7 +284,7 @@ async def run_submit(
 
 async def run_queue(reactor: CommonReactor, args: argparse.Namespace, report: Report, run: _Run) -> None:
     client = run.client = _connect(reactor, args)
-    await _ready(client, args)
+    await _ready(reactor, client, args)
     try:
         snapshot = await client.get_queue()
     except BackendUnavailable as e:
@@ -246,7 +299,7 @@ async def run_queue(reactor: CommonReactor, args: argparse.Namespace, report: Re
 
 async def run_environments(reactor: CommonReactor, args: argparse.Namespace, report: Report, run: _Run) -> None:
     client = run.client = _connect(reactor, args)
-    environments = await _ready(client, args)
+    environments = await _ready(reactor, client, args)
     if args.dialect == "0.9":
         # Every (type, name), as TYPE/NAME.
         by_type = client.environments_by_type
@@ -298,6 +351,12 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
     except UsageError as e:
         sys.stderr.write(f"inginious-tx: {e}\n")
         sys.exit(EXIT_USAGE)
+    if getattr(args, "archive_dir", None) is not None:
+        try:
+            os.makedirs(args.archive_dir, exist_ok=True)
+        except OSError as e:
+            sys.stderr.write(f"inginious-tx: --archive-dir {args.archive_dir!r}: {e.strerror}\n")
+            sys.exit(EXIT_USAGE)
 
     if args.command == "submit":
 
@@ -322,6 +381,16 @@ def main(argv: Optional[Sequence[str]] = None) -> NoReturn:
         if e.code not in (0, None) and report.status == EXIT_SUCCESS:
             # react reports an unexpected failure (already logged) as 1.
             report.status = EXIT_SOFTWARE
+    for path, content in report.archives:
+        try:
+            with open(path, "wb") as f:
+                f.write(content)
+            if len(report.archives) == 1 or args.verbose:
+                report.stderr.insert(0, f"inginious-tx: archive saved as {path} ({len(content)} bytes)")
+        except OSError as e:
+            report.stderr.append(f"inginious-tx: cannot save the archive {path}: {e.strerror}")
+            if report.status == EXIT_SUCCESS:
+                report.status = EXIT_CANTCREAT
     for text in report.stdout:
         sys.stdout.write(text + "\n")
     sys.stdout.flush()

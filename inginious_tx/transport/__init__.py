@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from .._reactor import CommonReactor
-from ..interfaces import IConnection, IMessageSink, ITransport
+from ..interfaces import IConnection, IEndpointCheck, IMessageSink, ITransport
 from ..plugin import TRANSPORTS, PluginError, available
 
 __all__ = [
@@ -29,7 +29,17 @@ __all__ = [
     "shared_credentials",
     "SharedCredential",
     "check_credentials",
+    "check_endpoint",
+    "LISTENING_FORMS",
+    "CONNECTING_FORMS",
 ]
+
+#: The endpoint strings a command listens on, for messages.
+LISTENING_FORMS = (
+    "zmq:tcp://HOST:PORT, zmq:ipc:///PATH, tcp:PORT:interface=HOST, unix:/PATH or ssl:PORT:privateKey=KEY..."
+)
+#: The endpoint strings a command connects to, for messages.
+CONNECTING_FORMS = "zmq:tcp://HOST:PORT, zmq:ipc:///PATH, tcp:HOST:PORT, unix:/PATH or ssl:HOST:PORT:caCertsFile=CA..."
 
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024
 DEFAULT_MAX_HELLO_FRAME = 64 * 1024
@@ -120,26 +130,44 @@ def transports() -> List[Any]:
     return _cache
 
 
-def transport_for(endpoint: str) -> Any:
-    """The transport plugin that handles ``endpoint``."""
+def transport_for(endpoint: str, listening: Optional[bool] = None) -> Any:
+    """The transport plugin that handles ``endpoint``.
+
+    ``listening`` only chooses the forms the error message suggests
+    (to listen on, to connect to, or both when None).
+    """
     for t in transports():
         if t.handles(endpoint):
             return t
     names = ", ".join(t.name for t in transports()) or "none installed"
-    raise UnknownEndpoint(
-        f"no transport understands the endpoint {endpoint!r} (transports: {names}); "
-        "use zmq:tcp://HOST:PORT, zmq:ipc:///PATH, tcp:PORT:interface=HOST, unix:/PATH or ssl:..."
-    )
+    if listening is None:
+        forms = f"to listen: {LISTENING_FORMS}; to connect: {CONNECTING_FORMS}"
+    else:
+        forms = LISTENING_FORMS if listening else CONNECTING_FORMS
+    raise UnknownEndpoint(f"no transport understands the endpoint {endpoint!r} (transports: {names}); use {forms}")
+
+
+def check_endpoint(endpoint: str, listening: bool) -> None:
+    """Raise ValueError, saying what is wrong, if ``endpoint`` cannot be listened on (``listening``) or
+    connected to: no transport understands it, or its transport (:class:`IEndpointCheck`) refuses it.
+
+    Only the string (and the credential files it names) is checked: whether
+    the port is free or the peer up is known when it is used.
+    """
+    transport = transport_for(endpoint, listening)
+    checker = IEndpointCheck(transport, None)
+    if checker is not None:
+        checker.check(endpoint, listening)
 
 
 def listen(reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> Deferred:
     """Listen on ``endpoint`` with whichever transport handles it."""
-    return transport_for(endpoint).listen(reactor, endpoint, sink, limits)
+    return transport_for(endpoint, True).listen(reactor, endpoint, sink, limits)
 
 
 def connect(reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = DEFAULT_LIMITS) -> IConnection:
     """Connect to ``endpoint`` with whichever transport handles it."""
-    return transport_for(endpoint).connect(reactor, endpoint, sink, limits)
+    return transport_for(endpoint, False).connect(reactor, endpoint, sink, limits)
 
 
 @dataclass(frozen=True)

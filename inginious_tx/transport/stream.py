@@ -53,7 +53,15 @@ from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from .._reactor import CommonReactor
-from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
+from ..interfaces import (
+    IConnection,
+    IEndpointCheck,
+    IListener,
+    IMessageSink,
+    IPeer,
+    IRejectionObserver,
+    ITransport,
+)
 from ..messages import MessageError, load_any
 from . import Limits, tls
 
@@ -688,6 +696,8 @@ class StreamServerPeer:
 
 
 class _ClientFactory(Factory):
+    noisy = False  # no "Starting factory" / "Stopping factory" at every reconnection attempt
+
     def __init__(self, connection: StreamConnection) -> None:
         self._connection = connection
 
@@ -774,7 +784,45 @@ class StreamConnection:
 # ---------------------------------------------------------------------------
 
 
-@implementer(ITransport)
+_NOT_INT = re.compile(r"invalid literal for int\(\) with base 10: (.*)")
+
+
+def _parse_error(error: Exception) -> str:
+    """What Twisted's endpoint parser meant, in words (it raises whatever the endpoint's constructor raised)."""
+    text = str(error)
+    match = _NOT_INT.fullmatch(text)
+    if match:
+        return f"{match.group(1)} is not a whole number (a port?)"
+    if isinstance(error, TypeError) and "missing" in text:
+        return "no " + " nor ".join(re.findall(r"'(\w+)'", text.split("missing", 1)[1]) or ["value for a part"])
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    return text or type(error).__name__
+
+
+def check_stream_endpoint(endpoint: str, listening: bool) -> None:
+    """Parse ``endpoint`` as Twisted would (and read the TLS files it names); ValueError if it cannot be used."""
+    from twisted.internet.endpoints import clientFromString, serverFromString
+
+    try:
+        if tls.verifies_peers(endpoint):  # our own parsing, whose ValueErrors name the file or the part
+            if listening:
+                tls.server_endpoint(None, endpoint)  # type: ignore[arg-type]  # parsing needs no reactor
+            else:
+                tls.client_options(endpoint)
+        elif listening:
+            serverFromString(None, endpoint)
+        else:
+            clientFromString(None, endpoint)
+    except ValueError as e:
+        if tls.verifies_peers(endpoint):
+            raise
+        raise ValueError(f"bad endpoint {endpoint!r}: {_parse_error(e)}") from None
+    except Exception as e:
+        raise ValueError(f"bad endpoint {endpoint!r}: {_parse_error(e)}") from None
+
+
+@implementer(ITransport, IEndpointCheck)
 class StreamTransport:
     """Endpoints ``tcp:``, ``tcp6:``, ``unix:`` and ``ssl:`` (Twisted endpoint syntax).
 
@@ -790,6 +838,9 @@ class StreamTransport:
 
     def handles(self, endpoint: str) -> bool:
         return isinstance(endpoint, str) and endpoint.startswith(PREFIXES)
+
+    def check(self, endpoint: str, listening: bool) -> None:
+        check_stream_endpoint(endpoint, listening)
 
     def listen(
         self, reactor: CommonReactor, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS

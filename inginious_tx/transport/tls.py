@@ -151,6 +151,31 @@ def _own_certificate(cert_path: Optional[str], key_path: Optional[str]) -> Any:
         raise ValueError(f"cannot load the certificate {cert_path or key_path!r} with key {key_path!r}: {e}") from None
 
 
+def _modern_pyopenssl() -> bool:
+    """pyOpenSSL 24.3 and later take ``cryptography`` keys and certificates (and deprecate its own)."""
+    import OpenSSL
+
+    try:
+        major, minor = (int(part) for part in OpenSSL.__version__.split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) >= (24, 3)
+
+
+def _for_context(obj: Any) -> Any:
+    """A pyOpenSSL ``X509`` or ``PKey`` as the object pyOpenSSL's context wants: the
+    ``cryptography`` one where supported, so that no deprecated call is made."""
+    if not _modern_pyopenssl():
+        return obj
+    convert = getattr(obj, "to_cryptography", None) or obj.to_cryptography_key
+    return convert()
+
+
+def _own_options(own: Any) -> Dict[str, Any]:
+    """``privateKey`` and ``certificate`` options of Twisted's ``CertificateOptions`` for ``own``."""
+    return {"privateKey": _for_context(own.privateKey.original), "certificate": _for_context(own.original)}
+
+
 def _check_keys(kind: str, kwargs: Dict[str, str], allowed: frozenset) -> None:
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
@@ -189,11 +214,10 @@ def server_endpoint(reactor: CommonReactor, description: str) -> IStreamServerEn
     own = _own_certificate(kwargs.get("certKey"), kwargs["privateKey"])
     chain = None
     if "extraCertChain" in kwargs:
-        chain = [c.original for c in load_certificates(kwargs["extraCertChain"])]
+        chain = [_for_context(c.original) for c in load_certificates(kwargs["extraCertChain"])]
     cas = load_certificates(kwargs[CA_PARAMETER])
     options = CertificateOptions(
-        privateKey=own.privateKey.original,
-        certificate=own.original,
+        **_own_options(own),
         extraCertChain=chain,
         trustRoot=trustRootFromCertificates(cas),
     )
@@ -235,7 +259,11 @@ def client_options(description: str) -> Tuple[str, int, int, Any]:
     if "certKey" in kwargs or "privateKey" in kwargs:
         own = _own_certificate(kwargs.get("certKey"), kwargs.get("privateKey"))
     trust = trustRootFromCertificates(load_certificates(kwargs[CA_PARAMETER]))
-    options = optionsForClientTLS(kwargs.get("hostname", kwargs["host"]), trustRoot=trust, clientCertificate=own)
+    options = optionsForClientTLS(
+        kwargs.get("hostname", kwargs["host"]),
+        trustRoot=trust,
+        extraCertificateOptions=_own_options(own) if own is not None else None,
+    )
     return kwargs["host"], _int(kwargs, "port", 0), _int(kwargs, "timeout", 30), options
 
 

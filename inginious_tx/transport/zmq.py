@@ -70,7 +70,15 @@ from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ..interfaces import IConnection, IListener, IMessageSink, IPeer, IRejectionObserver, ITransport
+from ..interfaces import (
+    IConnection,
+    IEndpointCheck,
+    IListener,
+    IMessageSink,
+    IPeer,
+    IRejectionObserver,
+    ITransport,
+)
 from ..messages import MessageError, load_any
 from . import Limits, curve
 
@@ -981,7 +989,31 @@ def _socket_gone(reactor: Any, monitor: zmq.Socket, timeout: float) -> Deferred:
 # ---------------------------------------------------------------------------
 
 
-@implementer(ITransport)
+def check_zmq_endpoint(endpoint: str, listening: bool) -> None:
+    """ValueError if ``endpoint`` is not a usable ZeroMQ address (and its CurveZMQ files unreadable)."""
+    base, _ = curve.server_settings(endpoint) if listening else curve.client_settings(endpoint)
+    address = _zmq_address(base)
+    scheme, _, rest = address.partition("://")
+    if scheme in ("tcp", "ws", "wss"):
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"bad endpoint {endpoint!r}: no port (expected zmq:{scheme}://HOST:PORT)")
+        port = port.split("/", 1)[0]
+        if listening and port == "*":
+            return
+        if not port.isdigit() or int(port) > 65535 or (int(port) == 0 and not listening):
+            raise ValueError(f"bad endpoint {endpoint!r}: {port!r} is not a port (expected zmq:{scheme}://HOST:PORT)")
+    elif scheme in ("ipc", "inproc"):
+        if not rest:
+            raise ValueError(f"bad endpoint {endpoint!r}: no path (expected zmq:{scheme}:///PATH)")
+    else:
+        raise ValueError(
+            f"bad endpoint {endpoint!r}: unsupported ZeroMQ transport {scheme!r} "
+            "(expected zmq:tcp://HOST:PORT or zmq:ipc:///PATH)"
+        )
+
+
+@implementer(ITransport, IEndpointCheck)
 class ZmqTransport:
     """Endpoints ``zmq:<ZeroMQ address>``; one ZeroMQ context per instance, made on first use."""
 
@@ -998,6 +1030,9 @@ class ZmqTransport:
 
     def handles(self, endpoint: str) -> bool:
         return isinstance(endpoint, str) and endpoint.startswith(PREFIX)
+
+    def check(self, endpoint: str, listening: bool) -> None:
+        check_zmq_endpoint(endpoint, listening)
 
     def listen(self, reactor: Any, endpoint: str, sink: IMessageSink, limits: Limits = _DEFAULT_LIMITS) -> Deferred:
         try:

@@ -1,0 +1,169 @@
+"""The host side of a job on an INGInious grading image: its folder, and what is mounted from it.
+
+One folder per job (``job-XXXX`` in the agent's work folder, on its own
+tmpfs when the agent bounds job disks, marked for the removal of what a
+killed agent left, see :mod:`._leftovers`)::
+
+    task/            -> /task                     read-write (a copy of the task, without student/)
+    student/         -> /task/student             read-write (the task's student/, and scripts/)
+    sockets/         -> /sockets                  read-write (the image's run_student sockets)
+    common/          -> /course/common            read-only  (the course's $common)
+    common_student/  -> /course/common/student    read-only  ($common/student)
+    private/         never mounted                the agent's: the systemfiles copy, socket links
+
+``student/`` is a mount of its own, not a folder inside ``task/``: the
+grading container (root inside) cannot swap it for a symbolic link, so what
+the agent mounts in student containers is always that folder.  For the same
+reason the agent mounts in student containers only what it holds itself:
+the task's ``systemfiles`` copied from the course (not from the grader's
+copy), and each run_student socket through a hard link in ``private/``,
+checked to be a socket.  Everything here blocks: call it in a thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tempfile
+from dataclasses import dataclass
+from typing import Optional
+
+from ._leftovers import STDIN_SUFFIX, mark_job
+from .job_disk import mount_job_disk
+from .job_folder import ID_PATTERN, TaskError, remove_job_path
+
+__all__ = ["IngiFolder", "prepare_ingi_job", "link_socket", "SOCKET_ID"]
+
+#: Socket ids the image makes (``tempfile`` names: letters, digits, ``_``).
+SOCKET_ID = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
+#: The only files of ``systemfiles/`` the image reads.
+_SYSTEM_FILES = ("hosts", "resolv.conf")
+
+
+@dataclass(frozen=True)
+class IngiFolder:
+    """Where one job's files are on the host."""
+
+    root: str
+    disk_mb: int = 0
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, name)
+
+    @property
+    def task(self) -> str:
+        return self.path("task")
+
+    @property
+    def student(self) -> str:
+        return self.path("student")
+
+    @property
+    def sockets(self) -> str:
+        return self.path("sockets")
+
+    @property
+    def common(self) -> str:
+        return self.path("common")
+
+    @property
+    def common_student(self) -> str:
+        return self.path("common_student")
+
+    @property
+    def private(self) -> str:
+        return self.path("private")
+
+    @property
+    def systemfiles(self) -> str:
+        return os.path.join(self.private, "systemfiles")
+
+
+def _copy(src: str, dst: str, skip: Optional[str] = None) -> None:
+    """Copy the folder ``src`` to ``dst`` (links kept as links), without its entry ``skip``."""
+    ignore = (lambda d, names: [skip] if d == src and skip in names else []) if skip else None
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore)
+
+
+def prepare_ingi_job(tasks_dir: str, course_id: str, task_id: str, work_root: str, disk_mb: int = 0) -> IngiFolder:
+    """Make a job's folder (blocking); :class:`TaskError` for bad ids or a missing task."""
+    for what, value in (("course", course_id), ("task", task_id)):
+        if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+            raise TaskError(f"invalid {what} id {value!r}: only letters, digits, '_' and '-' are allowed")
+    course = os.path.join(tasks_dir, course_id)
+    src = os.path.join(course, task_id)
+    if not os.path.isdir(src):
+        raise TaskError(f"task {course_id}/{task_id} does not exist on this agent")
+    os.makedirs(work_root, mode=0o711, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="job-", dir=work_root)
+    try:
+        os.mkdir(root + STDIN_SUFFIX, 0o700)
+        mark_job(root)
+        os.chmod(root, 0o755)
+        if disk_mb > 0:
+            mount_job_disk(root, disk_mb, mode=0o755)
+        folder = IngiFolder(root, disk_mb if disk_mb > 0 else 0)
+        _copy(src, folder.task, skip="student")
+        os.chmod(folder.task, 0o777)
+        os.makedirs(os.path.join(folder.task, "student"), exist_ok=True)  # the mount point
+        student_src = os.path.join(src, "student")
+        if os.path.isdir(student_src) and not os.path.islink(student_src):
+            _copy(student_src, folder.student)
+        else:
+            os.mkdir(folder.student)
+        os.makedirs(os.path.join(folder.student, "scripts"), exist_ok=True)
+        for path in (folder.student, os.path.join(folder.student, "scripts")):
+            os.chmod(path, 0o777)
+        os.mkdir(folder.sockets)
+        os.chmod(folder.sockets, 0o777)
+        common_src = os.path.join(course, "$common")
+        if os.path.isdir(common_src) and not os.path.islink(common_src):
+            _copy(common_src, folder.common)
+            common_student = os.path.join(common_src, "student")
+            if os.path.isdir(common_student) and not os.path.islink(common_student):
+                _copy(common_student, folder.common_student)
+        if not os.path.isdir(folder.common):
+            os.mkdir(folder.common)
+        os.makedirs(os.path.join(folder.common, "student"), exist_ok=True)  # the mount point
+        if not os.path.isdir(folder.common_student):
+            os.mkdir(folder.common_student)
+        os.mkdir(folder.private, 0o700)
+        os.mkdir(folder.systemfiles, 0o755)
+        for name in _SYSTEM_FILES:
+            path = os.path.join(src, "systemfiles", name)
+            if os.path.isfile(path) and not os.path.islink(os.path.join(src, "systemfiles")):
+                shutil.copyfile(path, os.path.join(folder.systemfiles, name), follow_symlinks=False)
+    except BaseException:
+        remove_job_path(root)
+        remove_job_path(root + STDIN_SUFFIX)
+        raise
+    return folder
+
+
+def link_socket(folder: IngiFolder, socket_id: str, serial: int) -> str:
+    """A path, in the agent's private folder, to the socket the grader made for ``socket_id`` (blocking).
+
+    The grading container owns ``sockets/``: what is there is only trusted
+    once hard-linked where it cannot reach, and checked there to be a socket
+    (a link to a symbolic link stays a link to that symbolic link, and is refused).
+    Raises ValueError when there is no such socket.
+    """
+    if not SOCKET_ID.fullmatch(socket_id):
+        raise ValueError(f"invalid socket id {socket_id!r}")
+    src = os.path.join(folder.sockets, socket_id + ".sock")
+    dst = os.path.join(folder.private, f"socket-{serial}")
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileNotFoundError:
+        raise ValueError(f"no socket {socket_id!r} in /sockets") from None
+    except PermissionError:
+        # not root (protected_hardlinks): check in place; the grader could still swap it afterwards
+        if not stat.S_ISSOCK(os.lstat(src).st_mode):
+            raise ValueError(f"/sockets/{socket_id}.sock is not a socket") from None
+        return src
+    if not stat.S_ISSOCK(os.lstat(dst).st_mode):
+        os.unlink(dst)
+        raise ValueError(f"/sockets/{socket_id}.sock is not a socket")
+    return dst

@@ -67,6 +67,9 @@ checked), ``labels`` (extra container labels), ``init`` (True: tini as PID 1
 reaps zombies in run_student's containers; the job's own container has the
 wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
 ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
+
+``pool_max`` (0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
+``pool_half_life``: containers prepared ahead of demand, see :mod:`.docker_pool`.
 """
 
 from __future__ import annotations
@@ -94,11 +97,12 @@ from ._running import JobRun
 from ._threads import BackendThreads
 from .compat import TASK_MOUNT, inginious_env, inginious_mounts
 from .debug import ISSHDebugBackend
+from .docker_pool import Claimed, DockerHelperMaker, DockerPool, pool_options
 from .feedback import OutputLimits, collect_result
 from .inginious_image import LABEL_NAME, image_info, pick_images
 from .inginious_job import IngiImage, IngiSession
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
-from .job_folder import JobFolder, TaskError, helpers_dir, prepare_job, remove_job_path
+from .job_folder import JobFolder, TaskError, helpers_dir, make_job_root, prepare_job, remove_job_path
 from .result import AgentConfig, JobResult
 from .run_student import ENV_VAR as RUN_STUDENT_ENV
 from .run_student import EXCHANGE, StudentService, make_exchange
@@ -314,6 +318,27 @@ class DockerBackend:
         self._closed = False
         #: what agents killed on this host left (containers, job folders) is removed once, at start
         self._swept = False
+        #: containers made ahead of demand (see .docker_pool); None: off (option pool_max=0)
+        self.pool = self._make_pool(pool_options(opts, config.slots))
+        self._image_ids: Dict[str, str] = {}
+        #: removals of pooled jobs' containers and folders under way
+        self._cleanups: Set[Deferred] = set()
+
+    def _make_pool(self, settings: Dict[str, Any]) -> Optional[DockerPool]:
+        if not settings["max_per_key"] and not settings["per_env"]:
+            return None
+
+        def engine(f: Callable[..., Any], *args: Any) -> Deferred:
+            return self._call(self._thd_guard, f, *args)
+
+        maker = DockerHelperMaker(
+            engine, self._call, self._container_config, self._thd_job_root, self._thd_remove, self._disk_mb, LABEL_JOB,
+            ready_runtime=lambda runtime: runtime is None or runtime in self._pids_policies,
+        )  # fmt: skip
+        return DockerPool(
+            self._reactor, maker, settings, engine=engine, call=self._call, config=self._container_config,
+            prepare=self._thd_prepare, images=self._images, runtimes=self._runtimes, min_mem_mb=_MIN_MEM_MB,
+        )  # fmt: skip
 
     # -- threads ---------------------------------------------------------
 
@@ -380,6 +405,11 @@ class DockerBackend:
         if self._engine_ok is False:
             self.log.info("docker backend: the docker engine is back")
         self._engine_ok = True
+        for name, info in found.items():
+            if self._image_ids.setdefault(name, info["id"]) != info["id"]:
+                self._image_ids[name] = info["id"]
+                if self.pool is not None:
+                    self.pool.image_changed(name)
         for name, image in missing:
             self.log.error(
                 "docker backend: image {image!r} of environment {name!r} is not in the local docker engine "
@@ -504,20 +534,36 @@ class DockerBackend:
         if image is None:
             return await self._crash(f"environment {job.environment!r} is not offered by this docker agent")
         folder: Optional[JobFolder] = None
+        arrived = self._reactor.seconds()
+        claimed: Optional[Claimed] = None
         try:
+            # -- take a container made ahead (.docker_pool), or create one ------------------
             try:
-                folder = await self._call(self._thd_prepare, job)
+                claimed = await self.pool.acquire(job) if self.pool is not None else None
+                if claimed is not None:
+                    folder, run.container_id = claimed.folder, claimed.container_id
+                else:
+                    folder = await self._call(self._thd_prepare, job)
             except TaskError as e:
                 return await self._crash(str(e))
             if run.stopped:
                 return JobResult(*run.stopped)
-            await self._probe_runtime(image, folder)
-            run.container_id = await self._call(self._thd_guard, self._thd_create, image, folder)
+            if claimed is None:
+                await self._probe_runtime(image, folder)
+                run.container_id = await self._call(self._thd_guard, self._thd_create, image, folder)
             if run.stopped:  # killed while the container was being made
                 return JobResult(*run.stopped)
             # watching before the grader starts: its first request cannot be missed
             run.students = self._student_service(run, folder, image)
-            await self._call(self._thd_guard, self._thd_start, run.container_id)
+            if claimed is not None:
+                config = self._container_config(image, folder)  # the job's command, as without the pool
+                command, cwd = config["command"], config["working_dir"]
+                await self._call(self._thd_guard, self.pool.thd_go, claimed, command, cwd)  # type: ignore[union-attr]
+            else:
+                await self._call(self._thd_guard, self._thd_start, run.container_id)
+            if self.pool is not None:
+                self.pool.record(job, claimed is not None, self._reactor.seconds() - arrived)
+            # -- end of take-or-create ------------------------------------------------------
             self._arm_timers(run)
             run.up.callback(run.container_id)
             exit_code = await self._supervise(run, folder)
@@ -528,7 +574,13 @@ class DockerBackend:
             self.log.failure("docker backend: unexpected failure running job {job_id!r}", job_id=job.job_id)
             return JobResult.crash(f"the docker agent failed to run the job: {e!r}")
         finally:
-            await self._cleanup(run, folder)
+            if claimed is not None and not self._closed:
+                # a pooled job's answer does not wait for its removal (close() does)
+                cleanup = ensureDeferred(self._cleanup(run, folder))
+                self._cleanups.add(cleanup)
+                cleanup.addBoth(lambda _: self._cleanups.discard(cleanup))
+            else:
+                await self._cleanup(run, folder)
 
     async def _probe_runtime(self, image: str, folder: JobFolder) -> None:
         """Once per runtime: can it take the pids limit? (see :mod:`.runtimes`)"""
@@ -565,18 +617,28 @@ class DockerBackend:
             os.chmod(os.path.join(target, name), 0o755)
         return target
 
-    def _thd_prepare(self, job: BackendNewJob) -> JobFolder:
+    def _thd_work_dir(self) -> str:
+        """The work folder (made on first use, with the helpers' copy when asked)."""
         with self._client_lock:
             if self._work_dir is None:
                 self._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
             if self._helpers is None:
                 self._helpers = self._thd_helpers()
-        owner = self._chown_to if os.geteuid() == 0 else None
         if os.geteuid() == 0:  # containers never walk it: only the agent and the engine (root) need to
             os.makedirs(self._work_dir, mode=0o700, exist_ok=True)
             os.chmod(self._work_dir, 0o700)
+        return self._work_dir
+
+    def _thd_job_root(self) -> str:
+        """An empty job folder, made as :meth:`_thd_prepare` makes one (for a container made ahead)."""
+        return make_job_root(self._thd_work_dir(), disk_mb=self._disk_mb, marked=True)
+
+    def _thd_prepare(self, job: BackendNewJob, root: Optional[str] = None) -> JobFolder:
+        """The job's folder: a new one, or ``root`` made earlier by :meth:`_thd_job_root`, filled."""
+        work_dir = self._thd_work_dir()
+        owner = self._chown_to if os.geteuid() == 0 else None
         folder = prepare_job(
-            self._config.tasks_dir or "", job, self._work_dir, disk_mb=self._disk_mb, owner=owner, marked=True
+            self._config.tasks_dir or "", job, work_dir, disk_mb=self._disk_mb, owner=owner, marked=True, root=root
         )
         try:
             exchange = make_exchange(folder)
@@ -748,7 +810,7 @@ class DockerBackend:
                 )
         if folder is not None:
             try:
-                await self._call(_remove_paths, folder.root + STDIN_SUFFIX, folder.root)
+                await self._call(_remove_paths, folder.root, folder.root + STDIN_SUFFIX)  # the owner mark last
             except Exception:
                 self.log.failure("docker backend: cannot remove job folder {root}", root=folder.root)
 
@@ -823,8 +885,12 @@ class DockerBackend:
         runs = list(self._runs.values())
         for run in runs:
             self._stop(run, ("killed", "The agent was shut down."))
+        if self.pool is not None:
+            await self.pool.close()
         if runs:
             await DeferredList([r.done for r in runs])
+        if self._cleanups:
+            await DeferredList(list(self._cleanups))
         if self._orphans:
             await self._remove_orphans()
         if self._own_work_dir and self._work_dir is not None:

@@ -36,6 +36,7 @@ __all__ = [
     "JobFolder",
     "helpers_dir",
     "prepare_job",
+    "make_job_root",
     "hand_over",
     "remove_job",
     "remove_job_path",
@@ -244,6 +245,7 @@ def prepare_job(
     owner: Optional[Tuple[int, int]] = None,
     private: bool = False,
     marked: bool = False,
+    root: Optional[str] = None,
 ) -> JobFolder:
     """Make a fresh job folder for ``job`` under ``work_root`` (blocking).
 
@@ -255,6 +257,10 @@ def prepare_job(
     ``marked``: first make the agent's own ``ROOT.stdin`` folder beside it,
     holding the agent's token (:func:`._leftovers.mark_job`), before anything
     is mounted: if the agent is killed, the next one knows it may remove both.
+    ``root``: fill this folder, made earlier by :func:`make_job_root` with
+    the same ``work_root``, ``disk_mb``, ``private`` and ``marked`` (a
+    container prepared ahead already has it mounted), instead of making one;
+    it may hold the empty ``task`` and ``archive`` folders.
 
     Raises :class:`TaskError` when the ids are invalid or the task does not
     exist (or has no ``run`` and the job no ``run_cmd``); nothing is left
@@ -275,16 +281,9 @@ def prepare_job(
             f"task {job.course_id}/{job.task_id} has no 'run' file "
             f"(looked for run, run.py, run.py3 and run.sh in the task, then in the course's {COMMON_DIR})"
         )
-    # 0o711: a job running as another user reaches its own folder, but cannot list its neighbours
-    os.makedirs(work_root, mode=0o711, exist_ok=True)
-    root = tempfile.mkdtemp(prefix="job-", dir=work_root)
+    if root is None:
+        root = make_job_root(work_root, disk_mb=disk_mb, private=private, marked=marked)
     try:
-        if marked:
-            os.mkdir(root + STDIN_SUFFIX, 0o700)
-            mark_job(root)
-        os.chmod(root, 0o755)
-        if disk_mb > 0:
-            mount_job_disk(root, disk_mb, mode=0o700 if private else 0o755)
         # A job run as another user gets its own copy of the helpers: the
         # installed package may be out of its reach (a home folder closed to
         # others, or a checkout under /tmp, which the job sees privately).
@@ -292,7 +291,7 @@ def prepare_job(
         folder = JobFolder(root, job, disk_mb if disk_mb > 0 else 0, helpers, run_file)
         if helpers is not None:
             shutil.copytree(helpers_dir(), helpers)
-        shutil.copytree(src, folder.task_dir, symlinks=True)
+        shutil.copytree(src, folder.task_dir, symlinks=True, dirs_exist_ok=True)
         if common_src is not None:
             shutil.copytree(common_src, folder.common_dir, symlinks=True)
         os.makedirs(folder.student_dir, exist_ok=True)
@@ -303,7 +302,7 @@ def prepare_job(
             if stat.S_ISREG(st.st_mode) and not st.st_mode & 0o111:
                 os.chmod(copied_run, st.st_mode | 0o755)  # a private copy: be lenient
         for name in _SUBDIRS:
-            os.mkdir(os.path.join(root, name))
+            os.makedirs(os.path.join(root, name), exist_ok=True)
         for name in ("feedback", "archive"):
             os.chmod(os.path.join(root, name), 0o777)
         os.chmod(folder.tmp_dir, 0o1777)
@@ -318,6 +317,29 @@ def prepare_job(
             remove_tree(root + STDIN_SUFFIX)
         raise
     return folder
+
+
+def make_job_root(work_root: str, *, disk_mb: int = 0, private: bool = False, marked: bool = False) -> str:
+    """An empty job folder under ``work_root`` (blocking), for :func:`prepare_job` to fill now or later.
+
+    The options are :func:`prepare_job`'s; nothing is left behind on failure.
+    """
+    # 0o711: a job running as another user reaches its own folder, but cannot list its neighbours
+    os.makedirs(work_root, mode=0o711, exist_ok=True)
+    root = tempfile.mkdtemp(prefix="job-", dir=work_root)
+    try:
+        if marked:
+            os.mkdir(root + STDIN_SUFFIX, 0o700)
+            mark_job(root)
+        os.chmod(root, 0o755)
+        if disk_mb > 0:
+            mount_job_disk(root, disk_mb, mode=0o700 if private else 0o755)
+    except BaseException:
+        remove_job_path(root)
+        if marked:
+            remove_tree(root + STDIN_SUFFIX)
+        raise
+    return root
 
 
 def hand_over(folder: JobFolder, uid: int, gid: int) -> None:

@@ -1,0 +1,490 @@
+"""Containers prepared ahead of demand: a job takes one that already runs and waits for it.
+
+Starting a container costs a few hundred milliseconds alone, and seconds when
+many start at once (the engine serialises much of the work).  A pool keeps,
+per *key*, a few containers created and started before any job asks, each
+waiting for its job; a job that finds one skips that cost.  The pool knows
+nothing of how a container is made: an :class:`IContainerMaker` makes,
+checks and removes them, and decides what a key holds (everything fixed when
+a container is created: image, runtime, network, user...).
+
+The rules:
+
+- **one container, one job.**  :meth:`ContainerPool.take` hands a container
+  out once and forgets it; the caller removes it after its job, as it would
+  a container it made itself.  Taking one schedules a fresh one.
+- **a miss costs nothing more.**  ``take`` returns None when no container of
+  the key is ready (or the pool is off for it): the caller makes one as it
+  would without a pool.
+- **sized by demand.**  Each key's *level* is the largest number of takes
+  seen within ``window`` seconds, decaying by half every ``half_life``
+  seconds; its target is that level rounded to the nearest whole number,
+  bounded by ``max_per_key`` (the operator's maximum, and never more than
+  the agent's slots) and, for all keys together, ``max_total``.  A key nobody
+  uses has no demand and no container; one used once keeps one for about
+  ``half_life`` seconds; a burst of N jobs at once keeps up to N while it
+  lasts.  Containers above the target are removed at the next ``tick``.
+- **bounded creation.**  Containers are made through a FIFO queue, at most
+  ``concurrency`` at a time, so that refilling after a burst does not add a
+  burst of its own on the engine.  A key whose creation fails waits (1 s,
+  doubling up to 60 s) before the next try.
+- **checked at take.**  A container that died while it waited is discarded
+  at take time (:meth:`IContainerMaker.alive`) and the next one is tried; the
+  job itself never sees it.
+- :meth:`ContainerPool.close` stops refilling, waits for the creations under
+  way and removes every container still waiting.
+
+What a killed agent leaves in its pool (containers, their folders) carries
+the agent's owner token like any other container of it (the maker's job),
+so the next agent removes it (:mod:`._leftovers`).
+
+**Using it with another kind of container.**  The Docker agent's helper
+mode (:mod:`.docker_pool`) makes containers that wait on their standard
+input with a per-container folder mounted; a maker for INGInious grading
+images (which run their own program, waiting on stdin for a ``start``
+message) fits the same interface: its ``make`` creates the container with
+``stdin_open``, attaches to its standard input, starts it and returns a
+:class:`PooledContainer` whose ``data`` holds the attached socket; ``alive``
+inspects it; ``discard`` closes the socket and removes the container; the
+job that takes it writes its ``start`` message on that socket.  Its keys
+would hold the image, runtime, network and whatever else the agent fixes at
+creation, and limits it cannot change after creation (``docker update``)
+belong in the key too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, Hashable, List, Optional
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+__all__ = [
+    "IContainerMaker", "IContainerPool", "PooledContainer", "KeyStats", "ContainerPool", "NotReady", "Unpoolable",
+]  # fmt: skip
+
+#: Seconds a key waits after a failed creation, at first and at most.
+_BACKOFF_MIN = 1.0
+_BACKOFF_MAX = 60.0
+#: How many job-to-ready times each key keeps for its percentiles.
+_READY_SAMPLES = 256
+
+
+class NotReady(Exception):
+    """A maker cannot make a key's containers yet (it waits for something): the pool tries again
+    later, without counting a failure or logging one."""
+
+
+class Unpoolable(Exception):
+    """A key's containers cannot be made ahead at all (``str()`` says why): the pool stops trying
+    for that key, once logged; its jobs make their own."""
+
+
+@dataclass
+class PooledContainer:
+    """A container made ahead for ``key``, waiting for its job."""
+
+    key: Hashable
+    container_id: str
+    #: the maker's own: what the job needs to reach the container (its folder, a socket)
+    data: Any = None
+    #: when it was ready (the pool's clock)
+    ready_at: float = 0.0
+
+
+class IContainerMaker(Interface):
+    """Makes, checks and removes the containers of a :class:`IContainerPool`."""
+
+    def make(key: Hashable) -> Deferred:
+        """Create and start a container for ``key``, waiting for its job; fires with a
+        :class:`PooledContainer` (or fails: the pool backs off that key; :class:`NotReady`: it
+        tries again in a second; :class:`Unpoolable`: never again for that key)."""
+
+    def alive(container: PooledContainer) -> Deferred:
+        """Fires with True if ``container`` still runs and waits (checked when it is taken)."""
+
+    def discard(container: PooledContainer) -> Deferred:
+        """Remove a container no job will use, and what goes with it; never fails."""
+
+
+class IContainerPool(Interface):
+    """Containers made ahead, per key; each handed to one job."""
+
+    closed = Attribute("True once close() was called: nothing more is made.")
+
+    def take(key: Hashable) -> Deferred:
+        """A ready container of ``key`` (a :class:`PooledContainer`, the caller's from now on), or
+        None: none is ready, the caller makes one.  Counts as demand for ``key`` either way."""
+
+    def record_ready(key: Hashable, seconds: float, hit: bool) -> None:
+        """The caller's job had its container ready ``seconds`` after it arrived (for the stats)."""
+
+    def stats() -> Dict[Hashable, KeyStats]:
+        """The figures of every key seen so far."""
+
+    def flush(key: Hashable) -> Deferred:
+        """Discard the ready containers of ``key`` (its image changed...); fires when they are gone."""
+
+    def close() -> Deferred:
+        """Make nothing more, wait for the creations under way, remove what waits."""
+
+
+@dataclass
+class KeyStats:
+    """What one key of the pool did: for logs, status and tests."""
+
+    #: containers ready now, being made now, and wanted
+    ready: int = 0
+    creating: int = 0
+    target: int = 0
+    #: takes that got a container, and that did not
+    hits: int = 0
+    misses: int = 0
+    #: containers found dead when taken, creations that failed
+    dead: int = 0
+    failures: int = 0
+    #: job arrival to container ready, in seconds (the last ones), for hits and misses
+    ready_seconds_hit: Deque[float] = field(default_factory=lambda: deque(maxlen=_READY_SAMPLES))
+    ready_seconds_miss: Deque[float] = field(default_factory=lambda: deque(maxlen=_READY_SAMPLES))
+
+    @staticmethod
+    def percentile(values: Deque[float], q: float) -> Optional[float]:
+        """The ``q`` quantile (0..1) of ``values``, None if there is none."""
+        if not values:
+            return None
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+class _Demand:
+    """One key's demand: the most takes seen within ``window`` seconds, halved every ``half_life``."""
+
+    def __init__(self, window: float, half_life: float) -> None:
+        self._window = window
+        self._half_life = half_life
+        self._recent: Deque[float] = deque()
+        self._level = 0.0
+        self._at = 0.0
+
+    def level(self, now: float) -> float:
+        if self._level and now > self._at:
+            self._level *= 0.5 ** ((now - self._at) / self._half_life)
+            if self._level < 1e-3:
+                self._level = 0.0
+        self._at = max(self._at, now)
+        return self._level
+
+    def took(self, now: float) -> None:
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - self._window:
+            self._recent.popleft()
+        self._level = max(self.level(now), float(len(self._recent)))
+
+    def target(self, now: float) -> int:
+        return int(math.floor(self.level(now) + 0.5))
+
+
+@dataclass
+class _Key:
+    demand: _Demand
+    stats: KeyStats
+    ready: List[PooledContainer] = field(default_factory=list)
+    creating: int = 0
+    queued: int = 0
+    #: no creation for this key before this time (after failures), and the next wait
+    not_before: float = 0.0
+    backoff: float = _BACKOFF_MIN
+    #: the maker said this key cannot be pooled (Unpoolable)
+    disabled: bool = False
+
+
+@implementer(IContainerPool)
+class ContainerPool:
+    """Per-key containers made ahead by ``maker`` (see the module docstring for the rules).
+
+    ``max_per_key``: the most containers kept for one key (``max_for(key)``,
+    when it says a number, overrides it; 0 turns the pool off for that key);
+    ``max_total``: for all keys together.  ``clock``: the reactor's
+    ``IReactorTime`` (tests pass a ``Clock``).  ``log_every``: a log line
+    with the figures every that many takes (0: never).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        maker: IContainerMaker,
+        *,
+        max_per_key: int,
+        max_total: int,
+        max_for: Optional[Callable[[Hashable], Optional[int]]] = None,
+        concurrency: int = 2,
+        window: float = 2.0,
+        half_life: float = 60.0,
+        tick: float = 5.0,
+        log_every: int = 100,
+    ) -> None:
+        if concurrency < 1 or window <= 0 or half_life <= 0 or tick <= 0:
+            raise ValueError("the pool needs concurrency >= 1 and positive window, half_life and tick")
+        self._clock = clock
+        self._maker = maker
+        self._max_per_key = max(0, max_per_key)
+        self._max_total = max(0, max_total)
+        self._max_for = max_for
+        self._concurrency = concurrency
+        self._window = window
+        self._half_life = half_life
+        self._tick_every = tick
+        self._log_every = log_every
+        self._keys: Dict[Hashable, _Key] = {}
+        self._queue: Deque[Hashable] = deque()
+        self._creating = 0
+        self._makes: List[Deferred] = []
+        self._discards: List[Deferred] = []
+        self._tick_call: Optional[IDelayedCall] = None
+        self._wake_call: Optional[IDelayedCall] = None
+        self._takes = 0
+        self.closed = False
+
+    # -- sizing ---------------------------------------------------------------
+
+    def _cap(self, key: Hashable) -> int:
+        entry = self._keys.get(key)
+        if entry is not None and entry.disabled:
+            return 0
+        own = self._max_for(key) if self._max_for is not None else None
+        return min(self._max_per_key if own is None else max(0, own), self._max_total)
+
+    def target(self, key: Hashable) -> int:
+        """How many containers ``key`` should have ready or in the making now."""
+        entry = self._keys.get(key)
+        if entry is None or self.closed:
+            return 0
+        return min(entry.demand.target(self._clock.seconds()), self._cap(key))
+
+    def _entry(self, key: Hashable) -> _Key:
+        entry = self._keys.get(key)
+        if entry is None:
+            entry = self._keys[key] = _Key(_Demand(self._window, self._half_life), KeyStats())
+        return entry
+
+    def _total(self) -> int:
+        return sum(len(e.ready) + e.creating for e in self._keys.values())
+
+    def _refill(self) -> None:
+        """Queue the creations every key lacks, then start what the concurrency allows."""
+        if self.closed:
+            return
+        now = self._clock.seconds()
+        for key, entry in self._keys.items():
+            if entry.not_before > now:
+                continue
+            lacking = self.target(key) - len(entry.ready) - entry.creating - entry.queued
+            for _ in range(max(0, lacking)):
+                entry.queued += 1
+                self._queue.append(key)
+        self._pump()
+        self._arm_tick()
+
+    def _pump(self) -> None:
+        while not self.closed and self._creating < self._concurrency and self._queue:
+            key = self._queue.popleft()
+            entry = self._keys[key]
+            entry.queued -= 1
+            # still wanted? (the target may have dropped, or the total be reached, since it was queued)
+            if self.target(key) <= len(entry.ready) + entry.creating or self._total() >= self._max_total:
+                continue
+            if entry.not_before > self._clock.seconds():
+                continue
+            self._start_make(key, entry)
+
+    def _start_make(self, key: Hashable, entry: _Key) -> None:
+        entry.creating += 1
+        self._creating += 1
+        try:
+            d = self._maker.make(key)
+        except Exception as e:  # a maker that raises instead of failing its Deferred
+            d = fail(e)
+        self._makes.append(d)
+
+        def made(container: PooledContainer) -> None:
+            entry.creating -= 1
+            self._creating -= 1
+            entry.backoff = _BACKOFF_MIN
+            container.ready_at = self._clock.seconds()
+            if self.closed:
+                self._discard(container)
+            else:
+                entry.ready.append(container)  # above the target (demand fell meanwhile): the next tick trims
+
+        def failed(f: Any) -> None:
+            entry.creating -= 1
+            self._creating -= 1
+            if f.check(NotReady):
+                entry.not_before = self._clock.seconds() + _BACKOFF_MIN
+                self._arm_wake(entry.not_before)
+                return
+            if f.check(Unpoolable):
+                entry.disabled = True
+                self.log.warn("container pool: no container made ahead for {key}: {why}", key=key,
+                              why=f.getErrorMessage())  # fmt: skip
+                return
+            entry.stats.failures += 1
+            entry.not_before = self._clock.seconds() + entry.backoff
+            self.log.warn(
+                "container pool: cannot prepare a container for {key}: {error} (next try in {wait:g} s)",
+                key=key,
+                error=f.getErrorMessage(),
+                wait=entry.backoff,
+            )
+            entry.backoff = min(entry.backoff * 2, _BACKOFF_MAX)
+            self._arm_wake(entry.not_before)
+
+        def finally_(_: Any) -> None:
+            self._makes.remove(d)
+            self._refill()
+
+        d.addCallbacks(made, failed).addErrback(
+            lambda f: self.log.failure("container pool: bookkeeping failed", f)
+        ).addBoth(finally_)
+
+    def _discard(self, container: PooledContainer) -> Deferred:
+        """Have the maker remove ``container``; close() waits for it."""
+        try:
+            d = self._maker.discard(container)
+        except Exception:
+            self.log.failure("container pool: cannot discard {cid}", cid=container.container_id)
+            return succeed(None)
+        d.addErrback(
+            lambda f: self.log.warn(
+                "container pool: cannot remove {cid}: {error}", cid=container.container_id, error=f.getErrorMessage()
+            )
+        )
+        if not d.called:
+            self._discards.append(d)
+
+            def gone(result: Any) -> Any:
+                self._discards.remove(d)
+                return result
+
+            d.addBoth(gone)
+        return d
+
+    def _arm_tick(self) -> None:
+        """While anything is pooled or wanted, check the targets every ``tick`` seconds."""
+        if self.closed or (self._tick_call is not None and self._tick_call.active()):
+            return
+        if any(e.ready or e.creating or self.target(k) for k, e in self._keys.items()):
+            self._tick_call = self._clock.callLater(self._tick_every, self._tick)
+
+    def _arm_wake(self, when: float) -> None:
+        """Try again once a key's back-off is over."""
+        if self.closed or (self._wake_call is not None and self._wake_call.active()):
+            return
+        self._wake_call = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._refill)
+
+    def _tick(self) -> None:
+        """Remove what is above the targets, then make what lacks."""
+        self._tick_call = None
+        for key, entry in self._keys.items():
+            extra = len(entry.ready) + entry.creating - self.target(key)
+            while extra > 0 and entry.ready:
+                self._discard(entry.ready.pop(0))  # the oldest first
+                extra -= 1
+        self._refill()
+
+    # -- IContainerPool ---------------------------------------------------------
+
+    def take(self, key: Hashable) -> Deferred:
+        return ensureDeferred(self._take(key))
+
+    async def _take(self, key: Hashable) -> Optional[PooledContainer]:
+        if self.closed or self._cap(key) <= 0:
+            return None
+        entry = self._entry(key)
+        entry.demand.took(self._clock.seconds())
+        self._takes += 1
+        found: Optional[PooledContainer] = None
+        while entry.ready and found is None:
+            candidate = entry.ready.pop(0)
+            self._refill()  # its replacement is made while we check it
+            try:
+                ok = await self._maker.alive(candidate)
+            except Exception as e:
+                self.log.warn("container pool: cannot check {cid}: {e}", cid=candidate.container_id, e=str(e))
+                ok = False
+            if ok:
+                found = candidate
+            else:
+                entry.stats.dead += 1
+                self.log.warn("container pool: {cid} died while it waited; discarded", cid=candidate.container_id)
+                self._discard(candidate)
+        if found is None:
+            entry.stats.misses += 1
+        else:
+            entry.stats.hits += 1
+        self._refill()
+        if self._log_every and self._takes % self._log_every == 0:
+            self._log_stats()
+        return found
+
+    def record_ready(self, key: Hashable, seconds: float, hit: bool) -> None:
+        entry = self._entry(key)
+        (entry.stats.ready_seconds_hit if hit else entry.stats.ready_seconds_miss).append(seconds)
+
+    def stats(self) -> Dict[Hashable, KeyStats]:
+        for key, entry in self._keys.items():
+            entry.stats.ready = len(entry.ready)
+            entry.stats.creating = entry.creating
+            entry.stats.target = self.target(key)
+        return {key: entry.stats for key, entry in self._keys.items()}
+
+    def _log_stats(self) -> None:
+        for key, s in self.stats().items():
+            p50_hit = KeyStats.percentile(s.ready_seconds_hit, 0.5)
+            p50_miss = KeyStats.percentile(s.ready_seconds_miss, 0.5)
+            self.log.info(
+                "container pool {key}: {ready} ready, {creating} being made, target {target}; {hits} hits, "
+                "{misses} misses, {dead} found dead, {failures} failed creations; job to container ready p50 "
+                "{hit} s (hit), {miss} s (miss)",
+                key=key, ready=s.ready, creating=s.creating, target=s.target, hits=s.hits, misses=s.misses,
+                dead=s.dead, failures=s.failures,
+                hit="-" if p50_hit is None else f"{p50_hit:.3f}", miss="-" if p50_miss is None else f"{p50_miss:.3f}",
+            )  # fmt: skip
+
+    def flush(self, key: Hashable) -> Deferred:
+        entry = self._keys.get(key)
+        if entry is None or not entry.ready:
+            return succeed(None)
+        gone, entry.ready = entry.ready, []
+        d = DeferredList([self._discard(c) for c in gone])
+        self._refill()
+        return d.addCallback(lambda _: None)
+
+    def close(self) -> Deferred:
+        return ensureDeferred(self._close())
+
+    async def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for call in (self._tick_call, self._wake_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._queue.clear()
+        if self._makes:
+            # each discards its container on arrival (closed)
+            await DeferredList(list(self._makes), consumeErrors=True)
+        gone = [c for e in self._keys.values() for c in e.ready]
+        for entry in self._keys.values():
+            entry.ready = []
+        for c in gone:
+            self._discard(c)
+        while self._discards:  # those just started, and those still under way
+            await DeferredList(list(self._discards))

@@ -20,6 +20,13 @@ if ! "$PYTHON" -m venv --help >/dev/null 2>&1 || ! "$PYTHON" -c 'import ensurepi
     apt-get install -y -qq python3-venv >/dev/null
 fi
 
+# $1: an empty virtualenv there (what was there is removed), with current pip tools.
+fresh_venv() {
+    rm -rf "$1"
+    "$PYTHON" -m venv "$1"
+    "$1/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+}
+
 # $1 venv, $2 release, $3 version the package must report, then the
 # requirements (the release's own pins where it has them).
 make_venv() {
@@ -33,9 +40,7 @@ import inginious.client.client, inginious.agent, inginious.backend.backend
         echo "setup-inginious: $venv already holds inginious $version"
         return
     fi
-    rm -rf "$venv"
-    "$PYTHON" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+    fresh_venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$@"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "inginious==$release"
 }
@@ -47,14 +52,13 @@ make_venv "$V09" 0.9.2 0.9.2 "pyzmq==26.2.1" "msgpack==1.1.0"
 if [ -x "$V09FULL/bin/python" ] && [ -x "$V09FULL/bin/inginious-agent-mcq" ] && "$V09FULL/bin/python" -c "
 import inginious
 assert inginious.__version__ == '0.9.2', inginious.__version__
-import inginious.agent.mcq_agent, inginious.frontend.tasks, inginious.frontend.course_factory
+import inginious.agent.mcq_agent, inginious.agent.docker_agent, inginious.frontend.tasks, inginious.frontend.course_factory
+from inginious.frontend.environment_types.docker import DockerEnvType
 import inginious.client.client, inginious.backend.backend
 " >/dev/null 2>&1; then
     echo "setup-inginious: $V09FULL already holds inginious 0.9.2 with its dependencies"
 else
-    rm -rf "$V09FULL"
-    "$PYTHON" -m venv "$V09FULL"
-    "$V09FULL/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip setuptools wheel
+    fresh_venv "$V09FULL"
     "$V09FULL/bin/python" -m pip install --quiet --disable-pip-version-check "inginious==0.9.2"
 fi
 

@@ -131,10 +131,10 @@ def test_vanished_clients_lose_their_jobs_and_nobody_else_notices(lab: Lab) -> N
     assert zmq.startswith(
         ("client 'vz' left (no message for", "client 'vz' left (connection closed (its connection")
     ), why
-    # vt's freed slots may or may not have started 8 more of vz's jobs before vz's departure was
-    # seen: either way each of its 200 jobs is dropped or killed, once.
+    # vt's freed slots may have started none, some or all 8 of vz's next jobs before vz's departure
+    # was seen: whatever the split, each of its 200 jobs is dropped or killed, once.
     dropped, killed = map(int, re.search(r"(\d+) waiting jobs dropped, (\d+) running jobs killed", zmq).groups())
-    assert (dropped, killed) in {(184, 16), (192, 8)}, why
+    assert dropped + killed == 200 and 8 <= killed <= 16, why
     assert figures.notes["queue_after"] == (0, 0), why
 
 

@@ -113,9 +113,14 @@ def test_interfaces_and_options(tmp_path: Any) -> None:
     assert verifyObject(IContainerPool, b.pool.pool)
     assert verifyObject(IContainerMaker, b.pool.pool._maker)
     assert _backend(str(tmp_path), str(tmp_path / "w"), pool_max="0").pool is None, "off by pool_max=0"
+    on = DockerBackend(_reactor(), AgentConfig(str(tmp_path), [f"default={TEST_IMAGE}"], 3, {"work_dir": str(tmp_path)}))
+    assert on.pool is not None and on.pool.pool.max_per_key == 3, "on by default, as many as the slots"
+    assert pool_options({}, slots=4) == {
+        "max_per_key": 4, "per_env": {}, "max_total": 4, "concurrency": 2, "half_life": 60.0}  # fmt: skip
     settings = pool_options({"pool_max": "9", "pool_max:py": "1", "pool_concurrency": "3"}, slots=4)
-    assert settings["max_per_key"] == 4, "never more than the slots"
-    assert settings["per_env"] == {"py": 1} and settings["concurrency"] == 3 and settings["max_total"] == 4
+    assert settings["max_per_key"] == 9, "the operator may keep more than the slots"
+    assert settings["per_env"] == {"py": 1} and settings["concurrency"] == 3 and settings["max_total"] == 9
+    assert pool_options({"pool_max": "2", "pool_max:py": "6"}, slots=4)["max_total"] == 6
     with pytest.raises(ValueError, match="pool_max"):
         pool_options({"pool_max": "many"}, 2)
     script = start_script({"A": "same", "GONE": "x"}, {"A": "same", "B": "it's"}, ["./run"], "/job/task").decode()

@@ -19,8 +19,8 @@ The rules:
 - **sized by demand.**  Each key's *level* is the largest number of takes
   seen within ``window`` seconds, decaying by half every ``half_life``
   seconds; its target is that level rounded to the nearest whole number,
-  bounded by ``max_per_key`` (the operator's maximum, and never more than
-  the agent's slots) and, for all keys together, ``max_total``.  A key nobody
+  bounded by ``max_per_key`` (the operator's maximum, by default the
+  agent's slots) and, for all keys together, ``max_total``.  A key nobody
   uses has no demand and no container; one used once keeps one for about
   ``half_life`` seconds; a burst of N jobs at once keeps up to N while it
   lasts.  Containers above the target are removed at the next ``tick``.
@@ -251,6 +251,21 @@ class ContainerPool:
         self._wake_call: Optional[IDelayedCall] = None
         self._takes = 0
         self.closed = False
+
+    @property
+    def max_per_key(self) -> int:
+        """The most containers kept for one key (unless ``max_for`` says otherwise for it)."""
+        return self._max_per_key
+
+    @property
+    def max_total(self) -> int:
+        """The most containers kept for all keys together."""
+        return self._max_total
+
+    @property
+    def concurrency(self) -> int:
+        """The most containers made at once."""
+        return self._concurrency
 
     # -- sizing ---------------------------------------------------------------
 

@@ -68,7 +68,7 @@ reaps zombies in run_student's containers; the job's own container has the
 wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
 ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
 
-``pool_max`` (0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
+``pool_max`` (default: the slots; 0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
 ``pool_half_life``: containers prepared ahead of demand, see :mod:`.docker_pool`.
 """
 

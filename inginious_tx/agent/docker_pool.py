@@ -1,9 +1,10 @@
 """The Docker agent's containers prepared ahead (helper mode), on :mod:`.container_pool`.
 
-Enabled by ``--option pool_max=N`` (the most containers kept ready per
-environment, at most the agent's slots; 0, the default: no pool), per
-environment by ``--option pool_max:NAME=N``; ``pool_total`` (default: the
-slots) bounds all environments together, ``pool_concurrency`` (2) the
+On by default: ``--option pool_max=N`` is the most containers kept ready per
+environment (default: the agent's slots; more is allowed, each waiting
+container costs memory; 0 turns the pool off), per environment
+``--option pool_max:NAME=N``; ``pool_total`` (default: the slots, or the
+largest ``pool_max`` if it is more) bounds all environments together, ``pool_concurrency`` (2) the
 containers made at once, ``pool_half_life`` (60 s) how fast an
 environment's demand is forgotten.
 
@@ -113,7 +114,13 @@ class Claimed:
 
 
 def pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
-    """The pool's settings from the backend's options (``pool_*``); raises ValueError on bad ones."""
+    """The pool's settings from the backend's options (``pool_*``); raises ValueError on bad ones.
+
+    ``pool_max`` defaults to the slots (0 turns the pool off) and may be set above them (each
+    container waiting costs memory, see ``docs/running.rst``); ``pool_total`` defaults to the
+    largest of the slots and the per-environment maxima, so that by default no more containers
+    wait than the agent can run at once.
+    """
 
     def number(key: str, default: float, kind: Callable[[Any], Any] = int) -> Any:
         try:
@@ -128,11 +135,12 @@ def pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
     for key in options:
         if key.startswith("pool_max:"):
             name = key.split(":", 1)[1]
-            per_env[name] = min(number(key, 0), slots)
+            per_env[name] = number(key, 0)
+    max_per_key = number("pool_max", slots)
     return {
-        "max_per_key": min(number("pool_max", 0), slots),
+        "max_per_key": max_per_key,
         "per_env": per_env,
-        "max_total": number("pool_total", slots),
+        "max_total": number("pool_total", max([slots, max_per_key, *per_env.values()])),
         "concurrency": max(1, number("pool_concurrency", 2)),
         "half_life": max(0.1, number("pool_half_life", 60.0, float)),
     }

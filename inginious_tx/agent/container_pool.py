@@ -66,6 +66,7 @@ from zope.interface import Attribute, Interface, implementer
 
 __all__ = [
     "IContainerMaker", "IContainerPool", "PooledContainer", "KeyStats", "ContainerPool", "NotReady", "Unpoolable",
+    "ReadyHistogram", "READY_BUCKETS", "IPooledBackend",
 ]  # fmt: skip
 
 #: Seconds a key waits after a failed creation, at first and at most.
@@ -73,6 +74,8 @@ _BACKOFF_MIN = 1.0
 _BACKOFF_MAX = 60.0
 #: How many job-to-ready times each key keeps for its percentiles.
 _READY_SAMPLES = 256
+#: Upper bounds (seconds) of the job-to-ready histogram's buckets (then +Inf).
+READY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
 class NotReady(Exception):
@@ -134,6 +137,34 @@ class IContainerPool(Interface):
         """Make nothing more, wait for the creations under way, remove what waits."""
 
 
+class IPooledBackend(Interface):
+    """An agent backend with containers prepared ahead (its figures go to the agent's metrics)."""
+
+    def container_pools() -> List[IContainerPool]:
+        """Its pools (empty: none is on)."""
+
+
+@dataclass
+class ReadyHistogram:
+    """Job-to-ready times since the start, counted per bucket of :data:`READY_BUCKETS` (for metrics)."""
+
+    #: per bucket (not cumulative), the last one for what is above every bound
+    counts: List[int] = field(default_factory=lambda: [0] * (len(READY_BUCKETS) + 1))
+    total: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.total += seconds
+        for i, bound in enumerate(READY_BUCKETS):
+            if seconds <= bound:
+                self.counts[i] += 1
+                return
+        self.counts[-1] += 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+
 @dataclass
 class KeyStats:
     """What one key of the pool did: for logs, status and tests."""
@@ -151,6 +182,11 @@ class KeyStats:
     #: job arrival to container ready, in seconds (the last ones), for hits and misses
     ready_seconds_hit: Deque[float] = field(default_factory=lambda: deque(maxlen=_READY_SAMPLES))
     ready_seconds_miss: Deque[float] = field(default_factory=lambda: deque(maxlen=_READY_SAMPLES))
+    #: containers made ahead (ready, whatever became of them since)
+    made: int = 0
+    #: every job-to-ready time since the start, for hits and misses
+    ready_hit: ReadyHistogram = field(default_factory=ReadyHistogram)
+    ready_miss: ReadyHistogram = field(default_factory=ReadyHistogram)
 
     @staticmethod
     def percentile(values: Deque[float], q: float) -> Optional[float]:
@@ -332,6 +368,7 @@ class ContainerPool:
             entry.creating -= 1
             self._creating -= 1
             entry.backoff = _BACKOFF_MIN
+            entry.stats.made += 1
             container.ready_at = self._clock.seconds()
             if self.closed:
                 self._discard(container)
@@ -452,6 +489,7 @@ class ContainerPool:
     def record_ready(self, key: Hashable, seconds: float, hit: bool) -> None:
         entry = self._entry(key)
         (entry.stats.ready_seconds_hit if hit else entry.stats.ready_seconds_miss).append(seconds)
+        (entry.stats.ready_hit if hit else entry.stats.ready_miss).observe(seconds)
 
     def stats(self) -> Dict[Hashable, KeyStats]:
         for key, entry in self._keys.items():

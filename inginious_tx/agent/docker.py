@@ -96,6 +96,7 @@ from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_wo
 from ._running import JobRun
 from ._threads import BackendThreads
 from .compat import TASK_MOUNT, inginious_env, inginious_mounts
+from .container_pool import IContainerPool, IPooledBackend
 from .debug import ISSHDebugBackend
 from .docker_pool import Claimed, DockerHelperMaker, DockerPool, pool_options
 from .feedback import OutputLimits, collect_result
@@ -248,7 +249,7 @@ class _Run(JobRun):
     debug_place: Optional[Tuple[str, str]] = None
 
 
-@implementer(IAgentBackend, ISSHDebugBackend)
+@implementer(IAgentBackend, ISSHDebugBackend, IPooledBackend)
 class DockerBackend:
     """Runs each job in a fresh container of the job's environment image."""
 
@@ -339,6 +340,10 @@ class DockerBackend:
             self._reactor, maker, settings, engine=engine, call=self._call, config=self._container_config,
             prepare=self._thd_prepare, images=self._images, runtimes=self._runtimes, min_mem_mb=_MIN_MEM_MB,
         )  # fmt: skip
+
+    def container_pools(self) -> List[IContainerPool]:
+        """The containers prepared ahead (for the agent's metrics)."""
+        return [] if self.pool is None else [self.pool.pool]
 
     # -- threads ---------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 
 from twisted.python import usage
 
+from .._http import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS, local_endpoint
 from .._options import CommandOptions, at_least_one, plugin_listing, positive_float, print_and_exit
 from ..plugin import AGENT_BACKENDS, PluginError, available, load
 from ..transport import DEFAULT_MAX_FRAME, Limits, check_endpoint
@@ -161,6 +162,28 @@ class Options(CommandOptions):
             "With --dialect 0.9: the environment type the environments are announced under "
             "[default: docker for the docker kind, else the kind's name: local, mock].",
         ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics of the containers prepared ahead at /metrics on this endpoint "
+            "(9100, tcp:9100, tcp:9100:interface=0.0.0.0, unix:/path; needs prometheus-client). "
+            "No authentication; 127.0.0.1 unless an interface is named. [default: none]",
+        ],
+        [
+            "metrics-max-connections",
+            None,
+            DEFAULT_MAX_CONNECTIONS,
+            "Most open connections of the metrics endpoint; further ones close the oldest idle one.",
+            at_least_one,
+        ],
+        [
+            "metrics-idle-timeout",
+            None,
+            DEFAULT_IDLE_TIMEOUT,
+            "Seconds a metrics connection may stay idle between requests before it is closed.",
+            positive_float,
+        ],
         *SSH_OPTIONS,
     ]
 
@@ -220,6 +243,8 @@ class Options(CommandOptions):
                 "--ssh-port: the SSH debug server needs Twisted's conch, which is not installed: "
                 "pip install 'inginious-tx[ssh]'"
             )
+        if self["metrics"] is not None:
+            self._check_metrics()
         required = getattr(self["backend_class"], "dialect", None)
         if self["dialect"] is None:
             self["dialect"] = required or "0.6"
@@ -254,6 +279,21 @@ class Options(CommandOptions):
             output_limits=self["result_limits"],
         )
 
+    def _check_metrics(self) -> None:
+        from ..transport.stream import check_stream_endpoint
+
+        try:
+            check_stream_endpoint(local_endpoint(self["metrics"]), listening=True)
+        except ValueError as e:
+            raise usage.UsageError(
+                f"--metrics: {e} (expected PORT, tcp:PORT, tcp:PORT:interface=ADDRESS or unix:/PATH)"
+            )
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise usage.UsageError(
+                "--metrics needs the Python package prometheus-client, not installed: "
+                "pip install 'inginious-tx[metrics]'"
+            )
+
 
 def makeService(options: Dict[str, Any]) -> Any:
     """The agent service for twistd, on the global (chosen) reactor, in a
@@ -283,4 +323,18 @@ def makeService(options: Dict[str, Any]) -> Any:
         ssh_debug=ssh_server(reactor, options),
     )
     agent.setName("inginious-agent")
-    return guarded(reactor, "inginious-agent", agent)
+    first = []
+    if options.get("metrics"):
+        from .metrics import AgentMetricsService, agent_registry
+
+        first.append(
+            AgentMetricsService(
+                reactor,
+                agent_registry(backend),
+                options["metrics"],
+                max_connections=options["metrics-max-connections"],
+                idle_timeout=options["metrics-idle-timeout"],
+            )
+        )
+    # the metrics first: an agent whose metrics cannot listen ends before it registers
+    return guarded(reactor, "inginious-agent", *first, agent)

@@ -24,21 +24,28 @@ from __future__ import annotations
 import json
 import time
 from html import escape
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IPushProducer, IReactorTime
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.protocols.policies import WrappingFactory
-from twisted.web.pages import notFound
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
 from zope.interface import implementer
 
 from .. import __version__
+from .._http import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    CappedFactory,
+    MetricsPage,
+    NotFoundRoot,
+    capped_site,
+    where,
+)
+from .._http import local_endpoint as status_endpoint
 from .._reactor import CommonReactor
 from .._ready import ReadyResult
 from .adapter import label
@@ -66,22 +73,6 @@ __all__ = [
     "render_html",
     "render_charts",
 ]
-
-
-def status_endpoint(description: str) -> str:
-    """A server endpoint string, on 127.0.0.1 unless an interface is named.
-
-    ``8080`` and ``tcp:8080`` become ``tcp:8080:interface=127.0.0.1``; other
-    endpoint strings (``unix:/path``, ``tcp:8080:interface=0.0.0.0``...) are
-    kept as they are.
-    """
-    text = description.strip()
-    if text.isdigit():
-        text = "tcp:" + text
-    kind = text.split(":", 1)[0]
-    if kind in ("tcp", "ssl") and "interface=" not in text:
-        text += ":interface=127.0.0.1"
-    return text
 
 
 def _dialect(peer_state: Any) -> str:
@@ -745,39 +736,6 @@ def _event(sample: Dict[str, Any]) -> bytes:
     return b"event: sample\ndata: " + json.dumps(data, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
 
-class _MetricsPage(Resource):
-    """``prometheus_client``'s exposition, rendered on the reactor thread.
-
-    (``prometheus_client.twisted.MetricsResource`` would collect in a worker
-    thread, racing the reactor over the backend's state.)
-    """
-
-    isLeaf = True
-
-    def __init__(self, registry: Any) -> None:
-        super().__init__()
-        self._registry = registry
-
-    def render_GET(self, request: Any) -> bytes:
-        from prometheus_client.exposition import choose_encoder
-
-        accept = request.getHeader(b"accept") or b""
-        encoder, content_type = choose_encoder(accept.decode("latin-1"))
-        request.setHeader(b"content-type", content_type.encode("ascii"))
-        request.setHeader(b"cache-control", b"no-store")
-        return encoder(self._registry)
-
-    def render_HEAD(self, request: Any) -> bytes:
-        return self.render_GET(request)
-
-
-class _Root(Resource):
-    """The site root: its children, and an escaped 404 for anything else."""
-
-    def getChild(self, path: bytes, request: Any) -> IResource:
-        return notFound()
-
-
 def status_resource(
     backend: Backend, clock: IReactorTime, registry: Any = None, recorder: Optional[StatusRecorder] = None
 ) -> Resource:
@@ -791,116 +749,21 @@ def status_resource(
         from .metrics import backend_registry
 
         registry = backend_registry(backend, recorder)
-    root = _Root()
+    root = NotFoundRoot()
     root.putChild(b"", _HtmlPage(backend, clock, recorder))
     root.putChild(b"status.json", _JsonPage(backend, clock, recorder))
-    root.putChild(b"metrics", _MetricsPage(registry))
+    root.putChild(b"metrics", MetricsPage(registry))
     if recorder is not None:
         root.putChild(b"history.json", _HistoryPage(backend, clock, recorder))
         root.putChild(b"events", _EventStream(recorder))
     return root
 
 
-class _QuietSite(Site):
-    """A Site without access log: scrapes every few seconds would flood the backend's log."""
-
-    def log(self, request: Any) -> None:
-        pass
-
-    def logPrefix(self) -> str:
-        return "status pages"
-
-
 #: Most open connections of the status pages, by default (a browser opens a
 #: few, a Prometheus server one; ``/events`` streams are capped apart).
-DEFAULT_STATUS_CONNECTIONS = 64
-#: Seconds an idle status connection is kept open, by default (between
-#: requests; a request being answered, e.g. ``/events``, is never idle).
-DEFAULT_STATUS_IDLE_TIMEOUT = 15.0
-#: Seconds between two log lines about refused status connections.
-REFUSAL_LOG_INTERVAL = 10.0
-
-
-class _Refused(Protocol):
-    """Stands in for a connection over the cap: closed as soon as made."""
-
-    def connectionMade(self) -> None:
-        self.transport.abortConnection()  # type: ignore[union-attr]
-
-
-class _CappedFactory(WrappingFactory):
-    """Serves a site on at most ``cap`` connections at once, so that a flood of
-    idle connections cannot take the process's file descriptors.
-
-    A connection over the cap closes the oldest open one that is not
-    streaming ``/events`` (``streaming(transport)`` says which are): an
-    idle or slow connection makes room for a new request, so the pages keep
-    answering while someone holds connections open.  Only when every one is
-    streaming is the newcomer closed at once.  Both are counted and logged
-    (at most every :data:`REFUSAL_LOG_INTERVAL` seconds).
-    """
-
-    log = Logger()
-
-    def __init__(self, site: Site, cap: int, clock: IReactorTime, streaming: Callable[[Any], bool]) -> None:
-        super().__init__(site)
-        self.cap = cap
-        self._clock = clock
-        self._streaming = streaming
-        #: connections being closed to make room (still registered until they are gone)
-        self._closing: Set[Any] = set()
-        #: connections closed at once for being over the cap
-        self.refused = 0
-        #: open connections closed to make room for a new one
-        self.evicted = 0
-        self._logged_at = -REFUSAL_LOG_INTERVAL
-        self._unlogged = [0, 0]
-
-    def logPrefix(self) -> str:
-        return "status pages"
-
-    @property
-    def open(self) -> int:
-        """Connections open and not being closed."""
-        return len(self.protocols) - len(self._closing)
-
-    def buildProtocol(self, addr: Any) -> Any:
-        if self.open < self.cap:
-            return super().buildProtocol(addr)
-        victim = next(
-            (p for p in self.protocols if p not in self._closing and not self._streaming(p)), None
-        )  # the oldest first: ``protocols`` keeps the order they connected in
-        if victim is not None:
-            self._closing.add(victim)
-            victim.transport.abortConnection()
-            self.evicted += 1
-            self._unlogged[0] += 1
-            self._log_caps(addr)
-            return super().buildProtocol(addr)
-        self.refused += 1
-        self._unlogged[1] += 1
-        self._log_caps(addr)
-        return _Refused()
-
-    def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
-        self._closing.discard(p)
-
-    def _log_caps(self, addr: Any) -> None:
-        now = self._clock.seconds()
-        if now - self._logged_at < REFUSAL_LOG_INTERVAL:
-            return
-        evicted, refused = self._unlogged
-        self.log.warn(
-            "status pages: {cap} connections open (--status-max-connections): closed {evicted} older "
-            "connection(s) to make room and refused {refused} new one(s), the last from {addr}",
-            cap=self.cap,
-            evicted=evicted,
-            refused=refused,
-            addr=addr,
-        )
-        self._logged_at = now
-        self._unlogged = [0, 0]
+DEFAULT_STATUS_CONNECTIONS = DEFAULT_MAX_CONNECTIONS
+#: Seconds an idle status connection is kept open, by default.
+DEFAULT_STATUS_IDLE_TIMEOUT = DEFAULT_IDLE_TIMEOUT
 
 
 class StatusService(Service):
@@ -937,7 +800,7 @@ class StatusService(Service):
         self.max_connections = max_connections
         #: seconds a connection may stay idle between requests
         self.idle_timeout = idle_timeout
-        self.factory: Optional[_CappedFactory] = None
+        self.factory: Optional[CappedFactory] = None
         self.backend = backend
         self.endpoint = status_endpoint(endpoint)
         #: samples the backend every ``sample_interval`` seconds; ``history`` samples are kept
@@ -959,14 +822,12 @@ class StatusService(Service):
         self.recorder.start()
         resource = status_resource(self.backend, self._reactor, self.registry, self.recorder)
         self._events = resource.children.get(b"events")
-        site = _QuietSite(resource, timeout=self.idle_timeout, reactor=self._reactor)
-        site.displayTracebacks = False
-        site.noisy = False
         events = self._events
-        factory = self.factory = _CappedFactory(
-            site, self.max_connections, self._reactor, lambda transport: events is not None and events.holds(transport)
-        )
-        factory.noisy = False
+        factory = self.factory = capped_site(
+            resource, self._reactor, name="status pages", option="--status-max-connections",
+            max_connections=self.max_connections, idle_timeout=self.idle_timeout,
+            streaming=lambda transport: events is not None and events.holds(transport),
+        )  # fmt: skip
         self._ready.reset()
         d = self._attempt = serverFromString(self._reactor, self.endpoint).listen(factory)
         d.addCallbacks(self._listening, self._failed)
@@ -974,7 +835,7 @@ class StatusService(Service):
 
     def _listening(self, port: Any) -> Any:
         self.port = port
-        self.log.info("status pages on http://{host}/ ({endpoint})", host=_where(port), endpoint=self.endpoint)
+        self.log.info("status pages on http://{host}/ ({endpoint})", host=where(port), endpoint=self.endpoint)
         return port
 
     def _failed(self, failure: Any) -> Any:
@@ -1000,10 +861,3 @@ class StatusService(Service):
         if attempt is None:
             return succeed(None)
         return DeferredList([attempt], consumeErrors=True).addCallback(stop)
-
-
-def _where(port: Any) -> str:
-    host = port.getHost()
-    if hasattr(host, "port"):
-        return f"{host.host}:{host.port}"
-    return str(getattr(host, "name", host))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from host_tools import missing_setup
 
@@ -101,6 +101,45 @@ def assert_left_clean(instance_id: str, work: Optional[str] = None) -> None:
     assert leftovers == [], "a container was left behind"
     if work is not None:
         assert not os.path.exists(work) or os.listdir(work) == [], "a job folder was left behind"
+
+
+def pool_folders(instance_id: str) -> Set[str]:
+    """The job folders (host paths) of the agent's containers waiting in its pool (blocking)."""
+    from inginious_tx.agent.docker import LABEL_AGENT
+    from inginious_tx.agent.docker_pool import LABEL_POOL
+
+    client = docker_client()
+    try:
+        waiting = client.api.containers(filters={"label": [f"{LABEL_AGENT}={instance_id}", LABEL_POOL],
+                                                 "status": "running"})  # fmt: skip
+        return {m["Source"] for c in waiting for m in c.get("Mounts") or [] if m.get("Destination") == "/job"}
+    finally:
+        client.close()
+
+
+def left_in_work(work: str, instance_id: str) -> List[str]:
+    """What is under ``work`` (entries, and mounts) but the folders of the containers waiting in the
+    agent's pool, made ahead for jobs to come (blocking)."""
+    pooled = pool_folders(instance_id)
+    pooled |= {p + ".stdin" for p in pooled}
+    names = [os.path.join(work, n) for n in os.listdir(work)] if os.path.isdir(work) else []
+    with open("/proc/self/mounts") as f:
+        mounts = [line.split()[1] for line in f if line.split()[1].startswith(work)]
+    return [p for p in names + mounts if p not in pooled]
+
+
+async def until_left_clean(work: str, instance_id: str, timeout: float = 30) -> None:
+    """Wait until :func:`left_in_work` is empty (checked from a thread every 0.1 s); fail after ``timeout``."""
+    import time
+
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+    from twisted.internet.threads import deferToThread
+
+    deadline = time.monotonic() + timeout
+    while left := await deferToThread(left_in_work, work, instance_id):
+        assert time.monotonic() < deadline, f"left in the work folder: {left}"
+        await deferLater(reactor, 0.1, lambda: None)
 
 
 def bridge_gateway() -> Optional[str]:

@@ -27,7 +27,6 @@ from docker_support import (
     new_job,
     processes_in_container,
     require_docker,
-    running_container,
 )
 from twisted.internet import protocol
 from twisted.internet.defer import ensureDeferred, gatherResults
@@ -39,7 +38,6 @@ from zope.interface.verify import verifyObject
 from inginious_tx.agent.core import Agent
 from inginious_tx.agent.docker import (
     LABEL_AGENT,
-    LABEL_JOB,
     DockerBackend,
     DockerEngineError,
     _created,
@@ -136,10 +134,12 @@ def _processes_with(token: str) -> List[int]:
     return found
 
 
-def _container_of(backend: DockerBackend, job: BackendNewJob) -> Optional[str]:
-    """The id of the job's running container, or None (blocking)."""
-    job_label = f"{job.job_id[0].hex()}/{job.job_id[1]}"
-    return running_container({LABEL_AGENT: backend.instance_id, LABEL_JOB: job_label})
+async def _container_up(backend: DockerBackend, job: BackendNewJob) -> str:
+    """The id of the job's container once it runs, made for it or taken from the pool (a pooled
+    container has no job label: it was made before its job was known)."""
+    sandbox = await backend.debug_sandbox(job.job_id).addTimeout(60, _reactor())
+    assert sandbox is not None, "the job ended before its container ran"
+    return str(sandbox.container_id)
 
 
 # -- the plugin ----------------------------------------------------------------
@@ -328,7 +328,7 @@ async def test_kill_stops_every_process(backend: DockerBackend) -> None:
     job = new_job(run_cmd="sleep 300 & setsid sleep 301 & sleep 302", time_limit=60)
     d = backend.run(job)
     d.addTimeout(30, _reactor())
-    container = await _wait_for(lambda: _container_of(backend, job), what="the job's container")
+    container = await _container_up(backend, job)
     pids = await _wait_for(lambda: len(processes_in_container(container)) >= 3 and processes_in_container(container))
     backend.kill(job.job_id)
     backend.kill((b"nobody", "unknown"))  # ignored
@@ -358,7 +358,7 @@ async def test_lost_kill_is_repeated(tasks_dir: str, tmp_path: Any) -> None:
     try:
         job = new_job(run_cmd="sleep 300", time_limit=60)
         d = b.run(job)
-        await _wait_for(lambda: _container_of(b, job), what="the job's container")
+        await _container_up(b, job)
         started = time.monotonic()
         b.kill(job.job_id)
         result = await d.addTimeout(30, _reactor())
@@ -589,7 +589,7 @@ async def test_engine_goes_away_and_comes_back(proxied: Any, short_tmp: str) -> 
     job = new_job(run_cmd="sleep 300")
     d = b.run(job)
     d.addTimeout(30, _reactor())
-    await _wait_for(lambda: _container_of(b, job), what="the job's container")
+    await _container_up(b, job)
     await proxy.stop()
     r = await d
     assert r.result == "crash" and r.text.startswith("docker engine unavailable: "), r

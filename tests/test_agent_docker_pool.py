@@ -113,7 +113,8 @@ def test_interfaces_and_options(tmp_path: Any) -> None:
     assert verifyObject(IContainerPool, b.pool.pool)
     assert verifyObject(IContainerMaker, b.pool.pool._maker)
     assert _backend(str(tmp_path), str(tmp_path / "w"), pool_max="0").pool is None, "off by pool_max=0"
-    on = DockerBackend(_reactor(), AgentConfig(str(tmp_path), [f"default={TEST_IMAGE}"], 3, {"work_dir": str(tmp_path)}))
+    config = AgentConfig(str(tmp_path), [f"default={TEST_IMAGE}"], 3, {"work_dir": str(tmp_path)})
+    on = DockerBackend(_reactor(), config)
     assert on.pool is not None and on.pool.pool.max_per_key == 3, "on by default, as many as the slots"
     assert pool_options({}, slots=4) == {
         "max_per_key": 4, "per_env": {}, "max_total": 4, "concurrency": 2, "half_life": 60.0}  # fmt: skip

@@ -28,12 +28,11 @@ from docker_support import (
     new_job,
     processes_in_container,
     require_docker,
-    running_container,
 )
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
-from inginious_tx.agent.docker import LABEL_AGENT, LABEL_JOB, DockerBackend
+from inginious_tx.agent.docker import DockerBackend
 from inginious_tx.agent.result import AgentConfig, JobResult
 from inginious_tx.agent.runtimes import EnvironmentSpec, parse_environment_specs
 from inginious_tx.messages import BackendNewJob
@@ -183,9 +182,12 @@ async def test_fork_bomb_contained(backend: DockerBackend) -> None:
     assert time.monotonic() - started < 30
 
 
-def _container_of(backend: DockerBackend, job: BackendNewJob) -> Any:
-    label = f"{job.job_id[0].hex()}/{job.job_id[1]}"
-    return running_container({LABEL_AGENT: backend.instance_id, LABEL_JOB: label})
+async def _container_up(backend: DockerBackend, job: BackendNewJob) -> str:
+    """The id of the job's container once it runs, made for it or taken from the pool (a pooled
+    container has no job label: it was made before its job was known)."""
+    sandbox = await backend.debug_sandbox(job.job_id).addTimeout(60, _reactor())
+    assert sandbox is not None, "the job ended before its container ran"
+    return str(sandbox.container_id)
 
 
 async def _wait_for(predicate: Any, timeout: float = 30, what: str = "condition") -> Any:
@@ -203,7 +205,7 @@ async def _wait_for(predicate: Any, timeout: float = 30, what: str = "condition"
 async def test_processes_gone_after_the_job(backend: DockerBackend) -> None:
     job = new_job(run_cmd="sleep 300 & setsid sleep 301 & sleep 302", time_limit=60)
     d = backend.run(job).addTimeout(60, _reactor())
-    container = await _wait_for(lambda: _container_of(backend, job), what="the job's container")
+    container = await _container_up(backend, job)
     pids = await _wait_for(lambda: processes_in_container(container), what="the container's processes")
     backend.kill(job.job_id)
     assert (await d).result == "killed"

@@ -91,6 +91,7 @@ from zope.interface import implementer
 from .._reactor import CommonReactor
 from ..interfaces import IAgentBackend
 from ..messages import BackendJobId, BackendNewJob
+from ._engine import thd_create
 from ._job_output import make_output_dir, thd_read_output, wrap_command
 from ._leftovers import LABEL_OWNER, is_stale, owner_token, sweep_temp, sweep_work_dir
 from ._running import JobRun
@@ -704,8 +705,7 @@ class DockerBackend:
     def _thd_create(self, client: Any, image: str, folder: JobFolder) -> str:
         config = self._container_config(image, folder)
         wrap_command(config, docker_sdk(), JOB_MOUNT, self._limits)  # output cut in the container, no log
-        container = client.containers.create(**config)
-        return container.id
+        return thd_create(client, config)
 
     def _thd_start(self, client: Any, container_id: str) -> None:
         client.api.start(container_id)

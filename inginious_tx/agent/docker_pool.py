@@ -52,6 +52,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..messages import BackendNewJob
+from ._engine import thd_create
 from ._leftovers import STDIN_SUFFIX
 from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer, Unpoolable
 from .job_folder import JobFolder, remove_job_path
@@ -211,6 +212,8 @@ class DockerHelperMaker:
         self._disk_mb = disk_mb
         self._job_label = job_label
         self._ready_runtime = ready_runtime
+        #: image -> its entrypoint (None: none), read at its first container
+        self._entrypoints: Dict[str, Any] = {}
         #: the memory limit (MB) a container of the key is made with when the key leaves it open
         self.mem_for: Callable[[PoolKey], int] = lambda key: WAIT_MEM_MB
 
@@ -220,8 +223,14 @@ class DockerHelperMaker:
             raise NotReady(f"runtime {key.runtime} not probed yet")
         return self._engine(self._thd_make, key)
 
+    def forget_image(self, image: str) -> None:
+        """``image`` names another image now: read its settings again at the next creation."""
+        self._entrypoints.pop(image, None)
+
     def _thd_make(self, client: Any, key: PoolKey) -> PooledContainer:
-        entrypoint = (client.api.inspect_image(key.image).get("Config") or {}).get("Entrypoint")
+        if key.image not in self._entrypoints:  # once per image, not per container (an engine call)
+            self._entrypoints[key.image] = (client.api.inspect_image(key.image).get("Config") or {}).get("Entrypoint")
+        entrypoint = self._entrypoints[key.image]
         if entrypoint:
             # its jobs run as ENTRYPOINT + command; a container waiting in a shell would bypass it
             raise Unpoolable(f"the image {key.image} has an entrypoint ({entrypoint})")
@@ -239,7 +248,7 @@ class DockerHelperMaker:
             settings = _settings(config, root)
             environment = dict(config["environment"])
             config.update(command=WAIT_COMMAND, labels=labels, stdin_open=True)
-            cid = str(client.containers.create(**config).id)
+            cid = thd_create(client, config)
             sock = client.api.attach_socket(cid, params={"stdin": 1, "stream": 1})
             client.api.start(cid)
             return PooledContainer(key, cid, _Slot(root, sock, environment, settings, mem_mb))
@@ -452,6 +461,7 @@ class DockerPool:
         """The environment's image is another one now: drop its containers made from the old one."""
         for key in list(self.pool.stats()):
             if isinstance(key, PoolKey) and key.environment == environment:
+                self._maker.forget_image(key.image)
                 self.pool.flush(key)
 
     def close(self) -> Deferred:

@@ -236,3 +236,61 @@ def test_an_unpoolable_key_is_given_up_once(log_events: Any) -> None:
     clock.advance(120)
     assert _take(pool, "entry") is None and maker.pending == [] and pool.target("entry") == 0
     assert log_events.has("entrypoint") and pool.stats()["entry"].failures == 0
+
+
+def test_removals_run_a_few_at_a_time_in_order_and_close_waits_for_them() -> None:
+    """The removal queue: at most ``removals`` at once, first asked first run; a failure is the
+    caller's and does not stop the queue; close() waits for every one, even those asked after it."""
+    clock, maker = Clock(), FakeMaker()
+    pool = _pool(clock, maker, removals=2)
+    started: List[int] = []
+    pending: Dict[int, Deferred] = {}
+
+    def removal(n: int) -> Any:
+        def run() -> Deferred:
+            started.append(n)
+            pending[n] = Deferred()
+            return pending[n]
+
+        return run
+
+    results: List[Any] = []
+    for n in range(5):
+        pool.remove_later(removal(n)).addBoth(results.append)
+    assert started == [0, 1], "two at a time"
+    pending[1].errback(RuntimeError("engine says no"))
+    assert started == [0, 1, 2] and str(results[0].value) == "engine says no", "a failure goes to its caller"
+    pending[0].callback("gone")
+    assert started == [0, 1, 2, 3] and results[1] == "gone"
+    closing = pool.close()
+    late = pool.remove_later(removal(5))
+    assert not closing.called and not late.called
+    for n in (2, 3, 4, 5):
+        pending[n].callback(None)
+    assert started == [0, 1, 2, 3, 4, 5] and closing.called and late.called
+
+
+def test_discards_go_through_the_removal_queue() -> None:
+    """The pool's own removals (trimmed, dead, closed) wait their turn with the callers' ones."""
+    clock, maker = Clock(), FakeMaker()
+    pool = _pool(clock, maker, removals=1)
+    blocker: Deferred = Deferred()
+    pool.remove_later(lambda: blocker)
+    _take(pool, "py")
+    maker.finish()
+    pool.flush("py")
+    assert maker.discarded == [], "behind the removal under way"
+    blocker.callback(None)
+    assert maker.discarded == ["c1"]
+
+
+def test_a_longer_window_keeps_a_burst_that_reaches_the_pool_over_seconds() -> None:
+    """An agent takes a burst's jobs as its slots free: 20 takes over 10 s.  A 2 s window sees a
+    few at a time; a 10 s one sees the whole burst (up to the maximum)."""
+    for window, expected in ((2.0, 4), (10.0, 20)):
+        clock, maker = Clock(), FakeMaker()
+        pool = _pool(clock, maker, max_per_key=64, max_total=64, window=window)
+        for _ in range(20):
+            _take(pool, "py")
+            clock.advance(0.5)
+        assert pool.target("py") == expected, window

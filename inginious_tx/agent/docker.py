@@ -582,7 +582,8 @@ class DockerBackend:
         finally:
             if claimed is not None and not self._closed:
                 # a pooled job's answer does not wait for its removal (close() does)
-                cleanup = ensureDeferred(self._cleanup(run, folder))
+                # in the pool's removal queue: a few at a time, not ahead of the jobs' engine calls
+                cleanup = self.pool.remove_later(lambda: ensureDeferred(self._cleanup(run, folder)))  # type: ignore[union-attr]
                 self._cleanups.add(cleanup)
                 cleanup.addBoth(lambda _: self._cleanups.discard(cleanup))
             else:

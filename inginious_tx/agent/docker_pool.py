@@ -6,7 +6,10 @@ container costs memory; 0 turns the pool off), per environment
 ``--option pool_max:NAME=N``; ``pool_total`` (default: the slots, or the
 largest ``pool_max`` if it is more) bounds all environments together, ``pool_concurrency`` (2) the
 containers made at once, ``pool_half_life`` (60 s) how fast an
-environment's demand is forgotten.
+environment's demand is forgotten, ``pool_window`` the span over which its
+jobs are counted as demand (2 s; 10 s when a ``pool_max`` is above the
+slots: the agent takes a burst's jobs as its slots free, over several
+seconds, and a pool above the slots is there to hold a whole burst).
 
 A container made ahead is made exactly as a job's would be (the backend's
 own ``_container_config``, so every isolation setting is the same), with:
@@ -144,6 +147,10 @@ def pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
         "max_total": number("pool_total", max([slots, max_per_key, *per_env.values()])),
         "concurrency": max(1, number("pool_concurrency", 2)),
         "half_life": max(0.1, number("pool_half_life", 60.0, float)),
+        # a pool above the slots is for bursts: count a burst's takes over more seconds (the agent
+        # takes its jobs as its slots free, so 64 jobs on 8 slots reach it over several seconds)
+        "window": max(0.1, number("pool_window", 2.0 if max([max_per_key, *per_env.values()]) <= slots else 10.0,
+                                  float)),  # fmt: skip
     }
 
 
@@ -357,7 +364,7 @@ class DockerPool:
             clock, maker,
             max_per_key=settings["max_per_key"], max_total=settings["max_total"],
             max_for=lambda key: per_env.get(key.environment) if isinstance(key, PoolKey) else None,
-            concurrency=settings["concurrency"], half_life=settings["half_life"],
+            concurrency=settings["concurrency"], half_life=settings["half_life"], window=settings.get("window", 2.0),
         )  # fmt: skip
         self._clock = clock
         self._maker = maker
@@ -463,6 +470,10 @@ class DockerPool:
             if isinstance(key, PoolKey) and key.environment == environment:
                 self._maker.forget_image(key.image)
                 self.pool.flush(key)
+
+    def remove_later(self, remove: Callable[[], Deferred]) -> Deferred:
+        """Run ``remove()`` in the pool's removal queue (see :meth:`ContainerPool.remove_later`)."""
+        return self.pool.remove_later(remove)
 
     def close(self) -> Deferred:
         return self.pool.close()

@@ -125,7 +125,8 @@ class PoolCollector:
 
 
 def _cumulative(hist: ReadyHistogram) -> List[Tuple[str, float]]:
-    out, count = [], 0
+    out: List[Tuple[str, float]] = []
+    count = 0
     for bound, n in zip((*READY_BUCKETS, float("inf")), hist.counts, strict=True):
         count += n
         out.append(("+Inf" if bound == float("inf") else repr(float(bound)), count))
@@ -137,7 +138,7 @@ def agent_registry(backend: Any) -> Any:
     from prometheus_client.registry import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PoolCollector(backend))  # type: ignore[arg-type]
+    registry.register(PoolCollector(backend))
     return registry
 
 

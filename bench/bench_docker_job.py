@@ -3,15 +3,17 @@
     python bench/bench_docker_job.py [--jobs 20] [--runtimes runc,runsc] [--image IMAGE]
                                      [--slots 8] [--burst 64] [--idle 30]
 
-In one process: a backend (``BackendService`` on TCP), two Docker agents
-with one environment per runtime (``NAME=IMAGE,runtime=RUNTIME``): one as
-it is by default, one with containers prepared ahead (``pool_max=SLOTS``,
-its environments named ``RUNTIME+pool``), and a client.  For each runtime,
-alternately (so that all see the same machine load):
+In one process: a backend (``BackendService`` on TCP), three Docker agents
+with one environment per runtime (``NAME=IMAGE,runtime=RUNTIME``): one with
+no containers prepared ahead (``pool_max=0``), one as it is by default
+(containers prepared ahead, up to its slots; environments ``RUNTIME+pool``),
+one with a pool as large as a burst (``pool_max=BURST``; environments
+``RUNTIME+big``), and a client.  For each runtime, alternately (so that all
+see the same machine load):
 
 - **job**: a trivial task (``feedback-result success``) submitted by the
-  client, timed from ``ClientNewJob`` to ``BackendJobDone``;
-- **pool job**: the same, on the agent with the pool;
+  client, timed from ``ClientNewJob`` to ``BackendJobDone``, with no pool;
+- **pool job**: the same, on the agent as it is by default;
 - **bare**: ``docker run --rm --network none [--runtime R] IMAGE /bin/sh -c true``;
 - **run_student job**: a task that calls ``run_student true`` once;
 - **2 bare**: two such ``docker run`` one after the other.
@@ -19,12 +21,17 @@ alternately (so that all see the same machine load):
 Then, per runtime, a **burst**: ``--burst`` trivial jobs submitted at once,
 to each agent (``--slots`` slots each): p50/p99/max of submit-to-result,
 how many were answered, and the containers of jobs left 30 s after the
-last answer (a pooled job is answered before its container is removed).  Then the
-**idle cost** of a full pool: over ``--idle`` seconds with the pool full,
-the CPU time of ``dockerd`` and ``containerd``, against the same span with
-no container waiting (measured first), and the memory (RSS) of this process
-and of the processes of the waiting containers (their shims, init and
-shell; under runsc the sandbox too).
+last answer (a pooled job is answered before its container is removed).
+The agent with the large pool gets two: a first one that shows it the
+demand (``+big cold``), then, once its pool has refilled (how many were
+ready is printed), a second (``+big warm``).  Then the **idle cost** of a
+full pool, for the default pool and the large one: over ``--idle`` seconds
+with the pool full, the CPU time of ``dockerd`` and ``containerd``, against
+the same span with no container waiting (measured first), and the memory
+(RSS) of this process and of the processes of the waiting containers
+(their shims, init and shell; under runsc the sandbox too; RSS counts
+shared pages in each process, PSS splits them), in total and per waiting
+container (PSS).
 
 Prints p50/p90 per row and the p50 ratios job/bare, pool job/bare and
 run_student job/2 bare.  Needs the Docker engine, the test image
@@ -157,6 +164,18 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _pss_mb(pid: int) -> float:
+    """The proportional set size of ``pid`` (shared pages split among their users), in MB."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
 def _container_processes(cids: List[str]) -> List[int]:
     """Host pids whose command line or cgroup names one of the containers (shims, runsc, init, shell)."""
     found = []
@@ -208,13 +227,17 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     options = {"poll_interval": 0.5}
     plain = DockerBackend(reactor, AgentConfig(
         tasks, [f"{r}={args.image},runtime={r}" for r in runtimes], args.slots,
-        {**options, "work_dir": os.path.join(work, "plain")}))  # fmt: skip
+        {**options, "work_dir": os.path.join(work, "plain"), "pool_max": "0"}))  # fmt: skip
     pooled = DockerBackend(reactor, AgentConfig(
         tasks, [f"{r}+pool={args.image},runtime={r}" for r in runtimes], args.slots,
-        {**options, "work_dir": os.path.join(work, "pool"), "pool_max": str(args.slots)}))  # fmt: skip
+        {**options, "work_dir": os.path.join(work, "pool")}))  # fmt: skip
+    big = DockerBackend(reactor, AgentConfig(
+        tasks, [f"{r}+big={args.image},runtime={r}" for r in runtimes], args.slots,
+        {**options, "work_dir": os.path.join(work, "big"), "pool_max": str(args.burst)}))  # fmt: skip
+    assert plain.pool is None and pooled.pool is not None and big.pool is not None
     bench_agents = [
         Agent(reactor, backend, f"bench-{name}", args.slots, agents.connect_endpoint)
-        for name, backend in (("plain", plain), ("pool", pooled))
+        for name, backend in (("plain", plain), ("pool", pooled), ("big", big))
     ]
     client = _Client()
     conn = transport.connect(reactor, clients.connect_endpoint, client)
@@ -223,7 +246,7 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
     base_cpu, base_rss = await idle_cost(reactor, args.idle)  # before any container exists
     for agent in bench_agents:
         agent.startService()
-    wanted = set(runtimes) | {f"{r}+pool" for r in runtimes}
+    wanted = set(runtimes) | {f"{r}+pool" for r in runtimes} | {f"{r}+big" for r in runtimes}
     await wait_for(reactor, lambda: wanted <= set(client.envs), 30)
     rows = []
     bursts = []
@@ -253,7 +276,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                                        ("run_student job", rs_job), ("2 bare", bare2)):  # fmt: skip
                         samples[key].append(value * 1000)
             rows.append((runtime, samples))
-            for env, backend in ((f"{runtime}+pool", pooled), (runtime, plain)):
+
+            async def burst(env: str, backend: DockerBackend, label: str, ready: Any = "") -> None:
+                nonlocal n
                 n += 1
                 start = time.perf_counter()
 
@@ -271,19 +296,37 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
                     time.monotonic() < deadline
                 ):
                     await task.deferLater(reactor, 0.2, lambda: None)
-                bursts.append((env, len(results), ok, pct(times, 0.5), pct(times, 0.99), max(times), len(left)))
-            # the idle cost of the pool, once full (its target after the burst: the slots)
-            assert pooled.pool is not None
-            await wait_for(reactor, lambda: all(
-                s.ready >= s.target and not s.creating for s in pooled.pool.stats().values()), 120)  # fmt: skip
-            waiting = await deferToThread(_containers_of, pooled.instance_id, True)
-            procs = await deferToThread(_container_processes, waiting)
-            mem = sum(_rss_mb(p) for p in procs)
-            cpu, rss = await idle_cost(reactor, args.idle)
-            idles.append((runtime, len(waiting), cpu, rss, mem, len(procs)))
-        stats = {str(k): (s.hits, s.misses, s.dead, KeyStats.percentile(s.ready_seconds_hit, 0.5),
-                          KeyStats.percentile(s.ready_seconds_miss, 0.5))
-                 for k, s in (pooled.pool.stats() if pooled.pool else {}).items()}  # fmt: skip
+                row = (label, len(results), ok, pct(times, 0.5), pct(times, 0.99), max(times), len(left), ready)
+                bursts.append(row)
+
+            async def full(backend: DockerBackend) -> int:
+                """Wait until the pool has what it wants (at most 180 s); how many wait in it."""
+                assert backend.pool is not None
+                await wait_for(reactor, lambda: all(
+                    s.ready >= s.target and not s.creating for s in backend.pool.stats().values()), 180)  # fmt: skip
+                return sum(s.ready for s in backend.pool.stats().values())
+
+            async def idle(backend: DockerBackend, label: str) -> None:
+                await full(backend)
+                waiting = await deferToThread(_containers_of, backend.instance_id, True)
+                procs = await deferToThread(_container_processes, waiting)
+                mem = sum(_rss_mb(p) for p in procs)
+                pss = sum(_pss_mb(p) for p in procs)
+                cpu, rss = await idle_cost(reactor, args.idle)
+                idles.append((label, len(waiting), cpu, rss, mem, pss, len(procs)))
+
+            await burst(f"{runtime}+pool", pooled, f"{runtime}+pool")
+            await burst(runtime, plain, runtime)
+            await burst(f"{runtime}+big", big, f"{runtime}+big cold")
+            ready = await full(big)
+            await burst(f"{runtime}+big", big, f"{runtime}+big warm", ready)
+            # the idle cost of the pools, once full (their targets after the bursts)
+            await idle(pooled, f"{runtime}+pool")
+            await idle(big, f"{runtime}+big")
+        stats = {f"{name} {k}": (s.hits, s.misses, s.dead, KeyStats.percentile(s.ready_seconds_hit, 0.5),
+                                 KeyStats.percentile(s.ready_seconds_miss, 0.5))
+                 for name, backend in (("default", pooled), ("big", big))
+                 for k, s in (backend.pool.stats() if backend.pool else {}).items()}  # fmt: skip
     finally:
         await conn.stop()
         for agent in bench_agents:
@@ -291,7 +334,9 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         await service.stopService()
         shutil.rmtree(tasks, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    after = [len(await deferToThread(_containers_of, b.instance_id, p)) for b in (plain, pooled) for p in (True, False)]
+    after = [
+        len(await deferToThread(_containers_of, b.instance_id, p)) for b in (plain, pooled, big) for p in (True, False)
+    ]
     print(f"{args.jobs} samples per row, image {args.image}, {os.cpu_count()} CPUs, {args.slots} slots per agent")
     print(f"{'runtime':8} {'what':16} {'p50 ms':>8} {'p90 ms':>8} {'mean ms':>8}")
     for runtime, samples in rows:
@@ -304,21 +349,24 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
         r2 = pct(samples["run_student job"], 0.5) / pct(samples["2 bare"], 0.5)
         print(f"{runtime:8} p50 ratio job/bare = {r1:.2f}; pool job/bare = {r3:.2f}; "
               f"run_student job / 2 bare = {r2:.2f}")  # fmt: skip
-    print(f"burst of {args.burst} jobs at once, {args.slots} slots:")
-    print(f"{'env':12} {'answered':>8} {'success':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'left':>5}")
-    for env, answered, ok, p50, p99, top, left in bursts:
-        print(f"{env:12} {answered:8} {ok:8} {p50:8.0f} {p99:8.0f} {top:8.0f} {left:5}")
+    print(f"burst of {args.burst} jobs at once, {args.slots} slots (big: pool_max={args.burst}):")
+    print(f"{'env':16} {'answered':>8} {'success':>8} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'left':>5} "
+          f"{'ready before':>12}")  # fmt: skip
+    for env, answered, ok, p50, p99, top, left, ready in bursts:
+        print(f"{env:16} {answered:8} {ok:8} {p50:8.0f} {p99:8.0f} {top:8.0f} {left:5} {ready!s:>12}")
     print(f"idle {args.idle:g} s: no container waiting: dockerd+containerd {base_cpu:.2f} CPU s, this process "
           f"{base_rss:.0f} MB RSS")  # fmt: skip
-    for runtime, count, cpu, rss, mem, nprocs in idles:
-        print(f"idle {args.idle:g} s, {runtime}: {count} containers waiting: dockerd+containerd {cpu:.2f} CPU s, this "
-              f"process {rss:.0f} MB RSS, their {nprocs} processes {mem:.0f} MB RSS")  # fmt: skip
+    for label, count, cpu, rss, mem, pss, nprocs in idles:
+        each = f"{pss / count:.1f}" if count else "-"
+        print(f"idle {args.idle:g} s, {label}: {count} containers waiting: dockerd+containerd {cpu:.2f} CPU s, this "
+              f"process {rss:.0f} MB RSS, their {nprocs} processes {mem:.0f} MB RSS, {pss:.0f} MB PSS "
+              f"({each} MB PSS each)")  # fmt: skip
     for key, (hits, misses, dead, hit50, miss50) in stats.items():
         h = "-" if hit50 is None else f"{hit50 * 1000:.0f}"
         m = "-" if miss50 is None else f"{miss50 * 1000:.0f}"
         print(f"pool {key}: {hits} hits, {misses} misses, {dead} dead; job to container ready p50 {h} ms (hit), "
               f"{m} ms (miss)")  # fmt: skip
-    print(f"containers left after shutdown (plain waiting/other, pool waiting/other): {after}")
+    print(f"containers left after shutdown (no pool, default pool, big pool: waiting/other each): {after}")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,12 @@ def test_compose_grades_a_job_and_prometheus_scrapes_the_backend() -> None:
             lambda: _query(prom, "sum(inginious_jobs_finished_total) >= 1"), 90, "the scraped job counter", logs
         )
         assert float(finished[0]["value"][1]) >= 1
+        # and the agent's own metrics (--metrics): its job took a container made ahead or not
+        taken = _eventually(
+            lambda: _query(prom, "sum(inginious_agent_pool_hits_total) + sum(inginious_agent_pool_misses_total) >= 1"),
+            90, "the agent's pool counters", logs,
+        )  # fmt: skip
+        assert float(taken[0]["value"][1]) >= 1
         rules = _get_json(f"http://127.0.0.1:{prom}/api/v1/rules")["data"]["groups"]
         names = {rule["name"] for group in rules for rule in group["rules"]}
         assert {"InginiousNoAgent", "InginiousQueueStuck"} <= names, names

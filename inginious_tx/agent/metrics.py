@@ -23,7 +23,7 @@ environments (a pool has keys only for the environments the agent serves),
 so the series are bounded by its configuration.  Everything is read from
 the pools when a scrape asks, on the reactor thread.
 
-The page is hardened as the backend's status pages are (:mod:`inginious_tx._http`):
+The page is hardened as the backend's status pages are (``inginious_tx._http``):
 127.0.0.1 unless an interface is named, at most ``--metrics-max-connections``
 open at once, idle ones closed after ``--metrics-idle-timeout`` seconds, no
 authentication.  It needs ``prometheus-client`` (the ``metrics`` extra).

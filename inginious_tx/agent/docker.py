@@ -69,7 +69,7 @@ wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
 ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
 
 ``pool_max`` (default: the slots; 0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
-``pool_half_life``: containers prepared ahead of demand, see :mod:`.docker_pool`.
+``pool_half_life``, ``pool_window``: containers prepared ahead of demand, see :mod:`.docker_pool`.
 """
 
 from __future__ import annotations

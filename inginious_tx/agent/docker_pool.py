@@ -4,8 +4,8 @@ On by default: ``--option pool_max=N`` is the most containers kept ready per
 environment (default: the agent's slots; more is allowed, each waiting
 container costs memory; 0 turns the pool off), per environment
 ``--option pool_max:NAME=N``; ``pool_total`` (default: the slots, or the
-largest ``pool_max`` if it is more) bounds all environments together, ``pool_concurrency`` (2) the
-containers made at once, ``pool_half_life`` (60 s) how fast an
+largest ``pool_max`` if it is more) bounds all environments together,
+``pool_concurrency`` (2, measured best of 1 to 4) the containers made at once, ``pool_half_life`` (60 s) how fast an
 environment's demand is forgotten, ``pool_window`` the span over which its
 jobs are counted as demand (2 s; 10 s when a ``pool_max`` is above the
 slots: the agent takes a burst's jobs as its slots free, over several

@@ -103,6 +103,20 @@ def assert_left_clean(instance_id: str, work: Optional[str] = None) -> None:
         assert not os.path.exists(work) or os.listdir(work) == [], "a job folder was left behind"
 
 
+def pool_containers(instance_id: str) -> List[str]:
+    """Ids of the agent's containers waiting in its pool (running, made ahead; blocking)."""
+    from inginious_tx.agent.docker import LABEL_AGENT
+    from inginious_tx.agent.docker_pool import LABEL_POOL
+
+    client = docker_client()
+    try:
+        waiting = client.api.containers(filters={"label": [f"{LABEL_AGENT}={instance_id}", LABEL_POOL],
+                                                 "status": "running"})  # fmt: skip
+        return [c["Id"] for c in waiting]
+    finally:
+        client.close()
+
+
 def pool_folders(instance_id: str) -> Set[str]:
     """The job folders (host paths) of the agent's containers waiting in its pool (blocking)."""
     from inginious_tx.agent.docker import LABEL_AGENT

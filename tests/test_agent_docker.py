@@ -25,6 +25,7 @@ from docker_support import (
     docker_problem,
     make_task,
     new_job,
+    pool_containers,
     processes_in_container,
     require_docker,
 )
@@ -566,8 +567,9 @@ def proxied(tasks_dir: str, short_tmp: str) -> Any:
     proxy = _UnixProxy(sock, _engine_socket())
     b = _make_backend(tasks_dir, os.path.join(short_tmp, "work"), docker_url=f"unix://{sock}")
     yield b, proxy
-    pytest_twisted.blockon(ensureDeferred(proxy.stop()))
+    # closed while the engine is there: it removes what waits in its pool (and what it could not remove before)
     pytest_twisted.blockon(b.close())
+    pytest_twisted.blockon(ensureDeferred(proxy.stop()))
     assert_left_clean(b.instance_id)
 
 
@@ -589,15 +591,17 @@ async def test_engine_goes_away_and_comes_back(proxied: Any, short_tmp: str) -> 
     job = new_job(run_cmd="sleep 300")
     d = b.run(job)
     d.addTimeout(30, _reactor())
-    await _container_up(b, job)
+    cid = await _container_up(b, job)
     await proxy.stop()
     r = await d
     assert r.result == "crash" and r.text.startswith("docker engine unavailable: "), r
     assert os.listdir(work) == []
-    # back again: the container it could not remove then is removed now
+    # back again: the container it could not remove then is removed now (those waiting in the pool for the
+    # next jobs stay)
     proxy.start()
     assert list(await b.environments()) == ["default"]
-    await _wait_for(lambda: containers_labelled(LABEL_AGENT, b.instance_id) == [], what="orphan removal")
+    await _wait_for(lambda: cid not in containers_labelled(LABEL_AGENT, b.instance_id), what="orphan removal")
+    assert set(containers_labelled(LABEL_AGENT, b.instance_id)) <= set(pool_containers(b.instance_id))
 
 
 @pytest_twisted.ensureDeferred

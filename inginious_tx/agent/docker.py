@@ -335,7 +335,7 @@ class DockerBackend:
 
         maker = DockerHelperMaker(
             engine, self._call, self._container_config, self._thd_job_root, self._thd_remove, self._disk_mb, LABEL_JOB,
-            ready_runtime=lambda runtime: runtime is None or runtime in self._pids_policies,
+            ready_runtime=lambda runtime: runtime is None or runtime in self._pids_policies, orphan=self._orphans.add,
         )  # fmt: skip
         return DockerPool(
             self._reactor, maker, settings, engine=engine, call=self._call, config=self._container_config,

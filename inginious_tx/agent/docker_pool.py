@@ -210,6 +210,7 @@ class DockerHelperMaker:
         disk_mb: int,
         job_label: str,
         ready_runtime: Callable[[Optional[str]], bool] = lambda runtime: True,
+        orphan: Callable[[str], None] = lambda cid: None,
     ) -> None:
         self._engine = engine
         self._call = call
@@ -219,6 +220,8 @@ class DockerHelperMaker:
         self._disk_mb = disk_mb
         self._job_label = job_label
         self._ready_runtime = ready_runtime
+        #: told of a container it could not remove (the engine away): the backend retries later
+        self._orphan = orphan
         #: image -> its entrypoint (None: none), read at its first container
         self._entrypoints: Dict[str, Any] = {}
         #: the memory limit (MB) a container of the key is made with when the key leaves it open
@@ -286,7 +289,10 @@ class DockerHelperMaker:
         try:
             await self._engine(self._remove, container.container_id)
         except Exception as e:
-            self.log.warn("container pool: cannot remove {cid}: {e}", cid=container.container_id, e=str(e))
+            self._orphan(container.container_id)
+            self.log.warn(
+                "container pool: cannot remove {cid} now: {e}; will retry", cid=container.container_id, e=str(e)
+            )
         try:
             await self._call(_remove_paths, slot.root, slot.root + STDIN_SUFFIX)  # the owner mark last
         except Exception:

@@ -33,10 +33,13 @@ The rules:
   job itself never sees it.
 - **bounded removal.**  Removals (containers the pool discards, and those
   the callers hand over after their job, :meth:`ContainerPool.remove_later`)
-  run at most ``removals`` at a time, in the order asked; the others wait in
-  the pool, not in the engine's queue nor in the threads jobs need.
-  Measured under a burst of 64 jobs on 8 slots with a warm pool: p99 about
-  3.0 s with 2 at a time, 4.0 s unbounded.
+  run at most ``removals`` at a time, in the order asked; the others wait in the
+  pool, not in the engine's queue nor in the threads jobs need.  (Measured
+  under bursts of 64 jobs on 8 slots with a warm pool of 64: the same p99,
+  3.4 s with 2 at a time and 3.3 s unbounded, means of 4 bursts; and
+  removals held back while creations run made the p99 worse.  The bound
+  is kept for what it guarantees: removals never hold more than 2 of the
+  backend's threads.)
 - :meth:`ContainerPool.close` stops refilling, waits for the creations under
   way and removes every container still waiting.
 

@@ -582,7 +582,7 @@ class DockerBackend:
         finally:
             if claimed is not None and not self._closed:
                 # a pooled job's answer does not wait for its removal (close() does)
-                # in the pool's removal queue: a few at a time, not ahead of the jobs' engine calls
+                # in the pool's removal queue (a few at a time: removals never take every thread)
                 cleanup = self.pool.remove_later(lambda: ensureDeferred(self._cleanup(run, folder)))  # type: ignore[union-attr]
                 self._cleanups.add(cleanup)
                 cleanup.addBoth(lambda _: self._cleanups.discard(cleanup))

@@ -77,14 +77,13 @@ from zope.interface import implementer
 
 from ..messages import BackendNewJob
 from ._beneath import open_job_dir
-from ._leftovers import STDIN_SUFFIX, mark_job, unmount_under
+from ._leftovers import OWNER_FILE, STDIN_SUFFIX, mark_job, unmount_under
 from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer, Unpoolable
-from .filetree import remove_tree
 from .job_disk import bind_fd, bind_shared, detach
 from .job_folder import JobFolder
 
 __all__ = [
-    "StudentKey", "Sibling", "ClaimedStudent", "DockerStudentMaker", "StudentPool", "NotPropagated",
+    "StudentKey", "Sibling", "ClaimedStudent", "DockerStudentMaker", "StudentPool", "NotPropagated", "SiblingGone",
     "LABEL_STUDENT_POOL", "STAGE", "STDIN_FILE", "WAIT_COMMAND", "POOLABLE_RUNTIMES", "student_pool_options",
     "settings_of", "placeholder_job", "go_script", "thd_make_area", "thd_claim", "thd_release_area",
 ]  # fmt: skip
@@ -108,6 +107,10 @@ _LATER = ("command", "working_dir", "labels", "mounts", "mem_limit", "memswap_li
 
 class NotPropagated(Exception):
     """The job's folder bound in the area is not what the sibling sees: this host cannot pool siblings."""
+
+
+class SiblingGone(Exception):
+    """The sibling's first process ended before its call started (the call makes its own container)."""
 
 
 @dataclass(frozen=True)
@@ -208,9 +211,22 @@ def thd_make_area(work_dir: str) -> str:
 
 
 def thd_release_area(area: str) -> None:
-    """Undo the area's mounts (the job's folder, then its own), then remove it (no link followed)."""
+    """Undo the area's mounts (the job's folder, then its own), then remove its known entries.
+
+    Never recursive: a job's folder still bound on ``student/`` (an unmount
+    that did not happen) makes ``rmdir`` fail, and the job's files stay.
+    """
     unmount_under(area)
-    remove_tree(area)
+    for name in (STDIN_FILE, OWNER_FILE):
+        try:
+            os.unlink(os.path.join(area, name))
+        except FileNotFoundError:
+            pass
+    for path in (os.path.join(area, STAGE), area):
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
 
 
 def _pid_start(pid: int) -> Optional[str]:
@@ -225,7 +241,7 @@ def _check_seen(fd: int, sibling: Sibling, targets: Sequence[str]) -> None:
     """Raise :class:`NotPropagated` unless every ``target`` in the sibling is the folder ``fd``."""
     want = os.fstat(fd)
     if sibling.pid <= 0 or _pid_start(sibling.pid) != sibling.pid_start:
-        raise NotPropagated("the sibling's first process is gone")
+        raise SiblingGone("the sibling's first process is gone")
     for target in targets:
         try:
             st = os.stat(f"/proc/{sibling.pid}/root{target}", follow_symlinks=False)
@@ -234,7 +250,7 @@ def _check_seen(fd: int, sibling: Sibling, targets: Sequence[str]) -> None:
         if (st.st_dev, st.st_ino) != (want.st_dev, want.st_ino):
             raise NotPropagated(f"{target} in the sibling is not the job's folder (mount not propagated)")
     if _pid_start(sibling.pid) != sibling.pid_start:  # the same process all along
-        raise NotPropagated("the sibling's first process is gone")
+        raise SiblingGone("the sibling's first process is gone")
 
 
 def _copy_into(source: str, target: str) -> None:
@@ -257,8 +273,8 @@ def thd_claim(folder: JobFolder, sibling: Sibling, targets: Sequence[str], stdin
     """Bind the job's checked ``task/student`` in the sibling's area, check the sibling sees it,
     write the call's standard input (blocking).
 
-    Raises :class:`._beneath.PathEscape` (not the job's folder: refused) or
-    :class:`NotPropagated`; nothing stays bound then.
+    Raises :class:`._beneath.PathEscape` (not the job's folder: refused),
+    :class:`NotPropagated` or :class:`SiblingGone`; nothing stays bound then.
     """
     fd = open_job_dir(folder.root, "task/student")
     try:
@@ -481,6 +497,10 @@ class StudentPool:
             await self._call(thd_claim, folder, sibling, targets, stdin_path)
         except NotPropagated as e:
             self.refuse(key, str(e))
+            await self._maker.discard(pooled)
+            return None
+        except SiblingGone:
+            self.pool.stats()[key].dead += 1
             await self._maker.discard(pooled)
             return None
         except BaseException:  # PathEscape (refused) included: the sibling goes, unused

@@ -37,6 +37,14 @@ when the student's container is removed.  An agent that cannot mount (not
 root) moves the checked folder there instead and moves it back once the
 container has started (the grader does not see ``student/`` meanwhile).  A
 link or anything else is refused: the call answers 254 saying why.
+
+**Containers made ahead** (``student_pool_max``, :mod:`.student_pool`): a call
+that does not share the grader's network takes a container that already
+waits, made with the same settings (compared at take time) but the staging
+folder of its own area as the source of the student mounts; the checked
+folder is bound there when the call takes it, and reaches the container by
+mount propagation.  Its command, output, exit status and limits are the
+same; without one ready, the call gets its container made as above.
 """
 
 from __future__ import annotations

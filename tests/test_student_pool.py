@@ -145,7 +145,9 @@ def test_interfaces_options_and_keys(tmp_path: Any) -> None:
     assert pool.key_for("e", "img", "runsc") is None, "gVisor shows no mount made after the start"
     assert pool.key_for("e", "img", None) == StudentKey("e", "img", None)
     script = go_script(["/bin/sh", "-c", 'exec "$@"', "x", "it's\n"], "/task").decode()
-    assert script == "cd /task || exit 126\nexec /bin/sh -c 'exec \"$@\"' x 'it'\"'\"'s\n'\n"
+    assert script == (
+        "cd /task || exit 126\nunset OLDPWD; SHLVL=0; export SHLVL\nexec /bin/sh -c 'exec \"$@\"' x 'it'\"'\"'s\n'\n"
+    )
 
 
 @pytest_twisted.ensureDeferred

@@ -46,7 +46,10 @@ agent writes on the sibling's standard input, once, ``cd`` to the call's
 working folder and ``exec`` of the very command a container made for the
 call would run.  Time limits are the agent's timers, as without the pool.
 Output, exit status and out-of-memory are read from the engine as without
-the pool.  After the call the sibling is removed, then the area's mounts are
+the pool.  What the command can tell apart: its container's first process
+is ``docker-init -- /bin/sh -s`` (``/proc/1/cmdline``), and
+``/proc/self/mountinfo`` shows the empty ``student/`` under the job's
+folder at both paths.  After the call the sibling is removed, then the area's mounts are
 undone and the area removed; a sibling is never used twice.
 
 **gVisor.**  ``runsc`` does not show mounts made after the sandbox started
@@ -186,7 +189,13 @@ def placeholder_job(environment: str, mem_mb: int) -> BackendNewJob:
 
 def go_script(command: Sequence[str], cwd: str) -> bytes:
     """What a sibling is told, once: go to the call's working folder, become the call's command."""
-    lines = [f"cd {shlex.quote(cwd)} || exit 126", "exec " + " ".join(shlex.quote(a) for a in command)]
+    # the waiting shell's traces out of the environment: the command's shell counts its level from
+    # scratch and has no previous folder, as in a container started for the call
+    lines = [
+        f"cd {shlex.quote(cwd)} || exit 126",
+        "unset OLDPWD; SHLVL=0; export SHLVL",
+        "exec " + " ".join(shlex.quote(a) for a in command),
+    ]
     return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 

@@ -40,21 +40,13 @@ from twisted.internet.defer import gatherResults
 from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
+from inginious_tx.agent import student_pool
 from inginious_tx.agent._leftovers import LABEL_OWNER, owner_token
 from inginious_tx.agent.container_pool import IContainerMaker, IContainerPool
 from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
-from inginious_tx.agent.job_folder import JobFolder
 from inginious_tx.agent.limits import JobMaxima
 from inginious_tx.agent.result import AgentConfig, JobResult
-from inginious_tx.agent.student_pool import (
-    LABEL_STUDENT_POOL,
-    NotPropagated,
-    StudentKey,
-    go_script,
-    placeholder_job,
-    student_pool_options,
-    thd_claim,
-)
+from inginious_tx.agent.student_pool import LABEL_STUDENT_POOL, StudentKey, go_script, student_pool_options
 from inginious_tx.backend.service import BackendService
 from inginious_tx.client import connect_client
 
@@ -329,30 +321,34 @@ async def test_what_a_killed_agent_left_is_removed_by_the_next(
 
 
 @pytest_twisted.ensureDeferred
-async def test_under_runsc_the_take_time_check_refuses_the_sibling(tasks_dir: str, tmp_path: Any) -> None:
-    """gVisor does not show a mount made after the sandbox started: a sibling made under runsc
-    anyway is refused by the check before anything runs in it (why runsc is not pooled)."""
+async def test_under_runsc_the_take_time_check_refuses_the_sibling(
+    tasks_dir: str, tmp_path: Any, until: Any, monkeypatch: Any, log_events: Any
+) -> None:
+    """gVisor does not show a mount made after the sandbox started.  Pooled anyway (the runtime
+    forced into the allowed ones), its sibling is refused by the take-time check before anything
+    runs in it: the call gets its container made as without the pool, and the environment is not
+    pooled any more."""
     _root_only()
     require_runtime("runsc")
     work = str(tmp_path / "work")
     backend = _backend(tasks_dir, work, runtime="runsc", pids_limit=256)
     pool = backend.student_pool
-    assert pool is not None and pool.key_for("default", TEST_IMAGE, "runsc") is None
+    assert pool is not None and pool.key_for("default", TEST_IMAGE, "runsc") is None, "not pooled by default"
+    monkeypatch.setattr(student_pool, "POOLABLE_RUNTIMES", student_pool.POOLABLE_RUNTIMES | {"runsc"})
+    key = StudentKey("default", TEST_IMAGE, "runsc")
     try:
         await backend.environments()
-        assert (await _run(backend, new_job("sp", "warm", hard_time_limit=60), 120)).result == "success"
-        key = StudentKey("default", TEST_IMAGE, "runsc")
-        maker = pool._maker
-        sibling = await backend._call(backend._thd_guard, maker._thd_make, key)
-        try:
-            root = str(tmp_path / "job")
-            os.makedirs(os.path.join(root, "task", "student"))
-            folder = JobFolder(root, placeholder_job("default", 64))
-            with pytest.raises(NotPropagated):
-                await deferToThread(thd_claim, folder, sibling.data, ("/job/task/student",), "")
-            assert _job_mounts(sibling.data.area) == [sibling.data.area], "nothing left bound on a refusal"
-        finally:
-            await maker.discard(sibling)
+        await _warm(backend, until)
+        secret = uuid.uuid4().hex[:12]
+        result = await _run(backend, new_job("sp", "see", inputdata={"secret": secret}, hard_time_limit=90), 180)
+        fields = _fields(result.text)
+        assert (result.result, fields["rc"], fields["back"]) == ("success", "4", f"back-{secret}"), result.text
+        assert f"ls=mine-{secret}," in fields["out"], "the call ran in a container made for it"
+        assert _stats(backend).hits >= 1 and key in pool._maker.refused, "taken, then refused"
+        assert "not the job's folder" in pool._maker.refused[key] or "cannot be seen" in pool._maker.refused[key]
+        assert pool.key_for("default", TEST_IMAGE, "runsc") is None, "not pooled any more"
+        assert log_events.has("student pool: no sibling made ahead for", "runsc")
     finally:
         await backend.close()
     await deferToThread(assert_left_clean, backend.instance_id, work)
+    assert _job_mounts(work) == []

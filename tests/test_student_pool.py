@@ -36,7 +36,7 @@ from test_cli_integration import _Collect
 from test_hostile_agents import _grader, _job_mounts, _root_only
 from test_hostile_jobfolders import TASKS as HOSTILE_TASKS
 from test_hostile_jobfolders import _check_untouched, _fields, _victim_and_thief
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
@@ -117,6 +117,15 @@ async def _warm(backend: DockerBackend, until: Any, course: str = "sp", ready: i
     await until(lambda: _ready(backend) >= ready, 60, f"{ready} sibling(s) made ahead")
 
 
+async def _stop(backend: DockerBackend, work: str, until: Any) -> None:
+    """Close the backend (the agent's stop may be closing it already: then wait for its areas to
+    go), then remove whatever container of it is left.  One closer, in this order: the closers
+    run at once, and the first that fails ends the wait for the others."""
+    await backend.close()
+    await until(lambda: _job_mounts(work) == [], 60, "the pool's areas to be unmounted")
+    await deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id))
+
+
 def _areas(work: str) -> List[str]:
     return sorted(n for n in os.listdir(work) if n.startswith("student-")) if os.path.isdir(work) else []
 
@@ -184,7 +193,7 @@ async def test_pooled_link_to_the_hosts_root_is_refused(
     closers.append(lambda: os.path.lexists(f"/tmp/{tag}") and os.unlink(f"/tmp/{tag}"))
     work = str(tmp_path / "work")
     backend = _backend(tasks_dir, work)
-    closers.append(lambda: deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    closers.append(lambda: ensureDeferred(_stop(backend, work, until)))
     client = await _grader(closers, within, until, backend, JobMaxima())
     assert (await within(client.new_job("hostile", "warm", {}), 60)).result == "success"
     await until(lambda: _ready(backend) >= 1, 60, "a sibling made ahead")
@@ -198,7 +207,7 @@ async def test_pooled_link_to_the_hosts_root_is_refused(
 
     def only_areas_left() -> bool:  # the job's folder gone; what stays is the pool's own, unbound
         areas = _areas(work)
-        return sorted(os.listdir(work)) == areas and _job_mounts(work) == [os.path.join(work, a) for a in areas]
+        return sorted(os.listdir(work)) == areas and sorted(_job_mounts(work)) == [os.path.join(work, a) for a in areas]
 
     await until(only_areas_left, 20, "the job folders to go")
 
@@ -213,7 +222,7 @@ async def test_pooled_link_to_another_job_is_refused(
     require_docker()
     work = str(tmp_path / "work")
     backend = _backend(tasks_dir, work)
-    closers.append(lambda: deferToThread(remove_containers, containers_labelled(LABEL_AGENT, backend.instance_id)))
+    closers.append(lambda: ensureDeferred(_stop(backend, work, until)))
     client = await _grader(closers, within, until, backend, JobMaxima())
     assert (await within(client.new_job("hostile", "warm", {}), 60)).result == "success"
     await until(lambda: _ready(backend) >= 1, 60, "a sibling made ahead")

@@ -131,6 +131,7 @@ def _areas(work: str) -> List[str]:
 
 
 def test_interfaces_options_and_keys(tmp_path: Any) -> None:
+    _root_only()  # the pool binds folders: a root agent only (else it is off, which the log says)
     b = _backend(str(tmp_path), str(tmp_path / "work"))
     assert b.student_pool is not None
     assert verifyObject(IContainerMaker, b.student_pool._maker)

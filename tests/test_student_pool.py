@@ -41,7 +41,7 @@ from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
 from inginious_tx.agent import student_pool
-from inginious_tx.agent._leftovers import LABEL_OWNER, owner_token
+from inginious_tx.agent._leftovers import LABEL_OWNER, owner_token, sweep_work_dir
 from inginious_tx.agent.container_pool import IContainerMaker, IContainerPool
 from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
 from inginious_tx.agent.limits import JobMaxima
@@ -150,6 +150,24 @@ def test_interfaces_options_and_keys(tmp_path: Any) -> None:
     assert script == (
         "cd /task || exit 126\nunset OLDPWD; SHLVL=0; export SHLVL\nexec /bin/sh -c 'exec \"$@\"' x 'it'\"'\"'s\n'\n"
     )
+
+
+def test_an_unmarked_area_of_a_dead_agent_is_swept(tmp_path: Any) -> None:
+    """An agent killed between making an area and marking it: the pid in the area's name tells
+    the next agent it may go; an unmarked area of a live pid (the agent about to mark it) stays."""
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid runs no more (reused by then: the area stays, the safe side)
+    work = tmp_path / "work"
+    work.mkdir()
+    dead, live = work / f"student-{gone.pid}-abc.stdin", work / f"student-{os.getpid()}-def.stdin"
+    for area in (dead, live):
+        (area / "student").mkdir(parents=True)
+    removed = sweep_work_dir(str(work))
+    if os.path.exists(f"/proc/{gone.pid}"):
+        pytest.skip("the pid was reused at once")
+    assert removed == [dead.name[: -len(".stdin")]] and sorted(os.listdir(work)) == [live.name]
 
 
 @pytest_twisted.ensureDeferred
@@ -327,7 +345,8 @@ async def test_what_a_killed_agent_left_is_removed_by_the_next(
     closers.append(backend.close)
     await within(backend.environments(), 60)  # at start: the sweep
     assert await deferToThread(containers_labelled, LABEL_OWNER, owner) == []
-    assert os.listdir(work) == [] and _job_mounts(work) == []
+    left = (os.listdir(work), _job_mounts(work), [os.listdir(os.path.join(work, n)) for n in os.listdir(work)])
+    assert left == ([], [], []), left
 
 
 @pytest_twisted.ensureDeferred

@@ -80,7 +80,7 @@ from zope.interface import implementer
 
 from ..messages import BackendNewJob
 from ._beneath import open_job_dir
-from ._leftovers import OWNER_FILE, STDIN_SUFFIX, mark_job, unmount_under
+from ._leftovers import OWNER_FILE, STDIN_SUFFIX, UNMARKED_AREA_PREFIX, mark_job, unmount_under
 from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer, Unpoolable
 from .job_disk import bind_fd, bind_shared, detach
 from .job_folder import JobFolder
@@ -96,8 +96,9 @@ LABEL_STUDENT_POOL = "org.inginious-tx.pool"
 #: In an area: the folder the job's student folder is bound on, and the standard input's file.
 STAGE = "student"
 STDIN_FILE = "stdin"
-#: Area names: ``AREA_PREFIX`` + random + ``.stdin`` (a name the leftovers' sweep knows).
-AREA_PREFIX = "student-"
+#: Area names: ``AREA_PREFIX`` + the agent's pid + ``-`` + random + ``.stdin`` (a name the
+#: leftovers' sweep knows: it removes a dead agent's area even when killed before its mark was written).
+AREA_PREFIX = UNMARKED_AREA_PREFIX
 #: What a sibling runs until its call: a shell reading its commands on stdin.
 WAIT_COMMAND = ["/bin/sh", "-s"]
 #: Runtimes that show a running container the mounts propagated to it (None: the engine's default).
@@ -204,7 +205,7 @@ def go_script(command: Sequence[str], cwd: str) -> bytes:
 
 def thd_make_area(work_dir: str) -> str:
     """A new area in ``work_dir``: marked, a shared mount of its own, with ``student/`` and ``stdin``."""
-    area = tempfile.mkdtemp(prefix=AREA_PREFIX, suffix=STDIN_SUFFIX, dir=work_dir)  # 0700
+    area = tempfile.mkdtemp(prefix=f"{AREA_PREFIX}{os.getpid()}-", suffix=STDIN_SUFFIX, dir=work_dir)  # 0700
     try:
         mark_job(area[: -len(STDIN_SUFFIX)])  # first: a kill from here on leaves something swept
         bind_shared(area)

@@ -16,7 +16,8 @@ import pytest
 import pytest_twisted
 from docker_support import TEST_IMAGE, assert_left_clean, make_task, new_job
 from test_agent_docker_runtimes import require_runtime
-from twisted.internet.defer import gatherResults
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.task import deferLater
 
 from inginious_tx.agent.docker import DockerBackend
 from inginious_tx.agent.local import LocalBackend
@@ -86,8 +87,10 @@ def tasks_dir(tmp_path_factory: Any) -> str:
     return root
 
 
-@pytest.fixture(params=["runc", "runsc", "local"])
+@pytest.fixture(params=["runc", "runc-pool", "runsc", "local"])
 def backend(request: Any, tasks_dir: str, tmp_path: Any) -> Any:
+    """runc-pool: run_student's containers made ahead (:mod:`inginious_tx.agent.student_pool`), two
+    waiting before the test, and at least one call of the test served by one."""
     work = str(tmp_path / "work")
     if request.param == "local":
         if os.geteuid() != 0:
@@ -98,14 +101,37 @@ def backend(request: Any, tasks_dir: str, tmp_path: Any) -> Any:
         left = [p for p in os.listdir("/proc") if p.isdigit() and _owned_by(p, 4243)]
         assert left == [], "a process of the student's user was left behind"
     else:
-        require_runtime(request.param)
+        runtime, _, pooled = request.param.partition("-")
+        require_runtime(runtime)
         opts: Dict[str, Any] = {"work_dir": work, "poll_interval": 0.2}
-        envs = [f"default={TEST_IMAGE},runtime={request.param}"]
+        if pooled:
+            if os.geteuid() != 0:
+                pytest.skip("run_student's containers are made ahead by a root agent only")
+            opts["student_pool_max"] = "4"
+        envs = [f"default={TEST_IMAGE},runtime={runtime}"]
         b = DockerBackend(_reactor(), AgentConfig(tasks_dir, envs, 4, opts))
+        hits = pytest_twisted.blockon(ensureDeferred(_warm(b))) if pooled else 0
         yield b
+        if pooled:
+            assert b.student_pool is not None
+            assert sum(s.hits for s in b.student_pool.stats().values()) > hits, "no call took a sibling made ahead"
         pytest_twisted.blockon(b.close())
         assert_left_clean(b.instance_id)
     assert not os.path.exists(work) or os.listdir(work) == [], "a job folder was left behind"
+
+
+async def _warm(backend: DockerBackend) -> int:
+    """Two calls at once (demand for two siblings), then wait for both; the hits so far."""
+    await backend.environments()
+    warm = [backend.run(_cmd("run_student true && feedback-result success")) for _ in range(2)]
+    assert [r.result for r in await gatherResults(warm).addTimeout(120, _reactor())] == ["success"] * 2
+    pool = backend.student_pool
+    assert pool is not None
+    deadline = _reactor().seconds() + 120
+    while sum(s.ready for s in pool.stats().values()) < 2:
+        assert _reactor().seconds() < deadline, "no two siblings made ahead"
+        await deferLater(_reactor(), 0.05, lambda: None)
+    return sum(s.hits for s in pool.stats().values())
 
 
 def _owned_by(pid: str, uid: int) -> bool:

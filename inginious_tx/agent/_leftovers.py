@@ -35,6 +35,8 @@ STDIN_SUFFIX = ".stdin"
 
 __all__ = ["OWNER_FILE", "LABEL_OWNER", "owner_token", "is_stale", "mark_job", "sweep_work_dir", "sweep_temp"]
 
+#: The name of run_student's areas (:mod:`.student_pool`): this, the agent's pid, ``-``, random, ``.stdin``.
+UNMARKED_AREA_PREFIX = "student-"
 #: In an agent's work folder: the owner token of the agent using it.
 OWNER_FILE = ".inginious-tx-owner"
 #: On every container of the Docker agent: its owner token.
@@ -119,7 +121,11 @@ def mark_job(job_root: str) -> None:
 
 def sweep_work_dir(path: str) -> List[str]:
     """Remove the job folders under ``path`` that dead agents left (their tmpfs unmounted
-    first, no recursion, no link followed); the names of the job folders removed."""
+    first, no recursion, no link followed); the names of the job folders removed.
+
+    Also the areas of run_student's containers made ahead (``student-PID-*.stdin``,
+    :mod:`.student_pool`) with no mark whose PID no longer runs: an agent killed after
+    making one and before marking it."""
     removed: List[str] = []
     try:
         names = sorted(os.listdir(path))
@@ -129,7 +135,10 @@ def sweep_work_dir(path: str) -> List[str]:
         if not name.endswith(STDIN_SUFFIX):
             continue
         owner = _owner_of(os.path.join(path, name))
-        if owner is None or not is_stale(owner):
+        if owner is None:
+            if not (name.startswith(UNMARKED_AREA_PREFIX) and _dead_pid_in(name, UNMARKED_AREA_PREFIX)):
+                continue
+        elif not is_stale(owner):
             continue
         job = os.path.join(path, name[: -len(STDIN_SUFFIX)])
         unmount_under(job)

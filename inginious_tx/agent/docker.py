@@ -70,6 +70,8 @@ wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
 
 ``pool_max`` (default: the slots; 0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
 ``pool_half_life``, ``pool_window``: containers prepared ahead of demand, see :mod:`.docker_pool`.
+``student_pool_max`` (default: ``pool_max``; 0: off): run_student's containers
+prepared ahead the same way (root only, runc only), see :mod:`.student_pool`.
 """
 
 from __future__ import annotations
@@ -108,9 +110,10 @@ from .job_folder import JobFolder, TaskError, helpers_dir, make_job_root, prepar
 from .result import AgentConfig, JobResult
 from .run_student import ENV_VAR as RUN_STUDENT_ENV
 from .run_student import EXCHANGE, StudentService, make_exchange
-from .run_student_docker import DockerStudentLauncher
+from .run_student_docker import DockerStudentLauncher, sibling_config
 from .runtimes import PidsPolicy, parse_environment_specs, thd_known_runtimes, thd_probe_pids
 from .ssh_sandboxes import DockerSandbox
+from .student_pool import DockerStudentMaker, StudentKey, StudentPool, placeholder_job, student_pool_options
 
 __all__ = ["DockerBackend", "DockerEngineError", "JOB_MOUNT", "HELPERS_MOUNT", "LABEL_AGENT", "LABEL_JOB"]
 
@@ -322,6 +325,8 @@ class DockerBackend:
         self._swept = False
         #: containers made ahead of demand (see .docker_pool); None: off (option pool_max=0)
         self.pool = self._make_pool(pool_options(opts, config.slots))
+        #: run_student's containers made ahead (see .student_pool); None: off
+        self.student_pool = self._make_student_pool(student_pool_options(opts, config.slots))
         self._image_ids: Dict[str, str] = {}
         #: removals of pooled jobs' containers and folders under way
         self._cleanups: Set[Deferred] = set()
@@ -345,6 +350,27 @@ class DockerBackend:
     def container_pools(self) -> List[IContainerPool]:
         """The containers prepared ahead (for the agent's metrics)."""
         return [] if self.pool is None else [self.pool.pool]
+
+    def _make_student_pool(self, settings: Dict[str, Any]) -> Optional[StudentPool]:
+        if not settings["max_per_key"]:
+            return None
+        if not can_mount():
+            self.log.warn("docker backend: not root, so run_student's containers are not made ahead")
+            return None
+
+        def engine(f: Callable[..., Any], *args: Any) -> Deferred:
+            return self._call(self._thd_guard, f, *args)
+
+        maker = DockerStudentMaker(
+            engine, self._call, self._sibling_config, self._thd_work_dir, self._thd_remove, orphan=self._orphans.add,
+            ready_runtime=lambda runtime: runtime is None or runtime in self._pids_policies,
+        )  # fmt: skip
+        return StudentPool(self._reactor, maker, settings, engine=engine, call=self._call)
+
+    def _sibling_config(self, key: StudentKey, area: str, mem_mb: int) -> Dict[str, Any]:
+        """A run_student container made ahead: a call's, from a job standing for the ones to come."""
+        grader = self._container_config(key.image, JobFolder(area, placeholder_job(key.environment, mem_mb)))
+        return sibling_config(grader, f"{JOB_MOUNT}/task/student", area, mem_mb, drop_labels=(LABEL_JOB,))
 
     # -- threads ---------------------------------------------------------
 
@@ -416,6 +442,8 @@ class DockerBackend:
                 self._image_ids[name] = info["id"]
                 if self.pool is not None:
                     self.pool.image_changed(name)
+                if self.student_pool is not None:
+                    self.student_pool.image_changed(name)
         for name, image in missing:
             self.log.error(
                 "docker backend: image {image!r} of environment {name!r} is not in the local docker engine "
@@ -897,6 +925,8 @@ class DockerBackend:
             await DeferredList([r.done for r in runs])
         if self._cleanups:
             await DeferredList(list(self._cleanups))
+        if self.student_pool is not None:  # after the jobs: their calls no longer take siblings
+            await self.student_pool.close()
         if self._orphans:
             await self._remove_orphans()
         if self._own_work_dir and self._work_dir is not None:

@@ -27,7 +27,10 @@ import ctypes.util
 import os
 from typing import Optional
 
-__all__ = ["DEFAULT_DISK_MB", "can_mount", "mount_job_disk", "unmount_job_disk", "disk_full", "bind_fd", "detach"]
+__all__ = [
+    "DEFAULT_DISK_MB", "can_mount", "mount_job_disk", "unmount_job_disk", "disk_full", "bind_fd", "detach",
+    "bind_shared",
+]  # fmt: skip
 
 #: Size of a job's tmpfs when the agent is not told otherwise (option ``job_disk_mb``).
 DEFAULT_DISK_MB = 256
@@ -35,6 +38,7 @@ DEFAULT_DISK_MB = 256
 _MS_NOSUID = 2
 _MS_NODEV = 4
 _MS_BIND = 4096
+_MS_SHARED = 1 << 20
 _MNT_DETACH = 2
 
 _libc: Optional[ctypes.CDLL] = None
@@ -83,6 +87,23 @@ def bind_fd(fd: int, target: str) -> None:
     if _c().mount(f"/proc/self/fd/{fd}".encode(), os.fsencode(target), None, _MS_BIND, None) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"cannot bind a folder on {target}: {os.strerror(err)}")
+
+
+def bind_shared(path: str) -> None:
+    """Make the folder ``path`` a mount point of its own (bound on itself) with shared propagation.
+
+    What is mounted below it later is then also mounted where containers
+    bound it with ``rslave`` propagation (see :mod:`.student_pool`); nothing
+    mounted there comes back.  Raises OSError if the kernel refuses.
+    """
+    target = os.fsencode(path)
+    if _c().mount(target, target, None, _MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"cannot bind {path} on itself: {os.strerror(err)}")
+    if _c().mount(None, target, None, _MS_SHARED, None) != 0:
+        err = ctypes.get_errno()
+        _c().umount2(target, _MNT_DETACH)
+        raise OSError(err, f"cannot make {path} a shared mount: {os.strerror(err)}")
 
 
 def detach(target: str) -> None:

@@ -37,6 +37,14 @@ when the student's container is removed.  An agent that cannot mount (not
 root) moves the checked folder there instead and moves it back once the
 container has started (the grader does not see ``student/`` meanwhile).  A
 link or anything else is refused: the call answers 254 saying why.
+
+**Containers made ahead** (``student_pool_max``, :mod:`.student_pool`): a call
+that does not share the grader's network takes a container that already
+waits, made with the same settings (compared at take time) but the staging
+folder of its own area as the source of the student mounts; the checked
+folder is bound there when the call takes it, and reaches the container by
+mount propagation.  Its command, output, exit status and limits are the
+same; without one ready, the call gets its container made as above.
 """
 
 from __future__ import annotations
@@ -54,8 +62,20 @@ from ._leftovers import STDIN_SUFFIX
 from .job_disk import bind_fd, can_mount, detach
 from .job_folder import DEFAULT_PATH, JobFolder
 from .run_student import EXIT_FAILED, EXIT_OOM, EXIT_TIMEOUT, LauncherBase, StudentOutcome, StudentRequest
+from .student_pool import (
+    LABEL_STUDENT_POOL,
+    STAGE,
+    STDIN_FILE,
+    WAIT_COMMAND,
+    ClaimedStudent,
+    StudentKey,
+    StudentPool,
+    settings_of,
+)
 
-__all__ = ["DockerStudentLauncher", "LABEL_STUDENT", "STDIN_MOUNT"]
+__all__ = [
+    "DockerStudentLauncher", "LABEL_STUDENT", "STDIN_MOUNT", "student_command", "student_config", "sibling_config",
+]  # fmt: skip
 
 #: Label of a student's container: the request id.
 LABEL_STUDENT = "org.inginious-tx.student"
@@ -83,40 +103,45 @@ class DockerStudentLauncher(LauncherBase):
         for cid in [c for c in self._live.values() if c]:
             b._call(b._thd_guard, b._thd_kill, cid).addErrback(lambda f: None)
 
-    def _config(self, request: StudentRequest, source: str) -> Dict[str, Any]:
-        from .docker import docker_sdk
+    def _mem_mb(self, request: StudentRequest) -> int:
+        """The call's memory limit in MB: its own (at least the engine's minimum), else the job's."""
+        if request.memory_mb:
+            return max(request.memory_mb, _MIN_MEM_MB)
+        return max(int(self._folder.job.mem_limit), _MIN_MEM_MB)
 
-        docker = docker_sdk()
+    def _cwd(self, request: StudentRequest) -> str:
+        """The caller's working folder when the student's container has it, else the student folder."""
+        return request.cwd if _inside(request.cwd, self._student, "/task/student") else self._student
+
+    def _config(self, request: StudentRequest, source: str) -> Dict[str, Any]:
         grader = self._backend._container_config(self._image, self._folder)
-        mem = f"{max(request.memory_mb or 0, _MIN_MEM_MB)}m" if request.memory_mb else grader["mem_limit"]
-        cwd = request.cwd if _inside(request.cwd, self._student, "/task/student") else ""
         labels = dict(grader["labels"])
         labels[LABEL_STUDENT] = request.rid
-        config = dict(grader)
-        for key in ("environment", "mounts", "working_dir", "command", "network_mode", "labels", "mem_limit"):
-            config.pop(key, None)
-        config.update(
-            command=["/bin/sh", "-c", f'exec "$@" <{STDIN_MOUNT}', "run_student", *request.argv],
-            working_dir=cwd or self._student,
-            environment={
-                "PATH": DEFAULT_PATH,
-                "HOME": self._student,
-                "TMPDIR": "/tmp",
-                "LANG": "C.UTF-8",
-                "INGINIOUS_STUDENT": self._student,
-            },
-            mounts=[
-                docker.types.Mount(self._student, source, type="bind", read_only=False),
-                docker.types.Mount("/task/student", source, type="bind", read_only=False),
-                docker.types.Mount(STDIN_MOUNT, request.stdin_path, type="bind", read_only=True),
-            ],
-            tmpfs={"/tmp": "size=64m,mode=1777"},
+        mem = f"{self._mem_mb(request)}m"
+        return student_config(
+            grader, self._student, source, request.stdin_path, command=student_command(request.argv),
+            working_dir=self._cwd(request), labels=labels, mem=mem,
             network_mode=f"container:{self._run.container_id}" if request.share_network else "none",
-            labels=labels,
-            mem_limit=mem,
-            memswap_limit=mem,
+        )  # fmt: skip
+
+    async def _take_sibling(self, request: StudentRequest) -> Tuple[Optional[ClaimedStudent], Optional[StudentKey]]:
+        """A sibling made ahead for the call (:mod:`.student_pool`), or None: the call makes its own.
+
+        Raises :class:`PathEscape` as staging the folder would.
+        """
+        b = self._backend
+        pool: Optional[StudentPool] = getattr(b, "student_pool", None)
+        if pool is None or request.share_network:
+            return None, None
+        env = self._folder.job.environment
+        key = pool.key_for(env, self._image, b._runtimes.get(env))
+        if key is None:
+            return None, None
+        wanted = settings_of(self._config(request, "<staged>"))
+        claimed = await pool.acquire(
+            key, self._folder, request.stdin_path, wanted, self._mem_mb(request), (self._student, "/task/student")
         )
-        return config
+        return claimed, key
 
     async def _launch(self, request: StudentRequest) -> StudentOutcome:
         b = self._backend
@@ -125,21 +150,36 @@ class DockerStudentLauncher(LauncherBase):
         self._live[request.rid] = None
         cid: Optional[str] = None
         staged: Optional[Tuple[str, bool]] = None
+        claimed: Optional[ClaimedStudent] = None
+        key: Optional[StudentKey] = None
+        reactor = b._reactor
+        arrived = reactor.seconds()
         try:
             try:
-                staged = await b._call(thd_stage_student, self._folder, request.rid)
+                claimed, key = await self._take_sibling(request)
+                if claimed is None:
+                    staged = await b._call(thd_stage_student, self._folder, request.rid)
             except PathEscape as e:
                 self.log.warn("run_student: {rid} refused: {e}", rid=request.rid, e=e.strerror)
                 return StudentOutcome(EXIT_FAILED, stderr=f"run_student: refused: {e.strerror}\n".encode())
-            cid = await b._call(b._thd_guard, _thd_create, self._config(request, staged[0]))
-            self._live[request.rid] = cid
-            if self._stopping:
-                return StudentOutcome(EXIT_FAILED, stderr=b"run_student: the job is ending\n")
-            await b._call(b._thd_guard, b._thd_start, cid)
-            if not staged[1]:  # moved, not bound: the container holds it now; give it back to the grader
-                moved, staged = staged, None
-                await b._call(thd_unstage_student, self._folder, request.rid, moved)
-            reactor = b._reactor
+            if claimed is not None:
+                cid = claimed.container_id
+                self._live[request.rid] = cid
+                if self._stopping:
+                    return StudentOutcome(EXIT_FAILED, stderr=b"run_student: the job is ending\n")
+                await b._call(b.student_pool.thd_go, claimed, student_command(request.argv), self._cwd(request))
+            else:
+                assert staged is not None
+                cid = await b._call(b._thd_guard, _thd_create, self._config(request, staged[0]))
+                self._live[request.rid] = cid
+                if self._stopping:
+                    return StudentOutcome(EXIT_FAILED, stderr=b"run_student: the job is ending\n")
+                await b._call(b._thd_guard, b._thd_start, cid)
+                if not staged[1]:  # moved, not bound: the container holds it now; give it back to the grader
+                    moved, staged = staged, None
+                    await b._call(thd_unstage_student, self._folder, request.rid, moved)
+            if key is not None:
+                b.student_pool.record(key, claimed is not None, reactor.seconds() - arrived)
             timed_out: List[str] = []
 
             def wall() -> None:
@@ -169,7 +209,9 @@ class DockerStudentLauncher(LauncherBase):
             self._live.pop(request.rid, None)
             # off the grader's critical path: it gets its answer first; stop() waits for this
             ending: Any = None
-            if cid is not None:
+            if claimed is not None:  # the sibling, then its area (the job's folder unbound there)
+                ending = b.student_pool.release(claimed)
+            elif cid is not None:
                 ending = b._call(b._thd_guard, b._thd_remove, cid)
                 ending.addErrback(lambda f, cid=cid: b._orphans.add(cid))
             if staged is not None:  # after the container is gone (the engine holds its mount till then)
@@ -204,6 +246,66 @@ class DockerStudentLauncher(LauncherBase):
                 if used is not None and used > request.cpu_time:
                     timed_out.append("cpu")
                     await b._call(b._thd_guard, b._thd_kill, cid)
+
+
+def student_command(argv: List[str]) -> List[str]:
+    """What a student's container runs: the call's command, its standard input from the agent's copy."""
+    return ["/bin/sh", "-c", f'exec "$@" <{STDIN_MOUNT}', "run_student", *argv]
+
+
+def student_config(
+    grader: Dict[str, Any], student: str, source: str, stdin_source: str, *, command: List[str], working_dir: str,
+    network_mode: str, labels: Dict[str, str], mem: str, propagation: Optional[str] = None,
+) -> Dict[str, Any]:  # fmt: skip
+    """A student's container's create arguments, from the grader's (``grader``: the backend's
+    ``_container_config``): the same isolation, the student's folder ``source`` at ``student``
+    and ``/task/student`` (with ``propagation``, for a sibling made ahead), its standard input
+    ``stdin_source`` read-only at :data:`STDIN_MOUNT`."""
+    from .docker import docker_sdk
+
+    docker = docker_sdk()
+    bind = {"propagation": propagation} if propagation else {}
+    config = dict(grader)
+    for key in ("environment", "mounts", "working_dir", "command", "network_mode", "labels", "mem_limit"):
+        config.pop(key, None)
+    config.update(
+        command=command,
+        working_dir=working_dir,
+        environment={
+            "PATH": DEFAULT_PATH,
+            "HOME": student,
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "INGINIOUS_STUDENT": student,
+        },
+        mounts=[
+            docker.types.Mount(student, source, type="bind", read_only=False, **bind),
+            docker.types.Mount("/task/student", source, type="bind", read_only=False, **bind),
+            docker.types.Mount(STDIN_MOUNT, stdin_source, type="bind", read_only=True),
+        ],
+        tmpfs={"/tmp": "size=64m,mode=1777"},
+        network_mode=network_mode,
+        labels=labels,
+        mem_limit=mem,
+        memswap_limit=mem,
+    )
+    return config
+
+
+def sibling_config(
+    grader: Dict[str, Any], student: str, area: str, mem_mb: int, drop_labels: Tuple[str, ...] = ()
+) -> Dict[str, Any]:
+    """A sibling's create arguments (:mod:`.student_pool`): a call's, with the area's folder and
+    file as sources, ``rslave`` propagation, no network, a shell waiting on its standard input,
+    and the pool's label instead of the job's (``drop_labels``)."""
+    labels = {k: v for k, v in grader["labels"].items() if k not in drop_labels}
+    labels[LABEL_STUDENT_POOL] = "student"
+    config = student_config(
+        grader, student, os.path.join(area, STAGE), os.path.join(area, STDIN_FILE), command=list(WAIT_COMMAND),
+        working_dir="/", network_mode="none", labels=labels, mem=f"{mem_mb}m", propagation="rslave",
+    )  # fmt: skip
+    config["stdin_open"] = True
+    return config
 
 
 def _inside(cwd: str, *students: str) -> bool:

@@ -165,7 +165,7 @@ def student_pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
             raise ValueError(f"option {key}: must not be negative")
         return value
 
-    most = min(number("student_pool_max", number("pool_max", 0)), slots)
+    most = min(number("student_pool_max", number("pool_max", slots)), slots)
     return {
         "max_per_key": most,
         "max_total": slots,

@@ -50,16 +50,18 @@ def _samples(text: str) -> Samples:
 
 
 def _get(samples: Samples, name: str, **labels: str) -> float:
+    labels.setdefault("pool", "grading")
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 @implementer(IPooledBackend)
 class _Pooled:
-    def __init__(self, pool: ContainerPool) -> None:
+    def __init__(self, pool: ContainerPool, *others: ContainerPool) -> None:
         self.pool = pool
+        self.others = others
 
     def container_pools(self) -> List[Any]:
-        return [self.pool]
+        return [self.pool, *self.others]
 
 
 def test_collector_sums_the_keys_of_an_environment_and_names_only_its_environments() -> None:
@@ -67,7 +69,8 @@ def test_collector_sums_the_keys_of_an_environment_and_names_only_its_environmen
 
     clock, maker = Clock(), FakeMaker()
     pool = ContainerPool(clock, maker, max_per_key=2, max_total=4)
-    backend = _Pooled(pool)
+    students = ContainerPool(clock, FakeMaker(), max_per_key=1, max_total=1, role="student")
+    backend = _Pooled(pool, students)
     assert verifyObject(IPooledBackend, backend)
     registry = agent_registry(backend)
     assert _get(_samples(generate_latest(registry).decode()), "inginious_agent_pool_misses_total") == 0
@@ -91,6 +94,10 @@ def test_collector_sums_the_keys_of_an_environment_and_names_only_its_environmen
     assert _get(samples, "inginious_agent_pool_ready_seconds_bucket", le="0.5", **miss) == 2
     assert _get(samples, "inginious_agent_pool_ready_seconds_count", **miss) == 2
     assert _get(samples, "inginious_agent_pool_ready_seconds_sum", **miss) == pytest.approx(0.6)
+    students.take(PoolKey("py", "img", None, False))
+    samples = _samples(generate_latest(registry).decode())
+    assert _get(samples, "inginious_agent_pool_misses_total", environment="py", pool="student") == 1
+    assert _get(samples, "inginious_agent_pool_misses_total", environment="py") == 2, "apart from grading's"
     environments = {dict(labels).get("environment") for (_, labels) in samples}
     assert environments == {"py", "c"}, "one label value per environment of the agent, nothing else"
 

@@ -280,7 +280,10 @@ class ContainerPool:
         tick: float = 5.0,
         log_every: int = 100,
         removals: int = 2,
+        role: str = "grading",
     ) -> None:
+        #: what its containers are for (the agent's metrics label them with it): ``grading`` or ``student``
+        self.role = role
         if concurrency < 1 or removals < 1 or window <= 0 or half_life <= 0 or tick <= 0:
             raise ValueError("the pool needs concurrency and removals >= 1 and positive window, half_life and tick")
         self._clock = clock

@@ -349,7 +349,8 @@ class DockerBackend:
 
     def container_pools(self) -> List[IContainerPool]:
         """The containers prepared ahead (for the agent's metrics)."""
-        return [] if self.pool is None else [self.pool.pool]
+        pools = [] if self.pool is None else [self.pool.pool]
+        return pools if self.student_pool is None else [*pools, self.student_pool.pool]
 
     def _make_student_pool(self, settings: Dict[str, Any]) -> Optional[StudentPool]:
         if not settings["max_per_key"]:

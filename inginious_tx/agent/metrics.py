@@ -18,7 +18,8 @@ name                                                       type       what
                                                                       running, ``outcome`` hit or miss
 =========================================================  =========  =================================
 
-The ``environment`` label only takes the names of the agent's own
+Every series has an ``environment`` and a ``pool`` label (``grading`` for
+grading containers, ``student`` for run_student's).  The ``environment`` label only takes the names of the agent's own
 environments (a pool has keys only for the environments the agent serves),
 so the series are bounded by its configuration.  Everything is read from
 the pools when a scrape asks, on the reactor thread.
@@ -72,18 +73,21 @@ def _sum_histograms(histograms: Iterable[ReadyHistogram]) -> ReadyHistogram:
 
 
 class PoolCollector:
-    """Reads ``backend``'s pools at scrape time, summed per environment (all the keys of one)."""
+    """Reads ``backend``'s pools at scrape time, summed per environment and role (all the keys of one).
+
+    The ``pool`` label tells grading containers from run_student's (``grading``, ``student``).
+    """
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
 
-    def _per_environment(self) -> Dict[str, List[KeyStats]]:
-        out: Dict[str, List[KeyStats]] = {}
+    def _per_environment(self) -> Dict[Tuple[str, str], List[KeyStats]]:
+        out: Dict[Tuple[str, str], List[KeyStats]] = {}
         if not IPooledBackend.providedBy(self._backend):
             return out
         for pool in self._backend.container_pools():
             for key, stats in pool.stats().items():
-                out.setdefault(environment_of(key), []).append(stats)
+                out.setdefault((environment_of(key), getattr(pool, "role", "grading")), []).append(stats)
         return out
 
     def collect(self) -> Iterator[Any]:
@@ -96,9 +100,9 @@ class PoolCollector:
             ("target", "Containers the pool wants ready or being made, by recent demand.", "target"),
         )
         for name, doc, attr in gauges:
-            g = GaugeMetricFamily(PREFIX + name, doc, labels=["environment"])
-            for env, stats in envs:
-                g.add_metric([env], sum(getattr(s, attr) for s in stats))
+            g = GaugeMetricFamily(PREFIX + name, doc, labels=["environment", "pool"])
+            for (env, role), stats in envs:
+                g.add_metric([env, role], sum(getattr(s, attr) for s in stats))
             yield g
         counters = (
             ("hits", "Jobs that took a container prepared ahead.", "hits"),
@@ -108,19 +112,19 @@ class PoolCollector:
             ("dead", "Containers found dead when a job came for them (discarded).", "dead"),
         )
         for name, doc, attr in counters:
-            c = CounterMetricFamily(PREFIX + name, doc, labels=["environment"])
-            for env, stats in envs:
-                c.add_metric([env], sum(getattr(s, attr) for s in stats))
+            c = CounterMetricFamily(PREFIX + name, doc, labels=["environment", "pool"])
+            for (env, role), stats in envs:
+                c.add_metric([env, role], sum(getattr(s, attr) for s in stats))
             yield c
         h = HistogramMetricFamily(
             PREFIX + "ready_seconds",
             "Seconds from a job's arrival to its container running its command, by whether it was prepared ahead.",
-            labels=["environment", "outcome"],
+            labels=["environment", "pool", "outcome"],
         )
-        for env, stats in envs:
+        for (env, role), stats in envs:
             for outcome, attr in (("hit", "ready_hit"), ("miss", "ready_miss")):
                 hist = _sum_histograms(getattr(s, attr) for s in stats)
-                h.add_metric([env, outcome], _cumulative(hist), hist.total)
+                h.add_metric([env, role, outcome], _cumulative(hist), hist.total)
         yield h
 
 

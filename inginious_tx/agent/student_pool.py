@@ -458,7 +458,7 @@ class StudentPool:
     ) -> None:
         self.pool = ContainerPool(
             clock, maker, max_per_key=settings["max_per_key"], max_total=settings["max_total"],
-            concurrency=settings["concurrency"], half_life=settings["half_life"],
+            concurrency=settings["concurrency"], half_life=settings["half_life"], role="student",
         )  # fmt: skip
         self._maker = maker
         self._engine = engine

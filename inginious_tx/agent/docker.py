@@ -69,7 +69,8 @@ wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
 ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
 
 ``pool_max`` (0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
-``pool_half_life``: containers prepared ahead of demand, see :mod:`.docker_pool`.
+``pool_half_life``: containers prepared ahead of demand, see :mod:`.docker_pool` (helper mode) and
+:mod:`.inginious_pool` (INGInious images).
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ from .docker_pool import Claimed, DockerHelperMaker, DockerPool, pool_options
 from .feedback import OutputLimits, collect_result
 from .inginious_image import LABEL_NAME, image_info, pick_images
 from .inginious_job import IngiImage, IngiSession
+from .inginious_pool import ingi_pool_for
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
 from .job_folder import JobFolder, TaskError, helpers_dir, make_job_root, prepare_job, remove_job_path
 from .result import AgentConfig, JobResult
@@ -319,7 +321,10 @@ class DockerBackend:
         #: what agents killed on this host left (containers, job folders) is removed once, at start
         self._swept = False
         #: containers made ahead of demand (see .docker_pool); None: off (option pool_max=0)
-        self.pool = self._make_pool(pool_options(opts, config.slots))
+        pooling = pool_options(opts, config.slots)
+        self.pool = self._make_pool(pooling)
+        #: grading containers of INGInious images made ahead, on the same options (see .inginious_pool)
+        self.ingi_pool = ingi_pool_for(self, pooling)
         self._image_ids: Dict[str, str] = {}
         #: removals of pooled jobs' containers and folders under way
         self._cleanups: Set[Deferred] = set()
@@ -408,8 +413,9 @@ class DockerBackend:
         for name, info in found.items():
             if self._image_ids.setdefault(name, info["id"]) != info["id"]:
                 self._image_ids[name] = info["id"]
-                if self.pool is not None:
-                    self.pool.image_changed(name)
+                for pool in (self.pool, self.ingi_pool):
+                    if pool is not None:
+                        pool.image_changed(name)
         for name, image in missing:
             self.log.error(
                 "docker backend: image {image!r} of environment {name!r} is not in the local docker engine "
@@ -885,8 +891,9 @@ class DockerBackend:
         runs = list(self._runs.values())
         for run in runs:
             self._stop(run, ("killed", "The agent was shut down."))
-        if self.pool is not None:
-            await self.pool.close()
+        for pool in (self.pool, self.ingi_pool):
+            if pool is not None:
+                await pool.close()
         if runs:
             await DeferredList([r.done for r in runs])
         if self._cleanups:

@@ -79,8 +79,10 @@ def tasks_dir(tmp_path_factory: Any) -> str:
     for task in ("trivial",):
         if (shared / task).is_dir():
             os.symlink(shared / task, os.path.join(root, "ca", task))
-    stdin = os.path.join(os.path.dirname(__file__), "data", "inginious_tasks", "itx", "student_stdin")
-    os.symlink(stdin, os.path.join(root, "ca", "student_stdin"))
+    for task in ("student_stdin", "memory"):
+        os.symlink(os.path.join(os.path.dirname(__file__), "data", "inginious_tasks", "itx", task),
+                   os.path.join(root, "ca", task))  # fmt: skip
+    _write(os.path.join(root, "ca", "spin", "run"), "#!/bin/bash\nwhile :; do :; done\n", 0o755)
     return root
 
 
@@ -268,6 +270,31 @@ async def test_the_limits_a_job_runs_with_are_its_own(pooled: DockerBackend) -> 
     third = await _run(pooled, new_job("ca", "snoop", mem_limit=72))
     assert _fields(third.text)["limit"] == str(72 << 20)
     assert _stats(pooled).hits == 2 and pooled.ingi_pool.updates == 1, "made with the last job's limit: no update"
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_and_kills_give_the_same_verdicts_in_a_pooled_container(pooled: DockerBackend) -> None:
+    """Memory overflow (its grader still sends a result), CPU time, wall time and a kill, each in a
+    container made ahead: the verdicts of a container of the job's own, and the job's previous state."""
+    await pooled.environments()
+    assert (await _run(pooled, new_job("ca", "snoop"))).result == "success"  # a miss: demand
+    cases: List[Any] = [
+        ("memory", dict(mem_limit=60), "overflow"),
+        ("spin", dict(time_limit=1, hard_time_limit=30), "timeout"),
+        ("spin", dict(time_limit=30, hard_time_limit=2), "timeout"),
+        ("held", dict(time_limit=60), "killed"),
+    ]
+    for task, limits, verdict in cases:
+        await _ready(pooled)
+        hits = _stats(pooled).hits
+        job = new_job("ca", task, inputdata={"q": "x", "@state": "kept"}, **limits)
+        d = pooled.run(job).addTimeout(120, _reactor())
+        if verdict == "killed":
+            await _wait_for(lambda: any(r.container_id for r in pooled._runs.values()), what="the job's container")
+            pooled.kill(job.job_id)
+        result = await d
+        assert _stats(pooled).hits == hits + 1, (task, "it took a container made ahead")
+        assert (result.result, result.state) == (verdict, "kept"), (task, limits, result)
 
 
 @pytest_twisted.ensureDeferred

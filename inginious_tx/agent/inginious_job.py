@@ -31,7 +31,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from ..messages import BackendNewJob
@@ -261,15 +261,14 @@ class IngiSession:
             self.log.failure("docker backend: unexpected failure running job {job_id!r}", job_id=job.job_id)
             return JobResult.crash(f"the docker agent failed to run the job: {e!r}")
         finally:
+            self._answered = True
             if claimed is not None and not b._closed:
                 # the answer does not wait for the container's end and removal (close() does)
-                self._answered = True
                 cleanup = ensureDeferred(self._cleanup_later())
                 b._cleanups.add(cleanup)
                 cleanup.addBoth(lambda _: b._cleanups.discard(cleanup))
             else:
-                self._answered = True
-                await self._cleanup()
+                await self._cleanup_later()
 
     async def _answer_early(self, cid: str) -> JobResult:
         """The outcome as soon as it is known: once the result is in and the container's stream has
@@ -295,7 +294,8 @@ class IngiSession:
         return await self._outcome(cid, status)
 
     async def _cleanup_later(self) -> None:
-        """After an early answer: wait for the container's end (it is killed if it lingers), then clean up."""
+        """Once answered: wait for the container's end if an early answer did not (it is killed if it
+        lingers), then clean up."""
         if self._supervising is not None:
             try:
                 await self._supervising
@@ -661,10 +661,19 @@ class IngiSession:
         state = _state(job)
         if run.stopped is not None:
             return JobResult(run.stopped[0], run.stopped[1], state=state)
-        if await b._call(b._thd_guard, _thd_oom, cid):
-            return JobResult("overflow", f"The job used more than its memory limit ({job.mem_limit} MB).", state=state)
         folder = self._folder
-        if folder is not None and folder.disk_mb and await b._call(disk_full, folder.root, folder.disk_mb):
+        # both at once: the answer waits for the slower only
+        checks = [b._call(b._thd_guard, _thd_oom, cid)]
+        if folder is not None and folder.disk_mb:
+            checks.append(b._call(disk_full, folder.root, folder.disk_mb))
+        found = []
+        for ok, value in await DeferredList(checks, consumeErrors=True):
+            if not ok:
+                value.raiseException()
+            found.append(value)
+        if found[0]:
+            return JobResult("overflow", f"The job used more than its memory limit ({job.mem_limit} MB).", state=state)
+        if folder is not None and folder.disk_mb and found[1]:
             return JobResult("overflow", f"The job filled its disk space of {folder.disk_mb} MB.", state=state)
         if not self._got_result:
             return JobResult(

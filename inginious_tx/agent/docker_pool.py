@@ -5,7 +5,8 @@ environment, at most the agent's slots; 0, the default: no pool), per
 environment by ``--option pool_max:NAME=N``; ``pool_total`` (default: the
 slots) bounds all environments together, ``pool_concurrency`` (2) the
 containers made at once, ``pool_half_life`` (60 s) how fast an
-environment's demand is forgotten.
+environment's demand is forgotten.  The same options govern the grading
+containers of INGInious images made ahead (:mod:`.inginious_pool`).
 
 A container made ahead is made exactly as a job's would be (the backend's
 own ``_container_config``, so every isolation setting is the same), with:

@@ -38,8 +38,10 @@ gives that p50; else it is measured first, ``ours+pool``, 10 jobs).
 **Idle** (``--idle SECONDS --slots S``): an agent with its pool filled by a
 burst of S jobs and ``pool_half_life=3600`` (so that it stays full), then
 left alone: the agent's RSS, the waiting containers' memory (the engine's
-figure), and the CPU time of dockerd and containerd over SECONDS, against
-the same agent without a pool.
+figure), and over SECONDS the CPU time of dockerd and containerd (the
+host's: anything else using the engine counts too), of the waiting
+containers' shims and inside the containers, against the same agent
+without a pool.
 
 Needs the Docker engine, ``inginious-c-default:0.9.2-local`` and the full
 virtualenv (``.ci/setup-inginious-image.sh``); ``--runsc`` needs the runsc
@@ -196,7 +198,7 @@ def single(args: argparse.Namespace, tasks: Path, tmp: Path, runtime: Optional[s
             with _side(which, tasks, work, 1, pool_max, runtime) as (cport, _):
                 answers = _drive(cport, tasks, work, args.jobs + 1, sequential=True, gap=args.gap)
             times[name] += [a["seconds"] for a in answers[1:]]
-    bare = ["docker", "run", "--rm", "--network", "none"] + (["--runtime", runtime] if runtime else []) + [IMAGE, "true"]
+    bare = ["docker", "run", "--rm", "--network", "none", *(["--runtime", runtime] if runtime else []), IMAGE, "true"]
     subprocess.run(bare, check=True, capture_output=True)  # warm-up
     times["bare"] = []
     for _ in range(args.jobs * args.rounds):
@@ -248,6 +250,11 @@ def burst(args: argparse.Namespace, tasks: Path, tmp: Path, runtime: Optional[st
         )
 
 
+#: The engine's processes whose CPU time is measured (shared with anything else on the host).
+_ENGINE = (("dockerd",), ("containerd",))
+_SHIMS = ("containerd-shim", "containerd-shim-runc-v2", "containerd-shim-runsc-v1")
+
+
 def _rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -256,8 +263,9 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def _cpu_seconds(names: Tuple[str, ...]) -> float:
-    """User + system CPU time of every process named ``names``."""
+def _cpu_seconds(names: Tuple[str, ...], ids: Tuple[str, ...] = ()) -> float:
+    """User + system CPU time of every live process named ``names`` (with ``ids``: only those whose
+    command line holds one of them, e.g. the shims of given containers)."""
     total = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -265,13 +273,30 @@ def _cpu_seconds(names: Tuple[str, ...]) -> float:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 text = f.read()
+            if ids:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read().decode(errors="replace")
         except OSError:
             continue
         name = text[text.index("(") + 1 : text.rindex(")")]
-        if name in names:
+        if name in names and (not ids or any(i in cmdline for i in ids)):
             fields = text[text.rindex(")") + 2 :].split()
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def _containers_cpu(cids: List[str]) -> float:
+    """CPU seconds the containers used so far (the engine's statistics)."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        return sum(
+            client.api.stats(cid, stream=False, one_shot=True)["cpu_stats"]["cpu_usage"]["total_usage"] / 1e9
+            for cid in cids
+        )
+    finally:
+        client.close()
 
 
 def _container_memory(cids: List[str]) -> int:
@@ -294,6 +319,12 @@ def _bytes(text: str) -> int:
     return int(float(text))
 
 
+def _idle_sample(waiting: List[str]) -> List[float]:
+    """CPU seconds so far: dockerd, containerd, the waiting containers' shims, inside them."""
+    engine = [_cpu_seconds(names) for names in _ENGINE]
+    return engine + [_cpu_seconds(_SHIMS, tuple(waiting)) if waiting else 0.0, _containers_cpu(waiting)]
+
+
 def idle(args: argparse.Namespace, tasks: Path, tmp: Path, runtime: Optional[str]) -> None:
     label = runtime or "runc (default)"
     print(f"\n== idle for {args.idle:g} s after a burst of {args.slots} jobs, {args.slots} slots, runtime {label} ==")
@@ -314,18 +345,17 @@ def idle(args: argparse.Namespace, tasks: Path, tmp: Path, runtime: Optional[str
                     break
                 time.sleep(0.5)
             time.sleep(2)  # the last creations settle
-            cpu_before = _cpu_seconds(("dockerd",)), _cpu_seconds(("containerd",)), _cpu_seconds(("containerd-shim",
-                                                                                                 "containerd-shim-runc-v2"))  # fmt: skip
+            cpu_before = _idle_sample(waiting)
             time.sleep(args.idle)
-            cpu_after = _cpu_seconds(("dockerd",)), _cpu_seconds(("containerd",)), _cpu_seconds(("containerd-shim",
-                                                                                                "containerd-shim-runc-v2"))  # fmt: skip
+            cpu_after = _idle_sample(waiting)
             rss = _rss_kb(procs[1].pid)
             memory = _container_memory(waiting)
-        dockerd, containerd, shims = (100 * (a - b) / args.idle for a, b in zip(cpu_after, cpu_before))
+        used = [100 * (a - b) / args.idle for a, b in zip(cpu_after, cpu_before, strict=True)]
+        dockerd, containerd, shims, inside = used
         print(
             f"  {name:10s} waiting containers {len(waiting)}  agent RSS {rss / 1024:.1f} MiB  containers' memory "
-            f"{memory / (1 << 20):.1f} MiB  CPU: dockerd {dockerd:.2f} %  containerd {containerd:.2f} %  shims "
-            f"{shims:.2f} %"
+            f"{memory / (1 << 20):.1f} MiB  CPU (% of one core): dockerd {dockerd:.2f}  containerd {containerd:.2f}  "
+            f"their shims {shims:.2f}  inside them {inside:.2f}"
         )
 
 

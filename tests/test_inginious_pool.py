@@ -200,6 +200,11 @@ async def test_a_job_sees_nothing_of_another_job(pooled: DockerBackend) -> None:
         assert not [n for n in _names(mine["tmp"]) + _names(mine["archive"]) if n.startswith("mark-")], mine
         assert not [n for n in _names(mine["sockets"]) if n != "main.sock"], mine
         assert other not in ";".join(mine.values())
+    takes = _stats(pooled).hits + _stats(pooled).misses
+    for course, task in (("ca", "missing"), ("..", "snoop")):
+        refused = await _run(pooled, new_job(course, task))
+        assert refused.result == "crash" and ("invalid" in refused.text or "does not exist" in refused.text), refused
+    assert _stats(pooled).hits + _stats(pooled).misses == takes, "a job that cannot run takes no container"
 
 
 @pytest_twisted.ensureDeferred

@@ -33,7 +33,8 @@ from ._leftovers import STDIN_SUFFIX
 from .job_folder import ID_PATTERN, TaskError, make_job_root, remove_job_path
 
 __all__ = [
-    "IngiFolder", "make_ingi_root", "fill_ingi_job", "prepare_ingi_job", "remove_ingi_job", "link_socket", "SOCKET_ID",
+    "IngiFolder", "check_ingi_task", "make_ingi_root", "fill_ingi_job", "prepare_ingi_job", "remove_ingi_job",
+    "link_socket", "SOCKET_ID",
 ]  # fmt: skip
 
 #: Socket ids the image makes (``tempfile`` names: letters, digits, ``_``).
@@ -87,10 +88,15 @@ def _copy(src: str, dst: str, skip: Optional[str] = None) -> None:
     shutil.copytree(src, dst, symlinks=True, ignore=ignore, dirs_exist_ok=True)
 
 
-def _check_ids(course_id: str, task_id: str) -> None:
+def check_ingi_task(tasks_dir: str, course_id: str, task_id: str) -> str:
+    """The task's folder (blocking); :class:`TaskError` for bad ids or a missing task."""
     for what, value in (("course", course_id), ("task", task_id)):
         if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
             raise TaskError(f"invalid {what} id {value!r}: only letters, digits, '_' and '-' are allowed")
+    src = os.path.join(tasks_dir, course_id, task_id)
+    if not os.path.isdir(src):
+        raise TaskError(f"task {course_id}/{task_id} does not exist on this agent")
+    return src
 
 
 def make_ingi_root(work_root: str, disk_mb: int = 0) -> IngiFolder:
@@ -126,11 +132,8 @@ def fill_ingi_job(folder: IngiFolder, tasks_dir: str, course_id: str, task_id: s
     by :func:`make_ingi_root` and never used before (blocking).  The folders are filled in place,
     never replaced (they may be mounted already).  :class:`TaskError` for bad ids or a missing
     task, before anything is copied; on any other failure the folder is half filled: remove it."""
-    _check_ids(course_id, task_id)
+    src = check_ingi_task(tasks_dir, course_id, task_id)
     course = os.path.join(tasks_dir, course_id)
-    src = os.path.join(course, task_id)
-    if not os.path.isdir(src):
-        raise TaskError(f"task {course_id}/{task_id} does not exist on this agent")
     _copy(src, folder.task, skip="student")
     os.chmod(folder.task, 0o777)
     student_src = os.path.join(src, "student")
@@ -155,9 +158,7 @@ def fill_ingi_job(folder: IngiFolder, tasks_dir: str, course_id: str, task_id: s
 def prepare_ingi_job(tasks_dir: str, course_id: str, task_id: str, work_root: str, disk_mb: int = 0) -> IngiFolder:
     """Make and fill a job's folder (blocking); :class:`TaskError` for bad ids or a missing task,
     and nothing is left behind on any failure."""
-    _check_ids(course_id, task_id)
-    if not os.path.isdir(os.path.join(tasks_dir, course_id, task_id)):
-        raise TaskError(f"task {course_id}/{task_id} does not exist on this agent")
+    check_ingi_task(tasks_dir, course_id, task_id)
     folder = make_ingi_root(work_root, disk_mb)
     try:
         fill_ingi_job(folder, tasks_dir, course_id, task_id)

@@ -57,7 +57,7 @@ from .docker_pool import (
     thd_running,
     thd_update_memory,
 )
-from .inginious_folder import IngiFolder, fill_ingi_job, make_ingi_root, remove_ingi_job
+from .inginious_folder import IngiFolder, check_ingi_task, fill_ingi_job, make_ingi_root, remove_ingi_job
 from .inginious_job import MIN_MEMORY_MB, IngiImage, agent_labels, grader_config, thd_attach, work_dir
 
 __all__ = ["IngiKey", "IngiMaker", "IngiPool", "IngiClaimed", "ingi_pool_for", "DEAD_IN_A_ROW", "REFUSED_SECONDS"]
@@ -220,6 +220,7 @@ class IngiPool:
     ``settings``: :func:`.docker_pool.pool_options`; ``fill(folder, job)``
     copies a job's files into a container's folder (blocking, raises
     :class:`.job_folder.TaskError` as preparing the job would);
+    ``check(job)`` raises that error before any container is taken (blocking);
     ``config``, ``engine``, ``call``: as :class:`IngiMaker`'s; ``min_mem_mb``:
     the smallest memory limit a grading container gets.
     """
@@ -236,6 +237,7 @@ class IngiPool:
         call: Callable[..., Deferred],
         config: Callable[[IngiImage, IngiFolder, int, bool], Dict[str, Any]],
         fill: Callable[[IngiFolder, BackendNewJob], None],
+        check: Callable[[BackendNewJob], None] = lambda job: None,
         min_mem_mb: int = MIN_MEMORY_MB,
     ) -> None:
         per_env: Dict[str, int] = settings["per_env"]
@@ -251,6 +253,7 @@ class IngiPool:
         self._call = call
         self._config = config
         self._fill = fill
+        self._check = check
         self._min_mem = min_mem_mb
         #: runtimes whose update failed once: their memory limit goes in the key from then on
         self._fixed_mem: Set[Optional[str]] = set()
@@ -277,6 +280,8 @@ class IngiPool:
         return ensureDeferred(self._acquire(job, image))
 
     async def _acquire(self, job: BackendNewJob, image: IngiImage) -> Optional[IngiClaimed]:
+        # a job that cannot run costs no container: its task is checked first
+        await self._call(self._check, job)
         key = self.key_for(job, image)
         mem_mb = self._mem(job)
         if key.mem_mb is None:
@@ -378,8 +383,11 @@ def ingi_pool_for(b: Any, settings: Dict[str, Any]) -> Optional[IngiPool]:
     def fill(folder: IngiFolder, job: BackendNewJob) -> None:
         fill_ingi_job(folder, b._config.tasks_dir or "", job.course_id, job.task_id)
 
+    def check(job: BackendNewJob) -> None:
+        check_ingi_task(b._config.tasks_dir or "", job.course_id, job.task_id)
+
     maker = IngiMaker(
         b._reactor, engine, b._call, config, make_root, thd_attach, b._thd_remove,
         ready_runtime=lambda runtime: runtime is None or runtime in b._pids_policies,
     )  # fmt: skip
-    return IngiPool(b._reactor, maker, settings, engine=engine, call=b._call, config=config, fill=fill)
+    return IngiPool(b._reactor, maker, settings, engine=engine, call=b._call, config=config, fill=fill, check=check)

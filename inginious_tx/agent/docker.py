@@ -449,10 +449,18 @@ class DockerBackend:
     def _thd_sweep(self, client: Any) -> List[str]:
         """Remove the containers and job folders of Docker agents of this host that were killed
         (see :mod:`._leftovers`); what was removed."""
+        docker = docker_sdk()
         removed = []
         for info in client.api.containers(all=True, filters={"label": LABEL_OWNER}):
             if is_stale(str((info.get("Labels") or {}).get(LABEL_OWNER, ""))):
-                self._thd_remove(client, info["Id"])
+                try:
+                    self._thd_remove(client, info["Id"])
+                except docker.errors.APIError as e:  # its removal already under way...: the folders still go
+                    IReactorFromThreads(self._reactor).callFromThread(
+                        self.log.warn, "docker backend: cannot remove container {cid}, left by an agent that was "
+                        "killed: {e}", cid=info["Id"][:12], e=e.explanation or str(e),
+                    )  # fmt: skip
+                    continue
                 removed.append(f"container {info['Id'][:12]}")
         removed += sweep_temp("inginious-tx-docker-", keep=self._work_dir)
         if self._work_dir is not None:

@@ -221,6 +221,8 @@ class IngiSession:
         pool = getattr(b, "ingi_pool", None)
         arrived = b._reactor.seconds()
         claimed = None
+        if pool is not None:
+            pool.job_started()
         try:
             # -- take a grading container made ahead (.inginious_pool), or make one -------------
             try:
@@ -262,6 +264,8 @@ class IngiSession:
             return JobResult.crash(f"the docker agent failed to run the job: {e!r}")
         finally:
             self._answered = True
+            if pool is not None:
+                pool.job_ended()
             if claimed is not None and not b._closed:
                 # the answer does not wait for the container's end and removal (close() does)
                 cleanup = ensureDeferred(self._cleanup_later())

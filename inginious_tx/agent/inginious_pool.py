@@ -31,6 +31,12 @@ job then writes its ``start`` on the attached socket.  A container that died
 while it waited, or that differs, is removed and the job makes its own, as
 without the pool.  One container, one job: it is removed after its job.
 
+**Creations yield to jobs.**  Making a container keeps the engine busy for
+a few hundred milliseconds of CPU; on a small machine that slows the job
+running beside it (a trivial job took twice as long on 2 cores).  So a
+container is made once no INGInious job of the agent runs, or after
+:data:`YIELD_SECONDS` at most, whichever comes first.
+
 A key whose containers keep dying before their job (an image whose program
 does not wait for its ``start``, an engine restarted) gets none made ahead
 for a while (:data:`REFUSED_SECONDS`).
@@ -40,7 +46,7 @@ from __future__ import annotations
 
 import select
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, Optional, Set
+from typing import Any, Callable, Dict, Hashable, List, Optional, Set
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -60,12 +66,17 @@ from .docker_pool import (
 from .inginious_folder import IngiFolder, check_ingi_task, fill_ingi_job, make_ingi_root, remove_ingi_job
 from .inginious_job import MIN_MEMORY_MB, IngiImage, agent_labels, grader_config, thd_attach, work_dir
 
-__all__ = ["IngiKey", "IngiMaker", "IngiPool", "IngiClaimed", "ingi_pool_for", "DEAD_IN_A_ROW", "REFUSED_SECONDS"]
+__all__ = [
+    "IngiKey", "IngiMaker", "IngiPool", "IngiClaimed", "ingi_pool_for", "DEAD_IN_A_ROW", "REFUSED_SECONDS",
+    "YIELD_SECONDS",
+]  # fmt: skip
 
 #: Containers of one key found dead at take, in a row, after which none is made ahead for that key
 #: during :data:`REFUSED_SECONDS`.
 DEAD_IN_A_ROW = 3
 REFUSED_SECONDS = 60.0
+#: The longest a creation waits for the agent's running jobs to end.
+YIELD_SECONDS = 0.5
 #: Memory limit (MB) of a key's first containers, before any job said its own.
 _FIRST_MEM_MB = 128
 
@@ -149,6 +160,42 @@ class IngiMaker:
         #: keys whose containers kept dying before their job: none is made for them until then (a time
         #: of the pool's clock)
         self.refused: Dict[IngiKey, float] = {}
+        #: INGInious jobs of the agent running now, and the creations waiting for them to end
+        self.running = 0
+        self._waiting: List[Deferred] = []
+
+    def job_started(self) -> None:
+        """An INGInious job of the agent arrived: creations wait (a bounded time) for its end."""
+        self.running += 1
+
+    def job_ended(self) -> None:
+        """That job was answered."""
+        self.running = max(0, self.running - 1)
+        if not self.running:
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                if not d.called:
+                    d.callback(None)
+
+    def _quiet(self) -> Deferred:
+        """Fires once no job runs, or after :data:`YIELD_SECONDS`."""
+        if not self.running:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+
+        def enough() -> None:
+            if not d.called:
+                d.callback(None)
+
+        timer = self._clock.callLater(YIELD_SECONDS, enough)
+
+        def stop(_: None) -> None:
+            if timer.active():
+                timer.cancel()
+
+        d.addCallback(stop)
+        self._waiting.append(d)
+        return d
 
     def make(self, key: Hashable) -> Deferred:
         assert isinstance(key, IngiKey)
@@ -157,7 +204,7 @@ class IngiMaker:
             raise NotReady(f"its last {DEAD_IN_A_ROW} containers exited before their job")
         if not self._ready_runtime(key.runtime):
             raise NotReady(f"runtime {key.runtime} not probed yet")
-        return self._engine(self._thd_make, key)
+        return self._quiet().addCallback(lambda _: self._engine(self._thd_make, key))
 
     def _thd_make(self, client: Any, key: IngiKey) -> PooledContainer:
         folder = self._make_root()
@@ -347,6 +394,14 @@ class IngiPool:
                 "{seconds:g} s",
                 n=DEAD_IN_A_ROW, key=key, seconds=REFUSED_SECONDS,
             )  # fmt: skip
+
+    def job_started(self) -> None:
+        """An INGInious job arrived (taking a container or not): the pool's creations yield to it."""
+        self._maker.job_started()
+
+    def job_ended(self) -> None:
+        """That job was answered."""
+        self._maker.job_ended()
 
     def record(self, job: BackendNewJob, image: IngiImage, hit: bool, seconds: float) -> None:
         """The job's grading container got its ``start`` ``seconds`` after the job arrived."""

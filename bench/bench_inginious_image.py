@@ -43,6 +43,10 @@ host's: anything else using the engine counts too), of the waiting
 containers' shims and inside the containers, against the same agent
 without a pool.
 
+Under ``--runsc`` the trivial task is a copy with 128 MB of memory (its 32
+MB do not hold the image's program in a gVisor sandbox: every job would be
+an overflow); ``bare`` is then ``docker run --runtime runsc``.
+
 Needs the Docker engine, ``inginious-c-default:0.9.2-local`` and the full
 virtualenv (``.ci/setup-inginious-image.sh``); ``--runsc`` needs the runsc
 runtime (``.ci/setup-runsc.sh``).
@@ -53,6 +57,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -185,12 +191,36 @@ def _containers(*labels: str, running: bool = False) -> List[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.split()
 
 
+def _pool_figures(log: Path) -> List[int]:
+    """(hits, misses) of the INGInious pool, from the line the agent logs when it stops."""
+    found = [0, 0]
+    for line in log.read_text(errors="replace").splitlines():
+        match = re.search(r"container pool .*: (\d+) hits, (\d+) misses", line)
+        if match:
+            found = [found[0] + int(match.group(1)), found[1] + int(match.group(2))]
+    return found
+
+
+def _tasks_for(runtime: Optional[str], shared: Path, tmp: Path) -> Path:
+    """The tasks folder: the shared one, or under gVisor a copy whose trivial task has 128 MB (its 32 MB
+    do not hold the image's program in gVisor's sandbox: every job would be an overflow)."""
+    if runtime is None:
+        return shared
+    tasks = tmp / f"tasks-{runtime}"
+    if not tasks.exists():
+        shutil.copytree(shared / "ingi" / "trivial", tasks / "ingi" / "trivial")
+        yaml = tasks / "ingi" / "trivial" / "task.yaml"
+        yaml.write_text(yaml.read_text().replace("memory: '32'", "memory: '128'"))
+    return tasks
+
+
 def single(args: argparse.Namespace, tasks: Path, tmp: Path, runtime: Optional[str]) -> Dict[str, List[float]]:
     """One job at a time: real, ours, ours+pool (alternating for each round), then bare docker run."""
     sides = [("ours", 0, "ours"), ("ours", 1, "ours+pool")]
     if runtime is None:
         sides.insert(0, ("real", 0, "real"))
     times: Dict[str, List[float]] = {name: [] for _, _, name in sides}
+    hits = [0, 0]
     for r in range(args.rounds):
         for which, pool_max, name in sides:
             work = tmp / f"{name}-{runtime}-{r}"
@@ -198,6 +228,9 @@ def single(args: argparse.Namespace, tasks: Path, tmp: Path, runtime: Optional[s
             with _side(which, tasks, work, 1, pool_max, runtime) as (cport, _):
                 answers = _drive(cport, tasks, work, args.jobs + 1, sequential=True, gap=args.gap)
             times[name] += [a["seconds"] for a in answers[1:]]
+            if pool_max:
+                hits = [a + b for a, b in zip(hits, _pool_figures(work / "ours-1.log"), strict=True)]
+    print(f"  (runtime {runtime or 'runc'}: ours+pool took {hits[0]} containers made ahead, made {hits[1]} itself)")
     bare = ["docker", "run", "--rm", "--network", "none", *(["--runtime", runtime] if runtime else []), IMAGE, "true"]
     subprocess.run(bare, check=True, capture_output=True)  # warm-up
     times["bare"] = []
@@ -370,13 +403,14 @@ def main() -> None:
     parser.add_argument("--single", type=float, default=0.0, help="the single-job p50 for --burst's bound")
     parser.add_argument("--idle", type=float, default=0.0, help="seconds of idle measure (0: none)")
     args = parser.parse_args()
-    tasks = _shared() / "inginious-0.9.2" / "tasks"
+    shared = _shared() / "inginious-0.9.2" / "tasks"
     runtimes: List[Optional[str]] = [None] + (["runsc"] if args.runsc else [])
     print(f"image {IMAGE}; {os.cpu_count()} CPUs; " + " ".join(sys.argv))
     with tempfile.TemporaryDirectory(prefix="bench-ingi-") as name:
         tmp = Path(name)
         real_p50: Optional[float] = None
         for runtime in runtimes:
+            tasks = _tasks_for(runtime, shared, tmp)
             p50 = args.single
             if not args.burst and not args.idle:
                 times = single(args, tasks, tmp, runtime)

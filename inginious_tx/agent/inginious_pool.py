@@ -417,6 +417,12 @@ class IngiPool:
                 self.pool.flush(key)
 
     def close(self) -> Deferred:
+        """Remove what waits; say once what each key did (its figures are lost with the agent)."""
+        for key, stats in self.pool.stats().items():
+            self.log.info(
+                "container pool {key}: {hits} hits, {misses} misses, {dead} found dead, {failures} failed creations",
+                key=key, hits=stats.hits, misses=stats.misses, dead=stats.dead, failures=stats.failures,
+            )  # fmt: skip
         return self.pool.close()
 
 

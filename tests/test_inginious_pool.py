@@ -18,6 +18,7 @@ from typing import Any, Dict, List
 import pytest
 import pytest_twisted
 from docker_support import assert_left_clean, containers_labelled, docker_client, new_job, remove_containers
+from host_tools import missing_setup
 from inginious_image_support import INGINIOUS_IMAGE, SHARED, require_inginious_image, require_shared
 from subprocess_env import child_env
 from test_cli_integration import _Collect
@@ -26,6 +27,7 @@ from twisted.internet.threads import deferToThread
 from zope.interface.verify import verifyObject
 
 from inginious_tx.agent._leftovers import LABEL_OWNER, owner_token
+from inginious_tx.agent._oom import oom_counter, oom_kills
 from inginious_tx.agent.container_pool import IContainerMaker, IContainerPool
 from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
 from inginious_tx.agent.docker_pool import LABEL_POOL
@@ -300,6 +302,32 @@ async def test_limits_and_kills_give_the_same_verdicts_in_a_pooled_container(poo
         result = await d
         assert _stats(pooled).hits == hits + 1, (task, "it took a container made ahead")
         assert (result.result, result.state) == (verdict, "kept"), (task, limits, result)
+
+
+def test_the_kernel_counts_a_containers_out_of_memory_kills() -> None:
+    """What an early answer reads instead of asking the engine (``_oom``): a container whose process
+    was killed for memory has its count at 1, read from the host while it still runs."""
+    require_inginious_image()
+    client = docker_client()
+    cid = client.api.create_container(
+        INGINIOUS_IMAGE, ["sh", "-c", "python3 -c 'x = bytearray(300 << 20)'; sleep 60"],
+        labels={"org.inginious-tx.test": "oom"},
+        host_config=client.api.create_host_config(mem_limit="64m", memswap_limit="64m", network_mode="none"),
+    )["Id"]  # fmt: skip
+    try:
+        client.api.start(cid)
+        pid = client.api.inspect_container(cid)["State"]["Pid"]
+        path = oom_counter(pid)
+        if path is None:
+            missing_setup("the memory cgroups of containers are not visible from here (the engine is asked)")
+        deadline = time.monotonic() + 60
+        while oom_kills(path) == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert oom_kills(path) == 1
+        assert oom_counter(2**22 + 1) is None and oom_kills("/nonexistent") is None
+    finally:
+        client.api.remove_container(cid, force=True)
+        client.close()
 
 
 @pytest_twisted.ensureDeferred

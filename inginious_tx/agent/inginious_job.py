@@ -36,6 +36,7 @@ from twisted.logger import Logger
 
 from ..messages import BackendNewJob
 from ._leftovers import LABEL_OWNER
+from ._oom import oom_kills
 from .inginious_folder import SOCKET_ID, IngiFolder, link_socket, prepare_ingi_job, remove_ingi_job
 from .inginious_image import (
     RETVAL_ERROR,
@@ -213,6 +214,9 @@ class IngiSession:
         self._answered = False
         #: the grading container's supervision, when the answer does not wait for it
         self._supervising: Optional[Deferred[int]] = None
+        #: its OOM counter file (None: unknown) and count at start, and the count read at its result
+        self._oom: Tuple[Optional[str], int] = (None, 0)
+        self._oom_at_result: Optional[Deferred[Optional[int]]] = None
 
     # -- the job -----------------------------------------------------------------
 
@@ -229,6 +233,7 @@ class IngiSession:
                 claimed = await pool.acquire(job, self._image) if pool is not None else None
                 if claimed is not None:
                     self._folder, self._sock, run.container_id = claimed.folder, claimed.socket, claimed.container_id
+                    self._oom = (claimed.oom_file, claimed.oom_before)
                 else:
                     self._folder = await b._call(self._thd_prepare)
             except TaskError as e:
@@ -466,6 +471,8 @@ class IngiSession:
         try:
             if kind == "result":
                 self._result, self._got_result = message.get("result"), True
+                if self._oom[0] is not None:  # what the kernel counted by then (the group may be gone at the end)
+                    self._oom_at_result = self._b._call(oom_kills, self._oom[0])
             elif kind == "run_student":
                 d = ensureDeferred(self._run_student(message))
                 d.addErrback(lambda f: self.log.failure("inginious job: run_student failed", f))
@@ -667,7 +674,7 @@ class IngiSession:
             return JobResult(run.stopped[0], run.stopped[1], state=state)
         folder = self._folder
         # both at once: the answer waits for the slower only
-        checks = [b._call(b._thd_guard, _thd_oom, cid)]
+        checks: List[Deferred[Any]] = [ensureDeferred(self._oom_killed(cid, status is None))]
         if folder is not None and folder.disk_mb:
             checks.append(b._call(disk_full, folder.root, folder.disk_mb))
         found = []
@@ -684,6 +691,19 @@ class IngiSession:
                 "crash", f"The grading container ended (exit status {status}) without sending a result.", state=state
             )
         return result_from_message(self._result, state)
+
+    async def _oom_killed(self, cid: str, early: bool) -> bool:
+        """Did the kernel kill a process of the grading container for memory?  Answered early, from
+        its memory cgroup's counter (now, else as read at its result): the engine learns it later,
+        and answers slowly while the container exits.  Else, and when unknown, the engine's word."""
+        path, before = self._oom
+        if early and path is not None:
+            now = await self._b._call(oom_kills, path)
+            if now is None and self._oom_at_result is not None:
+                now = await self._oom_at_result
+            if now is not None:
+                return now > before
+        return bool(await self._b._call(self._b._thd_guard, _thd_oom, cid))
 
     async def _remove(self, cid: str) -> None:
         b = self._b

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import select
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Hashable, List, Optional, Set
+from typing import Any, Callable, Dict, Hashable, List, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -54,13 +54,13 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..messages import BackendNewJob
+from ._oom import oom_counter, oom_kills
 from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer
 from .docker_pool import (
     LABEL_POOL,
     UPDATABLE_RUNTIMES,
     close_socket,
     comparable_settings,
-    thd_running,
     thd_update_memory,
 )
 from .inginious_folder import IngiFolder, check_ingi_task, fill_ingi_job, make_ingi_root, remove_ingi_job
@@ -118,6 +118,25 @@ class IngiClaimed:
     container_id: str
     folder: IngiFolder
     socket: Any
+    #: the file counting its out-of-memory kills (:mod:`._oom`), and the count when it was taken;
+    #: None: unknown here, ask the engine
+    oom_file: Optional[str] = None
+    oom_before: int = 0
+
+
+def _thd_state(client: Any, cid: str) -> Tuple[bool, Optional[str], int]:
+    """Whether the container runs (and is not paused), its OOM counter file and that count now."""
+    import docker
+
+    try:
+        state = client.api.inspect_container(cid).get("State") or {}
+    except docker.errors.NotFound:
+        return False, None, 0
+    if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
+        return False, None, 0
+    path = oom_counter(int(state.get("Pid") or 0)) if state.get("Pid") else None
+    count = oom_kills(path) if path is not None else None
+    return True, path if count is not None else None, count or 0
 
 
 @implementer(IContainerMaker)
@@ -341,13 +360,13 @@ class IngiPool:
             return None
         waiting: _Waiting = pooled.data
         # the engine's word that it still runs, while its folder is filled
-        running = self._engine(thd_running, pooled.container_id)
+        running = self._engine(_thd_state, pooled.container_id)
         filled = self._call(self._fill, waiting.folder, job)
-        (ran, up), (ok, failure) = await DeferredList([running, filled], consumeErrors=True)
+        (ran, state), (ok, failure) = await DeferredList([running, filled], consumeErrors=True)
         if not ok:
             await self._maker.discard(pooled)
             failure.raiseException()
-        if not ran or not up:
+        if not ran or not state[0]:
             self.log.warn("container pool: {cid} died while it waited; discarded", cid=pooled.container_id)
             self.pool.stats()[key].dead += 1
             self._died(key, 1)
@@ -377,7 +396,7 @@ class IngiPool:
                 self._fixed_mem.add(key.runtime)
                 await self._maker.discard(pooled)
                 return None
-        return IngiClaimed(pooled.container_id, waiting.folder, waiting.socket)
+        return IngiClaimed(pooled.container_id, waiting.folder, waiting.socket, state[1], state[2])
 
     def _dead_count(self, key: IngiKey) -> int:
         stats = self.pool.stats().get(key)

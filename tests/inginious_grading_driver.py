@@ -115,7 +115,7 @@ def main():
     parser.add_argument("--cases", required=True)
     parser.add_argument("--timeout", type=float, default=240)
     parser.add_argument("--sequential", action="store_true", help="one case at a time (timings)")
-    parser.add_argument("--gap", type=float, default=0.0, help="with --sequential: seconds between an answer and the next")
+    parser.add_argument("--gap", type=float, default=0.0, help="with --sequential: seconds from an answer to the next")
     args = parser.parse_args()
     register_base_env_types()
     import builtins

@@ -12,7 +12,7 @@ Each task is the 0.9.2 frontend's own ``Task`` object read from its
 ``task.yaml``, so its environment parameters go through
 ``DockerEnvType().check_task_environment_parameters`` as in the webapp
 (``run_cmd: ''`` becomes None, string limits become numbers).  All cases are
-submitted at once (``--sequential``: one after the other); one JSON line per
+submitted at once (``--sequential``: one after the other, ``--gap`` seconds apart); one JSON line per
 finished case goes to stdout (bytes as ``{"$bytes_hex": ...}``, the archive
 as the sorted names of its members),
 then ``{"event": "end"}``.
@@ -115,6 +115,7 @@ def main():
     parser.add_argument("--cases", required=True)
     parser.add_argument("--timeout", type=float, default=240)
     parser.add_argument("--sequential", action="store_true", help="one case at a time (timings)")
+    parser.add_argument("--gap", type=float, default=0.0, help="with --sequential: seconds from an answer to the next")
     args = parser.parse_args()
     register_base_env_types()
     import builtins
@@ -189,6 +190,8 @@ def main():
         alone = args.sequential or case.get("alone")
         while alone and left[0] == before and time.monotonic() < deadline + args.timeout:
             time.sleep(0.005)
+        if args.sequential and args.gap > 0:
+            time.sleep(args.gap)
     if not done.wait(args.timeout):
         print(json.dumps({"event": "error", "text": f"{left[0]} cases without an answer"}), flush=True)
     print(json.dumps({"event": "end"}), flush=True)

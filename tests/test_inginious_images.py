@@ -89,6 +89,10 @@ CASES: Dict[str, Any] = {
     "state": ("itx", "state", {"q": "42", "@state": "before"}, {}, ("success", 100.0)),
     "killed": ("itx", "slow", {"q": "x", "@state": "kept"}, {"kill_after": 4}, ("killed", 0.0)),
 }
+#: Our agent's grading containers made ahead (``pool_max``, see ``docs/inginious-images.rst``): on, so
+#: that the verdicts of jobs run in containers made ahead are the ones compared (``ITX_TEST_POOL_MAX=0``:
+#: every job in a container of its own).
+OUR_POOL_MAX = os.environ.get("ITX_TEST_POOL_MAX", "2")
 #: Results whose text is the agent's own words (INGInious gives none).
 AGENT_TEXTS = {"timeout", "overflow", "killed"}
 
@@ -187,7 +191,7 @@ def our_answers(tasks_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         agent = ours.twistd(
             "inginious-agent", "--backend", f"zmq:tcp://127.0.0.1:{aport}", "--kind", "docker",
             "--tasks", str(tasks_dir), "--slots", "2", "--name", "ours",
-            "--option", f"work_dir={work / 'jobs'}",
+            "--option", f"work_dir={work / 'jobs'}", "--option", f"pool_max={OUR_POOL_MAX}",
         )  # fmt: skip
         agent.wait_for_line("registered with the backend", timeout=60)
         try:

@@ -26,7 +26,7 @@ from twisted.internet.threads import deferToThread
 from inginious_tx.agent._leftovers import LABEL_OWNER
 from inginious_tx.agent.docker import LABEL_AGENT, DockerBackend
 from inginious_tx.agent.inginious_image import encode_message
-from inginious_tx.agent.inginious_job import GRADER_CAPS
+from inginious_tx.agent.inginious_job import GRADER_CAPS, LABEL_STUDENT
 from inginious_tx.agent.result import AgentConfig, JobResult
 
 pytestmark = pytest.mark.docker
@@ -158,10 +158,13 @@ async def test_a_running_job_keeps_our_isolation_and_can_be_killed(backend: Dock
     d.addTimeout(120, _reactor())
 
     def containers() -> Any:
+        """The job's grading container (it may be one made ahead: no job label) and its student container."""
+        runs = list(backend._runs.values())
+        grader = runs[0].container_id if runs else None
         client = docker_client()
         try:
-            found = client.api.containers(filters={"label": f"{LABEL_AGENT}={backend.instance_id}"})
-            return [client.api.inspect_container(c["Id"]) for c in found] if len(found) == 2 else None
+            found = client.api.containers(filters={"label": [f"{LABEL_AGENT}={backend.instance_id}", LABEL_STUDENT]})
+            return [client.api.inspect_container(c) for c in [grader, found[0]["Id"]]] if grader and found else None
         finally:
             client.close()
 

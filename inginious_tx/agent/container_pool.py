@@ -47,18 +47,19 @@ What a killed agent leaves in its pool (containers, their folders) carries
 the agent's owner token like any other container of it (the maker's job),
 so the next agent removes it (:mod:`._leftovers`).
 
-**Using it with another kind of container.**  The Docker agent's helper
-mode (:mod:`.docker_pool`) makes containers that wait on their standard
-input with a per-container folder mounted; a maker for INGInious grading
-images (which run their own program, waiting on stdin for a ``start``
-message) fits the same interface: its ``make`` creates the container with
-``stdin_open``, attaches to its standard input, starts it and returns a
-:class:`PooledContainer` whose ``data`` holds the attached socket; ``alive``
-inspects it; ``discard`` closes the socket and removes the container; the
-job that takes it writes its ``start`` message on that socket.  Its keys
-would hold the image, runtime, network and whatever else the agent fixes at
-creation, and limits it cannot change after creation (``docker update``)
-belong in the key too.
+**The makers.**  The Docker agent's helper mode (:mod:`.docker_pool`)
+makes containers that wait on their standard input with a per-container
+folder mounted.  Its INGInious mode (:mod:`.inginious_pool`) makes grading
+containers of INGInious images, whose own program waits on stdin for a
+``start`` message: ``make`` creates one with ``stdin_open`` and its own
+empty job folder mounted, attaches to its standard input and output, starts
+it and returns a :class:`PooledContainer` whose ``data`` holds the folder
+and the attached socket; ``alive`` checks that the socket is still open and
+silent; ``discard`` closes it and removes the container and its folder; the
+job that takes one fills the folder and writes its ``start`` message on
+that socket.  Each key holds what is fixed at creation (environment, image,
+runtime, network), and the memory limit when the runtime cannot change it
+later (``docker update``).
 """
 
 from __future__ import annotations

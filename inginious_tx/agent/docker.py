@@ -69,7 +69,8 @@ wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
 ``read_only_root`` (True), ``api_timeout`` (60 s per engine call).
 
 ``pool_max`` (default: the slots; 0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
-``pool_half_life``, ``pool_window``: containers prepared ahead of demand, see :mod:`.docker_pool`.
+``pool_half_life``, ``pool_window``: containers prepared ahead of demand, see :mod:`.docker_pool`
+(helper mode) and :mod:`.inginious_pool` (INGInious images).
 ``student_pool_max`` (default: ``pool_max``; 0: off): run_student's containers
 prepared ahead the same way (root only, runc only), see :mod:`.student_pool`.
 """
@@ -105,6 +106,7 @@ from .docker_pool import Claimed, DockerHelperMaker, DockerPool, pool_options
 from .feedback import OutputLimits, collect_result
 from .inginious_image import LABEL_NAME, image_info, pick_images
 from .inginious_job import IngiImage, IngiSession
+from .inginious_pool import ingi_pool_for
 from .job_disk import DEFAULT_DISK_MB, can_mount, disk_full
 from .job_folder import JobFolder, TaskError, helpers_dir, make_job_root, prepare_job, remove_job_path
 from .result import AgentConfig, JobResult
@@ -324,7 +326,10 @@ class DockerBackend:
         #: what agents killed on this host left (containers, job folders) is removed once, at start
         self._swept = False
         #: containers made ahead of demand (see .docker_pool); None: off (option pool_max=0)
-        self.pool = self._make_pool(pool_options(opts, config.slots))
+        pooling = pool_options(opts, config.slots)
+        self.pool = self._make_pool(pooling)
+        #: grading containers of INGInious images made ahead, on the same options (see .inginious_pool)
+        self.ingi_pool = ingi_pool_for(self, pooling)
         #: run_student's containers made ahead (see .student_pool); None: off
         self.student_pool = self._make_student_pool(student_pool_options(opts, config.slots))
         self._image_ids: Dict[str, str] = {}
@@ -349,8 +354,7 @@ class DockerBackend:
 
     def container_pools(self) -> List[IContainerPool]:
         """The containers prepared ahead (for the agent's metrics)."""
-        pools = [] if self.pool is None else [self.pool.pool]
-        return pools if self.student_pool is None else [*pools, self.student_pool.pool]
+        return [p.pool for p in (self.pool, self.ingi_pool, self.student_pool) if p is not None]
 
     def _make_student_pool(self, settings: Dict[str, Any]) -> Optional[StudentPool]:
         if not settings["max_per_key"]:
@@ -441,10 +445,9 @@ class DockerBackend:
         for name, info in found.items():
             if self._image_ids.setdefault(name, info["id"]) != info["id"]:
                 self._image_ids[name] = info["id"]
-                if self.pool is not None:
-                    self.pool.image_changed(name)
-                if self.student_pool is not None:
-                    self.student_pool.image_changed(name)
+                for pool in (self.pool, self.ingi_pool, self.student_pool):
+                    if pool is not None:
+                        pool.image_changed(name)
         for name, image in missing:
             self.log.error(
                 "docker backend: image {image!r} of environment {name!r} is not in the local docker engine "
@@ -478,10 +481,18 @@ class DockerBackend:
     def _thd_sweep(self, client: Any) -> List[str]:
         """Remove the containers and job folders of Docker agents of this host that were killed
         (see :mod:`._leftovers`); what was removed."""
+        docker = docker_sdk()
         removed = []
         for info in client.api.containers(all=True, filters={"label": LABEL_OWNER}):
             if is_stale(str((info.get("Labels") or {}).get(LABEL_OWNER, ""))):
-                self._thd_remove(client, info["Id"])
+                try:
+                    self._thd_remove(client, info["Id"])
+                except docker.errors.APIError as e:  # its removal already under way...: the folders still go
+                    IReactorFromThreads(self._reactor).callFromThread(
+                        self.log.warn, "docker backend: cannot remove container {cid}, left by an agent that was "
+                        "killed: {e}", cid=info["Id"][:12], e=e.explanation or str(e),
+                    )  # fmt: skip
+                    continue
                 removed.append(f"container {info['Id'][:12]}")
         removed += sweep_temp("inginious-tx-docker-", keep=self._work_dir)
         if self._work_dir is not None:
@@ -920,8 +931,9 @@ class DockerBackend:
         runs = list(self._runs.values())
         for run in runs:
             self._stop(run, ("killed", "The agent was shut down."))
-        if self.pool is not None:
-            await self.pool.close()
+        for pool in (self.pool, self.ingi_pool):
+            if pool is not None:
+                await pool.close()
         if runs:
             await DeferredList([r.done for r in runs])
         if self._cleanups:

@@ -10,6 +10,8 @@ environment's demand is forgotten, ``pool_window`` the span over which its
 jobs are counted as demand (2 s; 10 s when a ``pool_max`` is above the
 slots: the agent takes a burst's jobs as its slots free, over several
 seconds, and a pool above the slots is there to hold a whole burst).
+The same options govern the grading containers of INGInious images made
+ahead (:mod:`.inginious_pool`).
 
 A container made ahead is made exactly as a job's would be (the backend's
 own ``_container_config``, so every isolation setting is the same), with:
@@ -60,7 +62,10 @@ from ._leftovers import STDIN_SUFFIX
 from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer, Unpoolable
 from .job_folder import JobFolder, remove_job_path
 
-__all__ = ["PoolKey", "DockerPool", "DockerHelperMaker", "LABEL_POOL", "WAIT_COMMAND", "pool_options"]
+__all__ = [
+    "PoolKey", "DockerPool", "DockerHelperMaker", "LABEL_POOL", "WAIT_COMMAND", "pool_options", "UPDATABLE_RUNTIMES",
+    "comparable_settings", "thd_update_memory", "thd_running", "close_socket",
+]  # fmt: skip
 
 #: On every container made ahead.
 LABEL_POOL = "org.inginious-tx.pool"
@@ -69,7 +74,7 @@ WAIT_COMMAND = ["/bin/sh", "-s"]
 #: Memory limit (MB) of a container while it waits, when the runtime can raise it later.
 WAIT_MEM_MB = 16
 #: Runtimes known to apply ``docker update`` to a running container (None: the engine's default).
-_UPDATABLE = {None, "runc", "io.containerd.runc.v2"}
+UPDATABLE_RUNTIMES = {None, "runc", "io.containerd.runc.v2"}
 #: The fields of a container's create arguments that a pooled container sets later (or differently).
 _LATER = ("command", "environment", "labels", "mem_limit", "memswap_limit", "mounts", "stdin_open")
 
@@ -161,7 +166,7 @@ def _placeholder(key: PoolKey, mem_mb: int) -> BackendNewJob:
     )  # fmt: skip
 
 
-def _settings(config: Dict[str, Any], root: str) -> Dict[str, Any]:
+def comparable_settings(config: Dict[str, Any], root: str) -> Dict[str, Any]:
     """``config`` without what a pooled container sets later; mount sources relative to the job folder."""
     out = {k: v for k, v in config.items() if k not in _LATER}
     mounts = []
@@ -255,7 +260,7 @@ class DockerHelperMaker:
             config = self._config(key.image, folder)
             labels = {k: v for k, v in config["labels"].items() if k != self._job_label}
             labels[LABEL_POOL] = "1"
-            settings = _settings(config, root)
+            settings = comparable_settings(config, root)
             environment = dict(config["environment"])
             config.update(command=WAIT_COMMAND, labels=labels, stdin_open=True)
             cid = thd_create(client, config)
@@ -263,7 +268,7 @@ class DockerHelperMaker:
             client.api.start(cid)
             return PooledContainer(key, cid, _Slot(root, sock, environment, settings, mem_mb))
         except BaseException:
-            _close(sock)
+            close_socket(sock)
             if cid is not None:
                 try:
                     self._remove(client, cid)
@@ -278,14 +283,14 @@ class DockerHelperMaker:
         slot: _Slot = container.data
         if not _open(slot.socket):
             return succeed(False)
-        return self._engine(_thd_running, container.container_id)
+        return self._engine(thd_running, container.container_id)
 
     def discard(self, container: PooledContainer) -> Deferred:
         return ensureDeferred(self._discard(container))
 
     async def _discard(self, container: PooledContainer) -> None:
         slot: _Slot = container.data
-        _close(slot.socket)
+        close_socket(slot.socket)
         try:
             await self._engine(self._remove, container.container_id)
         except Exception as e:
@@ -316,7 +321,7 @@ def _open(sock: Any) -> bool:
         return False
 
 
-def _close(sock: Any) -> None:
+def close_socket(sock: Any) -> None:
     if sock is None:
         return
     for s in (getattr(sock, "_sock", None), sock):
@@ -332,7 +337,7 @@ def _remove_paths(*paths: str) -> None:
         remove_job_path(path)
 
 
-def _thd_running(client: Any, cid: str) -> bool:
+def thd_running(client: Any, cid: str) -> bool:
     import docker
 
     try:
@@ -397,7 +402,7 @@ class DockerPool:
             return None
         runtime = self._runtimes.get(job.environment)
         mem = max(int(job.mem_limit), self._min_mem)
-        fixed = runtime not in _UPDATABLE or runtime in self._fixed_mem
+        fixed = runtime not in UPDATABLE_RUNTIMES or runtime in self._fixed_mem
         return PoolKey(job.environment, image, runtime, bool(job.enable_network), mem if fixed else None)
 
     def acquire(self, job: BackendNewJob) -> Deferred:
@@ -422,7 +427,7 @@ class DockerPool:
             await self._maker.discard(pooled)
             raise
         claimed = Claimed(pooled.container_id, folder, slot)
-        wanted = _settings(self._config(key.image, folder), folder.root)
+        wanted = comparable_settings(self._config(key.image, folder), folder.root)
         if wanted != slot.settings:
             self.log.error(
                 "container pool: a container of {key} differs from the job's ({diff}); not used",
@@ -434,7 +439,7 @@ class DockerPool:
         if key.mem_mb is None and slot.mem_mb != mem_mb:
             self.updates += 1
             try:
-                await self._engine(_thd_update, pooled.container_id, f"{mem_mb}m")
+                await self._engine(thd_update_memory, pooled.container_id, f"{mem_mb}m")
             except Exception as e:
                 self.log.warn(
                     "container pool: runtime {runtime} cannot change a container's memory limit ({e}); its "
@@ -460,7 +465,7 @@ class DockerPool:
         try:
             raw.sendall(script)
         finally:
-            _close(sock)
+            close_socket(sock)
 
     def record(self, job: BackendNewJob, hit: bool, seconds: float) -> None:
         """The job's container was up ``seconds`` after the job arrived."""
@@ -485,5 +490,5 @@ class DockerPool:
         return self.pool.close()
 
 
-def _thd_update(client: Any, cid: str, mem: str) -> None:
+def thd_update_memory(client: Any, cid: str, mem: str) -> None:
     client.api.update_container(cid, mem_limit=mem, memswap_limit=mem)

@@ -26,15 +26,16 @@ import os
 import re
 import shutil
 import stat
-import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-from ._leftovers import STDIN_SUFFIX, mark_job
-from .job_disk import mount_job_disk
-from .job_folder import ID_PATTERN, TaskError, remove_job_path
+from ._leftovers import STDIN_SUFFIX
+from .job_folder import ID_PATTERN, TaskError, make_job_root, remove_job_path
 
-__all__ = ["IngiFolder", "prepare_ingi_job", "link_socket", "SOCKET_ID"]
+__all__ = [
+    "IngiFolder", "check_ingi_task", "make_ingi_root", "fill_ingi_job", "prepare_ingi_job", "remove_ingi_job",
+    "link_socket", "SOCKET_ID",
+]  # fmt: skip
 
 #: Socket ids the image makes (``tempfile`` names: letters, digits, ``_``).
 SOCKET_ID = re.compile(r"[A-Za-z0-9_]{1,64}\Z")
@@ -82,64 +83,95 @@ class IngiFolder:
 
 
 def _copy(src: str, dst: str, skip: Optional[str] = None) -> None:
-    """Copy the folder ``src`` to ``dst`` (links kept as links), without its entry ``skip``."""
+    """Copy the folder ``src`` into ``dst`` (made if missing, links kept as links), without its entry ``skip``."""
     ignore = (lambda d, names: [skip] if d == src and skip in names else []) if skip else None
-    shutil.copytree(src, dst, symlinks=True, ignore=ignore)
+    shutil.copytree(src, dst, symlinks=True, ignore=ignore, dirs_exist_ok=True)
 
 
-def prepare_ingi_job(tasks_dir: str, course_id: str, task_id: str, work_root: str, disk_mb: int = 0) -> IngiFolder:
-    """Make a job's folder (blocking); :class:`TaskError` for bad ids or a missing task."""
+def check_ingi_task(tasks_dir: str, course_id: str, task_id: str) -> str:
+    """The task's folder (blocking); :class:`TaskError` for bad ids or a missing task."""
     for what, value in (("course", course_id), ("task", task_id)):
         if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
             raise TaskError(f"invalid {what} id {value!r}: only letters, digits, '_' and '-' are allowed")
-    course = os.path.join(tasks_dir, course_id)
-    src = os.path.join(course, task_id)
+    src = os.path.join(tasks_dir, course_id, task_id)
     if not os.path.isdir(src):
         raise TaskError(f"task {course_id}/{task_id} does not exist on this agent")
-    os.makedirs(work_root, mode=0o711, exist_ok=True)
-    root = tempfile.mkdtemp(prefix="job-", dir=work_root)
+    return src
+
+
+def make_ingi_root(work_root: str, disk_mb: int = 0) -> IngiFolder:
+    """An empty job folder (blocking): marked, on its tmpfs, with every folder that is mounted or
+    holds a mount point, for :func:`fill_ingi_job` to fill now or later (a container made ahead
+    has these folders mounted before it knows its job)."""
+    root = make_job_root(work_root, disk_mb=disk_mb, marked=True)
     try:
-        os.mkdir(root + STDIN_SUFFIX, 0o700)
-        mark_job(root)
-        os.chmod(root, 0o755)
-        if disk_mb > 0:
-            mount_job_disk(root, disk_mb, mode=0o755)
         folder = IngiFolder(root, disk_mb if disk_mb > 0 else 0)
-        _copy(src, folder.task, skip="student")
-        os.chmod(folder.task, 0o777)
-        os.makedirs(os.path.join(folder.task, "student"), exist_ok=True)  # the mount point
-        student_src = os.path.join(src, "student")
-        if os.path.isdir(student_src) and not os.path.islink(student_src):
-            _copy(student_src, folder.student)
-        else:
-            os.mkdir(folder.student)
-        os.makedirs(os.path.join(folder.student, "scripts"), exist_ok=True)
-        for path in (folder.student, os.path.join(folder.student, "scripts")):
-            os.chmod(path, 0o777)
-        os.mkdir(folder.sockets)
-        os.chmod(folder.sockets, 0o777)
-        common_src = os.path.join(course, "$common")
-        if os.path.isdir(common_src) and not os.path.islink(common_src):
-            _copy(common_src, folder.common)
-            common_student = os.path.join(common_src, "student")
-            if os.path.isdir(common_student) and not os.path.islink(common_student):
-                _copy(common_student, folder.common_student)
-        if not os.path.isdir(folder.common):
-            os.mkdir(folder.common)
-        os.makedirs(os.path.join(folder.common, "student"), exist_ok=True)  # the mount point
-        if not os.path.isdir(folder.common_student):
-            os.mkdir(folder.common_student)
-        os.mkdir(folder.private, 0o700)
-        os.mkdir(folder.systemfiles, 0o755)
-        for name in _SYSTEM_FILES:
-            path = os.path.join(src, "systemfiles", name)
-            if os.path.isfile(path) and not os.path.islink(os.path.join(src, "systemfiles")):
-                shutil.copyfile(path, os.path.join(folder.systemfiles, name), follow_symlinks=False)
+        for path, mode in (
+            (folder.task, 0o777),
+            (os.path.join(folder.task, "student"), 0o755),  # the mount point of student/
+            (folder.student, 0o777),
+            (os.path.join(folder.student, "scripts"), 0o777),
+            (folder.sockets, 0o777),
+            (folder.common, 0o755),
+            (os.path.join(folder.common, "student"), 0o755),  # the mount point of common_student/
+            (folder.common_student, 0o755),
+            (folder.private, 0o700),
+            (folder.systemfiles, 0o755),
+        ):
+            os.mkdir(path)
+            os.chmod(path, mode)
     except BaseException:
         remove_job_path(root)
         remove_job_path(root + STDIN_SUFFIX)
         raise
     return folder
+
+
+def fill_ingi_job(folder: IngiFolder, tasks_dir: str, course_id: str, task_id: str) -> None:
+    """Copy a job's task, student folder, course ``$common`` and system files into ``folder``, made
+    by :func:`make_ingi_root` and never used before (blocking).  The folders are filled in place,
+    never replaced (they may be mounted already).  :class:`TaskError` for bad ids or a missing
+    task, before anything is copied; on any other failure the folder is half filled: remove it."""
+    src = check_ingi_task(tasks_dir, course_id, task_id)
+    course = os.path.join(tasks_dir, course_id)
+    _copy(src, folder.task, skip="student")
+    os.chmod(folder.task, 0o777)
+    student_src = os.path.join(src, "student")
+    if os.path.isdir(student_src) and not os.path.islink(student_src):
+        _copy(student_src, folder.student)
+    for path in (folder.student, os.path.join(folder.student, "scripts")):
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, 0o777)
+    common_src = os.path.join(course, "$common")
+    if os.path.isdir(common_src) and not os.path.islink(common_src):
+        # its student/ is seen only through common_student/, mounted over the common one's
+        _copy(common_src, folder.common, skip="student")
+        common_student = os.path.join(common_src, "student")
+        if os.path.isdir(common_student) and not os.path.islink(common_student):
+            _copy(common_student, folder.common_student)
+    for name in _SYSTEM_FILES:
+        path = os.path.join(src, "systemfiles", name)
+        if os.path.isfile(path) and not os.path.islink(os.path.join(src, "systemfiles")):
+            shutil.copyfile(path, os.path.join(folder.systemfiles, name), follow_symlinks=False)
+
+
+def prepare_ingi_job(tasks_dir: str, course_id: str, task_id: str, work_root: str, disk_mb: int = 0) -> IngiFolder:
+    """Make and fill a job's folder (blocking); :class:`TaskError` for bad ids or a missing task,
+    and nothing is left behind on any failure."""
+    check_ingi_task(tasks_dir, course_id, task_id)
+    folder = make_ingi_root(work_root, disk_mb)
+    try:
+        fill_ingi_job(folder, tasks_dir, course_id, task_id)
+    except BaseException:
+        remove_ingi_job(folder.root)
+        raise
+    return folder
+
+
+def remove_ingi_job(root: str) -> None:
+    """Remove a job folder and the agent's own folder beside it, the owner mark last (blocking)."""
+    remove_job_path(root)
+    remove_job_path(root + STDIN_SUFFIX)
 
 
 def link_socket(folder: IngiFolder, socket_id: str, serial: int) -> str:

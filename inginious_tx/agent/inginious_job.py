@@ -31,12 +31,13 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.logger import Logger
 
 from ..messages import BackendNewJob
-from ._leftovers import LABEL_OWNER, STDIN_SUFFIX
-from .inginious_folder import SOCKET_ID, IngiFolder, link_socket, prepare_ingi_job
+from ._leftovers import LABEL_OWNER
+from ._oom import oom_kills
+from .inginious_folder import SOCKET_ID, IngiFolder, link_socket, prepare_ingi_job, remove_ingi_job
 from .inginious_image import (
     RETVAL_ERROR,
     RETVAL_NOT_AVAILABLE,
@@ -49,10 +50,13 @@ from .inginious_image import (
     result_from_message,
 )
 from .job_disk import disk_full
-from .job_folder import TaskError, remove_job_path
+from .job_folder import TaskError
 from .result import JobResult
 
-__all__ = ["IngiImage", "IngiSession", "LABEL_STUDENT", "GRADER_CAPS", "STUDENT_CAPS"]
+__all__ = [
+    "IngiImage", "IngiSession", "LABEL_STUDENT", "GRADER_CAPS", "STUDENT_CAPS", "MIN_MEMORY_MB", "agent_labels",
+    "common_config", "grader_config", "work_dir", "thd_attach",
+]  # fmt: skip
 
 #: Label of a student container: its socket id.
 LABEL_STUDENT = "org.inginious-tx.student"
@@ -102,6 +106,81 @@ def _limit(asked: Any, cap: float) -> float:
     return min(asked, cap)
 
 
+def agent_labels(b: Any) -> Dict[str, str]:
+    """The labels of every container of the agent ``b`` (no job's)."""
+    from .docker import LABEL_AGENT
+
+    labels = dict(b._extra_labels)
+    labels[LABEL_AGENT] = b.instance_id
+    labels[LABEL_OWNER] = b._owner
+    return labels
+
+
+def common_config(b: Any, runtime: Optional[str], mem_mb: float) -> Dict[str, Any]:
+    """What grading and student containers of the agent ``b`` share: limits and isolation."""
+    from .docker import docker_sdk
+    from .runtimes import PidsPolicy
+
+    docker = docker_sdk()
+    mem = f"{max(int(mem_mb), MIN_MEMORY_MB)}m"
+    pids = b._pids_policies.get(runtime or "", PidsPolicy(True)).container_options(b._pids_limit, b._sandbox_pids)
+    # the image's program sets RLIMIT_NPROC to 1000 for the grader: a lower hard limit (the
+    # fallback of runtimes that cannot take the pids limit) would make that fail
+    nproc = [docker.types.Ulimit(name="nproc", soft=_NPROC, hard=_NPROC)] if pids.get("ulimits") else []
+    pids["ulimits"] = [*nproc, docker.types.Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)]
+    return dict(
+        runtime=runtime,
+        mem_limit=mem,
+        memswap_limit=mem,
+        **pids,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        init=True,
+        log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+        detach=True,
+    )
+
+
+def grader_config(
+    b: Any, image: IngiImage, folder: IngiFolder, mem_mb: float, network: bool, labels: Dict[str, str]
+) -> Dict[str, Any]:
+    """Everything a grading container of the agent ``b`` is created with: its isolation lives here,
+    for a job's own container and for one made ahead (:mod:`.inginious_pool`) alike."""
+    from .docker import docker_sdk
+
+    docker = docker_sdk()
+
+    def bind(target: str, source: str, ro: bool = False) -> Any:
+        return docker.types.Mount(target, source, type="bind", read_only=ro)
+
+    size = b._disk_mb or 256
+    config = common_config(b, image.runtime, mem_mb)
+    config.update(
+        image=image.image_id,
+        stdin_open=True,
+        network_mode="bridge" if network else "none",
+        cap_add=list(GRADER_CAPS),
+        labels=labels,
+        tmpfs={path: f"size={size}m,mode=1777" for path in _SCRATCH},
+        mounts=[
+            bind("/task", folder.task),
+            bind("/task/student", folder.student),
+            bind("/sockets", folder.sockets),
+            bind("/course/common", folder.common, True),
+            bind("/course/common/student", folder.common_student, True),
+        ],
+    )
+    return config
+
+
+def work_dir(b: Any) -> str:
+    """The agent's work folder, made on first use (blocking)."""
+    with b._client_lock:
+        if b._work_dir is None:
+            b._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
+        return str(b._work_dir)
+
+
 class IngiSession:
     """Runs one job (``run``, a :class:`.docker._Run`) on an INGInious image for ``backend``."""
 
@@ -131,28 +210,52 @@ class IngiSession:
         self._relay = image.runtime not in SHARED_KERNEL_RUNTIMES
         #: student container id -> (attached socket, reader done) when relayed
         self._relayed: Dict[str, Tuple[Any, Deferred]] = {}
+        #: the job was answered: what still runs winds down (a lingering container is killed)
+        self._answered = False
+        #: the grading container's supervision, when the answer does not wait for it
+        self._supervising: Optional[Deferred[int]] = None
+        #: its OOM counter file (None: unknown) and count at start, and the count read at its result
+        self._oom: Tuple[Optional[str], int] = (None, 0)
+        self._oom_at_result: Optional[Deferred[Optional[int]]] = None
 
     # -- the job -----------------------------------------------------------------
 
     async def run_job(self) -> JobResult:
         b, run, job = self._b, self._run, self._job
+        pool = getattr(b, "ingi_pool", None)
+        arrived = b._reactor.seconds()
+        claimed = None
+        if pool is not None:
+            pool.job_started()
         try:
+            # -- take a grading container made ahead (.inginious_pool), or make one -------------
             try:
-                self._folder = await b._call(self._thd_prepare)
+                claimed = await pool.acquire(job, self._image) if pool is not None else None
+                if claimed is not None:
+                    self._folder, self._sock, run.container_id = claimed.folder, claimed.socket, claimed.container_id
+                    self._oom = (claimed.oom_file, claimed.oom_before)
+                else:
+                    self._folder = await b._call(self._thd_prepare)
             except TaskError as e:
                 return JobResult.crash(str(e))
             if run.stopped:
                 return JobResult(run.stopped[0], run.stopped[1], state=_state(job))
-            await self._probe_runtime()
-            run.container_id = await b._call(b._thd_guard, _thd_create, self._grader_config())
-            if run.stopped:
-                return JobResult(run.stopped[0], run.stopped[1], state=_state(job))
-            self._sock = await b._call(b._thd_guard, _thd_attach, run.container_id)
+            if claimed is None:
+                await self._probe_runtime()
+                run.container_id = await b._call(b._thd_guard, _thd_create, self._grader_config())
+                if run.stopped:
+                    return JobResult(run.stopped[0], run.stopped[1], state=_state(job))
+                self._sock = await b._call(b._thd_guard, thd_attach, run.container_id)
             self._reader = self._spawn_reader(self._sock)
-            await b._call(b._thd_guard, b._thd_start, run.container_id)
+            if claimed is None:
+                await b._call(b._thd_guard, b._thd_start, run.container_id)
             await self._write(self._start_message())
+            if pool is not None:
+                pool.record(job, self._image, claimed is not None, b._reactor.seconds() - arrived)
             b._arm_timers(run)
             run.up.callback(run.container_id)
+            if claimed is not None:
+                return await self._answer_early(run.container_id)
             status = await self._supervise(run.container_id)
             await self._reader_end()
             return await self._outcome(run.container_id, status)
@@ -165,15 +268,53 @@ class IngiSession:
             self.log.failure("docker backend: unexpected failure running job {job_id!r}", job_id=job.job_id)
             return JobResult.crash(f"the docker agent failed to run the job: {e!r}")
         finally:
-            await self._cleanup()
+            self._answered = True
+            if pool is not None:
+                pool.job_ended()
+            if claimed is not None and not b._closed:
+                # the answer does not wait for the container's end and removal (close() does)
+                cleanup = ensureDeferred(self._cleanup_later())
+                b._cleanups.add(cleanup)
+                cleanup.addBoth(lambda _: b._cleanups.discard(cleanup))
+            else:
+                await self._cleanup_later()
+
+    async def _answer_early(self, cid: str) -> JobResult:
+        """The outcome as soon as it is known: once the result is in and the container's stream has
+        ended (its program exited), without the engine's wait; what decides a result (a stop by the
+        agent, an out-of-memory kill, a full disk) is still checked.  Without a result, as usual."""
+        supervising = self._supervising = ensureDeferred(self._supervise(cid))
+        reader = self._reader
+        assert reader is not None
+        ended: Deferred[None] = Deferred()
+
+        def wake(passed: Any) -> Any:
+            if not ended.called:
+                ended.callback(None)
+            return passed
+
+        reader.addBoth(wake)
+        supervising.addBoth(wake)
+        await ended
+        if reader.called and self._got_result and self._run.stopped is None:
+            return await self._outcome(cid, None)
+        status = await supervising
+        await self._reader_end()
+        return await self._outcome(cid, status)
+
+    async def _cleanup_later(self) -> None:
+        """Once answered: wait for the container's end if an early answer did not (it is killed if it
+        lingers), then clean up."""
+        if self._supervising is not None:
+            try:
+                await self._supervising
+            except Exception as e:
+                self.log.info("inginious job: waiting for a grading container failed: {e}", e=str(e))
+        await self._cleanup()
 
     def _thd_prepare(self) -> IngiFolder:
-        b = self._b
-        with b._client_lock:
-            if b._work_dir is None:
-                b._work_dir = tempfile.mkdtemp(prefix="inginious-tx-docker-")
-        job = self._job
-        return prepare_ingi_job(b._config.tasks_dir or "", job.course_id, job.task_id, b._work_dir, b._disk_mb)
+        b, job = self._b, self._job
+        return prepare_ingi_job(b._config.tasks_dir or "", job.course_id, job.task_id, work_dir(b), b._disk_mb)
 
     async def _probe_runtime(self) -> None:
         """Once per runtime, as in helper mode: can it take the pids limit? (see :mod:`.runtimes`)"""
@@ -217,73 +358,19 @@ class IngiSession:
         return message
 
     def _labels(self) -> Dict[str, str]:
-        b, job = self._b, self._job
-        from .docker import LABEL_AGENT, LABEL_JOB
+        from .docker import LABEL_JOB
 
-        labels = dict(b._extra_labels)
-        labels[LABEL_AGENT] = b.instance_id
-        labels[LABEL_OWNER] = b._owner
-        labels[LABEL_JOB] = f"{bytes(job.job_id[0]).hex()}/{job.job_id[1]}"
+        labels = agent_labels(self._b)
+        labels[LABEL_JOB] = f"{bytes(self._job.job_id[0]).hex()}/{self._job.job_id[1]}"
         return labels
 
     def _common_config(self, mem_mb: float) -> Dict[str, Any]:
-        """What grading and student containers share: limits and isolation."""
-        from .docker import docker_sdk
-        from .runtimes import PidsPolicy
-
-        docker = docker_sdk()
-        b = self._b
-        mem = f"{max(int(mem_mb), MIN_MEMORY_MB)}m"
-        pids = b._pids_policies.get(self._image.runtime or "", PidsPolicy(True)).container_options(
-            b._pids_limit, b._sandbox_pids
-        )
-        # the image's program sets RLIMIT_NPROC to 1000 for the grader: a lower hard limit (the
-        # fallback of runtimes that cannot take the pids limit) would make that fail
-        nproc = [docker.types.Ulimit(name="nproc", soft=_NPROC, hard=_NPROC)] if pids.get("ulimits") else []
-        pids["ulimits"] = [*nproc, docker.types.Ulimit(name="nofile", soft=NOFILE, hard=NOFILE)]
-        return dict(
-            runtime=self._image.runtime,
-            mem_limit=mem,
-            memswap_limit=mem,
-            **pids,
-            cap_drop=["ALL"],
-            security_opt=["no-new-privileges"],
-            init=True,
-            log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
-            detach=True,
-        )
-
-    def _scratch(self) -> Dict[str, str]:
-        size = self._b._disk_mb or 256
-        return {path: f"size={size}m,mode=1777" for path in _SCRATCH}
+        return common_config(self._b, self._image.runtime, mem_mb)
 
     def _grader_config(self) -> Dict[str, Any]:
-        from .docker import docker_sdk
-
-        docker = docker_sdk()
         folder, job = self._folder, self._job
         assert folder is not None
-
-        def bind(target: str, source: str, ro: bool = False) -> Any:
-            return docker.types.Mount(target, source, type="bind", read_only=ro)
-
-        config = self._common_config(job.mem_limit)
-        config.update(
-            image=self._image.image_id,
-            stdin_open=True,
-            network_mode="bridge" if job.enable_network else "none",
-            cap_add=list(GRADER_CAPS),
-            labels=self._labels(),
-            tmpfs=self._scratch(),
-            mounts=[
-                bind("/task", folder.task),
-                bind("/task/student", folder.student),
-                bind("/sockets", folder.sockets),
-                bind("/course/common", folder.common, True),
-                bind("/course/common/student", folder.common_student, True),
-            ],
-        )
-        return config
+        return grader_config(self._b, self._image, folder, job.mem_limit, bool(job.enable_network), self._labels())
 
     # -- the attached stream ------------------------------------------------------
 
@@ -384,6 +471,8 @@ class IngiSession:
         try:
             if kind == "result":
                 self._result, self._got_result = message.get("result"), True
+                if self._oom[0] is not None:  # what the kernel counted by then (the group may be gone at the end)
+                    self._oom_at_result = self._b._call(oom_kills, self._oom[0])
             elif kind == "run_student":
                 d = ensureDeferred(self._run_student(message))
                 d.addErrback(lambda f: self.log.failure("inginious job: run_student failed", f))
@@ -473,7 +562,7 @@ class IngiSession:
             if self._closing:
                 return await self._retval(socket_id, RETVAL_ERROR)
             if self._relay:
-                sock = await b._call(b._thd_guard, _thd_attach, cid)
+                sock = await b._call(b._thd_guard, thd_attach, cid)
                 reader = self._spawn_reader(sock, lambda m: self._from_student(socket_id, m), self._log_student)
                 self._relayed[cid] = (sock, reader)
             await self._write({"type": "run_student_started", "socket_id": socket_id, "container_id": cid})
@@ -568,7 +657,7 @@ class IngiSession:
             status = await b._call(b._thd_guard, b._thd_wait, cid, b._poll)
             if status is not None:
                 return int(status)
-            if run.stopped is not None:
+            if run.stopped is not None or self._answered:
                 await b._call(b._thd_guard, b._thd_kill, cid)
                 continue
             if folder is not None and folder.disk_mb and await b._call(disk_full, folder.root, folder.disk_mb):
@@ -578,21 +667,43 @@ class IngiSession:
                 if used is not None and used > cpu_limit:
                     b._stop(run, ("timeout", f"The job used more than {cpu_limit} seconds of CPU time."))
 
-    async def _outcome(self, cid: str, status: int) -> JobResult:
+    async def _outcome(self, cid: str, status: Optional[int]) -> JobResult:
         b, run, job = self._b, self._run, self._job
         state = _state(job)
         if run.stopped is not None:
             return JobResult(run.stopped[0], run.stopped[1], state=state)
-        if await b._call(b._thd_guard, _thd_oom, cid):
-            return JobResult("overflow", f"The job used more than its memory limit ({job.mem_limit} MB).", state=state)
         folder = self._folder
-        if folder is not None and folder.disk_mb and await b._call(disk_full, folder.root, folder.disk_mb):
+        # both at once: the answer waits for the slower only
+        checks: List[Deferred[Any]] = [ensureDeferred(self._oom_killed(cid, status is None))]
+        if folder is not None and folder.disk_mb:
+            checks.append(b._call(disk_full, folder.root, folder.disk_mb))
+        found = []
+        for ok, value in await DeferredList(checks, consumeErrors=True):
+            if not ok:
+                value.raiseException()
+            found.append(value)
+        if found[0]:
+            return JobResult("overflow", f"The job used more than its memory limit ({job.mem_limit} MB).", state=state)
+        if folder is not None and folder.disk_mb and found[1]:
             return JobResult("overflow", f"The job filled its disk space of {folder.disk_mb} MB.", state=state)
         if not self._got_result:
             return JobResult(
                 "crash", f"The grading container ended (exit status {status}) without sending a result.", state=state
             )
         return result_from_message(self._result, state)
+
+    async def _oom_killed(self, cid: str, early: bool) -> bool:
+        """Did the kernel kill a process of the grading container for memory?  Answered early, from
+        its memory cgroup's counter (now, else as read at its result): the engine learns it later,
+        and answers slowly while the container exits.  Else, and when unknown, the engine's word."""
+        path, before = self._oom
+        if early and path is not None:
+            now = await self._b._call(oom_kills, path)
+            if now is None and self._oom_at_result is not None:
+                now = await self._oom_at_result
+            if now is not None:
+                return now > before
+        return bool(await self._b._call(self._b._thd_guard, _thd_oom, cid))
 
     async def _remove(self, cid: str) -> None:
         b = self._b
@@ -617,21 +728,16 @@ class IngiSession:
                 await d
         if self._folder is not None:
             try:
-                await b._call(_remove_job, self._folder.root)
+                await b._call(remove_ingi_job, self._folder.root)
             except Exception:
                 self.log.failure("docker backend: cannot remove job folder {root}", root=self._folder.root)
-
-
-def _remove_job(root: str) -> None:
-    remove_job_path(root)
-    remove_job_path(root + STDIN_SUFFIX)
 
 
 def _thd_create(client: Any, config: Dict[str, Any]) -> str:
     return str(client.containers.create(**config).id)
 
 
-def _thd_attach(client: Any, cid: str) -> Any:
+def thd_attach(client: Any, cid: str) -> Any:
     """The container's attached stdin/stdout as a plain blocking socket."""
     raw = client.api.attach_socket(cid, params={"stdin": 1, "stdout": 1, "stderr": 0, "stream": 1})
     sock = getattr(raw, "_sock", raw)

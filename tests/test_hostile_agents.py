@@ -734,7 +734,8 @@ async def test_what_a_killed_agent_left_is_removed_by_the_next(
     await until(running, 30, "the job to run")
     process.signalProcess("KILL")
     await within(proto.done, 10)
-    assert _job_mounts(work) == left and left, "the killed agent's job tmpfs should still be there"
+    # (a container made ahead after the job took its own may have added its tmpfs since)
+    assert left and set(left) <= set(_job_mounts(work)), "the killed agent's job tmpfs should still be there"
     if kind == "docker":
         assert await threads.deferToThread(labelled), "the killed agent's container should still be there"
 

@@ -71,7 +71,7 @@ wrapper of :mod:`._job_output` as PID 1, which cuts its output there),
 ``pool_max`` (default: the slots; 0: off), ``pool_max:NAME``, ``pool_total``, ``pool_concurrency``,
 ``pool_half_life``, ``pool_window``: containers prepared ahead of demand, see :mod:`.docker_pool`
 (helper mode) and :mod:`.inginious_pool` (INGInious images).
-``student_pool_max`` (default: ``pool_max``; 0: off): run_student's containers
+``student_pool_max`` (default: off, or ``pool_max`` when given): run_student's containers
 prepared ahead the same way (root only, runc only), see :mod:`.student_pool`.
 """
 

@@ -153,7 +153,7 @@ class ClaimedStudent:
 
 
 def student_pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
-    """The sibling pool's settings: ``student_pool_max`` (default ``pool_max``, at most the slots),
+    """The sibling pool's settings: ``student_pool_max`` (default: off, or ``pool_max`` when that option is given; at most the slots),
     ``pool_concurrency`` and ``pool_half_life`` as the grader pool's; raises ValueError on bad ones."""
 
     def number(key: str, default: Any, kind: Callable[[Any], Any] = int) -> Any:
@@ -165,7 +165,7 @@ def student_pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
             raise ValueError(f"option {key}: must not be negative")
         return value
 
-    most = min(number("student_pool_max", number("pool_max", slots)), slots)
+    most = min(number("student_pool_max", number("pool_max", 0)), slots)
     return {
         "max_per_key": most,
         "max_total": slots,

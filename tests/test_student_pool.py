@@ -88,7 +88,8 @@ def tasks_dir(tmp_path_factory: Any) -> str:
 
 
 def _backend(tasks_dir: str, work: str, runtime: str = "runc", **options: Any) -> DockerBackend:
-    opts: Dict[str, Any] = {"work_dir": work, "poll_interval": 0.2, "student_pool_max": "2"}
+    # the grading containers made ahead would add their own folders to the work folder's checks
+    opts: Dict[str, Any] = {"work_dir": work, "poll_interval": 0.2, "student_pool_max": "2", "pool_max": "0"}
     opts.update(options)
     opts = {k: v for k, v in opts.items() if v is not None}  # None: the option not given
     return DockerBackend(_reactor(), AgentConfig(tasks_dir, [f"default={TEST_IMAGE},runtime={runtime}"], 2, opts))

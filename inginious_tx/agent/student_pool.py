@@ -153,8 +153,9 @@ class ClaimedStudent:
 
 
 def student_pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
-    """The sibling pool's settings: ``student_pool_max`` (default: off, or ``pool_max`` when that option is given; at most the slots),
-    ``pool_concurrency`` and ``pool_half_life`` as the grader pool's; raises ValueError on bad ones."""
+    """The sibling pool's settings: ``student_pool_max`` (default: off, or ``pool_max`` when that
+    option is given; at most the slots), ``pool_concurrency`` and ``pool_half_life`` as the grader
+    pool's; raises ValueError on bad ones."""
 
     def number(key: str, default: Any, kind: Callable[[Any], Any] = int) -> Any:
         try:

@@ -64,7 +64,7 @@ from .job_folder import JobFolder, remove_job_path
 
 __all__ = [
     "PoolKey", "DockerPool", "DockerHelperMaker", "LABEL_POOL", "WAIT_COMMAND", "pool_options", "UPDATABLE_RUNTIMES",
-    "comparable_settings", "thd_update_memory", "thd_running", "close_socket",
+    "comparable_settings", "thd_update_memory", "thd_running", "close_socket", "line_open",
 ]  # fmt: skip
 
 #: On every container made ahead.
@@ -281,7 +281,7 @@ class DockerHelperMaker:
         """Running, and our line to its stdin still open (an engine restarted with live-restore keeps
         the container but not the line)."""
         slot: _Slot = container.data
-        if not _open(slot.socket):
+        if not line_open(slot.socket):
             return succeed(False)
         return self._engine(thd_running, container.container_id)
 
@@ -304,7 +304,7 @@ class DockerHelperMaker:
             self.log.failure("container pool: cannot remove {root}", root=slot.root)
 
 
-def _open(sock: Any) -> bool:
+def line_open(sock: Any) -> bool:
     """False if the engine closed ``sock`` (it never sends anything on a stdin-only attach)."""
     raw = getattr(sock, "_sock", sock)
     try:

@@ -66,9 +66,7 @@ Everything Docker goes through the backend's callables (see
 from __future__ import annotations
 
 import os
-import select
 import shlex
-import socket
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence
@@ -82,6 +80,7 @@ from ..messages import BackendNewJob
 from ._beneath import open_job_dir
 from ._leftovers import OWNER_FILE, STDIN_SUFFIX, UNMARKED_AREA_PREFIX, mark_job, unmount_under
 from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer, Unpoolable
+from .docker_pool import close_socket, line_open, thd_update_memory
 from .job_disk import bind_fd, bind_shared, detach
 from .job_folder import JobFolder
 
@@ -304,32 +303,6 @@ def thd_claim(folder: JobFolder, sibling: Sibling, targets: Sequence[str], stdin
 # -- the socket on a sibling's stdin ------------------------------------------------------------
 
 
-def _line_open(sock: Any) -> bool:
-    """False if the engine closed ``sock`` (it sends nothing on a stdin-only attach)."""
-    raw = getattr(sock, "_sock", sock)
-    try:
-        readable, _, _ = select.select([raw], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    if not readable:
-        return True
-    try:
-        return raw.recv(1, socket.MSG_PEEK) != b""
-    except ValueError:  # a TLS socket takes no flags: the engine's answer decides
-        return True
-    except OSError:
-        return False
-
-
-def _close(sock: Any) -> None:
-    for s in (getattr(sock, "_sock", None), sock):
-        if s is not None:
-            try:
-                s.close()
-            except Exception:
-                pass
-
-
 def _thd_alive(client: Any, cid: str, pid: int) -> bool:
     import docker
 
@@ -338,10 +311,6 @@ def _thd_alive(client: Any, cid: str, pid: int) -> bool:
     except docker.errors.NotFound:
         return False
     return bool(state.get("Running")) and not state.get("Paused") and state.get("Pid") == pid
-
-
-def _thd_update(client: Any, cid: str, mem: str) -> None:
-    client.api.update_container(cid, mem_limit=mem, memswap_limit=mem)
 
 
 @implementer(IContainerMaker)
@@ -409,7 +378,7 @@ class DockerStudentMaker:
             return PooledContainer(key, cid, Sibling(area, sock, pid, _pid_start(pid), settings, mem_mb))
         except BaseException:
             if sock is not None:
-                _close(sock)
+                close_socket(sock)
             if cid is not None:
                 try:
                     self._remove(client, cid)
@@ -421,7 +390,7 @@ class DockerStudentMaker:
     def alive(self, container: PooledContainer) -> Deferred:
         """Running, the same first process, and our line to its stdin still open."""
         sibling: Sibling = container.data
-        if not _line_open(sibling.socket):
+        if not line_open(sibling.socket):
             return succeed(False)
         return self._engine(_thd_alive, container.container_id, sibling.pid)
 
@@ -431,7 +400,7 @@ class DockerStudentMaker:
 
     async def _discard(self, container: PooledContainer) -> None:
         sibling: Sibling = container.data
-        _close(sibling.socket)
+        close_socket(sibling.socket)
         try:
             await self._engine(self._remove, container.container_id)
         except Exception as e:
@@ -520,7 +489,7 @@ class StudentPool:
         if sibling.mem_mb != mem_mb:
             self.updates += 1
             try:
-                await self._engine(_thd_update, pooled.container_id, f"{mem_mb}m")
+                await self._engine(thd_update_memory, pooled.container_id, f"{mem_mb}m")
             except Exception as e:
                 self.refuse(key, f"cannot change a sibling's memory limit ({e})")
                 await self._maker.discard(pooled)
@@ -541,7 +510,7 @@ class StudentPool:
         try:
             raw.sendall(go_script(command, cwd))
         finally:
-            _close(sock)
+            close_socket(sock)
 
     def release(self, claimed: ClaimedStudent) -> Deferred:
         """After the call: remove the sibling, then its area (never fails)."""

@@ -489,7 +489,10 @@ async def test_zmq_strangers_are_bounded(raw_context: Any, closers: list, until:
     from twisted.internet import reactor
 
     sink = HelloSink()
-    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, Limits(zmq_max_pending=50))
+    # no hello timeout within the test: a pending stranger closed by it frees a place for a refused
+    # one that reconnects (on a loaded machine the test lasts longer than the default 10 s)
+    limits = Limits(zmq_max_pending=50, hello_timeout=600)
+    listener = await _zmq.listen(reactor, "zmq:tcp://127.0.0.1:*", sink, limits)
     closers.append(listener.stop)
     honest = RawPeer(raw_context, listener)
     honest.send(ClientHello("honest"))

@@ -283,13 +283,14 @@ def burst(args: argparse.Namespace, tasks: Path, tmp: Path, runtime: Optional[st
                 # a pool as large as the burst (an operator's choice): a first burst makes the demand
                 # known, the pool refills, then the timed burst
                 _drive(cport, tasks, work, args.burst, sequential=False)
+                # until the pool stops growing (it holds what the demand asks, at most pool_max)
                 deadline = time.monotonic() + 120
                 ready: List[str] = []
-                while time.monotonic() < deadline:
-                    ready = _containers(f"{LABEL_OWNER}={owner}", LABEL_POOL, running=True)
-                    if len(ready) >= pool_max:
-                        break
+                last, still = -1, 0
+                while time.monotonic() < deadline and len(ready) < pool_max and still < 6:
                     time.sleep(0.5)
+                    ready = _containers(f"{LABEL_OWNER}={owner}", LABEL_POOL, running=True)
+                    last, still = len(ready), (still + 1 if len(ready) <= last else 0)
                 print(f"  ({name}: {len(ready)} containers ready after a first burst)")
             time.sleep(1)
             started = time.monotonic()

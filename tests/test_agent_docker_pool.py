@@ -119,8 +119,8 @@ def test_interfaces_and_options(tmp_path: Any) -> None:
     assert pool_options({}, slots=4) == {
         "max_per_key": 4, "per_env": {}, "max_total": 4, "concurrency": 2, "half_life": 60.0,
         "window": 2.0}  # fmt: skip
-    assert pool_options({"pool_max": "64"}, slots=8)["window"] == 10.0, "above the slots: a burst counted whole"
-    assert pool_options({"pool_max": "64", "pool_window": "30"}, slots=8)["window"] == 30.0
+    assert pool_options({"pool_max": "64"}, slots=8)["window"] == 30.0, "above the slots: a burst counted whole"
+    assert pool_options({"pool_max": "64", "pool_window": "5"}, slots=8)["window"] == 5.0
     settings = pool_options({"pool_max": "9", "pool_max:py": "1", "pool_concurrency": "3"}, slots=4)
     assert settings["max_per_key"] == 9, "the operator may keep more than the slots"
     assert settings["per_env"] == {"py": 1} and settings["concurrency"] == 3 and settings["max_total"] == 9

@@ -7,7 +7,7 @@ container costs memory; 0 turns the pool off), per environment
 largest ``pool_max`` if it is more) bounds all environments together,
 ``pool_concurrency`` (2, measured best of 1 to 4) the containers made at once, ``pool_half_life`` (60 s) how fast an
 environment's demand is forgotten, ``pool_window`` the span over which its
-jobs are counted as demand (2 s; 10 s when a ``pool_max`` is above the
+jobs are counted as demand (2 s; 30 s when a ``pool_max`` is above the
 slots: the agent takes a burst's jobs as its slots free, over several
 seconds, and a pool above the slots is there to hold a whole burst).
 The same options govern the grading containers of INGInious images made
@@ -154,7 +154,7 @@ def pool_options(options: Dict[str, Any], slots: int) -> Dict[str, Any]:
         "half_life": max(0.1, number("pool_half_life", 60.0, float)),
         # a pool above the slots is for bursts: count a burst's takes over more seconds (the agent
         # takes its jobs as its slots free, so 64 jobs on 8 slots reach it over several seconds)
-        "window": max(0.1, number("pool_window", 2.0 if max([max_per_key, *per_env.values()]) <= slots else 10.0,
+        "window": max(0.1, number("pool_window", 2.0 if max([max_per_key, *per_env.values()]) <= slots else 30.0,
                                   float)),  # fmt: skip
     }
 

@@ -6,8 +6,8 @@ In one process, four Docker agent backends (runc, root) on one engine, each
 running the same task, which calls ``run_student true`` once and times the
 call itself (``/proc/uptime``, 10 ms steps):
 
-- **plain**: no pool;
-- **student pool**: ``student_pool_max=1`` (run_student's containers made ahead);
+- **plain**: no pool (``pool_max=0, student_pool_max=0``);
+- **student pool**: ``pool_max=0, student_pool_max=1`` (run_student's containers made ahead);
 - **grader pool**: ``pool_max=1, student_pool_max=0`` (the job's container made ahead);
 - **both**: ``pool_max=1`` (the student pool follows it).
 
@@ -47,8 +47,9 @@ feedback-result success
 """
 
 AGENTS = {
-    "plain": {"student_pool_max": "0"},
-    "student pool": {"student_pool_max": "1"},
+    # (the grader pool is on by default: "0" where it must be off)
+    "plain": {"pool_max": "0", "student_pool_max": "0"},
+    "student pool": {"pool_max": "0", "student_pool_max": "1"},
     "grader pool": {"pool_max": "1", "student_pool_max": "0"},
     "both": {"pool_max": "1"},
 }

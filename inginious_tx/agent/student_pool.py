@@ -59,6 +59,15 @@ exist), so siblings are made only for runtimes that share the host's mount
 propagation: the engine's default, ``runc`` and ``io.containerd.runc.v2``;
 the take-time check also catches a default runtime that is not runc.
 
+**Not yet: INGInious images.**  Their student containers (the image's
+``_run_student_intern``, :mod:`.inginious_job`) are made per call.  The same
+way would fit them: a maker whose areas hold three staging folders
+(``/task/student``, ``/task/systemfiles``, ``/course/common/student``) and a
+file for the parent's socket, mounted ``rslave``; at take the checked
+folders and the hard-linked socket are bound there, the same
+``/proc/PID/root`` check made, then the waiting shell told to ``exec`` the
+image's program.
+
 Everything Docker goes through the backend's callables (see
 :class:`DockerStudentMaker`); blocking functions are prefixed ``thd_``.
 """

@@ -64,7 +64,7 @@ from .job_folder import JobFolder, remove_job_path
 
 __all__ = [
     "PoolKey", "DockerPool", "DockerHelperMaker", "LABEL_POOL", "WAIT_COMMAND", "pool_options", "UPDATABLE_RUNTIMES",
-    "comparable_settings", "thd_update_memory", "thd_running", "close_socket", "line_open",
+    "comparable_settings", "thd_update_memory", "thd_running", "close_socket", "line_open", "discard_waiting",
 ]  # fmt: skip
 
 #: On every container made ahead.
@@ -290,18 +290,8 @@ class DockerHelperMaker:
 
     async def _discard(self, container: PooledContainer) -> None:
         slot: _Slot = container.data
-        close_socket(slot.socket)
-        try:
-            await self._engine(self._remove, container.container_id)
-        except Exception as e:
-            self._orphan(container.container_id)
-            self.log.warn(
-                "container pool: cannot remove {cid} now: {e}; will retry", cid=container.container_id, e=str(e)
-            )
-        try:
-            await self._call(_remove_paths, slot.root, slot.root + STDIN_SUFFIX)  # the owner mark last
-        except Exception:
-            self.log.failure("container pool: cannot remove {root}", root=slot.root)
+        # the owner mark last
+        await discard_waiting(self, container, slot.socket, _remove_paths, slot.root, slot.root + STDIN_SUFFIX)
 
 
 def line_open(sock: Any) -> bool:
@@ -330,6 +320,27 @@ def close_socket(sock: Any) -> None:
                 s.close()
             except Exception:
                 pass
+
+
+async def discard_waiting(
+    maker: Any, container: PooledContainer, sock: Any, thd_cleanup: Callable[..., None], *paths: str
+) -> None:
+    """What every maker's ``discard`` does (never fails): close our line to the container, remove it
+    (on failure, onto the backend's retry list), then its folders with blocking ``thd_cleanup(*paths)``.
+
+    ``maker`` gives ``_engine``, ``_call``, ``_remove``, ``_orphan`` and ``log``.
+    """
+    close_socket(sock)
+    cid = container.container_id
+    try:
+        await maker._engine(maker._remove, cid)
+    except Exception as e:
+        maker._orphan(cid)
+        maker.log.warn("container pool: cannot remove {cid} now: {e}; will retry", cid=cid, e=str(e))
+    try:
+        await maker._call(thd_cleanup, *paths)
+    except Exception:
+        maker.log.failure("container pool: cannot remove {paths}", paths=paths)
 
 
 def _remove_paths(*paths: str) -> None:

@@ -61,6 +61,7 @@ from .docker_pool import (
     UPDATABLE_RUNTIMES,
     close_socket,
     comparable_settings,
+    discard_waiting,
     thd_update_memory,
 )
 from .inginious_folder import IngiFolder, check_ingi_task, fill_ingi_job, make_ingi_root, remove_ingi_job
@@ -165,8 +166,11 @@ class IngiMaker:
         attach: Callable[[Any, str], Any],
         remove: Callable[[Any, str], None],
         ready_runtime: Callable[[Optional[str]], bool] = lambda runtime: True,
+        orphan: Callable[[str], None] = lambda cid: None,
     ) -> None:
         self._clock = clock
+        #: a container it could not remove goes to the backend's retry list
+        self._orphan = orphan
         self._engine = engine
         self._call = call
         self._config = config
@@ -259,15 +263,7 @@ class IngiMaker:
 
     async def _discard(self, container: PooledContainer) -> None:
         waiting: _Waiting = container.data
-        close_socket(waiting.socket)
-        try:
-            await self._engine(self._remove, container.container_id)
-        except Exception as e:
-            self.log.warn("container pool: cannot remove {cid}: {e}", cid=container.container_id, e=str(e))
-        try:
-            await self._call(remove_ingi_job, waiting.folder.root)
-        except Exception:
-            self.log.failure("container pool: cannot remove {root}", root=waiting.folder.root)
+        await discard_waiting(self, container, waiting.socket, remove_ingi_job, waiting.folder.root)
 
 
 def _silent(sock: Any) -> bool:
@@ -469,6 +465,6 @@ def ingi_pool_for(b: Any, settings: Dict[str, Any]) -> Optional[IngiPool]:
 
     maker = IngiMaker(
         b._reactor, engine, b._call, config, make_root, thd_attach, b._thd_remove,
-        ready_runtime=lambda runtime: runtime is None or runtime in b._pids_policies,
+        ready_runtime=lambda runtime: runtime is None or runtime in b._pids_policies, orphan=b._orphans.add,
     )  # fmt: skip
     return IngiPool(b._reactor, maker, settings, engine=engine, call=b._call, config=config, fill=fill, check=check)

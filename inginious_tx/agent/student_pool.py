@@ -89,7 +89,7 @@ from ..messages import BackendNewJob
 from ._beneath import open_job_dir
 from ._leftovers import OWNER_FILE, STDIN_SUFFIX, UNMARKED_AREA_PREFIX, mark_job, unmount_under
 from .container_pool import ContainerPool, IContainerMaker, KeyStats, NotReady, PooledContainer, Unpoolable
-from .docker_pool import close_socket, line_open, thd_update_memory
+from .docker_pool import close_socket, discard_waiting, line_open, thd_update_memory
 from .job_disk import bind_fd, bind_shared, detach
 from .job_folder import JobFolder
 
@@ -409,16 +409,7 @@ class DockerStudentMaker:
 
     async def _discard(self, container: PooledContainer) -> None:
         sibling: Sibling = container.data
-        close_socket(sibling.socket)
-        try:
-            await self._engine(self._remove, container.container_id)
-        except Exception as e:
-            self._orphan(container.container_id)
-            self.log.warn("student pool: cannot remove {cid} now: {e}", cid=container.container_id, e=str(e))
-        try:
-            await self._call(thd_release_area, sibling.area)
-        except Exception:
-            self.log.failure("student pool: cannot remove {area}", area=sibling.area)
+        await discard_waiting(self, container, sibling.socket, thd_release_area, sibling.area)
 
 
 class StudentPool:
